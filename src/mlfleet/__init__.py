@@ -1,0 +1,1 @@
+"""mlfleet: self-hosted managed MLflow speaking SageMaker's API."""
