@@ -1,0 +1,3 @@
+from mlfleet.cli.main import app
+
+app()

@@ -1,0 +1,240 @@
+"""Server-side verification of AWS Signature Version 4 (``Authorization`` header form).
+
+The canonical request and string to sign are computed by botocore's own ``SigV4Auth`` from a
+request rebuilt exactly as received, so the server agrees with botocore-based clients (boto3,
+the AWS CLI, the sagemaker-mlflow plugin) byte for byte. Error codes and messages follow AWS.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from hashlib import sha256
+
+from botocore.auth import EMPTY_SHA256_HASH, SIGV4_TIMESTAMP, UNSIGNED_PAYLOAD, SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.compat import HTTPHeaders
+
+from mlfleet.protocol.errors import (
+    IncompleteSignatureException,
+    InvalidSignatureException,
+    MissingAuthenticationToken,
+)
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+_TERMINATOR = "aws4_request"
+_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+_SIGNATURE_MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. "
+    "Check your AWS Secret Access Key and signing method. "
+    "Consult the service documentation for details."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequestInfo:
+    access_key_id: str
+    date: str
+    region: str
+    service: str
+    signed_headers: tuple[str, ...]
+    signature: str
+    amz_date: str
+    security_token: str | None
+
+
+def parse_authorization(headers: Mapping[str, str]) -> SignedRequestInfo:
+    authorization = headers.get("authorization")
+    if not authorization:
+        raise MissingAuthenticationToken("Missing Authentication Token")
+    algorithm, _, rest = authorization.strip().partition(" ")
+    params: dict[str, str] = {}
+    for part in rest.split(","):
+        pair = part.strip()
+        key, equals, value = pair.partition("=")
+        if not equals:
+            raise IncompleteSignatureException(
+                f"'{pair}' not a valid key=value pair (missing equal-sign) in Authorization "
+                f"header: '{authorization}'."
+            )
+        params[key] = value
+    amz_date = headers.get("x-amz-date") or ""
+    missing = [
+        f"Authorization header requires '{name}' parameter. "
+        for name in ("Credential", "Signature", "SignedHeaders")
+        if not params.get(name)
+    ]
+    if not amz_date:
+        # Unlike AWS, the Date header is not accepted in its place: botocore never sends it alone.
+        missing.append("Authorization header requires existence of a 'X-Amz-Date' header. ")
+    if missing:
+        raise IncompleteSignatureException("".join(missing) + f"Authorization={authorization}")
+    if algorithm != ALGORITHM:
+        raise IncompleteSignatureException(
+            f"Unsupported AWS 'algorithm': '{algorithm}' (only {ALGORITHM} for now). "
+        )
+    credential = params["Credential"]
+    scope = credential.rstrip("/").split("/")
+    if len(scope) != 5:
+        raise IncompleteSignatureException(
+            "Credential must have exactly 5 slash-delimited elements, "
+            f"e.g. keyid/date/region/service/term, got '{credential}'"
+        )
+    access_key_id, date, region, service, terminator = scope
+    if terminator != _TERMINATOR:
+        raise InvalidSignatureException(
+            f"Credential should be scoped with a valid terminator: '{_TERMINATOR}', "
+            f"not '{terminator}'. "
+        )
+    _parse_amz_date(amz_date)
+    return SignedRequestInfo(
+        access_key_id=access_key_id,
+        date=date,
+        region=region,
+        service=service,
+        signed_headers=tuple(name.lower() for name in params["SignedHeaders"].split(";")),
+        signature=params["Signature"],
+        amz_date=amz_date,
+        security_token=headers.get("x-amz-security-token"),
+    )
+
+
+def verify(
+    info: SignedRequestInfo,
+    secret_key: str,
+    method: str,
+    raw_path_qs: str,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    *,
+    expected_service: str,
+    expected_region: str,
+    now: datetime | None = None,
+    max_skew: timedelta = timedelta(minutes=15),
+    payload_hash: str | None = None,
+) -> None:
+    """Raise InvalidSignatureException unless `info` is a valid signature of this request.
+
+    `raw_path_qs` is the request target exactly as received (no decoding or re-encoding): clients
+    sign the URL they send. Pass `body=None` with `payload_hash` (the signed X-Amz-Content-SHA256)
+    for a body that is streamed; the caller then checks the streamed bytes against that hash.
+    """
+    _check_clock(info.amz_date, now, max_skew)
+    if "host" not in info.signed_headers:
+        raise InvalidSignatureException(
+            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
+        )
+    _check_scope(info, expected_service, expected_region)
+
+    request = AWSRequest(method=method, url=f"http://signed-host{raw_path_qs}")
+    signed = frozenset(info.signed_headers)
+    # Items rather than get(): a header sent more than once is signed as all its values.
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in signed:
+            request.headers[lower] = value  # HTTPHeaders appends repeated names
+    request.context["timestamp"] = info.amz_date
+    request.context["payload_hash"] = _payload_hash(request.headers, body, payload_hash)
+
+    signer = _signer(info.service, info.region)
+    string_to_sign = signer.string_to_sign(request, signer.canonical_request(request))
+    key = _signing_key(secret_key, info.date, info.region, info.service)
+    expected = hmac.new(key, string_to_sign.encode(), sha256).hexdigest()
+    if not hmac.compare_digest(expected, info.signature):
+        raise InvalidSignatureException(_SIGNATURE_MISMATCH)
+
+
+class _ReceivedRequestSigner(SigV4Auth):
+    """botocore's signer, canonicalizing exactly the headers the client says it signed.
+
+    botocore picks the headers to sign itself (all but a blacklist, plus a synthesized Host);
+    a server must instead use the client's SignedHeaders, which `verify` already put in the
+    request. The payload hash is computed by `verify`, which also handles streamed bodies.
+    """
+
+    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
+        return request.headers
+
+    def payload(self, request: AWSRequest) -> str:
+        return request.context["payload_hash"]
+
+
+@functools.lru_cache(maxsize=64)
+def _signer(service: str, region: str) -> _ReceivedRequestSigner:
+    # Signing needs no credentials: the secret only enters through _signing_key.
+    return _ReceivedRequestSigner(None, service, region)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
+    key = f"AWS4{secret_key}".encode()
+    for part in (date, region, service, _TERMINATOR):
+        key = hmac.new(key, part.encode(), sha256).digest()
+    return key
+
+
+def _payload_hash(signed_headers: HTTPHeaders, body: bytes | None, streamed: str | None) -> str:
+    """The body hash for the canonical request, used when X-Amz-Content-SHA256 is not signed.
+
+    When it is signed, botocore takes its value as is; a server must also check that it really
+    is the hash of the body, or the body could be swapped under a valid signature.
+    """
+    if body is None:
+        return streamed or EMPTY_SHA256_HASH
+    actual = sha256(body).hexdigest() if body else EMPTY_SHA256_HASH
+    declared = signed_headers.get("x-amz-content-sha256")
+    if declared not in (None, UNSIGNED_PAYLOAD, actual):
+        raise InvalidSignatureException(_SIGNATURE_MISMATCH)
+    return actual
+
+
+def _check_clock(amz_date: str, now: datetime | None, max_skew: timedelta) -> None:
+    signed_at = _parse_amz_date(amz_date)
+    current = (now or datetime.now(UTC)).astimezone(UTC)
+    minutes = int(max_skew.total_seconds() // 60)
+    if signed_at < current - max_skew:
+        raise InvalidSignatureException(
+            f"Signature expired: {amz_date} is now earlier than "
+            f"{_format(current - max_skew)} ({_format(current)} - {minutes} min.)"
+        )
+    if signed_at > current + max_skew:
+        raise InvalidSignatureException(
+            f"Signature not yet current: {amz_date} is still later than "
+            f"{_format(current + max_skew)} ({_format(current)} + {minutes} min.)"
+        )
+
+
+def _check_scope(info: SignedRequestInfo, service: str, region: str) -> None:
+    # AWS reports every scope problem at once, each sentence ending in ". ".
+    problems = []
+    if info.region != region:
+        problems.append("Credential should be scoped to a valid region. ")
+    if info.service != service:
+        problems.append(f"Credential should be scoped to correct service: '{service}'. ")
+    if info.date != info.amz_date[:8]:
+        problems.append(
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
+            f"from HTTP: '{info.date}' != '{info.amz_date[:8]}', from '{info.amz_date}'."
+        )
+    if problems:
+        raise InvalidSignatureException("".join(problems))
+
+
+def _parse_amz_date(value: str) -> datetime:
+    try:
+        if _AMZ_DATE.fullmatch(value):
+            return datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    raise IncompleteSignatureException(
+        f"Date must be in ISO-8601 'basic format'. Got '{value}'. "
+        "See http://en.wikipedia.org/wiki/ISO_8601"
+    )
+
+
+def _format(moment: datetime) -> str:
+    return moment.strftime(SIGV4_TIMESTAMP)

@@ -1,0 +1,214 @@
+"""The reconciler: makes each tracking server's processes match its recorded desired state.
+
+It runs after every accepted API call and once for every server at daemon start, so an
+operation cut short by a crash or a restart is finished by the same code that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from mlfleet.fleet.service import SERVING, FleetService, local_folder
+from mlfleet.runtime.local import WORKERS_BY_SIZE, LocalRuntime, ServerSpec, StartError
+from mlfleet.runtime.metadata_db import MetadataDatabases, ProvisioningError
+from mlfleet.settings import Settings
+from mlfleet.state.models import TrackingServer
+
+log = logging.getLogger(__name__)
+
+# What each transitional status settles to.
+OUTCOMES = {
+    "Creating": ("Created", "CreateFailed"),
+    "Starting": ("Started", "StartFailed"),
+    "Updating": ("Updated", "UpdateFailed"),
+    "Stopping": ("Stopped", "StopFailed"),
+}
+RETRY_SECONDS = 15.0
+
+
+class ArtifactStoreError(Exception):
+    pass
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        runtime: LocalRuntime,
+        databases: MetadataDatabases,
+        service: FleetService,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._runtime = runtime
+        self._databases = databases
+        self._service = service
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+
+    def kick(self, server_id: str) -> None:
+        """Ask for ``server_id`` to be reconciled (coalesced with a pass already running)."""
+        if server_id in self._tasks:
+            self._again.add(server_id)
+            return
+        self._tasks[server_id] = asyncio.get_running_loop().create_task(self._run(server_id))
+
+    def resume_all(self) -> None:
+        with self._sessions() as session:
+            ids = list(
+                session.scalars(
+                    TrackingServer.__table__.select().with_only_columns(TrackingServer.id)
+                )
+            )
+        for server_id in ids:
+            self.kick(server_id)
+
+    async def close(self) -> None:
+        for handle in self._retries.values():
+            handle.cancel()
+        for task in list(self._tasks.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self, server_id: str) -> None:
+        try:
+            while True:
+                self._again.discard(server_id)
+                try:
+                    await self._reconcile(server_id)
+                except Exception:
+                    log.exception("reconciling tracking server %s failed", server_id)
+                    self._retry_later(server_id)
+                if server_id not in self._again:
+                    return
+        finally:
+            self._tasks.pop(server_id, None)
+
+    def _retry_later(self, server_id: str) -> None:
+        if server_id in self._retries:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._retries.pop(server_id, None)
+            self.kick(server_id)
+
+        self._retries[server_id] = loop.call_later(RETRY_SECONDS, fire)
+
+    def spec_for(self, row: TrackingServer) -> ServerSpec:
+        env: dict[str, str] = {}
+        if row.artifact_store_uri.startswith("s3://") and self._settings.s3_endpoint_url:
+            env["MLFLOW_S3_ENDPOINT_URL"] = self._settings.s3_endpoint_url
+        folder = local_folder(row.artifact_store_uri)
+        return ServerSpec(
+            backend_store_uri=row.metadata_db_uri,
+            artifacts_destination=f"file://{folder}" if folder else row.artifact_store_uri,
+            workers=WORKERS_BY_SIZE[row.size],
+            log_dir=self._settings.data_dir / "servers" / row.id / "logs",
+            env=env,
+        )
+
+    def _load(self, server_id: str) -> TrackingServer | None:
+        with self._sessions() as session:
+            return session.get(TrackingServer, server_id)
+
+    def _settle(
+        self, row: TrackingServer, status: str, failure: str | None = None, **columns: object
+    ) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                update(TrackingServer)
+                .where(TrackingServer.id == row.id, TrackingServer.generation == row.generation)
+                .values(status=status, failure_reason=failure, **columns)
+            )
+        if failure:
+            log.warning("tracking server %s: %s: %s", row.name, status, failure)
+        else:
+            log.info("tracking server %s: %s", row.name, status)
+
+    async def _check_artifact_store(self, uri: str) -> None:
+        folder = local_folder(uri)
+        if folder is not None:
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ArtifactStoreError(f"artifact folder {folder}: {exc}") from exc
+            return
+        bucket = urlparse(uri).netloc
+
+        def head_bucket() -> None:
+            client = boto3.client(
+                "s3",
+                endpoint_url=self._settings.s3_endpoint_url or None,
+                region_name=self._settings.region,
+                config=BotoConfig(retries={"max_attempts": 2}, connect_timeout=5),
+            )
+            client.head_bucket(Bucket=bucket)
+
+        try:
+            await asyncio.to_thread(head_bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise ArtifactStoreError(f"artifact store {uri} is not reachable: {exc}") from exc
+
+    async def _reconcile(self, server_id: str) -> None:
+        row = self._load(server_id)
+        if row is None:
+            await self._runtime.stop(server_id)
+            return
+        if row.desired_state == "Deleted":
+            await self._runtime.stop(server_id)
+            if row.metadata_db_uri:
+                await self._databases.drop(row.metadata_db_uri)
+            with self._sessions.begin() as session:
+                self._service.forget_server(session, server_id)
+            log.info("tracking server %s deleted", row.name)
+            return
+        if row.desired_state == "Stopped":
+            await self._runtime.stop(server_id)
+            if row.status == "Stopping":
+                self._settle(row, "Stopped")
+            return
+        await self._bring_up(row)
+
+    async def _bring_up(self, row: TrackingServer) -> None:
+        if row.status in ("CreateFailed", "StartFailed", "UpdateFailed"):
+            await self._runtime.stop(row.id)
+            return
+        done, failed = OUTCOMES.get(row.status, (row.status, row.status))
+        try:
+            if not row.metadata_db_uri:
+                await self._check_artifact_store(row.artifact_store_uri)
+                row.metadata_db_uri = await self._databases.create(row.id)
+                with self._sessions.begin() as session:
+                    session.execute(
+                        update(TrackingServer)
+                        .where(TrackingServer.id == row.id)
+                        .values(metadata_db_uri=row.metadata_db_uri)
+                    )
+            elif row.status == "Updating":
+                await self._check_artifact_store(row.artifact_store_uri)
+            await self._runtime.start(row.id, self.spec_for(row))
+        except (StartError, ProvisioningError, ArtifactStoreError, OSError) as exc:
+            if row.status in SERVING:
+                # A server that should be running could not be brought back (e.g. after a
+                # daemon restart): keep its status, say why, and try again later.
+                self._settle(row, row.status, str(exc))
+                self._retry_later(row.id)
+            else:
+                self._settle(row, failed, str(exc))
+            return
+        if row.status != done or row.failure_reason:
+            self._settle(row, done)

@@ -1,0 +1,349 @@
+"""Tracking servers as records: the SageMaker operations, their status rules and their answers.
+
+An accepted call records what should be (``desired_state`` and a transitional status) and hands
+the work to the reconciler; nothing here starts or stops a process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mlfleet.auth.identity import Principal
+from mlfleet.protocol.errors import AwsError
+from mlfleet.settings import Settings
+from mlfleet.state.models import PresignedToken, TrackingServer, UiSession
+
+# Statuses from which each operation may start (the API model names the statuses, SageMaker's
+# error messages show which ones refuse; the rest is mlfleet's choice, documented in README).
+SERVING = {"Created", "Updated", "Started", "MaintenanceComplete", "MaintenanceFailed"}
+TRANSITIONAL = {"Creating", "Updating", "Deleting", "Stopping", "Starting", "MaintenanceInProgress"}
+STOPPABLE = SERVING | {"StopFailed", "UpdateFailed", "StartFailed"}
+STARTABLE = {"Stopped", "StartFailed", "StopFailed"}
+UPDATABLE = SERVING | {"UpdateFailed"}
+
+# Members of UpdateMlflowTrackingServer and the columns they set.
+UPDATABLE_MEMBERS = {
+    "ArtifactStoreUri": "artifact_store_uri",
+    "TrackingServerSize": "size",
+    "AutomaticModelRegistration": "automatic_model_registration",
+    "WeeklyMaintenanceWindowStart": "weekly_maintenance_window_start",
+    "S3BucketOwnerAccountId": "s3_bucket_owner_account_id",
+    "S3BucketOwnerVerification": "s3_bucket_owner_verification",
+}
+SORT_COLUMNS = {
+    "Name": TrackingServer.name,
+    "CreationTime": TrackingServer.created_at,
+    "Status": TrackingServer.status,
+}
+
+
+def status_word(status: str) -> str:
+    """SageMaker's messages spell statuses UPPER_SNAKE (``UpdateFailed`` -> ``UPDATE_FAILED``)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", status).upper()
+
+
+def validation(message: str) -> AwsError:
+    return AwsError("ValidationException", message)
+
+
+# mlfleet extension: a local folder as artifact store. ``file:/srv/art`` is accepted beside
+# ``file:///srv/art`` because the AWS CLI reads any argument starting with ``file://`` as a file.
+LOCAL_FOLDER = re.compile(r"file:(?://)?(/[^/].*)")
+
+
+def local_folder(uri: str) -> str | None:
+    """The absolute path of a local-folder artifact store URI, else None."""
+    match = LOCAL_FOLDER.fullmatch(uri)
+    return match.group(1) if match else None
+
+
+def check_artifact_store(uri: str) -> None:
+    if uri.startswith("s3://") and len(uri) > len("s3://"):
+        return
+    if local_folder(uri):
+        return
+    raise validation(
+        f"ArtifactStoreUri '{uri}' is not supported: use s3://bucket[/prefix] "
+        "(AWS S3 or the S3-compatible endpoint mlfleet is configured with) or, as an mlfleet "
+        "extension, file:///absolute/path (file:/absolute/path with the AWS CLI) for a local "
+        "folder."
+    )
+
+
+class FleetService:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        mlflow_version: str,
+        is_serving: Callable[[str], bool],
+        kick: Callable[[str], None],
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._mlflow_version = mlflow_version
+        self._is_serving = is_serving
+        self._kick = kick
+
+    # helpers -----------------------------------------------------------------------------
+
+    def arn_for(self, name: str) -> str:
+        s = self._settings
+        return f"arn:aws:sagemaker:{s.region}:{s.account_id}:mlflow-tracking-server/{name}"
+
+    def url_for(self, name: str) -> str:
+        return f"{self._settings.endpoint_url}/mlflow/{name}"
+
+    def _get(self, session: Session, name: str) -> TrackingServer:
+        row = session.scalars(select(TrackingServer).where(TrackingServer.name == name)).first()
+        if row is None:
+            raise AwsError("ResourceNotFound", f"Tracking Server with name {name} does not exist.")
+        return row
+
+    def _refuse(self, row: TrackingServer, verb: str) -> AwsError:
+        return validation(
+            f"Tracking Server with ARN {row.arn} is currently in status "
+            f"{status_word(row.status)}, can't be {verb}."
+        )
+
+    def _touch(self, row: TrackingServer, principal: Principal, status: str) -> None:
+        row.status = status
+        row.failure_reason = None
+        row.generation += 1
+        row.last_modified_at = time.time()
+        row.last_modified_by = principal.user_context()
+
+    def _check_version(self, requested: str | None) -> str:
+        installed = self._mlflow_version
+        if requested in (None, "", installed):
+            return installed
+        major_minor = ".".join(installed.split(".")[:2])
+        if requested == major_minor:
+            return installed
+        raise validation(
+            f"MlflowVersion {requested} is not available: this mlfleet serves MLflow {installed}."
+        )
+
+    # operations ----------------------------------------------------------------------------
+
+    def create(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        name = req["TrackingServerName"]
+        check_artifact_store(req["ArtifactStoreUri"])
+        version = self._check_version(req.get("MlflowVersion"))
+        now = time.time()
+        server_id = uuid.uuid4().hex[:16]
+        with self._sessions.begin() as session:
+            taken = session.scalars(select(TrackingServer.id).where(TrackingServer.name == name))
+            if taken.first() is not None:
+                raise validation(
+                    f"Cannot create tracking server {name}: a tracking server with this name "
+                    "already exists."
+                )
+            row = TrackingServer(
+                id=server_id,
+                name=name,
+                arn=self.arn_for(name),
+                artifact_store_uri=req["ArtifactStoreUri"],
+                size=req.get("TrackingServerSize", "Small"),
+                mlflow_version=version,
+                role_arn=req["RoleArn"],
+                automatic_model_registration=req.get("AutomaticModelRegistration", False),
+                weekly_maintenance_window_start=req.get("WeeklyMaintenanceWindowStart"),
+                s3_bucket_owner_account_id=req.get(
+                    "S3BucketOwnerAccountId", self._settings.account_id
+                ),
+                s3_bucket_owner_verification=req.get("S3BucketOwnerVerification", True),
+                tags=req.get("Tags", []),
+                status="Creating",
+                desired_state="Running",
+                generation=1,
+                metadata_db_uri="",
+                created_at=now,
+                created_by=principal.user_context(),
+                last_modified_at=now,
+                last_modified_by=principal.user_context(),
+            )
+            session.add(row)
+            arn = row.arn
+        self._kick(server_id)
+        return {"TrackingServerArn": arn}
+
+    def describe(self, req: dict[str, Any]) -> dict[str, Any]:
+        with self._sessions() as session:
+            row = self._get(session, req["TrackingServerName"])
+            return self._description(row)
+
+    def _description(self, row: TrackingServer) -> dict[str, Any]:
+        return {
+            "TrackingServerArn": row.arn,
+            "TrackingServerName": row.name,
+            "ArtifactStoreUri": row.artifact_store_uri,
+            "TrackingServerSize": row.size,
+            "MlflowVersion": row.mlflow_version,
+            "RoleArn": row.role_arn,
+            "TrackingServerStatus": row.status,
+            "IsActive": "Active" if self._is_serving(row.id) else "Inactive",
+            "TrackingServerUrl": self.url_for(row.name),
+            "WeeklyMaintenanceWindowStart": row.weekly_maintenance_window_start,
+            "AutomaticModelRegistration": row.automatic_model_registration,
+            "CreationTime": datetime.fromtimestamp(row.created_at).astimezone(),
+            "CreatedBy": row.created_by,
+            "LastModifiedTime": datetime.fromtimestamp(row.last_modified_at).astimezone(),
+            "LastModifiedBy": row.last_modified_by,
+            "S3BucketOwnerAccountId": row.s3_bucket_owner_account_id,
+            "S3BucketOwnerVerification": row.s3_bucket_owner_verification,
+            # mlfleet extension (ignored by boto3, shown by `mlfleet describe`): why the last
+            # operation failed.
+            "FailureReason": row.failure_reason,
+        }
+
+    def update(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        if "ArtifactStoreUri" in req:
+            check_artifact_store(req["ArtifactStoreUri"])
+        with self._sessions.begin() as session:
+            row = self._get(session, req["TrackingServerName"])
+            if row.status not in UPDATABLE:
+                raise self._refuse(row, "updated")
+            for member, column in UPDATABLE_MEMBERS.items():
+                if member in req:
+                    setattr(row, column, req[member])
+            self._touch(row, principal, "Updating")
+            server_id, arn = row.id, row.arn
+        self._kick(server_id)
+        return {"TrackingServerArn": arn}
+
+    def _transition(
+        self,
+        name: str,
+        principal: Principal,
+        allowed: set[str],
+        verb: str,
+        status: str,
+        desired: str,
+    ) -> dict[str, Any]:
+        with self._sessions.begin() as session:
+            row = self._get(session, name)
+            if row.status not in allowed:
+                raise self._refuse(row, verb)
+            self._touch(row, principal, status)
+            row.desired_state = desired
+            server_id, arn = row.id, row.arn
+        self._kick(server_id)
+        return {"TrackingServerArn": arn}
+
+    def stop(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        return self._transition(
+            req["TrackingServerName"], principal, STOPPABLE, "stopped", "Stopping", "Stopped"
+        )
+
+    def start(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        return self._transition(
+            req["TrackingServerName"], principal, STARTABLE, "started", "Starting", "Running"
+        )
+
+    def delete(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        with self._sessions.begin() as session:
+            row = self._get(session, req["TrackingServerName"])
+            if row.status in TRANSITIONAL:
+                raise validation(
+                    f"Tracking Server is in un-deletable state ({status_word(row.status)}), "
+                    "so it cannot be deleted."
+                )
+            self._touch(row, principal, "Deleting")
+            row.desired_state = "Deleted"
+            server_id, arn = row.id, row.arn
+        self._kick(server_id)
+        return {"TrackingServerArn": arn}
+
+    def list(self, req: dict[str, Any]) -> dict[str, Any]:
+        query = select(TrackingServer)
+        if "CreatedAfter" in req:
+            query = query.where(TrackingServer.created_at > req["CreatedAfter"].timestamp())
+        if "CreatedBefore" in req:
+            query = query.where(TrackingServer.created_at < req["CreatedBefore"].timestamp())
+        if "TrackingServerStatus" in req:
+            query = query.where(TrackingServer.status == req["TrackingServerStatus"])
+        if "MlflowVersion" in req:
+            query = query.where(TrackingServer.mlflow_version == req["MlflowVersion"])
+        column = SORT_COLUMNS[req.get("SortBy", "CreationTime")]
+        descending = req.get("SortOrder", "Descending") == "Descending"
+        query = query.order_by(column.desc() if descending else column.asc(), TrackingServer.id)
+        limit = req.get("MaxResults", 100)
+        offset = self._decode_token(req.get("NextToken"))
+        with self._sessions() as session:
+            rows = session.scalars(query.offset(offset).limit(limit + 1)).all()
+        page = rows[:limit]
+        result: dict[str, Any] = {
+            "TrackingServerSummaries": [
+                {
+                    "TrackingServerArn": row.arn,
+                    "TrackingServerName": row.name,
+                    "CreationTime": datetime.fromtimestamp(row.created_at).astimezone(),
+                    "LastModifiedTime": datetime.fromtimestamp(row.last_modified_at).astimezone(),
+                    "TrackingServerStatus": row.status,
+                    "IsActive": "Active" if self._is_serving(row.id) else "Inactive",
+                    "MlflowVersion": row.mlflow_version,
+                }
+                for row in page
+            ]
+        }
+        if len(rows) > limit:
+            result["NextToken"] = base64.urlsafe_b64encode(
+                json.dumps({"offset": offset + limit}).encode()
+            ).decode()
+        return result
+
+    @staticmethod
+    def _decode_token(token: str | None) -> int:
+        if not token:
+            return 0
+        try:
+            offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise validation(
+                f"Invalid NextToken '{token[:64]}': pass a token from a previous call."
+            ) from exc
+        if not isinstance(offset, int) or offset < 0:
+            raise validation(
+                f"Invalid NextToken '{token[:64]}': pass a token from a previous call."
+            )
+        return offset
+
+    def create_presigned_url(
+        self, req: dict[str, Any], principal: Principal, token: str, token_hash: str
+    ) -> dict[str, Any]:
+        expires_in = req.get("ExpiresInSeconds", 300)
+        session_seconds = req.get("SessionExpirationDurationInSeconds", 43200)
+        with self._sessions.begin() as session:
+            row = self._get(session, req["TrackingServerName"])
+            session.add(
+                PresignedToken(
+                    token_hash=token_hash,
+                    server_id=row.id,
+                    principal_arn=principal.arn,
+                    expires_at=time.time() + expires_in,
+                    session_seconds=session_seconds,
+                    used=False,
+                )
+            )
+            url = f"{self.url_for(row.name)}/auth?authToken={token}"
+        return {"AuthorizedUrl": url}
+
+    def forget_server(self, session: Session, server_id: str) -> None:
+        """Remove a deleted server's record and every UI link and session that pointed at it."""
+        for model in (PresignedToken, UiSession):
+            for stale in session.scalars(select(model).where(model.server_id == server_id)):
+                session.delete(stale)
+        row = session.get(TrackingServer, server_id)
+        if row is not None:
+            session.delete(row)

@@ -1,0 +1,261 @@
+"""Tracking servers as local MLflow processes, supervised by the daemon.
+
+A server of size N runs N single-worker uvicorn processes (see ``WORKERS_BY_SIZE``), each on its
+own loopback port; the gateway spreads requests over them. A worker that dies is restarted with
+exponential backoff for as long as its server should run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+WORKERS_BY_SIZE = {"Small": 1, "Medium": 2, "Large": 4}
+HEALTH_TIMEOUT_SECONDS = 180.0
+STOP_GRACE_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 30.0
+# A worker that stayed up this long is considered healthy again: its backoff resets.
+STABLE_AFTER_SECONDS = 60.0
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # If the daemon is killed with SIGKILL its MLflow workers must not linger and hold ports
+    # and SQLite locks; the restarted daemon starts fresh ones.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    backend_store_uri: str
+    artifacts_destination: str
+    workers: int
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class StartError(Exception):
+    """A worker exited or never became healthy; the message carries its log tail."""
+
+
+class Worker:
+    def __init__(self, index: int, spec: ServerSpec, on_change: Callable[[], None]) -> None:
+        self.index = index
+        self.spec = spec
+        self.port = _free_port()
+        self.healthy = False
+        self._on_change = on_change
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self.log_path = spec.log_dir / f"worker-{index}.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def _spawn(self) -> None:
+        self.spec.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as logfile:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "mlfleet.runtime.mlflow_worker",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                self.spec.backend_store_uri,
+                "--artifacts-destination",
+                self.spec.artifacts_destination,
+                "--boot-id",
+                uuid.uuid4().hex,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, **self.spec.env},
+                preexec_fn=_die_with_parent,
+            )
+
+    def log_tail(self, limit: int = 1500) -> str:
+        try:
+            data = self.log_path.read_bytes()[-limit:]
+        except OSError:
+            return ""
+        return data.decode(errors="replace").strip()
+
+    async def _wait_healthy(self, http: aiohttp.ClientSession) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
+        url = f"http://127.0.0.1:{self.port}/health"
+        while time.monotonic() < deadline:
+            if self._proc.returncode is not None:
+                raise StartError(
+                    f"MLflow worker exited with code {self._proc.returncode}: {self.log_tail()}"
+                )
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+        raise StartError(f"MLflow worker not healthy after {HEALTH_TIMEOUT_SECONDS:.0f} s")
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        self._stopping = False
+        for attempt in range(3):
+            await self._spawn()
+            try:
+                await self._wait_healthy(http)
+                break
+            except StartError:
+                await self._terminate()
+                if attempt == 2 or "address already in use" not in self.log_tail().lower():
+                    raise
+                self.port = _free_port()
+        self.healthy = True
+        self._on_change()
+        self._supervisor = asyncio.create_task(self._supervise(http))
+
+    async def _supervise(self, http: aiohttp.ClientSession) -> None:
+        backoff = 1.0
+        while True:
+            assert self._proc is not None
+            started = time.monotonic()
+            code = await self._proc.wait()
+            self.healthy = False
+            self._on_change()
+            if self._stopping:
+                return
+            if time.monotonic() - started > STABLE_AFTER_SECONDS:
+                backoff = 1.0
+            log.warning(
+                "MLflow worker %s (pid %s) exited with %s; restarting in %.0f s",
+                self.index,
+                self._proc.pid,
+                code,
+                backoff,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            if self._stopping:
+                return
+            try:
+                await self._spawn()
+                await self._wait_healthy(http)
+            except (StartError, OSError) as exc:
+                log.warning("restarting MLflow worker %s failed: %s", self.index, exc)
+                continue
+            self.healthy = True
+            self._on_change()
+
+    async def _terminate(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_GRACE_SECONDS)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self._terminate()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        self.healthy = False
+        self._on_change()
+
+
+class ServerProcesses:
+    """The worker processes of one tracking server."""
+
+    def __init__(self, spec: ServerSpec, on_change: Callable[[], None]) -> None:
+        self.spec = spec
+        self.workers = [Worker(i, spec, on_change) for i in range(spec.workers)]
+
+    @property
+    def serving(self) -> bool:
+        return any(w.healthy for w in self.workers)
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        try:
+            await asyncio.gather(*(w.start(http) for w in self.workers))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(w.stop() for w in self.workers))
+
+
+class LocalRuntime:
+    """Starts, stops and watches the MLflow processes of every tracking server."""
+
+    def __init__(self, on_change: Callable[[str], None]) -> None:
+        self._servers: dict[str, ServerProcesses] = {}
+        self._on_change = on_change
+        self._http: aiohttp.ClientSession | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    def get(self, server_id: str) -> ServerProcesses | None:
+        return self._servers.get(server_id)
+
+    def is_serving(self, server_id: str) -> bool:
+        procs = self._servers.get(server_id)
+        return procs is not None and procs.serving
+
+    async def start(self, server_id: str, spec: ServerSpec) -> None:
+        current = self._servers.get(server_id)
+        if current is not None:
+            if current.spec == spec and current.serving:
+                return
+            await self.stop(server_id)
+        procs = ServerProcesses(spec, lambda: self._on_change(server_id))
+        self._servers[server_id] = procs
+        try:
+            await procs.start(self._session())
+        except BaseException:
+            self._servers.pop(server_id, None)
+            self._on_change(server_id)
+            raise
+
+    async def stop(self, server_id: str) -> None:
+        procs = self._servers.pop(server_id, None)
+        if procs is not None:
+            await procs.stop()
+        self._on_change(server_id)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stop(sid) for sid in list(self._servers)))
+        if self._http is not None:
+            await self._http.close()

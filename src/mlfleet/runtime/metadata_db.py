@@ -1,0 +1,144 @@
+"""Each tracking server's own MLflow metadata database: created from a template, dropped on delete.
+
+MLflow's migrations take seconds; copying a migrated template (a file for SQLite,
+``CREATE DATABASE ... TEMPLATE`` for PostgreSQL) takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import Connection, create_engine, make_url, text
+
+from mlfleet.settings import Settings
+
+# A fixed key so that several daemons sharing one PostgreSQL server serialise template work.
+_PG_TEMPLATE_LOCK = 0x6D6C666C
+
+
+class ProvisioningError(Exception):
+    pass
+
+
+def _build_schema(uri: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mlfleet.runtime.mlflow_schema", uri],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = done.stdout.decode(errors="replace")[-2000:]
+        raise ProvisioningError(f"creating the MLflow schema failed: {tail}")
+
+
+class MetadataDatabases:
+    def __init__(self, settings: Settings, mlflow_version: str) -> None:
+        self._settings = settings
+        self._version = mlflow_version
+        self._template_lock = asyncio.Lock()
+
+    def uri_for(self, server_id: str) -> str:
+        if self._settings.uses_postgres:
+            base = make_url(self._settings.control_db_url)
+            url = base.set(drivername="postgresql+psycopg", database=f"mlfleet_ts_{server_id}")
+            return url.render_as_string(hide_password=False)
+        return f"sqlite:///{self._settings.data_dir / 'servers' / server_id / 'mlflow.db'}"
+
+    async def create(self, server_id: str) -> str:
+        uri = self.uri_for(server_id)
+        if self._settings.uses_postgres:
+            await self._create_postgres(uri)
+        else:
+            await self._create_sqlite(uri)
+        return uri
+
+    async def drop(self, uri: str) -> None:
+        if uri.startswith("sqlite"):
+            path = Path(make_url(uri).database or "")
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            return
+        name = make_url(uri).database
+        await asyncio.to_thread(self._pg_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    # SQLite ---------------------------------------------------------------------------------
+
+    def _sqlite_template(self) -> Path:
+        return self._settings.data_dir / "templates" / f"mlflow-{self._version}.db"
+
+    async def _create_sqlite(self, uri: str) -> None:
+        template = self._sqlite_template()
+        async with self._template_lock:
+            if not template.exists():
+                template.parent.mkdir(parents=True, exist_ok=True)
+                building = template.with_suffix(".building")
+                building.unlink(missing_ok=True)
+                await asyncio.to_thread(_build_schema, f"sqlite:///{building}")
+                # WAL lets the gateway's readers and writers overlap; the mode is stored in
+                # the file, so every copy inherits it.
+                with sqlite3.connect(building) as conn:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                os.replace(building, template)
+        target = Path(make_url(uri).database or "")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            return  # created before a crash: keep whatever it holds
+        partial = target.with_suffix(".copying")
+        await asyncio.to_thread(shutil.copyfile, template, partial)
+        os.replace(partial, target)
+
+    # PostgreSQL -----------------------------------------------------------------------------
+
+    def _pg_locked(self, work: Callable[[Connection], None]) -> None:
+        """Run ``work`` on an autocommit admin connection holding the fleet-wide template lock."""
+        admin_url = make_url(self._settings.control_db_url).set(
+            drivername="postgresql+psycopg", database="postgres"
+        )
+        engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_TEMPLATE_LOCK})
+                try:
+                    work(conn)
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_TEMPLATE_LOCK})
+        finally:
+            engine.dispose()
+
+    def _pg_admin(self, statement: str) -> None:
+        self._pg_locked(lambda conn: conn.execute(text(statement)))
+
+    def _create_postgres_sync(self, uri: str) -> None:
+        template = "mlfleet_tpl_" + self._version.replace(".", "_")
+        name = make_url(uri).database
+
+        def work(conn: Connection) -> None:
+            def exists(db: str | None) -> bool:
+                found = conn.execute(
+                    text("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": db}
+                ).scalar()
+                return bool(found)
+
+            if not exists(template):
+                building = f"{template}_building"
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)'))
+                conn.execute(text(f'CREATE DATABASE "{building}"'))
+                target = make_url(uri).set(database=building)
+                _build_schema(target.render_as_string(hide_password=False))
+                conn.execute(text(f'ALTER DATABASE "{building}" RENAME TO "{template}"'))
+            if not exists(name):
+                conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+
+        self._pg_locked(work)
+
+    async def _create_postgres(self, uri: str) -> None:
+        await asyncio.to_thread(self._create_postgres_sync, uri)

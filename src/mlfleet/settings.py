@@ -1,0 +1,87 @@
+"""Daemon settings: flags > environment (MLFLEET_*) > config file > defaults.
+
+The config file is TOML at ``<data-dir>/mlfleet.toml`` (or ``--config``); its keys are the field
+names below. Every field can also be given as ``MLFLEET_<FIELD>`` in the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8470
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".mlfleet")
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    # Control-plane database (SQLAlchemy URL). Empty: a SQLite file in the data dir.
+    # A postgresql:// URL also puts each tracking server's metadata DB on that PostgreSQL server.
+    database_url: str = ""
+    # Base URL that clients use to reach the daemon, when it differs from http://host:port
+    # (behind a proxy or a published hostname).
+    public_url: str = ""
+    # S3-compatible endpoint for s3:// artifact stores (empty: AWS S3 itself).
+    s3_endpoint_url: str = ""
+    # How long the gateway waits for a server that is starting before answering 503.
+    gateway_start_wait_seconds: float = 30.0
+    # In-flight requests per MLflow worker process; the rest queue in the gateway.
+    max_inflight_per_worker: int = 8
+
+    @property
+    def endpoint_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def control_db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'mlfleet.db'}"
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.control_db_url.startswith("postgresql")
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    if kind == "Path":
+        return Path(str(raw)).expanduser()
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return str(raw)
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    env = os.environ if environ is None else environ
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    names = [f.name for f in dataclasses.fields(Settings)]
+    from_env = {n: env[f"MLFLEET_{n.upper()}"] for n in names if f"MLFLEET_{n.upper()}" in env}
+
+    data_dir = flags.get("data_dir") or from_env.get("data_dir") or Settings().data_dir
+    path = config_file or Path(str(data_dir)).expanduser() / "mlfleet.toml"
+    from_file: dict[str, Any] = {}
+    if path.is_file():
+        with path.open("rb") as fh:
+            from_file = tomllib.load(fh)
+        unknown = set(from_file) - set(names)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {sorted(unknown)}; known: {names}")
+
+    merged = {**from_file, **from_env, **flags, "data_dir": data_dir}
+    return Settings(**{k: _coerce(k, v) for k, v in merged.items()})
