@@ -28,7 +28,8 @@ Handler = Callable[[dict[str, Any], Principal], dict[str, Any]]
 class SageMakerApi:
     def __init__(self, fleet: FleetService, credentials: Credentials) -> None:
         self._protocol = JsonProtocol(
-            load_service_model("sagemaker"), pattern_overrides={"S3Uri": lambda value: local_folder(value) is not None}
+            load_service_model("sagemaker"),
+            pattern_overrides={"S3Uri": lambda value: local_folder(value) is not None},
         )
         self._credentials = credentials
         self._fleet = fleet
