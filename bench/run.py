@@ -1,0 +1,1073 @@
+"""Benchmark mlfleet end to end on this machine and write bench/results/latest.{json,md}.
+
+Run: ``.venv/bin/python bench/run.py [--quick] [--out bench/results] [--keep]``
+
+It starts its own daemon (SQLite, temporary data dir, loopback only) and measures:
+
+1. lifecycle: CreateMlflowTrackingServer -> Created, Stop -> Stopped, Start -> Started,
+   Delete -> gone, for Small servers (first create builds the MLflow schema template);
+2. memory: RSS/PSS of a warmed, idle Small server's MLflow worker(s) and of the daemon;
+3. throughput and latency of log-metric and get-run at several concurrencies, direct to the
+   MLflow worker and through the gateway, alternating, with CPU per request of each party;
+4. the real MLflow client logging one metric per call, direct vs gateway (one subprocess each);
+5. log-metric at c=8 on a Medium server (2 workers) through the gateway.
+
+Every wait and loop is bounded in count and time; the daemon and its workers are stopped and the
+data dir removed on any exit (unless ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import configparser
+import contextlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import boto3
+import requests
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER_MODULE = "mlfleet.runtime.mlflow_worker"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+POLL_SECONDS = 0.05
+TRANSITION_TIMEOUT = 180.0
+# MLflow's client and server send usage telemetry to the internet by default; this benchmark
+# stays on loopback.
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+# Hard caps so that no load loop can run away even if the clock misbehaves.
+MAX_REQUESTS_PER_CASE = 300_000
+REQUEST_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: the full run vs ``--quick`` (a smoke test of the whole script)."""
+
+    cycles: int
+    warmup: float
+    duration: float
+    concurrencies: tuple[int, ...]
+    client_calls: int
+
+    @staticmethod
+    def make(quick: bool) -> Plan:
+        if quick:
+            return Plan(
+                cycles=1, warmup=1.0, duration=3.0, concurrencies=(1, 8, 32), client_calls=100
+            )
+        return Plan(cycles=3, warmup=1.0, duration=10.0, concurrencies=(1, 8, 32), client_calls=300)
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc helpers: processes, memory, CPU
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def all_pids() -> Iterator[int]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def worker_ports(data_dir: Path) -> dict[int, int]:
+    """pid -> port of the MLflow workers of *this* daemon (other daemons may run on the box)."""
+    found: dict[int, int] = {}
+    for pid in all_pids():
+        args = cmdline(pid)
+        if WORKER_MODULE in args and any(str(data_dir) in a for a in args) and "--port" in args:
+            found[pid] = int(args[args.index("--port") + 1])
+    return found
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def descendants(root: int) -> list[int]:
+    """All living processes below ``root`` (workers and anything they spawned)."""
+    children: dict[int, list[int]] = {}
+    for pid in all_pids():
+        ppid = parent_pid(pid)
+        if ppid is not None:
+            children.setdefault(ppid, []).append(pid)
+    out: list[int] = []
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def _kib_field(path: str, name: str) -> int:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) in MiB. PSS splits shared pages between sharers: the fair per-process cost."""
+    rss = _kib_field(f"/proc/{pid}/status", "VmRSS")
+    pss = _kib_field(f"/proc/{pid}/smaps_rollup", "Pss")
+    return rss / 1024, pss / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent busy by the whole machine (all cores) since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+@dataclass
+class CpuProbe:
+    """CPU used by the worker(s), the daemon (gateway) and this process during one case.
+
+    ``foreign`` is what everything else on the machine used: a noise gauge for a shared box.
+    """
+
+    workers: list[int]
+    daemon: int
+    start: dict[str, float] = field(default_factory=dict)
+
+    def _read(self) -> dict[str, float]:
+        return {
+            "worker": sum(cpu_seconds(p) for p in self.workers),
+            "gateway": cpu_seconds(self.daemon),
+            "client": time.process_time(),
+            "machine": machine_busy_seconds(),
+            "wall": time.monotonic(),
+        }
+
+    def begin(self) -> None:
+        self.start = self._read()
+
+    def end(self) -> dict[str, float]:
+        now = self._read()
+        delta = {k: now[k] - self.start[k] for k in now}
+        ours = delta["worker"] + delta["gateway"] + delta["client"]
+        delta["foreign_cores"] = max(0.0, delta["machine"] - ours) / max(delta["wall"], 1e-9)
+        return delta
+
+
+# ---------------------------------------------------------------------------------------------
+# the daemon under test
+
+
+class BenchDaemon:
+    """``python -m mlfleet up`` in a throw-away data dir; ``close()`` stops it whatever happened."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_seconds = 0.0
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **NO_TELEMETRY}
+        started = time.perf_counter()
+        with (self.data_dir / "daemon.out").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlfleet",
+                    "up",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=REPO,
+            )
+        deadline = started + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlfleet exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    self.startup_seconds = time.perf_counter() - started
+                    return
+            time.sleep(POLL_SECONDS)
+        raise RuntimeError(f"mlfleet not healthy after {timeout:.0f} s:\n{self.log_tail()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_tail(self, limit: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return (self.data_dir / "daemon.out").read_text(errors="replace")[-limit:]
+        return ""
+
+    def credentials(self) -> tuple[str, str]:
+        parser = configparser.ConfigParser()
+        parser.read(self.data_dir / "credentials")
+        section = parser["default"]
+        return section["aws_access_key_id"], section["aws_secret_access_key"]
+
+    def sagemaker(self) -> Any:
+        key, secret = self.credentials()
+        return boto3.client(
+            "sagemaker",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            config=BotoConfig(retries={"max_attempts": 1}, read_timeout=30),
+        )
+
+    def close(self) -> None:
+        """SIGTERM (the daemon stops its workers), then make sure none of ours is left."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        # Workers die with the daemon (PR_SET_PDEATHSIG); this catches any that did not.
+        for pid in worker_ports(self.data_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. lifecycle
+
+
+def status_of(sm: Any, name: str) -> str | None:
+    """The server's status, or None once it no longer exists."""
+    try:
+        return str(
+            sm.describe_mlflow_tracking_server(TrackingServerName=name)["TrackingServerStatus"]
+        )
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ResourceNotFound":
+            return None
+        raise
+
+
+def timed_transition(sm: Any, name: str, call: Callable[[], object], target: str | None) -> float:
+    """Seconds from the API call until Describe first shows ``target`` (None: deleted)."""
+    started = time.perf_counter()
+    call()
+    deadline = started + TRANSITION_TIMEOUT
+    while time.perf_counter() < deadline:
+        status = status_of(sm, name)
+        if status == target:
+            return time.perf_counter() - started
+        if status is not None and status.endswith("Failed"):
+            desc = sm.describe_mlflow_tracking_server(TrackingServerName=name)
+            raise RuntimeError(f"{name}: {status}: {desc.get('FailureReason')}")
+        time.sleep(POLL_SECONDS)
+    raise RuntimeError(f"{name} did not reach {target} within {TRANSITION_TIMEOUT:.0f} s")
+
+
+def create_server(sm: Any, name: str, artifacts: Path, size: str = "Small") -> float:
+    return timed_transition(
+        sm,
+        name,
+        lambda: sm.create_mlflow_tracking_server(
+            TrackingServerName=name,
+            ArtifactStoreUri=f"file://{artifacts / name}",
+            RoleArn="arn:aws:iam::123456789012:role/mlfleet-bench",
+            TrackingServerSize=size,
+        ),
+        "Created",
+    )
+
+
+def delete_server(sm: Any, name: str) -> float:
+    return timed_transition(
+        sm, name, lambda: sm.delete_mlflow_tracking_server(TrackingServerName=name), None
+    )
+
+
+def lifecycle_cycles(sm: Any, artifacts: Path, cycles: int) -> list[dict[str, float]]:
+    """create/stop/start/delete, ``cycles`` times; the first create also builds the template."""
+    out: list[dict[str, float]] = []
+    for i in range(cycles):
+        name = f"bench-cycle-{i}"
+        row = {"create": create_server(sm, name, artifacts)}
+        row["stop"] = timed_transition(
+            sm, name, lambda n=name: sm.stop_mlflow_tracking_server(TrackingServerName=n), "Stopped"
+        )
+        row["start"] = timed_transition(
+            sm,
+            name,
+            lambda n=name: sm.start_mlflow_tracking_server(TrackingServerName=n),
+            "Started",
+        )
+        row["delete"] = delete_server(sm, name)
+        print(
+            f"  cycle {i + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in row.items()), flush=True
+        )
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# talking to a tracking server
+
+
+@dataclass(frozen=True)
+class Target:
+    """One way to reach a tracking server's REST API: its base URL and headers."""
+
+    mode: str  # "direct" or "gateway"
+    base: str
+    headers: dict[str, str]
+
+
+def basic_header(key: str, secret: str) -> dict[str, str]:
+    token = base64.b64encode(f"{key}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def tracking_url(sm: Any, name: str) -> str:
+    return str(sm.describe_mlflow_tracking_server(TrackingServerName=name)["TrackingServerUrl"])
+
+
+def wait_workers(data_dir: Path, count: int, timeout: float = 30.0) -> dict[int, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = worker_ports(data_dir)
+        if len(found) == count:
+            return found
+        time.sleep(0.1)
+    raise RuntimeError(f"expected {count} MLflow worker(s), found {worker_ports(data_dir)}")
+
+
+def create_run(target: Target) -> str:
+    resp = requests.post(
+        f"{target.base}/api/2.0/mlflow/runs/create",
+        json={"experiment_id": "0", "start_time": int(time.time() * 1000), "run_name": "bench"},
+        headers=target.headers,
+        timeout=REQUEST_TIMEOUT,
+    )
+    resp.raise_for_status()
+    return str(resp.json()["run"]["info"]["run_id"])
+
+
+def warm(targets: list[Target], run_id: str, rounds: int = 10) -> None:
+    """A few writes and reads each way, so that lazy imports and caches are paid for."""
+    with requests.Session() as http:
+        for target in targets:
+            for i in range(rounds):
+                body = {"run_id": run_id, "key": "warm", "value": i, "timestamp": 0, "step": i}
+                for resp in (
+                    http.post(
+                        f"{target.base}/api/2.0/mlflow/runs/log-metric",
+                        json=body,
+                        headers=target.headers,
+                        timeout=REQUEST_TIMEOUT,
+                    ),
+                    http.get(
+                        f"{target.base}/api/2.0/mlflow/runs/get",
+                        params={"run_id": run_id},
+                        headers=target.headers,
+                        timeout=REQUEST_TIMEOUT,
+                    ),
+                ):
+                    resp.raise_for_status()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. memory
+
+
+def memory_report(daemon: BenchDaemon, workers: dict[int, int]) -> dict[str, Any]:
+    worker_mem = [memory_mib(pid) for pid in workers]
+    daemon_rss, daemon_pss = memory_mib(daemon.pid)
+    below = descendants(daemon.pid)
+    return {
+        "workers": len(workers),
+        "worker_rss_mib": sum(m[0] for m in worker_mem),
+        "worker_pss_mib": sum(m[1] for m in worker_mem),
+        "daemon_rss_mib": daemon_rss,
+        "daemon_pss_mib": daemon_pss,
+        # daemon + everything below it (workers and whatever they spawned)
+        "processes": 1 + len(below),
+        "process_commands": [" ".join(cmdline(p))[:120] for p in [daemon.pid, *below]],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. closed-loop load
+
+
+@dataclass
+class Case:
+    endpoint: str
+    mode: str
+    concurrency: int
+    seconds: float
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    error_sample: str | None
+    cpu_ms_per_request: dict[str, float]
+    foreign_cores: float
+    server: str = "Small"
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+class Endpoint:
+    """Builds one request of a kind; log-metric bodies carry an increasing step."""
+
+    def __init__(self, kind: str, run_id: str) -> None:
+        self.kind = kind
+        self.run_id = run_id
+        self.step = 0
+
+    def request(self, target: Target) -> tuple[str, str, bytes | None]:
+        if self.kind == "log-metric":
+            self.step += 1
+            body = {
+                "run_id": self.run_id,
+                "key": "m",
+                "value": float(self.step),
+                "timestamp": int(time.time() * 1000),
+                "step": self.step,
+            }
+            url = f"{target.base}/api/2.0/mlflow/runs/log-metric"
+            return "POST", url, json.dumps(body).encode()
+        return "GET", f"{target.base}/api/2.0/mlflow/runs/get?run_id={self.run_id}", None
+
+
+async def _client_task(
+    http: aiohttp.ClientSession,
+    endpoint: Endpoint,
+    target: Target,
+    stop_at: float,
+    samples: list[tuple[float, float, int, str]],
+    budget: list[int],
+) -> None:
+    """One closed-loop client: send, wait for the whole answer, repeat until ``stop_at``."""
+    headers = {**target.headers, "Content-Type": "application/json"}
+    while time.perf_counter() < stop_at and budget[0] > 0:
+        budget[0] -= 1
+        method, url, body = endpoint.request(target)
+        sent = time.perf_counter()
+        try:
+            async with http.request(method, url, data=body, headers=headers) as resp:
+                payload = await resp.read()
+                status, detail = resp.status, payload[:200].decode(errors="replace")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            status, detail = -1, repr(exc)
+        done = time.perf_counter()
+        samples.append((done, done - sent, status, detail))
+
+
+async def closed_loop(
+    endpoint: Endpoint, target: Target, concurrency: int, warmup: float, duration: float
+) -> tuple[list[tuple[float, float, int, str]], float, float]:
+    """Run ``concurrency`` keep-alive clients; return samples and the measured window."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+    samples: list[tuple[float, float, int, str]] = []
+    budget = [MAX_REQUESTS_PER_CASE]
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        start = time.perf_counter()
+        window = (start + warmup, start + warmup + duration)
+        tasks = [
+            _client_task(http, endpoint, target, window[1], samples, budget)
+            for _ in range(concurrency)
+        ]
+        # In-flight requests finish after stop_at; each is capped by REQUEST_TIMEOUT.
+        await asyncio.wait_for(asyncio.gather(*tasks), warmup + duration + REQUEST_TIMEOUT + 10)
+    return samples, window[0], window[1]
+
+
+def summarise(
+    kind: str,
+    target: Target,
+    concurrency: int,
+    measured: tuple[list[tuple[float, float, int, str]], float, float],
+    cpu: dict[str, float],
+    server: str,
+) -> Case:
+    """Completions inside the window count; the warm-up (new connections, caches) does not."""
+    samples, begin, end = measured
+    inside = [s for s in samples if begin <= s[0] <= end]
+    good = sorted(s[1] for s in inside if s[2] == 200)
+    bad = [s for s in inside if s[2] != 200]
+    # The CPU probe spans the whole case, warm-up included, so divide by every request.
+    all_sent = max(len(samples), 1)
+    return Case(
+        endpoint=kind,
+        mode=target.mode,
+        concurrency=concurrency,
+        seconds=end - begin,
+        requests=len(inside),
+        errors=len(bad),
+        rps=len(good) / (end - begin),
+        p50_ms=percentile(good, 0.50) * 1000,
+        p99_ms=percentile(good, 0.99) * 1000,
+        error_sample=f"{bad[0][2]}: {bad[0][3]}" if bad else None,
+        cpu_ms_per_request={
+            who: cpu[who] * 1000 / all_sent for who in ("worker", "gateway", "client")
+        },
+        foreign_cores=cpu["foreign_cores"],
+        server=server,
+    )
+
+
+def run_case(
+    kind: str,
+    run_id: str,
+    target: Target,
+    concurrency: int,
+    plan: Plan,
+    probe: CpuProbe,
+    server: str = "Small",
+) -> Case:
+    endpoint = Endpoint(kind, run_id)
+    probe.begin()
+    measured = run_async(closed_loop(endpoint, target, concurrency, plan.warmup, plan.duration))
+    case = summarise(kind, target, concurrency, measured, probe.end(), server)
+    print(
+        f"  {server:6} {kind:10} c={concurrency:<2} {target.mode:7} {case.rps:7.1f} req/s  "
+        f"p50 {case.p50_ms:6.1f} ms  p99 {case.p99_ms:7.1f} ms  errors {case.errors}  "
+        f"cpu/req w {case.cpu_ms_per_request['worker']:.1f} "
+        f"gw {case.cpu_ms_per_request['gateway']:.1f} ms  other load {case.foreign_cores:.2f}",
+        flush=True,
+    )
+    return case
+
+
+def run_async(coro: Any) -> Any:
+    """Run the load generator on uvloop when available: the client should cost as little CPU
+    as possible on a 2-core box where it competes with the server under test."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def throughput_matrix(
+    run_id: str, direct: Target, gateway: Target, plan: Plan, probe: CpuProbe
+) -> list[Case]:
+    """Every (endpoint, concurrency) both ways, swapping which goes first each time so that
+    drift on a shared machine (other load, a growing metrics table) hits both sides alike."""
+    cases: list[Case] = []
+    index = 0
+    for kind in ("log-metric", "get-run"):
+        for concurrency in plan.concurrencies:
+            order = (direct, gateway) if index % 2 == 0 else (gateway, direct)
+            for target in order:
+                cases.append(run_case(kind, run_id, target, concurrency, plan, probe))
+            index += 1
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. the real MLflow client, one call at a time
+
+
+def client_loop_child(uri: str, run_id: str, calls: int, key: str) -> None:
+    """Runs in a subprocess: log ``calls`` metrics like a training loop, print timings as JSON."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for i in range(5):  # connection set-up and lazy imports are not what a loop pays per step
+        client.log_metric(run_id, f"{key}_warm", float(i), step=i)
+    latencies: list[float] = []
+    started = time.perf_counter()
+    deadline = started + 120
+    for i in range(calls):
+        sent = time.perf_counter()
+        client.log_metric(run_id, key, float(i), step=i)
+        latencies.append(time.perf_counter() - sent)
+        if sent > deadline:
+            break
+    elapsed = time.perf_counter() - started
+    print(json.dumps({"calls": len(latencies), "seconds": elapsed, "latencies": latencies}))
+
+
+def mlflow_client_mode(
+    mode: str, uri: str, run_id: str, calls: int, auth: tuple[str, str] | None
+) -> dict[str, Any]:
+    """One mode in its own interpreter, so env vars and MLflow's cached sessions don't leak."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_TRACKING_", "AWS_")) and k != "MLFLOW_TRACKING_URI"
+    }
+    env.update(NO_TELEMETRY)
+    if auth is not None:
+        env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = auth
+    done = subprocess.run(
+        [sys.executable, __file__, "--client-loop", uri, run_id, str(calls), f"client_{mode}"],
+        capture_output=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"MLflow client ({mode}) failed: {done.stderr.decode()[-2000:]}")
+    raw = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    latencies = sorted(raw["latencies"])
+    result = {
+        "mode": mode,
+        "calls": raw["calls"],
+        "calls_per_s": raw["calls"] / raw["seconds"],
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+    }
+    print(
+        f"  MLflow client {mode:7} {result['calls_per_s']:6.1f} calls/s  "
+        f"p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms",
+        flush=True,
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def machine_info() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
+        platform.processor() or "unknown",
+    )
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "memory_gib": _kib_field("/proc/meminfo", "MemTotal") / 1024 / 1024,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "mlflow": importlib.metadata.version("mlflow"),
+        "aiohttp": importlib.metadata.version("aiohttp"),
+        "uvicorn": importlib.metadata.version("uvicorn"),
+        "git_commit": commit or "unknown",
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def ratio_rows(cases: list[Case]) -> list[dict[str, Any]]:
+    """Pair each direct case with its gateway twin."""
+    rows = []
+    small = [c for c in cases if c.server == "Small"]
+    for d in (c for c in small if c.mode == "direct"):
+        g = next(
+            c
+            for c in small
+            if c.mode == "gateway" and c.endpoint == d.endpoint and c.concurrency == d.concurrency
+        )
+        rows.append(
+            {"endpoint": d.endpoint, "concurrency": d.concurrency, "direct": d, "gateway": g}
+        )
+    return rows
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    life = results["lifecycle"]
+    out.append(
+        {
+            "target": "Created < 10 s (first create, builds the schema template)",
+            "value": f"{life['first_create_s']:.2f} s",
+            "verdict": verdict(life["first_create_s"] < 10),
+        }
+    )
+    out.append(
+        {
+            "target": "Created < 10 s (template ready, slowest)",
+            "value": f"{max(life['creates_template_ready_s']):.2f} s",
+            "verdict": verdict(max(life["creates_template_ready_s"]) < 10),
+        }
+    )
+    for row in results["ratios"]:
+        if row["concurrency"] == 8:
+            ratio = row["ratio"]
+            out.append(
+                {
+                    "target": f"gateway >= 90 % of direct, {row['endpoint']} c=8",
+                    "value": f"{ratio:.0%}",
+                    "verdict": verdict(ratio >= 0.9),
+                }
+            )
+    client = {c["mode"]: c for c in results["mlflow_client"]}
+    ratio = client["gateway"]["calls_per_s"] / client["direct"]["calls_per_s"]
+    out.append(
+        {
+            "target": "MLflow client one call at a time: gateway >= direct",
+            "value": f"{client['gateway']['calls_per_s']:.1f} vs "
+            f"{client['direct']['calls_per_s']:.1f} calls/s ({ratio:.0%})",
+            "verdict": verdict(ratio >= 1.0),
+        }
+    )
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    life = results["lifecycle"]
+    mem = results["memory_idle"]
+    lines = [
+        "# mlfleet benchmark",
+        "",
+        f"`{results['command']}` — {m['date']}, git {m['git_commit']}, "
+        f"{'quick' if results['quick'] else 'full'} run, {results['total_seconds']:.0f} s.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| CPU | {m['cpu_model']}, {m['nproc']} cores (nproc) |",
+        f"| memory | {m['memory_gib']:.1f} GiB |",
+        f"| kernel | {m['kernel']} |",
+        f"| versions | Python {m['python']}, MLflow {m['mlflow']}, aiohttp {m['aiohttp']}, "
+        f"uvicorn {m['uvicorn']} |",
+        f"| load average at start / end | {' '.join(m['loadavg_at_start'])} / "
+        f"{' '.join(results['loadavg_at_end'])} |",
+        "",
+        "## Targets",
+        "",
+        "| target | value | |",
+        "|---|---|---|",
+        *(f"| {t['target']} | {t['value']} | {t['verdict']} |" for t in results["targets"]),
+        "",
+        "## Lifecycle (Small, SQLite; Describe polled every 50 ms)",
+        "",
+        f"Daemon start to `/health` 200: {results['daemon_startup_s']:.2f} s.",
+        "",
+        "| cycle | create → Created | stop → Stopped | start → Started | delete → gone |",
+        "|---|---|---|---|---|",
+    ]
+    for i, c in enumerate(life["cycles"], 1):
+        label = f"{i} (first create)" if i == 1 else str(i)
+        lines.append(
+            f"| {label} | {c['create']:.2f} s | {c['stop']:.2f} s | {c['start']:.2f} s "
+            f"| {c['delete']:.2f} s |"
+        )
+    ready = life["creates_template_ready_s"]
+    lines += [
+        "",
+        f"First create (builds the MLflow schema template): **{life['first_create_s']:.2f} s**; "
+        f"create with the template ready: **{_spread(ready)}** (n={len(ready)}, includes the "
+        f"benchmark server's own create).",
+        "",
+        "## Memory (Small server, warmed, idle)",
+        "",
+        "| what | RSS | PSS |",
+        "|---|---|---|",
+        f"| MLflow worker process(es): {mem['workers']} | {mem['worker_rss_mib']:.0f} MiB "
+        f"| {mem['worker_pss_mib']:.0f} MiB |",
+        f"| mlfleet daemon | {mem['daemon_rss_mib']:.0f} MiB | {mem['daemon_pss_mib']:.0f} MiB |",
+        f"| after the load cases: worker(s) / daemon | "
+        f"{results['memory_after_load']['worker_rss_mib']:.0f} / "
+        f"{results['memory_after_load']['daemon_rss_mib']:.0f} MiB "
+        f"| {results['memory_after_load']['worker_pss_mib']:.0f} / "
+        f"{results['memory_after_load']['daemon_pss_mib']:.0f} MiB |",
+        "",
+        f"Processes (daemon and everything below it): {mem['processes']}.",
+        "",
+        "## Throughput and latency (Small, 1 worker; aiohttp closed loop, keep-alive, "
+        f"{results['plan']['warmup']:.0f} s warm-up + "
+        f"{results['plan']['duration']:.0f} s per case)",
+        "",
+        "CPU/req: CPU ms per request used by the MLflow worker / the daemon (gateway) / this load "
+        "generator. Other load: cores used by everything else on the machine during the case.",
+        "",
+        "| endpoint | c | direct req/s | gateway req/s | gw/direct | direct p50 / p99 ms "
+        "| gateway p50 / p99 ms | errors d / g | CPU/req direct w / client ms "
+        "| CPU/req gateway w / gw / client ms | other load d / g |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["ratios"]:
+        d, g = row["direct"], row["gateway"]
+        dc, gc = d["cpu_ms_per_request"], g["cpu_ms_per_request"]
+        lines.append(
+            f"| {row['endpoint']} | {row['concurrency']} | {d['rps']:.1f} | {g['rps']:.1f} "
+            f"| {row['ratio']:.0%} | {d['p50_ms']:.1f} / {d['p99_ms']:.1f} "
+            f"| {g['p50_ms']:.1f} / {g['p99_ms']:.1f} | {d['errors']} / {g['errors']} "
+            f"| {dc['worker']:.1f} / {dc['client']:.1f} "
+            f"| {gc['worker']:.1f} / {gc['gateway']:.1f} / {gc['client']:.1f} "
+            f"| {d['foreign_cores']:.2f} / {g['foreign_cores']:.2f} |"
+        )
+    errors = [c for c in results["cases"] if c["error_sample"]]
+    if errors:
+        lines += ["", "Errors seen (first of each case):", ""]
+        lines += [
+            f"- {c['server']} {c['endpoint']} c={c['concurrency']} {c['mode']}: "
+            f"{c['errors']} x `{c['error_sample'][:160]}`"
+            for c in errors
+        ]
+    lines += [
+        "",
+        f"## MLflow client, one `log_metric` call at a time ({results['plan']['client_calls']} "
+        "calls after 5 warm-up calls, own subprocess per mode)",
+        "",
+        "| mode | calls/s | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+        *(
+            f"| {c['mode']} | {c['calls_per_s']:.1f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} |"
+            for c in results["mlflow_client"]
+        ),
+    ]
+    medium = results.get("medium")
+    if medium:
+        lines += [
+            "",
+            "## Medium server (2 workers), log-metric",
+            "",
+            f"Create → Created: {medium['create_s']:.2f} s.",
+            "",
+            "| path | c | req/s | p50 / p99 ms | errors | CPU/req workers / gw ms | other load |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in medium["cases"]:
+            cpu = c["cpu_ms_per_request"]
+            lines.append(
+                f"| {c['mode']} | {c['concurrency']} | {c['rps']:.1f} "
+                f"| {c['p50_ms']:.1f} / {c['p99_ms']:.1f} | {c['errors']} "
+                f"| {cpu['worker']:.1f} / {cpu['gateway']:.1f} | {c['foreign_cores']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _spread(values: list[float]) -> str:
+    ordered = sorted(values)
+    median = ordered[len(ordered) // 2]
+    if len(ordered) == 1:
+        return f"{median:.2f} s"
+    return f"{median:.2f} s [{ordered[0]:.2f}-{ordered[-1]:.2f}]"
+
+
+def write_results(out_dir: Path, results: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out_dir / "latest.md").write_text(markdown(results))
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def bench_small(
+    daemon: BenchDaemon, sm: Any, artifacts: Path, plan: Plan, results: dict[str, Any]
+) -> None:
+    """Create the benchmark server and measure memory, the load matrix and the MLflow client."""
+    print("benchmark server (Small) ...", flush=True)
+    results["lifecycle"]["creates_template_ready_s"].append(
+        create_server(sm, "bench-small", artifacts)
+    )
+    workers = wait_workers(daemon.data_dir, 1)
+    key, secret = daemon.credentials()
+    direct = Target("direct", f"http://127.0.0.1:{next(iter(workers.values()))}", {})
+    gateway = Target("gateway", tracking_url(sm, "bench-small"), basic_header(key, secret))
+    run_id = create_run(gateway)
+    warm([direct, gateway], run_id)
+    time.sleep(2)  # let allocator and GC settle after the warm-up requests
+    results["memory_idle"] = memory_report(daemon, workers)
+    print(
+        f"  idle: worker RSS {results['memory_idle']['worker_rss_mib']:.0f} MiB, "
+        f"daemon RSS {results['memory_idle']['daemon_rss_mib']:.0f} MiB",
+        flush=True,
+    )
+
+    print("throughput (Small) ...", flush=True)
+    probe = CpuProbe(list(workers), daemon.pid)
+    cases = throughput_matrix(run_id, direct, gateway, plan, probe)
+    results["cases"] = [asdict(c) for c in cases]
+    results["ratios"] = [
+        {
+            "endpoint": r["endpoint"],
+            "concurrency": r["concurrency"],
+            "ratio": r["gateway"].rps / r["direct"].rps if r["direct"].rps else math.nan,
+            "direct": asdict(r["direct"]),
+            "gateway": asdict(r["gateway"]),
+        }
+        for r in ratio_rows(cases)
+    ]
+    results["memory_after_load"] = memory_report(daemon, workers)
+
+    print("MLflow client, one call at a time ...", flush=True)
+    results["mlflow_client"] = [
+        mlflow_client_mode("direct", direct.base, run_id, plan.client_calls, None),
+        mlflow_client_mode("gateway", gateway.base, run_id, plan.client_calls, (key, secret)),
+    ]
+    delete_server(sm, "bench-small")
+
+
+def bench_medium(
+    daemon: BenchDaemon, sm: Any, artifacts: Path, plan: Plan, results: dict[str, Any]
+) -> None:
+    """log-metric c=8 through the gateway on 2 workers, and direct to one of them for scale."""
+    print("Medium server ...", flush=True)
+    created = create_server(sm, "bench-medium", artifacts, size="Medium")
+    workers = wait_workers(daemon.data_dir, 2)
+    key, secret = daemon.credentials()
+    gateway = Target("gateway", tracking_url(sm, "bench-medium"), basic_header(key, secret))
+    one_worker = Target("direct (1 of 2 workers)", f"http://127.0.0.1:{min(workers.values())}", {})
+    run_id = create_run(gateway)
+    warm([gateway], run_id)
+    probe = CpuProbe(list(workers), daemon.pid)
+    cases = [
+        run_case("log-metric", run_id, gateway, 8, plan, probe, "Medium"),
+        run_case("log-metric", run_id, one_worker, 8, plan, probe, "Medium"),
+        run_case("log-metric", run_id, gateway, 32, plan, probe, "Medium"),
+    ]
+    results["medium"] = {"create_s": created, "cases": [asdict(c) for c in cases]}
+    delete_server(sm, "bench-medium")
+
+
+def run_benchmark(plan: Plan, data_dir: Path, quick: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "command": " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
+        "quick": quick,
+        "plan": asdict(plan),
+        "machine": machine_info(),
+    }
+    started = time.perf_counter()
+    daemon = BenchDaemon(data_dir / "daemon")
+    artifacts = data_dir / "artifacts"
+    try:
+        print(f"starting mlfleet in {daemon.data_dir} ...", flush=True)
+        daemon.start()
+        results["daemon_startup_s"] = daemon.startup_seconds
+        sm = daemon.sagemaker()
+
+        print(f"lifecycle, {plan.cycles} cycle(s) ...", flush=True)
+        cycles = lifecycle_cycles(sm, artifacts, plan.cycles)
+        results["lifecycle"] = {
+            "cycles": cycles,
+            "first_create_s": cycles[0]["create"],
+            "creates_template_ready_s": [c["create"] for c in cycles[1:]],
+        }
+        bench_small(daemon, sm, artifacts, plan, results)
+        bench_medium(daemon, sm, artifacts, plan, results)
+    except BaseException:
+        print(f"benchmark failed; daemon log tail:\n{daemon.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        daemon.close()
+    results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    results["total_seconds"] = time.perf_counter() - started
+    results["targets"] = targets(results)
+    return results
+
+
+def _terminate_on_sigterm() -> None:
+    # A SIGTERM to the benchmark unwinds through the ``finally`` blocks like Ctrl-C does.
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--client-loop":
+        client_loop_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="~3 s per case, 1 lifecycle cycle")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    args = parser.parse_args()
+
+    _terminate_on_sigterm()
+    plan = Plan.make(args.quick)
+    data_dir = Path(tempfile.mkdtemp(prefix="mlfleet-bench-"))
+    try:
+        results = run_benchmark(plan, data_dir, args.quick)
+    finally:
+        if args.keep:
+            print(f"data dir kept: {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    write_results(args.out, results)
+    print()
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
