@@ -29,8 +29,6 @@ log = logging.getLogger("mlfleet")
 
 @dataclass
 class Daemon:
-    settings: Settings
-    credentials: Credentials
     runtime: LocalRuntime
     reconciler: Reconciler
     gateway: Gateway
@@ -47,7 +45,7 @@ def build_daemon(settings: Settings) -> Daemon:
 
     mlflow_version = importlib.metadata.version("mlflow")
     reconciler_ref: list[Reconciler] = []
-    runtime = LocalRuntime(on_change=lambda _server_id: None)
+    runtime = LocalRuntime()
     fleet = FleetService(
         settings,
         sessions,
@@ -71,8 +69,6 @@ def build_daemon(settings: Settings) -> Daemon:
 
     gateway = Gateway(settings, runtime, credentials, UiSessions(sessions), lookup)
     return Daemon(
-        settings=settings,
-        credentials=credentials,
         runtime=runtime,
         reconciler=reconciler,
         gateway=gateway,

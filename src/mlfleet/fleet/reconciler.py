@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.fleet.service import SERVING, FleetService, local_folder
@@ -67,11 +67,7 @@ class Reconciler:
 
     def resume_all(self) -> None:
         with self._sessions() as session:
-            ids = list(
-                session.scalars(
-                    TrackingServer.__table__.select().with_only_columns(TrackingServer.id)
-                )
-            )
+            ids = list(session.scalars(select(TrackingServer.id)))
         for server_id in ids:
             self.kick(server_id)
 

@@ -17,7 +17,6 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,20 +61,15 @@ class StartError(Exception):
 
 
 class Worker:
-    def __init__(self, index: int, spec: ServerSpec, on_change: Callable[[], None]) -> None:
+    def __init__(self, index: int, spec: ServerSpec) -> None:
         self.index = index
         self.spec = spec
         self.port = _free_port()
         self.healthy = False
-        self._on_change = on_change
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self.log_path = spec.log_dir / f"worker-{index}.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     async def _spawn(self) -> None:
         self.spec.log_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +129,6 @@ class Worker:
                     raise
                 self.port = _free_port()
         self.healthy = True
-        self._on_change()
         self._supervisor = asyncio.create_task(self._supervise(http))
 
     async def _supervise(self, http: aiohttp.ClientSession) -> None:
@@ -145,7 +138,6 @@ class Worker:
             started = time.monotonic()
             code = await self._proc.wait()
             self.healthy = False
-            self._on_change()
             if self._stopping:
                 return
             if time.monotonic() - started > STABLE_AFTER_SECONDS:
@@ -168,7 +160,6 @@ class Worker:
                 log.warning("restarting MLflow worker %s failed: %s", self.index, exc)
                 continue
             self.healthy = True
-            self._on_change()
 
     async def _terminate(self) -> None:
         proc = self._proc
@@ -189,15 +180,14 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         self.healthy = False
-        self._on_change()
 
 
 class ServerProcesses:
     """The worker processes of one tracking server."""
 
-    def __init__(self, spec: ServerSpec, on_change: Callable[[], None]) -> None:
+    def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
-        self.workers = [Worker(i, spec, on_change) for i in range(spec.workers)]
+        self.workers = [Worker(i, spec) for i in range(spec.workers)]
 
     @property
     def serving(self) -> bool:
@@ -217,9 +207,8 @@ class ServerProcesses:
 class LocalRuntime:
     """Starts, stops and watches the MLflow processes of every tracking server."""
 
-    def __init__(self, on_change: Callable[[str], None]) -> None:
+    def __init__(self) -> None:
         self._servers: dict[str, ServerProcesses] = {}
-        self._on_change = on_change
         self._http: aiohttp.ClientSession | None = None
 
     def _session(self) -> aiohttp.ClientSession:
@@ -240,20 +229,18 @@ class LocalRuntime:
             if current.spec == spec and current.serving:
                 return
             await self.stop(server_id)
-        procs = ServerProcesses(spec, lambda: self._on_change(server_id))
+        procs = ServerProcesses(spec)
         self._servers[server_id] = procs
         try:
             await procs.start(self._session())
         except BaseException:
             self._servers.pop(server_id, None)
-            self._on_change(server_id)
             raise
 
     async def stop(self, server_id: str) -> None:
         procs = self._servers.pop(server_id, None)
         if procs is not None:
             await procs.stop()
-        self._on_change(server_id)
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop(sid) for sid in list(self._servers)))
