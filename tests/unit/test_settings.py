@@ -1,0 +1,42 @@
+"""Settings precedence: flags > MLFLEET_* environment > config file > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlfleet.settings import DEFAULT_PORT, load_settings
+
+
+def test_precedence(tmp_path: Path) -> None:
+    (tmp_path / "mlfleet.toml").write_text(
+        'region = "eu-west-1"\nport = 9000\naccount_id = "111122223333"\n'
+    )
+    env = {"MLFLEET_PORT": "9100", "MLFLEET_DATA_DIR": str(tmp_path)}
+    settings = load_settings({"account_id": "444455556666"}, environ=env)
+    assert settings.data_dir == tmp_path
+    assert settings.region == "eu-west-1"  # file
+    assert settings.port == 9100  # env beats file
+    assert settings.account_id == "444455556666"  # flag beats file
+    assert settings.endpoint_url == "http://127.0.0.1:9100"
+    assert settings.control_db_url == f"sqlite:///{tmp_path / 'mlfleet.db'}"
+    assert not settings.uses_postgres
+
+
+def test_defaults_and_public_url(tmp_path: Path) -> None:
+    settings = load_settings({"data_dir": tmp_path, "host": "0.0.0.0"}, environ={})
+    assert settings.port == DEFAULT_PORT
+    assert settings.endpoint_url == f"http://127.0.0.1:{DEFAULT_PORT}"
+    public = load_settings(
+        {"data_dir": tmp_path, "public_url": "https://mlflow.example/"}, environ={}
+    )
+    assert public.endpoint_url == "https://mlflow.example"
+    pg = load_settings({"data_dir": tmp_path, "database_url": "postgresql://u@h/db"}, environ={})
+    assert pg.uses_postgres
+
+
+def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "mlfleet.toml").write_text("regoin = 'typo'\n")
+    with pytest.raises(ValueError, match="regoin"):
+        load_settings({"data_dir": tmp_path}, environ={})
