@@ -337,13 +337,13 @@ class Gateway:
             headers = CIMultiDict(
                 (k, v) for k, v in request.headers.items() if k.lower() not in STRIPPED_REQUEST
             )
-            data: bytes | AsyncIterator[bytes] | None
-            if body is not None:
-                data = body
-            elif request.body_exists:
-                data = _verified(request.content, payload_hash)
-            else:
-                data = None
+            data: bytes | AsyncIterator[bytes] | None = body
+            if data is None and request.body_exists:
+                length = request.content_length
+                if payload_hash is None and length is not None and length <= BUFFER_LIMIT:
+                    data = await request.read()  # one write upstream beats a chunk stream
+                else:
+                    data = _verified(request.content, payload_hash)
             url = f"http://127.0.0.1:{worker.port}{route.upstream_path}"
             try:
                 async with self._client.request(
