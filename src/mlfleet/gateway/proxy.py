@@ -2,9 +2,11 @@
 
 Built on aiohttp's server and pooled client (measured ~3-4x cheaper per hop than an httpx
 stack, spec/baseline-perf.md). Bodies are streamed both ways, so a 1 GB artifact is never held
-in memory. Each worker process gets at most ``max_inflight_per_worker`` requests at a time (the
-rest wait here, in order) because MLflow's write handlers exhaust their SQLAlchemy pool when a
-single process takes more (behaviour 3).
+in memory. Each worker process gets at most ``max_inflight_per_worker`` API requests at a time
+(the rest wait here, in order): MLflow's write handlers exhaust their SQLAlchemy pool when one
+process takes many more (behaviour 3), and a GIL-bound worker gains nothing from more than a few,
+only tail latency (measured in bench/). Artifact transfers, which wait on I/O rather than the
+database, are not held back.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -74,7 +77,7 @@ class ServerLoad:
     """In-flight requests per worker of one server, and the queue of those waiting for a slot."""
 
     inflight: dict[int, int] = field(default_factory=dict)
-    waiters: asyncio.Condition = field(default_factory=asyncio.Condition)
+    waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
 
 
 # name -> (server id, status, desired state), or None for an unknown name.
@@ -298,26 +301,43 @@ class Gateway:
                 )
         return await self._forward(request, server_id, route, body, payload_hash)
 
-    async def _acquire(self, server_id: str) -> Worker | None:
+    async def _acquire(self, server_id: str, admission: bool) -> Worker | None:
+        """The least-loaded healthy worker; with ``admission``, wait for a free slot first."""
         load = self._load.setdefault(server_id, ServerLoad())
         cap = self._settings.max_inflight_per_worker
-        async with load.waiters:
-            while True:
-                procs = self._runtime.get(server_id)
-                if procs is None or not procs.serving:
-                    return None
-                healthy = [w for w in procs.workers if w.healthy]
-                best = min(healthy, key=lambda w: load.inflight.get(w.port, 0))
-                if load.inflight.get(best.port, 0) < cap:
-                    load.inflight[best.port] = load.inflight.get(best.port, 0) + 1
-                    return best
-                await load.waiters.wait()
+        while True:
+            procs = self._runtime.get(server_id)
+            if procs is None or not procs.serving:
+                return None
+            best = min(
+                (w for w in procs.workers if w.healthy),
+                key=lambda w: load.inflight.get(w.port, 0),
+            )
+            taken = load.inflight.get(best.port, 0)
+            if taken < cap or not admission:
+                load.inflight[best.port] = taken + 1
+                return best
+            turn = asyncio.get_running_loop().create_future()
+            load.waiting.append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._wake_next(load)  # woken, then cancelled: pass the free slot on
+                raise
 
-    async def _release(self, server_id: str, worker: Worker) -> None:
+    def _release(self, server_id: str, worker: Worker) -> None:
         load = self._load[server_id]
-        async with load.waiters:
-            load.inflight[worker.port] -= 1
-            load.waiters.notify()
+        load.inflight[worker.port] -= 1
+        self._wake_next(load)
+
+    @staticmethod
+    def _wake_next(load: ServerLoad) -> None:
+        while load.waiting:
+            turn = load.waiting.popleft()
+            if not turn.done():  # a waiter whose client went away was cancelled
+                turn.set_result(None)
+                return
 
     async def _forward(
         self,
@@ -328,7 +348,8 @@ class Gateway:
         payload_hash: str | None,
     ) -> web.StreamResponse:
         assert self._client is not None
-        worker = await self._acquire(server_id)
+        admission = "/mlflow-artifacts/" not in route.upstream_path
+        worker = await self._acquire(server_id, admission)
         if worker is None:
             return mlflow_error(
                 503, "TEMPORARILY_UNAVAILABLE", f"Tracking server {route.name} stopped serving."
@@ -364,7 +385,7 @@ class Gateway:
                     "The request body does not match its signed X-Amz-Content-SHA256.",
                 )
         finally:
-            await self._release(server_id, worker)
+            self._release(server_id, worker)
 
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse
