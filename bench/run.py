@@ -10,7 +10,10 @@ It starts its own daemon (SQLite, temporary data dir, loopback only) and measure
 3. throughput and latency of log-metric and get-run at several concurrencies, direct to the
    MLflow worker and through the gateway, alternating, with CPU per request of each party;
 4. the real MLflow client logging one metric per call, direct vs gateway (one subprocess each);
-5. log-metric at c=8 on a Medium server (2 workers) through the gateway.
+5. a stock ``mlflow server`` (defaults: 4 uvicorn workers, job execution) started as a user would:
+   its idle footprint, log-metric c=1/c=8 and the MLflow client loop, the baseline the issue's
+   targets were written against ("direct" above is mlfleet's own lean worker, not this);
+6. log-metric at c=8 on a Medium server (2 workers) through the gateway.
 
 Every wait and loop is bounded in count and time; the daemon and its workers are stopped and the
 data dir removed on any exit (unless ``--keep``).
@@ -190,16 +193,17 @@ class CpuProbe:
     """CPU used by the worker(s), the daemon (gateway) and this process during one case.
 
     ``foreign`` is what everything else on the machine used: a noise gauge for a shared box.
+    ``daemon`` is None for a stock ``mlflow server``, which has no gateway in front.
     """
 
     workers: list[int]
-    daemon: int
+    daemon: int | None
     start: dict[str, float] = field(default_factory=dict)
 
     def _read(self) -> dict[str, float]:
         return {
             "worker": sum(cpu_seconds(p) for p in self.workers),
-            "gateway": cpu_seconds(self.daemon),
+            "gateway": cpu_seconds(self.daemon) if self.daemon is not None else 0.0,
             "client": time.process_time(),
             "machine": machine_busy_seconds(),
             "wall": time.monotonic(),
@@ -726,16 +730,206 @@ def mlflow_client_rounds(
         for mode in order:
             uri, creds = (direct, None) if mode == "direct" else (gateway, auth)
             runs[mode].append(mlflow_client_mode(mode, uri, run_id, plan.client_calls, creds))
-    return [
-        {
-            "mode": mode,
-            "calls_per_s": median([r["calls_per_s"] for r in rounds]),
-            "p50_ms": median([r["p50_ms"] for r in rounds]),
-            "p99_ms": median([r["p99_ms"] for r in rounds]),
-            "rounds": rounds,
-        }
-        for mode, rounds in runs.items()
+    return [client_summary(mode, rounds) for mode, rounds in runs.items()]
+
+
+def client_summary(mode: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the runs of one mode, with the runs kept for the report."""
+    return {
+        "mode": mode,
+        "calls_per_s": median([r["calls_per_s"] for r in rounds]),
+        "p50_ms": median([r["p50_ms"] for r in rounds]),
+        "p99_ms": median([r["p99_ms"] for r in rounds]),
+        "rounds": rounds,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. stock `mlflow server`: the baseline the issue's targets were written against
+
+# Cold start to /health is 12 s on a quiet 2-core box and up to 40 s on a busy one, more with a
+# fresh database (shared/spec/baseline-perf.md); a timeout near that would fail on a noisy day.
+STOCK_STARTUP_TIMEOUT = 120.0
+STOCK_STOP_TIMEOUT = 30.0
+# `mlflow server` puts its job queue in a fresh /dev/shm temp dir and never removes it.
+HUEY_STORAGE_VAR = "_MLFLOW_HUEY_STORAGE_PATH"
+
+
+class StockMlflow:
+    """Vanilla ``mlflow server`` started as a user would: SQLite, default workers (4 uvicorn)
+    and default job execution (a job runner and huey consumers).
+
+    It runs in its own session so that ``close()`` can signal the whole tree at once, like a
+    terminal's Ctrl-C does; every process ever seen in the tree is remembered so that none can
+    outlive the benchmark even if it left the group.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_seconds = 0.0
+        self.stop_seconds: float | None = None  # None: it had to be SIGKILLed
+        self.seen: dict[int, list[str]] = {}
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.data_dir / 'stock.db'}",
+            "--artifacts-destination",
+            str(self.data_dir / "stock-art"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        started = time.perf_counter()
+        with (self.data_dir / "server.out").open("ab") as log:
+            self.proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **NO_TELEMETRY},
+                cwd=self.data_dir,
+                start_new_session=True,
+            )
+        deadline = started + STOCK_STARTUP_TIMEOUT
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            self.tree()
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    self.startup_seconds = time.perf_counter() - started
+                    return
+            time.sleep(0.25)  # its start is 12-40 s of CPU-bound imports; don't add to it
+        raise RuntimeError(
+            f"mlflow server not healthy after {STOCK_STARTUP_TIMEOUT:.0f} s:\n{self.log_tail()}"
+        )
+
+    def tree(self) -> list[int]:
+        """The CLI process and everything below it, now; remembered for ``close()``."""
+        assert self.proc is not None
+        pids = [self.proc.pid, *descendants(self.proc.pid)]
+        for pid in pids:
+            self.seen.setdefault(pid, cmdline(pid))
+        return pids
+
+    def settle(self, quiet: float = 5.0, timeout: float = 60.0) -> list[int]:
+        """Wait until the tree stops growing: the job runner and its huey consumers are
+        launched after uvicorn, so /health can answer before the idle tree is complete."""
+        deadline = time.monotonic() + timeout
+        pids = self.tree()
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - stable_since < quiet:
+            time.sleep(0.5)
+            now = self.tree()
+            if set(now) != set(pids):
+                pids, stable_since = now, time.monotonic()
+        return pids
+
+    def _alive(self) -> list[int]:
+        # Same pid and same command line: not a recycled pid that now belongs to someone else.
+        return [pid for pid, args in self.seen.items() if args and cmdline(pid) == args]
+
+    def _huey_dir(self) -> Path | None:
+        for pid in self._alive():
+            with contextlib.suppress(OSError):
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                for entry in environ:
+                    if entry.startswith(HUEY_STORAGE_VAR.encode() + b"="):
+                        return Path(entry.split(b"=", 1)[1].decode())
+        return None
+
+    def log_tail(self, limit: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return (self.data_dir / "server.out").read_text(errors="replace")[-limit:]
+        return ""
+
+    def close(self) -> None:
+        """SIGTERM to the process group, SIGKILL to whatever is left after 30 s."""
+        if self.proc is None:
+            return
+        self.tree()
+        huey_dir = self._huey_dir()
+        started = time.perf_counter()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        deadline = started + STOCK_STOP_TIMEOUT
+        while time.perf_counter() < deadline and (self.proc.poll() is None or self._alive()):
+            time.sleep(POLL_SECONDS)
+        if self.proc.poll() is None or self._alive():
+            print(f"  mlflow server still up after {STOCK_STOP_TIMEOUT:.0f} s: SIGKILL", flush=True)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in self._alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        else:
+            self.stop_seconds = time.perf_counter() - started
+        if huey_dir is not None and huey_dir.parent in (Path("/dev/shm"), Path(tempfile.gettempdir())):
+            shutil.rmtree(huey_dir, ignore_errors=True)
+
+
+def tree_footprint(pids: list[int]) -> dict[str, Any]:
+    """Summed RSS counts pages shared between the processes once per process; summed PSS is
+    the fair total. Both are given because baseline-perf.md quotes both."""
+    mem = [memory_mib(pid) for pid in pids]
+    return {
+        "processes": len(pids),
+        "rss_mib": sum(m[0] for m in mem),
+        "pss_mib": sum(m[1] for m in mem),
+        "process_commands": [" ".join(cmdline(p))[:120] for p in pids],
+    }
+
+
+def measure_stock(stock: StockMlflow, plan: Plan) -> dict[str, Any]:
+    """Footprint, log-metric c=1 and c=8, and the MLflow client loop against ``stock``."""
+    stock.start()
+    print(f"  /health 200 after {stock.startup_seconds:.1f} s", flush=True)
+    stock.settle()
+    target = Target("stock", stock.url, {})
+    run_id = create_run(target)
+    # Each warm() opens a new connection, which may land on another of the 4 uvicorn workers;
+    # all of them pay their lazy imports before anything is measured.
+    for _ in range(4):
+        warm([target], run_id)
+    time.sleep(2)  # let allocator and GC settle, as for mlfleet's idle figure
+    footprint = tree_footprint(stock.tree())
+    print(
+        f"  idle: {footprint['processes']} processes, RSS {footprint['rss_mib']:.0f} MiB, "
+        f"PSS {footprint['pss_mib']:.0f} MiB",
+        flush=True,
+    )
+    probe = CpuProbe(stock.tree(), None)
+    cases = [run_case("log-metric", run_id, target, 1, plan, probe, "Stock")]
+    # c=8 decides a target, so it is repeated like mlfleet's c=8 (stock results swing a lot:
+    # keep-alive connections pile onto one of its workers, differently each time).
+    for repeat in range(1, plan.target_repeats + 1):
+        case = run_case("log-metric", run_id, target, 8, plan, probe, "Stock")
+        case.repeat = repeat
+        cases.append(case)
+    rounds = [
+        mlflow_client_mode("stock", stock.url, run_id, plan.client_calls, None)
+        for _ in range(plan.target_repeats)
     ]
+    return {
+        "command": "mlflow server --backend-store-uri sqlite:///<tmp>/stock.db "
+        "--artifacts-destination <tmp>/stock-art --host 127.0.0.1 --port <free>",
+        "startup_s": stock.startup_seconds,
+        "footprint_idle": footprint,
+        "cases": [asdict(c) for c in cases],
+        "mlflow_client": client_summary("stock", rounds),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -826,6 +1020,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "verdict": verdict(max(life["creates_template_ready_s"]) < 10),
         }
     )
+    out += stock_targets(results)
+    # The cost of the gateway hop: mlfleet's gateway vs the same server's own worker.
     for endpoint in ("log-metric", "get-run"):
         ratios = [
             r["ratio"]
@@ -837,7 +1033,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             shown += f" (median of {', '.join(f'{r:.0%}' for r in ratios)})"
         out.append(
             {
-                "target": f"gateway >= 90 % of direct throughput, {endpoint} c=8",
+                "target": f"{endpoint} c=8: mlfleet gateway >= 90 % of mlfleet's direct worker",
                 "value": shown,
                 "verdict": verdict(median(ratios) >= 0.9),
             }
@@ -847,7 +1043,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     rounds = len(client["gateway"]["rounds"])
     out.append(
         {
-            "target": "MLflow client one call at a time: gateway >= direct",
+            "target": "MLflow client one call at a time: mlfleet gateway >= mlfleet's direct "
+            "worker",
             "value": f"{client['gateway']['calls_per_s']:.1f} vs "
             f"{client['direct']['calls_per_s']:.1f} calls/s ({ratio:.0%}"
             + (f", medians of {rounds} runs each)" if rounds > 1 else ")"),
@@ -855,6 +1052,41 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         }
     )
     return out
+
+
+def stock_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """mlfleet through its gateway vs stock ``mlflow server``: what the issue's targets mean."""
+    stock = results.get("stock")
+    if not stock:
+        return []
+    gateway_c8 = [
+        c["rps"]
+        for c in results["cases"]
+        if (c["endpoint"], c["concurrency"], c["mode"]) == ("log-metric", 8, "gateway")
+    ]
+    stock_c8 = [c["rps"] for c in stock["cases"] if c["concurrency"] == 8]
+    ratio = median(gateway_c8) / median(stock_c8)
+    mlfleet_client = next(c for c in results["mlflow_client"] if c["mode"] == "gateway")
+    stock_client = stock["mlflow_client"]
+    client_ratio = mlfleet_client["calls_per_s"] / stock_client["calls_per_s"]
+    return [
+        {
+            "target": "MLflow client one call at a time: mlfleet gateway >= stock mlflow server",
+            "value": f"{mlfleet_client['calls_per_s']:.1f} vs {stock_client['calls_per_s']:.1f} "
+            f"calls/s ({client_ratio:.0%}{_medians_of(len(stock_client['rounds']))})",
+            "verdict": verdict(client_ratio >= 1.0),
+        },
+        {
+            "target": "log-metric c=8: mlfleet gateway >= 90 % of stock mlflow server",
+            "value": f"{median(gateway_c8):.1f} vs {median(stock_c8):.1f} req/s "
+            f"({ratio:.0%}{_medians_of(len(stock_c8))})",
+            "verdict": verdict(ratio >= 0.9),
+        },
+    ]
+
+
+def _medians_of(runs: int) -> str:
+    return f", medians of {runs} runs each" if runs > 1 else ""
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -885,6 +1117,11 @@ def markdown(results: dict[str, Any]) -> str:
         "| target | value | |",
         "|---|---|---|",
         *(f"| {t['target']} | {t['value']} | {t['verdict']} |" for t in results["targets"]),
+        "",
+        "\"stock mlflow server\": vanilla `mlflow server` with its defaults, measured in this run "
+        "(section below); the issue's targets were written against it. \"mlfleet's direct "
+        "worker\": the same Small server's single MLflow worker reached without the gateway, so "
+        "those rows measure the cost of the gateway hop, not a comparison with stock MLflow.",
         "",
         "## Lifecycle (Small, SQLite; Describe polled every 50 ms)",
         "",
@@ -1096,6 +1333,27 @@ def bench_medium(
     delete_server(sm, "bench-medium")
 
 
+def bench_stock(data_dir: Path, plan: Plan, results: dict[str, Any]) -> None:
+    """Stock ``mlflow server`` on the same machine in the same run, with mlfleet idle: the
+    baseline the issue's targets were written against, unlike "direct" (mlfleet's lean worker)."""
+    print("stock mlflow server ...", flush=True)
+    stock = StockMlflow(data_dir / "stock")
+    try:
+        measured = measure_stock(stock, plan)
+    except BaseException:
+        print(f"stock mlflow server failed; its log tail:\n{stock.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        stock.close()
+    measured["stop_s"] = stock.stop_seconds
+    print(
+        "  SIGTERM to all gone: "
+        + (f"{stock.stop_seconds:.1f} s" if stock.stop_seconds is not None else "needed SIGKILL"),
+        flush=True,
+    )
+    results["stock"] = measured
+
+
 def run_benchmark(plan: Plan, data_dir: Path, quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {
         "command": " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
@@ -1120,6 +1378,7 @@ def run_benchmark(plan: Plan, data_dir: Path, quick: bool) -> dict[str, Any]:
             "creates_template_ready_s": [c["create"] for c in cycles[1:]],
         }
         bench_small(daemon, sm, artifacts, plan, results)
+        bench_stock(data_dir, plan, results)
         bench_medium(daemon, sm, artifacts, plan, results)
     except BaseException:
         print(f"benchmark failed; daemon log tail:\n{daemon.log_tail()}", file=sys.stderr)

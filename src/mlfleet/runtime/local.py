@@ -22,6 +22,8 @@ from pathlib import Path
 
 import aiohttp
 
+from mlfleet.runtime.mlflow_worker import BACKEND_STORE_ENV
+
 log = logging.getLogger(__name__)
 
 WORKERS_BY_SIZE = {"Small": 1, "Medium": 2, "Large": 4}
@@ -80,8 +82,8 @@ class Worker:
                 "mlfleet.runtime.mlflow_worker",
                 "--port",
                 str(self.port),
-                "--backend-store-uri",
-                self.spec.backend_store_uri,
+                "--server-dir",
+                str(self.spec.log_dir.parent),
                 "--artifacts-destination",
                 self.spec.artifacts_destination,
                 "--boot-id",
@@ -89,7 +91,11 @@ class Worker:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, **self.spec.env},
+                env={
+                    **os.environ,
+                    **self.spec.env,
+                    BACKEND_STORE_ENV: self.spec.backend_store_uri,
+                },
                 preexec_fn=_die_with_parent,
             )
 

@@ -13,12 +13,16 @@ import argparse
 import os
 import uuid
 
+BACKEND_STORE_ENV = "MLFLEET_BACKEND_STORE_URI"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--backend-store-uri", required=True)
+    # Only identifies the process in `ps`; the store URI comes from the environment because
+    # it may carry a database password, and command lines are world-readable.
+    parser.add_argument("--server-dir", required=True)
     parser.add_argument("--artifacts-destination", required=True)
     parser.add_argument("--boot-id", default=uuid.uuid4().hex)
     args = parser.parse_args()
@@ -38,8 +42,8 @@ def main() -> None:
 
     os.environ.update(
         {
-            BACKEND_STORE_URI_ENV_VAR: args.backend_store_uri,
-            REGISTRY_STORE_URI_ENV_VAR: args.backend_store_uri,
+            BACKEND_STORE_URI_ENV_VAR: os.environ[BACKEND_STORE_ENV],
+            REGISTRY_STORE_URI_ENV_VAR: os.environ[BACKEND_STORE_ENV],
             ARTIFACT_ROOT_ENV_VAR: "mlflow-artifacts:/",
             SERVE_ARTIFACTS_ENV_VAR: "true",
             ARTIFACTS_DESTINATION_ENV_VAR: args.artifacts_destination,
