@@ -27,6 +27,7 @@ import base64
 import configparser
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -876,7 +877,9 @@ class StockMlflow:
                 self.proc.wait(10)
         else:
             self.stop_seconds = time.perf_counter() - started
-        if huey_dir is not None and huey_dir.parent in (Path("/dev/shm"), Path(tempfile.gettempdir())):
+        # Only a temp dir where MLflow makes it: the variable could name anything.
+        temp_roots = (Path("/dev/shm"), Path(tempfile.gettempdir()))
+        if huey_dir is not None and huey_dir.parent in temp_roots:
             shutil.rmtree(huey_dir, ignore_errors=True)
 
 
@@ -925,6 +928,10 @@ def measure_stock(stock: StockMlflow, plan: Plan) -> dict[str, Any]:
     return {
         "command": "mlflow server --backend-store-uri sqlite:///<tmp>/stock.db "
         "--artifacts-destination <tmp>/stock-art --host 127.0.0.1 --port <free>",
+        # uvicorn's default --loop auto takes uvloop when it is importable, and uvloop sets
+        # TCP_NODELAY on every connection: that decides whether the stock ~40 ms keep-alive
+        # stall (asyncio loop, baseline-perf.md) shows up at all.
+        "uvicorn_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         "startup_s": stock.startup_seconds,
         "footprint_idle": footprint,
         "cases": [asdict(c) for c in cases],
@@ -1118,7 +1125,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|",
         *(f"| {t['target']} | {t['value']} | {t['verdict']} |" for t in results["targets"]),
         "",
-        "\"stock mlflow server\": vanilla `mlflow server` with its defaults, measured in this run "
+        '"stock mlflow server": vanilla `mlflow server` with its defaults, measured in this run '
         "(section below); the issue's targets were written against it. \"mlfleet's direct "
         "worker\": the same Small server's single MLflow worker reached without the gateway, so "
         "those rows measure the cost of the gateway hop, not a comparison with stock MLflow.",
@@ -1162,6 +1169,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['plan']['warmup']:.0f} s warm-up + "
         f"{results['plan']['duration']:.0f} s per case)",
         "",
+        "direct: straight to the Small server's MLflow worker (mlfleet's own, not stock MLflow), "
+        "bypassing the gateway. "
         "CPU/req: CPU ms per request used by the MLflow worker / the daemon (gateway) / this load "
         "generator. Other load: cores used by everything else on the machine during the case.",
         "",
@@ -1204,6 +1213,8 @@ def markdown(results: dict[str, Any]) -> str:
             for c in results["mlflow_client"]
         ),
     ]
+    if results.get("stock"):
+        lines += stock_markdown(results)
     medium = results.get("medium")
     if medium:
         lines += [
@@ -1223,6 +1234,85 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {cpu['worker']:.1f} / {cpu['gateway']:.1f} | {c['foreign_cores']:.2f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def stock_markdown(results: dict[str, Any]) -> list[str]:
+    stock = results["stock"]
+    foot = stock["footprint_idle"]
+    mem = results["memory_idle"]
+    stop = f"{stock['stop_s']:.1f} s" if stock["stop_s"] is not None else "> 30 s (SIGKILLed)"
+    lines = [
+        "",
+        "## Stock `mlflow server` (same machine, same run)",
+        "",
+        f"`{stock['command']}`: MLflow {results['machine']['mlflow']} defaults (4 uvicorn "
+        "workers, job execution on), a fresh SQLite database, started after the Small server "
+        "was deleted and measured with the same load generator while the mlfleet daemon sat idle.",
+        "",
+        f"Start to `/health` 200: {stock['startup_s']:.1f} s. SIGTERM to the process group until "
+        f"every process is gone: {stop}.",
+        "",
+        _stock_loop_note(stock["uvicorn_loop"]),
+        "",
+        "| idle footprint (warmed) | processes | RSS | PSS |",
+        "|---|---|---|---|",
+        f"| stock `mlflow server`, whole process tree | {foot['processes']} "
+        f"| {foot['rss_mib']:.0f} MiB | {foot['pss_mib']:.0f} MiB |",
+        f"| mlfleet: daemon + the Small server's worker | {mem['processes']} "
+        f"| {mem['daemon_rss_mib'] + mem['worker_rss_mib']:.0f} MiB "
+        f"| {mem['daemon_pss_mib'] + mem['worker_pss_mib']:.0f} MiB |",
+        "",
+        "RSS is summed per process, so pages shared between processes count once for each; "
+        "PSS is the fair total.",
+        "",
+        "| log-metric | c | req/s | p50 / p99 ms | errors | CPU/req server ms | other load |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in stock["cases"]:
+        label = "stock" + (f" (#{c['repeat']})" if c["repeat"] > 1 else "")
+        lines.append(
+            f"| {label} | {c['concurrency']} | {c['rps']:.1f} "
+            f"| {c['p50_ms']:.1f} / {c['p99_ms']:.1f} | {c['errors']} "
+            f"| {c['cpu_ms_per_request']['worker']:.1f} | {c['foreign_cores']:.2f} |"
+        )
+    client = stock["mlflow_client"]
+    mlfleet = next(c for c in results["mlflow_client"] if c["mode"] == "gateway")
+    lines += [
+        "",
+        "CPU/req server: CPU ms per request of the whole stock process tree.",
+        "",
+        "| MLflow client, one `log_metric` call at a time | calls/s (median) | p50 ms | p99 ms "
+        "| calls/s of each run |",
+        "|---|---|---|---|---|",
+        f"| stock `mlflow server` | {client['calls_per_s']:.1f} | {client['p50_ms']:.1f} "
+        f"| {client['p99_ms']:.1f} | {_each(client['rounds'], 'calls_per_s')} |",
+        f"| mlfleet gateway (from above) | {mlfleet['calls_per_s']:.1f} | {mlfleet['p50_ms']:.1f} "
+        f"| {mlfleet['p99_ms']:.1f} | {_each(mlfleet['rounds'], 'calls_per_s')} |",
+    ]
+    errors = [c for c in stock["cases"] if c["error_sample"]]
+    if errors:
+        lines += ["", "Errors seen (first of each case):", ""]
+        lines += [
+            f"- stock log-metric c={c['concurrency']}: {c['errors']} x `{c['error_sample'][:160]}`"
+            for c in errors
+        ]
+    return lines
+
+
+def _stock_loop_note(loop: str) -> str:
+    if loop == "uvloop":
+        return (
+            "Event loop: **uvloop**. It is installed in this venv (an mlfleet dependency; "
+            "`mlflow[genai]` pulls it in too, plain `pip install mlflow` does not), uvicorn's "
+            "default `--loop auto` picks it, and uvloop sets TCP_NODELAY on every connection. So "
+            "the ~40 ms keep-alive stall that baseline-perf.md measured (asyncio loop) does not "
+            "happen here: this stock baseline is much faster at c=1 and for the one-call-at-a-time "
+            "client than a plain `pip install mlflow` server (≈ 19 calls/s there)."
+        )
+    return (
+        "Event loop: asyncio (uvloop not installed), as with a plain `pip install mlflow`: "
+        "keep-alive requests pay the ~40 ms stall described in baseline-perf.md."
+    )
 
 
 def _saturation_note(cases: list[dict[str, Any]]) -> str:

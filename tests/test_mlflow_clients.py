@@ -102,6 +102,10 @@ def test_unknown_server_url(daemon: Daemon) -> None:
     )
     assert response.status_code == 404
     assert "nope" in response.json()["message"]
+    stranger = requests.get(
+        f"{daemon.url}/mlflow/nope/api/2.0/mlflow/experiments/get?experiment_id=0", timeout=10
+    )
+    assert stranger.status_code == 401  # existence is not revealed before authentication
 
 
 def test_sagemaker_mlflow_plugin_with_arn(

@@ -259,14 +259,9 @@ class Gateway:
         return None
 
     async def _serve(self, request: web.Request, route: Route) -> web.StreamResponse:
+        # Authenticate before saying whether a server exists: names are not for strangers.
         found = self._server_id(route.name)
-        if found is None:
-            return mlflow_error(
-                404,
-                "RESOURCE_DOES_NOT_EXIST",
-                f"Tracking server {route.name} does not exist.",
-            )
-        server_id, status, desired = found
+        server_id, status, desired = found or ("", "", "")
         try:
             principal, body, payload_hash = await self._authenticate(request, server_id)
         except AuthenticationError as exc:
@@ -281,6 +276,10 @@ class Gateway:
         except AwsError as exc:
             return mlflow_error(exc.status, "UNAUTHENTICATED", f"{exc.code}: {exc.message}")
         del principal  # authorization per MLflow action lands with access control (issue 3)
+        if found is None:
+            return mlflow_error(
+                404, "RESOURCE_DOES_NOT_EXIST", f"Tracking server {route.name} does not exist."
+            )
 
         if not self._runtime.is_serving(server_id):
             if desired == "Running" and not status.endswith("Failed"):
