@@ -95,11 +95,7 @@ def load_service_model(service_name: str, api_version: str | None = None) -> Ser
 
 
 class JsonProtocol:
-    """One service's side of the protocol.
-
-    `pattern_overrides` maps a shape name to a predicate that accepts values the model's pattern
-    rejects: mlfleet takes file:///... wherever SageMaker wants an S3Uri.
-    """
+    """One service's side of the protocol; `pattern_overrides` as for :class:`InputValidator`."""
 
     def __init__(
         self, service_model: ServiceModel, pattern_overrides: PatternOverrides | None = None
@@ -110,7 +106,7 @@ class JsonProtocol:
         self.service_model = service_model
         self._target_prefix = metadata["targetPrefix"]
         self._operation_names = frozenset(service_model.operation_names)
-        self._pattern_overrides = dict(pattern_overrides or {})
+        self._validator = InputValidator(pattern_overrides)
 
     def operation_for_target(self, target: str | None) -> OperationModel:
         prefix, _, name = (target or "").rpartition(".")
@@ -130,6 +126,24 @@ class JsonProtocol:
         shape = operation.input_shape
         if shape is None:
             return {}
+        return self._validator.validate(shape, document)
+
+    def serialize_output(self, operation: OperationModel, data: Mapping[str, Any]) -> bytes:
+        return json.dumps(_dump(operation.output_shape, data), separators=(",", ":")).encode()
+
+
+class InputValidator:
+    """Type-checks and validates a request decoded into JSON types against an input shape.
+
+    `pattern_overrides` maps a shape name to a predicate that accepts values the model's pattern
+    rejects: mlfleet takes file:///... wherever SageMaker wants an S3Uri.
+    """
+
+    def __init__(self, pattern_overrides: PatternOverrides | None = None) -> None:
+        self._pattern_overrides = dict(pattern_overrides or {})
+
+    def validate(self, shape: Shape, document: Any) -> dict[str, Any]:
+        """The parameters of `document`, converted; every violated constraint in one error."""
         errors: list[str] = []
         params = self._read(shape, document, "", errors)
         if errors:
@@ -139,9 +153,6 @@ class JsonProtocol:
                 f"{count} validation error{plural} detected: " + "; ".join(errors)
             )
         return params
-
-    def serialize_output(self, operation: OperationModel, data: Mapping[str, Any]) -> bytes:
-        return json.dumps(_dump(operation.output_shape, data), separators=(",", ":")).encode()
 
     def _read(self, shape: Shape, value: Any, path: str, errors: list[str]) -> Any:
         """Type-check and convert `value`, adding constraint violations to `errors`."""
@@ -382,10 +393,19 @@ def _dump(shape: Shape | None, value: Any) -> Any:
         items = shape.member if shape is not None and shape.type_name == "list" else None
         return [_dump(items, item) for item in value]
     if isinstance(value, datetime):
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         if shape is not None and shape.serialization.get("timestampFormat") == "iso8601":
-            return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        return aware.timestamp()
+            return iso8601(value)
+        return _as_utc(value).timestamp()
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     return value
+
+
+def iso8601(value: datetime) -> str:
+    """`value` in UTC as ISO-8601 with a Z, the way AWS writes timestamps."""
+    return _as_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def _as_utc(value: datetime) -> datetime:
+    # A naive datetime means UTC here, never the server's local time.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
