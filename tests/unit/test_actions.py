@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -11,7 +14,14 @@ from mlflow.server import app as flask_app
 from mlflow.server import handlers
 from starlette.exceptions import StarletteDeprecationWarning
 
-from mlfleet.gateway.actions import ACTIONS, Kind, Requirement, required_action
+from mlfleet.gateway import action_table
+from mlfleet.gateway.actions import (
+    ACTIONS,
+    TABLE_FILE,
+    Kind,
+    Requirement,
+    required_action,
+)
 
 with warnings.catch_warnings():
     # MLflow's FastAPI app (imported by both) uses a deprecated Starlette module: MLflow's to
@@ -131,6 +141,29 @@ def action_name(requirement: Requirement) -> str:
     return requirement.action.removeprefix("sagemaker-mlflow:")
 
 
+def test_the_committed_table_is_what_the_installed_mlflow_generates() -> None:
+    # An MLflow upgrade that adds, removes or changes a route fails here, not in production.
+    assert json.loads(TABLE_FILE.read_text()) == action_table.build(), (
+        f"{TABLE_FILE.name} is stale for the installed MLflow: regenerate it with "
+        "`python -m mlfleet.gateway.action_table`, review the diff and decide what any new "
+        "route needs (action_table.py), then commit the file"
+    )
+
+
+def test_the_daemon_never_imports_mlflow() -> None:
+    # In a fresh interpreter: this test module has imported MLflow already.
+    probe = (
+        "import sys, mlfleet.daemon.app; "
+        "from mlfleet.gateway.actions import required_action; "
+        "required_action('GET', '/'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
 def test_the_module_knows_the_61_actions_of_the_spec() -> None:
     assert len(SPEC_ACTIONS) == 61
     assert set(ACTIONS) == set(SPEC_ACTIONS)
@@ -184,6 +217,7 @@ def test_reads_need_read_actions_and_changes_need_write_actions() -> None:
         ("GET", "/api/2.0/mlflow/runs/get?run_id=1", action("GetRun")),
         ("DELETE", "/api/2.0/mlflow/logged-models/abc", action("DeleteLoggedModel")),
         ("DELETE", "/api/2.0/mlflow/logged-models/m-1/tags/a.b", action("DeleteLoggedModelTag")),
+        ("DELETE", "/api/2.0/mlflow/logged-models/m-1/tags/a%23b", action("DeleteLoggedModelTag")),
         ("POST", "/api/2.0/mlflow/logged-models/search", action("SearchLoggedModels")),
         ("POST", "/api/2.0/mlflow/logged-models", action("LogModel")),
         ("PATCH", "/api/3.0/mlflow/traces/tr-1/tags", action("SetTraceTag")),
@@ -310,8 +344,8 @@ def test_unmapped_routes_fail_closed(method: str, path: str) -> None:
 @pytest.mark.parametrize(
     "path",
     [
-        # aiohttp resolves these before MLflow sees them: the checked route would not be the
-        # one served.
+        # A hop that resolves these (HTTP clients and servers do) would serve a route other
+        # than the one checked.
         "/api/2.0/mlflow-artifacts/artifacts/../../mlflow/registered-models/delete",
         "/api/2.0/mlflow-artifacts/artifacts/%2e%2e/%2E%2E/mlflow/registered-models/delete",
         "/api/2.0/mlflow-artifacts/artifacts/1%2F..%2F..%2Fmlflow/registered-models/delete",
@@ -319,6 +353,8 @@ def test_unmapped_routes_fail_closed(method: str, path: str) -> None:
         "//api/2.0/mlflow/registered-models/delete",
         "/api/2.0/mlflow/registered-models/delete/",
         "api/2.0/mlflow/registered-models/delete",
+        # HTTP clients drop fragments: DeleteLoggedModelTag checked, DeleteLoggedModel served.
+        "/api/2.0/mlflow/logged-models/m-1#/tags/a",
     ],
 )
 def test_paths_that_would_be_rewritten_are_denied(path: str) -> None:

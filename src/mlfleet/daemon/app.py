@@ -17,6 +17,7 @@ from mlfleet.auth.ui_sessions import UiSessions
 from mlfleet.fleet.reconciler import Reconciler
 from mlfleet.fleet.responses import SageMakerApi
 from mlfleet.fleet.service import FleetService
+from mlfleet.gateway.actions import table_mlflow_version
 from mlfleet.gateway.proxy import Gateway
 from mlfleet.runtime.local import LocalRuntime
 from mlfleet.runtime.metadata_db import MetadataDatabases
@@ -44,6 +45,15 @@ def build_daemon(settings: Settings) -> Daemon:
     creds_path, _ = credentials.write_client_files(*credentials.admin_key())
 
     mlflow_version = importlib.metadata.version("mlflow")
+    # Loads the route table now, so a missing one stops the daemon instead of its first request.
+    if table_mlflow_version() != mlflow_version:
+        log.warning(
+            "the gateway's route table was generated from MLflow %s but MLflow %s is installed: "
+            "routes it does not list are refused and changed ones keep their old action; "
+            "regenerate it with python -m mlfleet.gateway.action_table",
+            table_mlflow_version(),
+            mlflow_version,
+        )
     reconciler_ref: list[Reconciler] = []
     runtime = LocalRuntime()
     fleet = FleetService(

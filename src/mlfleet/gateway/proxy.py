@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from mlfleet.auth.credentials import AuthenticationError, Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.ui_sessions import COOKIE_NAME, UiSessions
+from mlfleet.gateway.actions import required_action
 from mlfleet.protocol.errors import AwsError
 from mlfleet.runtime.local import LocalRuntime, Worker
 from mlfleet.settings import Settings
@@ -275,7 +277,11 @@ class Gateway:
             return response
         except AwsError as exc:
             return mlflow_error(exc.status, "UNAUTHENTICATED", f"{exc.code}: {exc.message}")
-        del principal  # authorization per MLflow action lands with access control (issue 3)
+        requirement = required_action(request.method, route.upstream_path)
+        if requirement.denied:
+            return mlflow_error(403, "PERMISSION_DENIED", requirement.reason)
+        # Access control (issue 3) checks requirement.action against the principal's policies.
+        del principal
         if found is None:
             return mlflow_error(
                 404, "RESOURCE_DOES_NOT_EXIST", f"Tracking server {route.name} does not exist."
@@ -364,7 +370,7 @@ class Gateway:
                     data = await request.read()  # one write upstream beats a chunk stream
                 else:
                     data = _verified(request.content, payload_hash)
-            url = f"http://127.0.0.1:{worker.port}{route.upstream_path}"
+            url = upstream_url(worker.port, route.upstream_path)
             try:
                 async with self._client.request(
                     request.method, url, headers=headers, data=data, allow_redirects=False
@@ -404,6 +410,15 @@ class Gateway:
             await response.write(chunk)
         await response.write_eof()
         return response
+
+
+def upstream_url(port: int, path: str) -> URL:
+    """The worker URL for ``path`` as the client sent it.
+
+    Encoded, so that yarl neither resolves dot segments nor re-quotes: MLflow must get the very
+    path that required_action checked.
+    """
+    return URL(f"http://127.0.0.1:{port}{path}", encoded=True)
 
 
 class BodyHashMismatch(Exception):

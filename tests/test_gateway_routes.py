@@ -1,0 +1,221 @@
+"""The gateway refuses routes a tenant must not reach, through the real daemon and MLflow.
+
+Requests go out through ``http.client``, which sends a path exactly as written: the forms a
+normalising client would clean up (``..``, ``%2e%2e``, ``#``) reach the gateway as an attacker
+would send them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import json
+import sqlite3
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from conftest import Daemon
+from mlfleet.gateway.actions import required_action
+from mlfleet.gateway.proxy import ARN_HEADER, upstream_url
+
+ADDRESSING = ["url", "arn"]  # TrackingServerUrl path prefix, or ARN header (sagemaker-mlflow)
+
+
+def call(
+    daemon: Daemon,
+    server: dict[str, Any],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    by: str = "url",
+) -> tuple[int, dict[str, Any]]:
+    """Send ``path`` (MLflow's, e.g. /api/2.0/...) to ``server`` byte for byte; the JSON answer."""
+    key, secret = daemon.credentials
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
+    if by == "url":
+        target = urlsplit(server["TrackingServerUrl"]).path + path
+    else:
+        target = path
+        headers[ARN_HEADER] = server["TrackingServerArn"]
+    payload = None
+    if body is not None:
+        payload = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    try:
+        connection.request(method, target, body=payload, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+    finally:
+        connection.close()
+    return response.status, json.loads(data) if data else {}
+
+
+@pytest.mark.parametrize("by", ADDRESSING)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/ajax-api/2.0/mlflow/gateway-proxy"),
+        ("GET", "/ajax-api/3.0/jobs/x"),
+        ("POST", "/ajax-api/3.0/mlflow/scorer/invoke"),
+        ("POST", "/api/2.0/mlflow/users/create"),
+    ],
+)
+def test_denied_routes_are_refused_with_the_reason(
+    daemon: Daemon, shared_server: dict[str, Any], method: str, path: str, by: str
+) -> None:
+    status, error = call(daemon, shared_server, method, path, {}, by=by)
+    assert status == 403, error
+    assert error == {
+        "error_code": "PERMISSION_DENIED",
+        "message": required_action(method, path).reason,
+    }
+    assert error["message"]
+
+
+def test_a_denied_route_never_reaches_mlflow(daemon: Daemon, shared_server: dict[str, Any]) -> None:
+    # Creating a webhook is a database write MLflow would make: its absence shows that MLflow
+    # never saw the request (the workers keep no access log).
+    name = f"hook-{uuid.uuid4().hex[:8]}"
+    webhook = {
+        "name": name,
+        "url": "https://1.1.1.1/hook",
+        "status": "DISABLED",  # should a regression let it through: no deliveries
+        "events": [{"entity": "REGISTERED_MODEL", "action": "CREATED"}],
+    }
+    status, error = call(daemon, shared_server, "POST", "/api/2.0/mlflow/webhooks", webhook)
+    databases = list((daemon.data_dir / "servers").glob("*/mlflow.db"))
+    assert databases
+    for database in databases:
+        with sqlite3.connect(database) as conn:
+            rows = conn.execute("SELECT name FROM webhooks WHERE name = ?", (name,)).fetchall()
+        assert rows == []
+    assert status == 403, error
+
+
+@pytest.mark.parametrize("by", ADDRESSING)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/2.0/mlflow/new-feature"),
+        ("GET", "/ajax-api/3.0/mlflow/new-feature"),
+        ("DELETE", "/api/2.0/mlflow/runs/get"),
+    ],
+)
+def test_unknown_routes_are_refused(
+    daemon: Daemon, shared_server: dict[str, Any], method: str, path: str, by: str
+) -> None:
+    status, error = call(daemon, shared_server, method, path, {}, by=by)
+    assert status == 403, error
+    assert error["error_code"] == "PERMISSION_DENIED"
+    assert "no sagemaker-mlflow action is mapped" in error["message"]
+
+
+@pytest.mark.parametrize("by", ADDRESSING)
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/2.0/mlflow-artifacts/artifacts/../../mlflow/registered-models/delete",
+        "/api/2.0/mlflow-artifacts/artifacts/%2e%2e/%2e%2e/mlflow/registered-models/delete",
+        "/api/2.0/mlflow-artifacts/artifacts/%2E%2E/../mlflow/registered-models/delete",
+        "/api/2.0/mlflow-artifacts/artifacts/1%2F..%2F..%2Fmlflow/registered-models/delete",
+        "/api/2.0/mlflow-artifacts/artifacts/./../../mlflow/registered-models/delete",
+    ],
+)
+def test_path_traversal_cannot_reach_another_route(
+    daemon: Daemon, shared_server: dict[str, Any], path: str, by: str
+) -> None:
+    name = f"kept-{uuid.uuid4().hex[:8]}"
+    created, _ = call(
+        daemon, shared_server, "POST", "/api/2.0/mlflow/registered-models/create", {"name": name}
+    )
+    assert created == 200
+
+    # Refused by the gateway itself: MLflow, which sends the path verbatim, would answer 400.
+    status, error = call(daemon, shared_server, "DELETE", path, {"name": name}, by=by)
+    assert (status, error.get("message")) == (403, required_action("DELETE", path).reason)
+
+    found, model = call(
+        daemon, shared_server, "GET", f"/api/2.0/mlflow/registered-models/get?name={name}"
+    )
+    assert found == 200 and model["registered_model"]["name"] == name
+
+
+def test_a_fragment_cannot_shorten_the_route(daemon: Daemon, shared_server: dict[str, Any]) -> None:
+    # Checked as DELETE .../tags/t (DeleteLoggedModelTag); a client that dropped the fragment
+    # would send DELETE logged-models/<id> (DeleteLoggedModel).
+    _, experiment = call(
+        daemon,
+        shared_server,
+        "POST",
+        "/api/2.0/mlflow/experiments/create",
+        {"name": f"fragment-{uuid.uuid4().hex[:8]}"},
+    )
+    created, logged = call(
+        daemon,
+        shared_server,
+        "POST",
+        "/api/2.0/mlflow/logged-models",
+        {"experiment_id": experiment["experiment_id"]},
+    )
+    assert created == 200, logged
+    model_id = logged["model"]["info"]["model_id"]
+
+    path = f"/api/2.0/mlflow/logged-models/{model_id}#/tags/t"
+    status, error = call(daemon, shared_server, "DELETE", path)
+    assert (status, error.get("message")) == (403, required_action("DELETE", path).reason)
+
+    found, model = call(daemon, shared_server, "GET", f"/api/2.0/mlflow/logged-models/{model_id}")
+    assert found == 200 and model["model"]["info"]["model_id"] == model_id
+
+
+@pytest.mark.parametrize("by", ADDRESSING)
+def test_ordinary_routes_are_forwarded(
+    daemon: Daemon, shared_server: dict[str, Any], by: str
+) -> None:
+    for method, path, body in [
+        ("GET", "/api/3.0/mlflow/server-info", None),
+        ("POST", "/api/2.0/mlflow/experiments/search", {"max_results": 1}),
+    ]:
+        status, answer = call(daemon, shared_server, method, path, body, by=by)
+        assert status == 200, (path, answer)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/2.0/mlflow-artifacts/artifacts/../../mlflow/registered-models/delete",
+        "/api/2.0/mlflow-artifacts/artifacts/%2e%2e/%2E%2E/mlflow/registered-models/delete",
+        "/api/2.0/mlflow/runs/get?run_id=%2e%2e&x=%41",
+        "/static-files/%7Euser/./a%2Fb.js",
+    ],
+)
+def test_the_upstream_url_is_sent_byte_for_byte(path: str) -> None:
+    # The gateway's own client must not resolve or re-quote what required_action checked.
+    async def round_trip() -> str:
+        async def echo(request: web.Request) -> web.Response:
+            return web.Response(text=request.raw_path)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", echo)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with (
+                aiohttp.ClientSession() as client,
+                client.delete(upstream_url(port, path)) as response,
+            ):
+                return await response.text()
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(round_trip()) == path
