@@ -169,8 +169,10 @@ def s3_env(moto_s3: str) -> Iterator[dict[str, str]]:
 def daemon(tmp_path_factory: pytest.TempPathFactory, s3_env: dict[str, str]) -> Iterator[Daemon]:
     """One SQLite-backed daemon shared by the tests that need no daemon of their own."""
     d = Daemon(tmp_path_factory.mktemp("mlfleet-sqlite"))
-    saved = {k: os.environ.get(k) for k in s3_env}
-    os.environ.update(s3_env)
+    # Temporary credentials that expire within a test (AWS's floor is 900 s).
+    env = {**s3_env, "MLFLEET_STS_MIN_DURATION_SECONDS": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         d.start()
     finally:

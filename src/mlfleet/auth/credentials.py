@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
-import secrets
-import string
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,25 +15,26 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth import sigv4
 from mlfleet.auth.identity import Principal
+from mlfleet.auth.secrets import SecretBox, is_sealed
 from mlfleet.protocol.errors import AwsError
 from mlfleet.settings import Settings
-from mlfleet.state.models import AccessKey
+from mlfleet.state.models import AccessKey, IamRole
 
-_KEY_ALPHABET = string.ascii_uppercase + "234567"
-
-
-def new_access_key_id() -> str:
-    return "AKIA" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(16))
+ADMIN_USER = "admin"
+_INVALID_TOKEN = "The security token included in the request is invalid."
 
 
-def new_secret_access_key() -> str:
-    return base64.b64encode(secrets.token_bytes(30)).decode()
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class KeyRecord:
     secret: str
     principal: Principal
+    # Temporary (role-session) keys only: the hash of their session token, and their expiry.
+    session_token_hash: str | None = None
+    expires_at: float | None = None
 
 
 class AuthenticationError(Exception):
@@ -46,29 +46,27 @@ class AuthenticationError(Exception):
 
 
 class Credentials:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], box: SecretBox) -> None:
         self._settings = settings
         self._sessions = sessions
+        self._box = box
         self._keys: dict[str, KeyRecord] = {}
 
-    def bootstrap_admin(self) -> tuple[str, str] | None:
-        """Create the admin user's key on first start; return (id, secret) when created."""
+    def forget(self) -> None:
+        """Drop cached keys: called on every IAM change (a key deactivated, a role deleted)."""
+        self._keys.clear()
+
+    def seal_plaintext_secrets(self) -> int:
+        """Encrypt secrets stored before encryption at rest existed; return how many."""
         with self._sessions.begin() as session:
-            if session.scalars(select(AccessKey.access_key_id)).first() is not None:
-                return None
-            key_id, secret = new_access_key_id(), new_secret_access_key()
-            session.add(
-                AccessKey(
-                    access_key_id=key_id,
-                    secret_access_key=secret,
-                    user_name="admin",
-                    user_arn=f"arn:aws:iam::{self._settings.account_id}:user/admin",
-                    user_id="AIDA" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(17)),
-                    status="Active",
-                    created_at=time.time(),
-                )
-            )
-        return key_id, secret
+            rows = [
+                row
+                for row in session.scalars(select(AccessKey))
+                if not is_sealed(row.secret_access_key)
+            ]
+            for row in rows:
+                row.secret_access_key = self._box.seal(row.secret_access_key)
+        return len(rows)
 
     def write_client_files(self, key_id: str, secret: str) -> tuple[Path, Path]:
         """Write ``credentials`` and ``config`` in the AWS CLI's formats, owner-readable only."""
@@ -92,29 +90,69 @@ class Credentials:
             tmp.replace(path)
         return creds, config
 
-    def admin_key(self) -> tuple[str, str]:
+    def admin_key(self) -> tuple[str, str] | None:
+        """The admin's first active key, if it still has one."""
         with self._sessions() as session:
             row = session.scalars(
                 select(AccessKey)
-                .where(AccessKey.user_name == "admin")
+                .where(AccessKey.user_name == ADMIN_USER, AccessKey.owner_kind == "user")
+                .where(AccessKey.status == "Active")
                 .order_by(AccessKey.created_at)
             ).first()
-            assert row is not None, "bootstrap_admin() runs before admin_key()"
-            return row.access_key_id, row.secret_access_key
+            if row is None:
+                return None
+            return row.access_key_id, self._box.open(row.secret_access_key)
 
     def lookup(self, key_id: str) -> KeyRecord | None:
         record = self._keys.get(key_id)
-        if record is not None:
-            return record
+        if record is None:
+            record = self._load(key_id)
+            if record is None:
+                return None
+            self._keys[key_id] = record
+        return record
+
+    def _load(self, key_id: str) -> KeyRecord | None:
         with self._sessions() as session:
             row = session.get(AccessKey, key_id)
             if row is None or row.status != "Active":
                 return None
-            record = KeyRecord(
-                row.secret_access_key,
-                Principal(row.user_arn, row.user_id, row.user_name, row.access_key_id),
+            identity_arn = ""
+            if row.owner_kind == "role":
+                role = session.get(IamRole, row.user_name)
+                if role is None:
+                    return None
+                identity_arn = role.arn
+            return KeyRecord(
+                self._box.open(row.secret_access_key),
+                Principal(
+                    row.user_arn,
+                    row.user_id,
+                    row.user_name,
+                    row.access_key_id,
+                    kind=row.owner_kind,
+                    identity_arn=identity_arn,
+                ),
+                row.session_token_hash,
+                row.expires_at,
             )
-        self._keys[key_id] = record
+
+    def _current(self, key_id: str, token: str | None) -> KeyRecord:
+        """The key's record if it is usable with this session token (AWS's checks and words)."""
+        record = self.lookup(key_id)
+        if record is None:
+            raise AwsError("UnrecognizedClientException", _INVALID_TOKEN, 403)
+        if record.session_token_hash is not None:
+            if token is None or not hmac.compare_digest(
+                record.session_token_hash, token_hash(token)
+            ):
+                raise AwsError("UnrecognizedClientException", _INVALID_TOKEN, 403)
+            if record.expires_at is not None and record.expires_at <= time.time():
+                raise AwsError(
+                    "ExpiredTokenException",
+                    "The security token included in the request is expired",
+                    403,
+                )
         return record
 
     def verify_sigv4(
@@ -126,15 +164,10 @@ class Credentials:
         body: bytes | None,
         service: str,
         payload_hash: str | None = None,
+        region: str | None = None,
     ) -> Principal:
         info = sigv4.parse_authorization(headers)
-        record = self.lookup(info.access_key_id)
-        if record is None:
-            raise AwsError(
-                "UnrecognizedClientException",
-                "The security token included in the request is invalid.",
-                403,
-            )
+        record = self._current(info.access_key_id, info.security_token)
         sigv4.verify(
             info,
             record.secret,
@@ -143,7 +176,7 @@ class Credentials:
             headers,
             body,
             expected_service=service,
-            expected_region=self._settings.region,
+            expected_region=region or self._settings.region,
             payload_hash=payload_hash,
         )
         return record.principal
@@ -155,7 +188,12 @@ class Credentials:
         except (ValueError, IndexError, UnicodeDecodeError) as exc:
             raise AuthenticationError("Malformed HTTP Basic credentials.") from exc
         record = self.lookup(key_id)
-        if record is None or not hmac.compare_digest(record.secret, secret):
+        # Temporary credentials need their session token, which Basic cannot carry.
+        if (
+            record is None
+            or record.session_token_hash is not None
+            or not hmac.compare_digest(record.secret, secret)
+        ):
             raise AuthenticationError(
                 "Invalid credentials: use an mlfleet access key id as user name and its secret "
                 "access key as password."

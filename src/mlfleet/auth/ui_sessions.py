@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mlfleet.auth.identity import Principal
+from mlfleet.auth.identity import Principal, principal_from_arn
 from mlfleet.state.models import PresignedToken, UiSession
 
 COOKIE_NAME = "mlfleet_session"
@@ -52,17 +52,22 @@ class UiSessions:
                     PresignedToken.expires_at > now,
                 )
                 .values(used=True)
-                .returning(PresignedToken.principal_arn, PresignedToken.session_seconds)
+                .returning(
+                    PresignedToken.principal_arn,
+                    PresignedToken.principal_id,
+                    PresignedToken.session_seconds,
+                )
             ).first()
             if spent is None:
                 return None
-            principal_arn, lifetime = spent
+            principal_arn, principal_id, lifetime = spent
             cookie, cookie_hash = new_token()
             session.add(
                 UiSession(
                     session_hash=cookie_hash,
                     server_id=server_id,
                     principal_arn=principal_arn,
+                    principal_id=principal_id,
                     expires_at=now + lifetime,
                 )
             )
@@ -76,9 +81,10 @@ class UiSessions:
                 row = session.get(UiSession, key)
                 if row is None:
                     return None
-                name = row.principal_arn.rsplit("/", 1)[-1]
                 found = OpenSession(
-                    row.server_id, Principal(row.principal_arn, name, name), row.expires_at
+                    row.server_id,
+                    principal_from_arn(row.principal_arn, row.principal_id),
+                    row.expires_at,
                 )
             self._cache[key] = found
         if found.expires_at <= time.time():

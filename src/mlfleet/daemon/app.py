@@ -6,19 +6,27 @@ import asyncio
 import importlib.metadata
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy import select
 
-from mlfleet.auth.credentials import Credentials
+from mlfleet.auth.credentials import ADMIN_USER, Credentials
+from mlfleet.auth.secrets import SecretBox
 from mlfleet.auth.ui_sessions import UiSessions
+from mlfleet.daemon.control_plane import ControlPlane
 from mlfleet.fleet.reconciler import Reconciler
 from mlfleet.fleet.responses import SageMakerApi
 from mlfleet.fleet.service import FleetService
 from mlfleet.gateway.actions import table_mlflow_version
-from mlfleet.gateway.proxy import Gateway
+from mlfleet.gateway.proxy import Gateway, ServerRecord
+from mlfleet.iam.authorizer import Authorizer
+from mlfleet.iam.responses import iam_api, sts_api
+from mlfleet.iam.simulator import Simulator
+from mlfleet.iam.store import IamStore
+from mlfleet.iam.sts import SecurityTokenService
 from mlfleet.runtime.local import LocalRuntime
 from mlfleet.runtime.metadata_db import MetadataDatabases
 from mlfleet.settings import Settings
@@ -33,16 +41,27 @@ class Daemon:
     runtime: LocalRuntime
     reconciler: Reconciler
     gateway: Gateway
-    api: SageMakerApi
-    credentials_path: Path
+    control_plane: ControlPlane
+    credentials_path: Path | None
 
 
 def build_daemon(settings: Settings) -> Daemon:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sessions = open_database(settings.control_db_url)
-    credentials = Credentials(settings, sessions)
-    credentials.bootstrap_admin()
-    creds_path, _ = credentials.write_client_files(*credentials.admin_key())
+    box = SecretBox.from_file(settings.master_key_path)
+    credentials = Credentials(settings, sessions, box)
+    if credentials.seal_plaintext_secrets():
+        log.info("encrypted the access-key secrets stored before encryption at rest")
+    # Caches of keys and decisions must not outlive an IAM change: the store tells them.
+    on_iam_change: list[Callable[[], None]] = [credentials.forget]
+    store = IamStore(
+        sessions, settings.account_id, box, on_change=lambda: [f() for f in on_iam_change]
+    )
+    authorizer = Authorizer(store, settings.account_id)
+    on_iam_change.append(authorizer.invalidate)
+    store.bootstrap_admin(ADMIN_USER)
+    admin_key = credentials.admin_key()
+    creds_path = credentials.write_client_files(*admin_key)[0] if admin_key else None
 
     mlflow_version = importlib.metadata.version("mlflow")
     # Loads the route table now, so a missing one stops the daemon instead of its first request.
@@ -68,21 +87,40 @@ def build_daemon(settings: Settings) -> Daemon:
     )
     reconciler_ref.append(reconciler)
 
-    def lookup(name: str) -> tuple[str, str, str] | None:
+    def lookup(name: str) -> ServerRecord | None:
         with sessions() as session:
             row = session.execute(
                 select(
-                    TrackingServer.id, TrackingServer.status, TrackingServer.desired_state
+                    TrackingServer.id,
+                    TrackingServer.status,
+                    TrackingServer.desired_state,
+                    TrackingServer.tags,
                 ).where(TrackingServer.name == name)
             ).first()
-        return None if row is None else (row[0], row[1], row[2])
+        return None if row is None else ServerRecord(row[0], row[1], row[2], tuple(row[3]))
 
-    gateway = Gateway(settings, runtime, credentials, UiSessions(sessions), lookup)
+    gateway = Gateway(settings, runtime, credentials, authorizer, UiSessions(sessions), lookup)
+    sts = SecurityTokenService(sessions, store, authorizer, box, settings.account_id)
+    control_plane = ControlPlane(
+        SageMakerApi(fleet, credentials, authorizer),
+        {
+            "iam": iam_api(
+                store,
+                Simulator(store, authorizer, settings.account_id),
+                credentials,
+                authorizer,
+                settings.account_id,
+            ),
+            "sts": sts_api(
+                sts, credentials, authorizer, settings.region, settings.sts_min_duration_seconds
+            ),
+        },
+    )
     return Daemon(
         runtime=runtime,
         reconciler=reconciler,
         gateway=gateway,
-        api=SageMakerApi(fleet, credentials),
+        control_plane=control_plane,
         credentials_path=creds_path,
     )
 
@@ -94,7 +132,7 @@ async def _health(_request: web.Request) -> web.Response:
 def build_app(daemon: Daemon) -> web.Application:
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_get("/health", _health)
-    app.router.add_post("/", daemon.api.handle)
+    app.router.add_post("/", daemon.control_plane.handle)
     app.router.add_route("*", "/mlflow/{name}", daemon.gateway.by_path)
     app.router.add_route("*", "/mlflow/{name}/{tail:.*}", daemon.gateway.by_path)
     for prefix in ("/api", "/ajax-api"):
@@ -137,7 +175,8 @@ def run(settings: Settings, banner: bool = True) -> None:
             f"  endpoint:    {settings.endpoint_url}\n"
             f"  region:      {settings.region}\n"
             f"  account id:  {settings.account_id}\n"
-            f"  credentials: {daemon.credentials_path} (profile default)\n"
+            f"  credentials: {daemon.credentials_path or 'the admin user has no access key'}"
+            " (profile default)\n"
             f"  try:         AWS_CONFIG_FILE={settings.data_dir / 'config'} "
             f"AWS_SHARED_CREDENTIALS_FILE={daemon.credentials_path} "
             f"aws sagemaker list-mlflow-tracking-servers",

@@ -101,6 +101,12 @@ class FleetService:
         s = self._settings
         return f"arn:aws:sagemaker:{s.region}:{s.account_id}:mlflow-tracking-server/{name}"
 
+    def tags_of(self, name: str) -> list[dict[str, Any]]:
+        """A server's tags (aws:ResourceTag/...), or none for a server that does not exist."""
+        with self._sessions() as session:
+            tags = session.scalar(select(TrackingServer.tags).where(TrackingServer.name == name))
+        return list(tags or [])
+
     def url_for(self, name: str) -> str:
         return f"{self._settings.endpoint_url}/mlflow/{name}"
 
@@ -331,6 +337,7 @@ class FleetService:
                     token_hash=token_hash,
                     server_id=row.id,
                     principal_arn=principal.arn,
+                    principal_id=principal.user_id,
                     expires_at=time.time() + expires_in,
                     session_seconds=session_seconds,
                     used=False,

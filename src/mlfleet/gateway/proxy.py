@@ -28,6 +28,7 @@ from mlfleet.auth.credentials import AuthenticationError, Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.ui_sessions import COOKIE_NAME, UiSessions
 from mlfleet.gateway.actions import required_action
+from mlfleet.iam.authorizer import Authorizer, RequestFacts, denial_message
 from mlfleet.protocol.errors import AwsError
 from mlfleet.runtime.local import LocalRuntime, Worker
 from mlfleet.settings import Settings
@@ -82,8 +83,18 @@ class ServerLoad:
     waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
 
 
-# name -> (server id, status, desired state), or None for an unknown name.
-ServerLookup = Callable[[str], tuple[str, str, str] | None]
+@dataclass(frozen=True)
+class ServerRecord:
+    """What the gateway needs to know of a tracking server, read from the control plane."""
+
+    id: str
+    status: str
+    desired_state: str
+    tags: tuple[dict[str, str], ...] = ()
+
+
+# name -> the server's record, or None for an unknown name.
+ServerLookup = Callable[[str], ServerRecord | None]
 
 
 def mlflow_error(status: int, code: str, message: str) -> web.Response:
@@ -97,15 +108,17 @@ class Gateway:
         settings: Settings,
         runtime: LocalRuntime,
         credentials: Credentials,
+        authorizer: Authorizer,
         ui_sessions: UiSessions,
         lookup: ServerLookup,
     ) -> None:
         self._settings = settings
         self._runtime = runtime
         self._credentials = credentials
+        self._authorizer = authorizer
         self._ui = ui_sessions
         self._lookup = lookup
-        self._ids: dict[str, str] = {}
+        self._servers: dict[str, ServerRecord] = {}
         self._load: dict[str, ServerLoad] = {}
         self._client: aiohttp.ClientSession | None = None
         arn_prefix = f"arn:aws:sagemaker:{settings.region}:{settings.account_id}:"
@@ -212,7 +225,7 @@ class Gateway:
     async def _open_ui_session(self, request: web.Request, name: str) -> web.StreamResponse:
         found = self._lookup(name)
         token = request.query.get("authToken", "")
-        redeemed = self._ui.redeem(found[0], token) if found and token else None
+        redeemed = self._ui.redeem(found.id, token) if found and token else None
         if redeemed is None:
             return web.Response(
                 status=403,
@@ -234,15 +247,17 @@ class Gateway:
 
     # serving -------------------------------------------------------------------------------
 
-    def _server_id(self, name: str) -> tuple[str, str, str] | None:
-        cached = self._ids.get(name)
-        if cached is not None and self._runtime.is_serving(cached):
-            return cached, "", "Running"
+    def _server(self, name: str) -> ServerRecord | None:
+        # A serving server's record is current: only its status, which is not used then,
+        # changes while it serves (tags are set at create), and a deleted one stops serving.
+        cached = self._servers.get(name)
+        if cached is not None and self._runtime.is_serving(cached.id):
+            return cached
         found = self._lookup(name)
         if found is None:
-            self._ids.pop(name, None)
+            self._servers.pop(name, None)
             return None
-        self._ids[name] = found[0]
+        self._servers[name] = found
         return found
 
     async def _wait_until_serving(self, name: str) -> str | None:
@@ -252,18 +267,17 @@ class Gateway:
             found = self._lookup(name)
             if found is None:
                 return None
-            server_id, status, desired = found
-            if self._runtime.is_serving(server_id):
-                return server_id
-            if desired != "Running" or status.endswith("Failed"):
+            if self._runtime.is_serving(found.id):
+                return found.id
+            if found.desired_state != "Running" or found.status.endswith("Failed"):
                 return None
             await asyncio.sleep(0.1)
         return None
 
     async def _serve(self, request: web.Request, route: Route) -> web.StreamResponse:
         # Authenticate before saying whether a server exists: names are not for strangers.
-        found = self._server_id(route.name)
-        server_id, status, desired = found or ("", "", "")
+        found = self._server(route.name)
+        server_id = found.id if found else ""
         try:
             principal, body, payload_hash = await self._authenticate(request, server_id)
         except AuthenticationError as exc:
@@ -280,15 +294,26 @@ class Gateway:
         requirement = required_action(request.method, route.upstream_path)
         if requirement.denied:
             return mlflow_error(403, "PERMISSION_DENIED", requirement.reason)
-        # Access control (issue 3) checks requirement.action against the principal's policies.
-        del principal
+        if requirement.action is not None:
+            # Decided before the server's existence is revealed, on the ARN the name gives.
+            arn = self._arn_prefix + route.name
+            facts = RequestFacts(
+                source_ip=request.remote,
+                secure_transport=request.secure,
+                resource_tags=found.tags if found else (),
+            )
+            result = self._authorizer.check(principal, requirement.action, arn, facts)
+            if not result.allowed:
+                message = denial_message(principal, requirement.action, arn, result)
+                return mlflow_error(403, "PERMISSION_DENIED", message)
         if found is None:
             return mlflow_error(
                 404, "RESOURCE_DOES_NOT_EXIST", f"Tracking server {route.name} does not exist."
             )
 
+        status = found.status
         if not self._runtime.is_serving(server_id):
-            if desired == "Running" and not status.endswith("Failed"):
+            if found.desired_state == "Running" and not status.endswith("Failed"):
                 waited = await self._wait_until_serving(route.name)
                 if waited is None:
                     return mlflow_error(

@@ -48,6 +48,7 @@ _STATEMENT_ELEMENTS = frozenset(
         "Condition",
     }
 )
+_TIME_KEYS = ("aws:currenttime", "aws:epochtime")
 _SID = re.compile(r"[0-9A-Za-z]*")
 _ACTION = re.compile(r"[A-Za-z0-9-]+:[A-Za-z0-9_*?-]+")
 _NO_VENDOR = "Actions/Conditions must be prefaced by a vendor, e.g., iam, sdb, ec2, etc."
@@ -594,6 +595,9 @@ class Policy:
     version: str
     statements: tuple[Statement, ...]
     policy_id: str | None = None
+    # Whether the outcome can change with the clock alone (a condition on, or a variable of,
+    # aws:CurrentTime or aws:EpochTime): such decisions must not be cached.
+    time_dependent: bool = False
 
 
 def _parse_statement(raw: Any, variables: bool) -> Statement:
@@ -728,7 +732,9 @@ def parse_policy(document: str | Mapping[str, Any]) -> Policy:
     sids = [s.sid for s in statements if s.sid]
     if len(sids) != len(set(sids)):
         raise _malformed("Statement IDs (SID) in a single policy must be unique.")
-    return Policy(version, statements, policy_id)
+    text = json.dumps(raw, default=str).lower()
+    time_dependent = any(key in text for key in _TIME_KEYS)
+    return Policy(version, statements, policy_id, time_dependent)
 
 
 def evaluate(policies: Iterable[tuple[str, Policy]], ctx: RequestContext) -> EvaluationResult:

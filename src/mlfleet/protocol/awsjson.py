@@ -136,11 +136,18 @@ class InputValidator:
     """Type-checks and validates a request decoded into JSON types against an input shape.
 
     `pattern_overrides` maps a shape name to a predicate that accepts values the model's pattern
-    rejects: mlfleet takes file:///... wherever SageMaker wants an S3Uri.
+    rejects: mlfleet takes file:///... wherever SageMaker wants an S3Uri. `minimum_overrides`
+    maps a number shape's name to the minimum that replaces the model's (a documented setting
+    can lower STS's 900-second floor on session durations).
     """
 
-    def __init__(self, pattern_overrides: PatternOverrides | None = None) -> None:
+    def __init__(
+        self,
+        pattern_overrides: PatternOverrides | None = None,
+        minimum_overrides: Mapping[str, int] | None = None,
+    ) -> None:
         self._pattern_overrides = dict(pattern_overrides or {})
+        self._minimums = dict(minimum_overrides or {})
 
     def validate(self, shape: Shape, document: Any) -> dict[str, Any]:
         """The parameters of `document`, converted; every violated constraint in one error."""
@@ -249,7 +256,7 @@ class InputValidator:
                 low, high = _INT_RANGES[kind]
                 if type(value) is not int or not low <= value <= high:
                     raise _mistyped(value, shape, path)
-                return value, _bounds(shape, value, "value")
+                return value, _bounds(shape, value, "value", self._minimums.get(shape.name))
             case "float" | "double":
                 if type(value) in (int, float) or (type(value) is str and value in _SPECIAL_FLOATS):
                     number = float(value)
@@ -302,11 +309,12 @@ def _to_datetime(value: Any, shape: Shape, path: str) -> datetime:
     raise _mistyped(value, shape, path)
 
 
-def _bounds(shape: Shape, amount: float, what: str) -> list[str]:
+def _bounds(shape: Shape, amount: float, what: str, minimum: float | None = None) -> list[str]:
     metadata = shape.metadata
     violations = []
-    if "min" in metadata and amount < metadata["min"]:
-        violations.append(f"Member must have {what} greater than or equal to {metadata['min']}")
+    low = metadata.get("min") if minimum is None else minimum
+    if low is not None and amount < low:
+        violations.append(f"Member must have {what} greater than or equal to {low}")
     if "max" in metadata and amount > metadata["max"]:
         violations.append(f"Member must have {what} less than or equal to {metadata['max']}")
     return violations

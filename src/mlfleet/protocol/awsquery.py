@@ -43,7 +43,9 @@ def parse_form(body: bytes) -> dict[str, str]:
 class QueryProtocol:
     """One service's side of the protocol."""
 
-    def __init__(self, service_model: ServiceModel) -> None:
+    def __init__(
+        self, service_model: ServiceModel, minimum_overrides: Mapping[str, int] | None = None
+    ) -> None:
         metadata = service_model.metadata
         if "query" not in metadata.get("protocols", [metadata["protocol"]]):
             raise ValueError(f"{service_model.service_name} does not speak the AWS query protocol")
@@ -51,7 +53,7 @@ class QueryProtocol:
         self._version = metadata["apiVersion"]
         self._namespace = metadata["xmlNamespace"]
         self._operation_names = frozenset(service_model.operation_names)
-        self._validator = InputValidator()
+        self._validator = InputValidator(minimum_overrides=minimum_overrides)
         self._error_statuses: dict[str, int] = {
             shape.error_code: shape.metadata["error"]["httpStatusCode"]
             for shape in service_model.error_shapes

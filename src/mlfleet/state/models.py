@@ -13,16 +13,104 @@ class Base(DeclarativeBase):
 
 
 class AccessKey(Base):
+    """A long-term key of an IAM user, or the temporary key of an assumed-role session."""
+
     __tablename__ = "access_keys"
 
     access_key_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    # SigV4 verification needs the secret itself, not a hash of it.
-    secret_access_key: Mapped[str] = mapped_column(String(128))
-    user_name: Mapped[str] = mapped_column(String(64))
+    # SigV4 verification needs the secret itself, so it is kept encrypted, not hashed
+    # (mlfleet.auth.secrets); a row written before encryption is encrypted at start-up.
+    secret_access_key: Mapped[str] = mapped_column(Text)
+    # "user" or "role": whose key it is. For a role session, user_name is the role's name,
+    # user_arn the assumed-role ARN and user_id "<role id>:<session name>".
+    owner_kind: Mapped[str] = mapped_column(String(8), default="user")
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
     user_arn: Mapped[str] = mapped_column(String(2048))
     user_id: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16), default="Active")
     created_at: Mapped[float] = mapped_column(Float)
+    # Role sessions only: a hash of the session token, and when the credentials expire.
+    session_token_hash: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[float | None] = mapped_column(Float)
+
+
+class IamUser(Base):
+    __tablename__ = "iam_users"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), unique=True)
+    path: Mapped[str] = mapped_column(String(512))
+    arn: Mapped[str] = mapped_column(String(2048))
+    created_at: Mapped[float] = mapped_column(Float)
+    tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class IamGroup(Base):
+    __tablename__ = "iam_groups"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(32), unique=True)
+    path: Mapped[str] = mapped_column(String(512))
+    arn: Mapped[str] = mapped_column(String(2048))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class IamGroupMember(Base):
+    __tablename__ = "iam_group_members"
+
+    group_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class IamRole(Base):
+    __tablename__ = "iam_roles"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role_id: Mapped[str] = mapped_column(String(32), unique=True)
+    path: Mapped[str] = mapped_column(String(512))
+    arn: Mapped[str] = mapped_column(String(2048))
+    trust_policy: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(String(1000))
+    max_session_duration: Mapped[int] = mapped_column(Integer, default=3600)
+    created_at: Mapped[float] = mapped_column(Float)
+    tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class IamInlinePolicy(Base):
+    """A policy embedded in one user, group or role (Put{User,Group,Role}Policy)."""
+
+    __tablename__ = "iam_inline_policies"
+
+    owner_kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    owner_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    policy_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    document: Mapped[str] = mapped_column(Text)
+
+
+class IamManagedPolicy(Base):
+    """A customer managed policy; AWS managed ones ship with mlfleet and are not stored."""
+
+    __tablename__ = "iam_managed_policies"
+
+    arn: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    policy_id: Mapped[str] = mapped_column(String(32), unique=True)
+    path: Mapped[str] = mapped_column(String(512))
+    description: Mapped[str | None] = mapped_column(String(1000))
+    document: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class IamAttachment(Base):
+    """A managed policy attached to a user, group or role."""
+
+    __tablename__ = "iam_attachments"
+
+    owner_kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    owner_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    policy_arn: Mapped[str] = mapped_column(String(2048), primary_key=True, index=True)
 
 
 class TrackingServer(Base):
@@ -60,6 +148,7 @@ class PresignedToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     server_id: Mapped[str] = mapped_column(String(32), index=True)
     principal_arn: Mapped[str] = mapped_column(String(2048))
+    principal_id: Mapped[str] = mapped_column(String(128), default="")
     expires_at: Mapped[float] = mapped_column(Float)
     session_seconds: Mapped[int] = mapped_column(Integer)
     used: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -71,4 +160,5 @@ class UiSession(Base):
     session_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     server_id: Mapped[str] = mapped_column(String(32), index=True)
     principal_arn: Mapped[str] = mapped_column(String(2048))
+    principal_id: Mapped[str] = mapped_column(String(128), default="")
     expires_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,806 @@
+"""IAM identities and their policies: users, groups, roles, access keys, inline and managed ones.
+
+Each public method is one IAM operation's behaviour, taking the operation's (already validated)
+input and returning its output members, as ``mlfleet.iam.responses`` serializes them. Refusals
+use IAM's error codes and wording. Every change notifies the listeners given at construction, so
+caches of keys and authorization decisions never outlive what they were computed from.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import string
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mlfleet.auth.secrets import SecretBox
+from mlfleet.iam.managed import ADMINISTRATOR_ACCESS, aws_managed_policies
+from mlfleet.iam.policy import Policy, parse_policy
+from mlfleet.iam.trust import parse_trust
+from mlfleet.protocol.errors import AwsError
+from mlfleet.state.models import (
+    AccessKey,
+    IamAttachment,
+    IamGroup,
+    IamGroupMember,
+    IamInlinePolicy,
+    IamManagedPolicy,
+    IamRole,
+    IamUser,
+)
+
+_ID_ALPHABET = string.ascii_uppercase + "234567"
+ACCESS_KEYS_PER_USER = 2
+# IAM's quotas on a policy document's size, whitespace not counted.
+INLINE_POLICY_LIMITS = {"user": 2048, "group": 5120, "role": 10240}
+MANAGED_POLICY_LIMIT = 6144
+DEFAULT_MAX_ITEMS = 100
+
+Output = dict[str, Any]
+
+
+def new_id(prefix: str, length: int = 21) -> str:
+    """An IAM unique id: AIDA (user), AGPA (group), AROA (role), ANPA (policy) + 17 characters;
+    access key ids (AKIA long-term, ASIA temporary) are 20 characters long."""
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length - len(prefix)))
+
+
+def new_access_key_id(prefix: str = "AKIA") -> str:
+    return new_id(prefix, 20)
+
+
+def new_secret() -> str:
+    return base64.b64encode(secrets.token_bytes(30)).decode()
+
+
+def when(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def no_such_entity(message: str) -> AwsError:
+    return AwsError("NoSuchEntity", message, 404)
+
+
+def already_exists(message: str) -> AwsError:
+    return AwsError("EntityAlreadyExists", message, 409)
+
+
+def delete_conflict(message: str) -> AwsError:
+    return AwsError("DeleteConflict", message, 409)
+
+
+def invalid_input(message: str) -> AwsError:
+    return AwsError("InvalidInput", message)
+
+
+@dataclass(frozen=True)
+class SourcedPolicy:
+    """A policy that applies to a principal, and where it came from (SimulatePrincipalPolicy)."""
+
+    source_id: str
+    source_type: str  # IAM's PolicySourceType: user, group, role, aws-managed, user-managed
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    is_truncated: bool
+    marker: str | None
+
+    def output(self, member: str) -> Output:
+        out: Output = {member: self.items, "IsTruncated": self.is_truncated}
+        if self.marker is not None:
+            out["Marker"] = self.marker
+        return out
+
+
+def paginate(items: Sequence[Any], request: dict[str, Any], key: Callable[[Any], str]) -> Page:
+    """IAM's Marker/MaxItems paging over items sorted by `key`; the marker is the next key."""
+    marker = request.get("Marker")
+    start = 0
+    if marker is not None:
+        start = next((i for i, item in enumerate(items) if key(item) >= marker), len(items))
+    size = request.get("MaxItems", DEFAULT_MAX_ITEMS)
+    page = list(items[start : start + size])
+    rest = items[start + size :]
+    return Page(page, bool(rest), key(rest[0]) if rest else None)
+
+
+def policy_size(document: str) -> int:
+    return sum(1 for char in document if not char.isspace())
+
+
+def check_path_prefix(items: Iterable[Any], request: dict[str, Any]) -> list[Any]:
+    prefix = request.get("PathPrefix", "/")
+    return [item for item in items if item.path.startswith(prefix)]
+
+
+class IamStore:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        account_id: str,
+        box: SecretBox,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._sessions = sessions
+        self._account = account_id
+        self._box = box
+        self._on_change = on_change
+
+    def _arn(self, kind: str, path: str, name: str) -> str:
+        return f"arn:aws:iam::{self._account}:{kind}{path}{name}"
+
+    def _changed(self) -> None:
+        self._on_change()
+
+    # --- users -------------------------------------------------------------------------------
+
+    def bootstrap_admin(self, name: str) -> bool:
+        """On first start (no users yet), create the administrator: a user with
+        AdministratorAccess attached and one access key. Return whether it was created."""
+        with self._sessions.begin() as session:
+            if session.scalars(select(IamUser.name)).first() is not None:
+                return False
+            session.add(
+                IamUser(
+                    name=name,
+                    user_id=new_id("AIDA"),
+                    path="/",
+                    arn=self._arn("user", "/", name),
+                    created_at=time.time(),
+                    tags=[],
+                )
+            )
+            session.add(
+                IamAttachment(owner_kind="user", owner_name=name, policy_arn=ADMINISTRATOR_ACCESS)
+            )
+        self.create_access_key(name)
+        return True
+
+    def create_user(self, req: dict[str, Any]) -> Output:
+        name, path = req["UserName"], req.get("Path", "/")
+        with self._sessions.begin() as session:
+            if _exists(session, IamUser, name):
+                raise already_exists(f"User with name {name} already exists.")
+            user = IamUser(
+                name=name,
+                user_id=new_id("AIDA"),
+                path=path,
+                arn=self._arn("user", path, name),
+                created_at=time.time(),
+                tags=req.get("Tags", []),
+            )
+            session.add(user)
+        return {"User": _user(user)}
+
+    def get_user(self, name: str) -> Output:
+        with self._sessions() as session:
+            return {"User": _user(self._user(session, name))}
+
+    def user_record(self, name: str) -> IamUser:
+        with self._sessions() as session:
+            return self._user(session, name)
+
+    def list_users(self, req: dict[str, Any]) -> Output:
+        with self._sessions() as session:
+            users = session.scalars(select(IamUser).order_by(IamUser.name)).all()
+        page = paginate(check_path_prefix(users, req), req, key=lambda u: u.name)
+        return Page([_user(u) for u in page.items], page.is_truncated, page.marker).output("Users")
+
+    def delete_user(self, name: str) -> Output:
+        with self._sessions.begin() as session:
+            user = self._user(session, name)
+            for model, what in (
+                (AccessKey, "must delete access keys first"),
+                (IamGroupMember, "must remove user from all groups first"),
+            ):
+                if session.scalars(select(model).where(model.user_name == name)).first():
+                    raise delete_conflict(f"Cannot delete entity, {what}.")
+            self._refuse_if_has_policies(session, "user", name)
+            session.delete(user)
+        self._changed()
+        return {}
+
+    def _user(self, session: Session, name: str) -> IamUser:
+        user = session.get(IamUser, name)
+        if user is None:
+            raise no_such_entity(f"The user with name {name} cannot be found.")
+        return user
+
+    def _refuse_if_has_policies(self, session: Session, kind: str, name: str) -> None:
+        inline = select(IamInlinePolicy).where(
+            IamInlinePolicy.owner_kind == kind, IamInlinePolicy.owner_name == name
+        )
+        if session.scalars(inline).first():
+            raise delete_conflict("Cannot delete entity, must delete policies first.")
+        attached = select(IamAttachment).where(
+            IamAttachment.owner_kind == kind, IamAttachment.owner_name == name
+        )
+        if session.scalars(attached).first():
+            raise delete_conflict("Cannot delete entity, must detach all policies first.")
+
+    # --- access keys -------------------------------------------------------------------------
+
+    def create_access_key(self, user_name: str) -> Output:
+        secret = new_secret()
+        with self._sessions.begin() as session:
+            user = self._user(session, user_name)
+            count = session.scalar(
+                select(func.count())
+                .select_from(AccessKey)
+                .where(AccessKey.user_name == user_name, AccessKey.owner_kind == "user")
+            )
+            if (count or 0) >= ACCESS_KEYS_PER_USER:
+                raise AwsError(
+                    "LimitExceeded",
+                    f"Cannot exceed quota for AccessKeysPerUser: {ACCESS_KEYS_PER_USER}",
+                    409,
+                )
+            key = AccessKey(
+                access_key_id=new_access_key_id(),
+                secret_access_key=self._box.seal(secret),
+                owner_kind="user",
+                user_name=user.name,
+                user_arn=user.arn,
+                user_id=user.user_id,
+                status="Active",
+                created_at=time.time(),
+            )
+            session.add(key)
+        return {"AccessKey": {**_key(key), "SecretAccessKey": secret}}
+
+    def list_access_keys(self, user_name: str, req: dict[str, Any]) -> Output:
+        with self._sessions() as session:
+            self._user(session, user_name)
+            keys = session.scalars(
+                select(AccessKey)
+                .where(AccessKey.user_name == user_name, AccessKey.owner_kind == "user")
+                .order_by(AccessKey.access_key_id)
+            ).all()
+        page = paginate(keys, req, key=lambda k: k.access_key_id)
+        return Page([_key(k) for k in page.items], page.is_truncated, page.marker).output(
+            "AccessKeyMetadata"
+        )
+
+    def update_access_key(self, user_name: str, key_id: str, status: str) -> Output:
+        with self._sessions.begin() as session:
+            self._user_key(session, user_name, key_id).status = status
+        self._changed()
+        return {}
+
+    def delete_access_key(self, user_name: str, key_id: str) -> Output:
+        with self._sessions.begin() as session:
+            session.delete(self._user_key(session, user_name, key_id))
+        self._changed()
+        return {}
+
+    def _user_key(self, session: Session, user_name: str, key_id: str) -> AccessKey:
+        self._user(session, user_name)
+        key = session.get(AccessKey, key_id)
+        if key is None or key.owner_kind != "user" or key.user_name != user_name:
+            raise no_such_entity(f"The Access Key with id {key_id} cannot be found.")
+        return key
+
+    # --- groups ------------------------------------------------------------------------------
+
+    def create_group(self, req: dict[str, Any]) -> Output:
+        name, path = req["GroupName"], req.get("Path", "/")
+        with self._sessions.begin() as session:
+            if _exists(session, IamGroup, name):
+                raise already_exists(f"Group with name {name} already exists.")
+            group = IamGroup(
+                name=name,
+                group_id=new_id("AGPA"),
+                path=path,
+                arn=self._arn("group", path, name),
+                created_at=time.time(),
+            )
+            session.add(group)
+        return {"Group": _group(group)}
+
+    def get_group(self, req: dict[str, Any]) -> Output:
+        name = req["GroupName"]
+        with self._sessions() as session:
+            group = self._group(session, name)
+            users = session.scalars(
+                select(IamUser)
+                .join(IamGroupMember, IamGroupMember.user_name == IamUser.name)
+                .where(IamGroupMember.group_name == name)
+                .order_by(IamUser.name)
+            ).all()
+        page = paginate(users, req, key=lambda u: u.name)
+        out = Page([_user(u) for u in page.items], page.is_truncated, page.marker).output("Users")
+        return {"Group": _group(group), **out}
+
+    def list_groups(self, req: dict[str, Any]) -> Output:
+        with self._sessions() as session:
+            groups = session.scalars(select(IamGroup).order_by(IamGroup.name)).all()
+        page = paginate(check_path_prefix(groups, req), req, key=lambda g: g.name)
+        return Page([_group(g) for g in page.items], page.is_truncated, page.marker).output(
+            "Groups"
+        )
+
+    def list_groups_for_user(self, req: dict[str, Any]) -> Output:
+        name = req["UserName"]
+        with self._sessions() as session:
+            self._user(session, name)
+            groups = self._groups_of(session, name)
+        page = paginate(groups, req, key=lambda g: g.name)
+        return Page([_group(g) for g in page.items], page.is_truncated, page.marker).output(
+            "Groups"
+        )
+
+    def delete_group(self, name: str) -> Output:
+        with self._sessions.begin() as session:
+            group = self._group(session, name)
+            members = select(IamGroupMember).where(IamGroupMember.group_name == name)
+            if session.scalars(members).first():
+                raise delete_conflict("Cannot delete entity, must remove users from group first.")
+            self._refuse_if_has_policies(session, "group", name)
+            session.delete(group)
+        self._changed()
+        return {}
+
+    def add_user_to_group(self, group_name: str, user_name: str) -> Output:
+        with self._sessions.begin() as session:
+            self._group(session, group_name)
+            self._user(session, user_name)
+            if session.get(IamGroupMember, (group_name, user_name)) is None:
+                session.add(IamGroupMember(group_name=group_name, user_name=user_name))
+        self._changed()
+        return {}
+
+    def remove_user_from_group(self, group_name: str, user_name: str) -> Output:
+        with self._sessions.begin() as session:
+            self._group(session, group_name)
+            self._user(session, user_name)
+            membership = session.get(IamGroupMember, (group_name, user_name))
+            if membership is None:
+                raise no_such_entity(f"User {user_name} is not in group {group_name}.")
+            session.delete(membership)
+        self._changed()
+        return {}
+
+    def group_record(self, name: str) -> IamGroup:
+        with self._sessions() as session:
+            return self._group(session, name)
+
+    def _group(self, session: Session, name: str) -> IamGroup:
+        group = session.get(IamGroup, name)
+        if group is None:
+            raise no_such_entity(f"The group with name {name} cannot be found.")
+        return group
+
+    def _groups_of(self, session: Session, user_name: str) -> Sequence[IamGroup]:
+        return session.scalars(
+            select(IamGroup)
+            .join(IamGroupMember, IamGroupMember.group_name == IamGroup.name)
+            .where(IamGroupMember.user_name == user_name)
+            .order_by(IamGroup.name)
+        ).all()
+
+    # --- roles -------------------------------------------------------------------------------
+
+    def create_role(self, req: dict[str, Any]) -> Output:
+        name, path = req["RoleName"], req.get("Path", "/")
+        trust = req["AssumeRolePolicyDocument"]
+        parse_trust(trust)
+        with self._sessions.begin() as session:
+            if _exists(session, IamRole, name):
+                raise already_exists(f"Role with name {name} already exists.")
+            role = IamRole(
+                name=name,
+                role_id=new_id("AROA"),
+                path=path,
+                arn=self._arn("role", path, name),
+                trust_policy=trust,
+                description=req.get("Description"),
+                max_session_duration=req.get("MaxSessionDuration", 3600),
+                created_at=time.time(),
+                tags=req.get("Tags", []),
+            )
+            session.add(role)
+        return {"Role": _role(role)}
+
+    def get_role(self, name: str) -> Output:
+        return {"Role": _role(self.role_record(name))}
+
+    def role_record(self, name: str) -> IamRole:
+        with self._sessions() as session:
+            return self._role(session, name)
+
+    def list_roles(self, req: dict[str, Any]) -> Output:
+        with self._sessions() as session:
+            roles = session.scalars(select(IamRole).order_by(IamRole.name)).all()
+        page = paginate(check_path_prefix(roles, req), req, key=lambda r: r.name)
+        return Page([_role(r) for r in page.items], page.is_truncated, page.marker).output("Roles")
+
+    def update_assume_role_policy(self, name: str, document: str) -> Output:
+        parse_trust(document)
+        with self._sessions.begin() as session:
+            self._role(session, name).trust_policy = document
+        self._changed()
+        return {}
+
+    def delete_role(self, name: str) -> Output:
+        with self._sessions.begin() as session:
+            role = self._role(session, name)
+            self._refuse_if_has_policies(session, "role", name)
+            session.delete(role)
+            # Its sessions end with it, as AWS revokes them when the role is gone.
+            session.execute(
+                delete(AccessKey).where(AccessKey.owner_kind == "role", AccessKey.user_name == name)
+            )
+        self._changed()
+        return {}
+
+    def _role(self, session: Session, name: str) -> IamRole:
+        role = session.get(IamRole, name)
+        if role is None:
+            raise no_such_entity(f"The role with name {name} cannot be found.")
+        return role
+
+    # --- inline policies ---------------------------------------------------------------------
+
+    def put_inline_policy(self, kind: str, owner: str, policy_name: str, document: str) -> Output:
+        parse_policy(document)
+        limit = INLINE_POLICY_LIMITS[kind]
+        if policy_size(document) > limit:
+            raise AwsError(
+                "LimitExceeded",
+                f"Maximum policy size of {limit} bytes exceeded for {kind} {owner}",
+                409,
+            )
+        with self._sessions.begin() as session:
+            self._owner(session, kind, owner)
+            row = session.get(IamInlinePolicy, (kind, owner, policy_name))
+            if row is None:
+                session.add(
+                    IamInlinePolicy(
+                        owner_kind=kind,
+                        owner_name=owner,
+                        policy_name=policy_name,
+                        document=document,
+                    )
+                )
+            else:
+                row.document = document
+        self._changed()
+        return {}
+
+    def get_inline_policy(self, kind: str, owner: str, policy_name: str) -> Output:
+        with self._sessions() as session:
+            self._owner(session, kind, owner)
+            row = self._inline(session, kind, owner, policy_name)
+        return {
+            _OWNER_MEMBER[kind]: owner,
+            "PolicyName": policy_name,
+            "PolicyDocument": row.document,
+        }
+
+    def delete_inline_policy(self, kind: str, owner: str, policy_name: str) -> Output:
+        with self._sessions.begin() as session:
+            self._owner(session, kind, owner)
+            session.delete(self._inline(session, kind, owner, policy_name))
+        self._changed()
+        return {}
+
+    def list_inline_policies(self, kind: str, owner: str, req: dict[str, Any]) -> Output:
+        with self._sessions() as session:
+            self._owner(session, kind, owner)
+            names = session.scalars(
+                select(IamInlinePolicy.policy_name)
+                .where(IamInlinePolicy.owner_kind == kind, IamInlinePolicy.owner_name == owner)
+                .order_by(IamInlinePolicy.policy_name)
+            ).all()
+        return paginate(names, req, key=str).output("PolicyNames")
+
+    def _inline(self, session: Session, kind: str, owner: str, name: str) -> IamInlinePolicy:
+        row = session.get(IamInlinePolicy, (kind, owner, name))
+        if row is None:
+            raise no_such_entity(f"The {kind} policy with name {name} cannot be found.")
+        return row
+
+    def _owner(self, session: Session, kind: str, name: str) -> None:
+        {"user": self._user, "group": self._group, "role": self._role}[kind](session, name)
+
+    # --- managed policies --------------------------------------------------------------------
+
+    def create_policy(self, req: dict[str, Any]) -> Output:
+        name, path, document = req["PolicyName"], req.get("Path", "/"), req["PolicyDocument"]
+        parse_policy(document)
+        if policy_size(document) > MANAGED_POLICY_LIMIT:
+            raise AwsError(
+                "LimitExceeded",
+                f"Cannot exceed quota for PolicySize: {MANAGED_POLICY_LIMIT}",
+                409,
+            )
+        now = time.time()
+        with self._sessions.begin() as session:
+            if _exists(session, IamManagedPolicy, name):
+                raise already_exists(
+                    f"A policy called {name} already exists. Duplicate names are not allowed."
+                )
+            row = IamManagedPolicy(
+                arn=self._arn("policy", path, name),
+                name=name,
+                policy_id=new_id("ANPA"),
+                path=path,
+                description=req.get("Description"),
+                document=document,
+                created_at=now,
+                updated_at=now,
+                tags=req.get("Tags", []),
+            )
+            session.add(row)
+        return {"Policy": self._policy_output(row, 0)}
+
+    def get_policy(self, arn: str) -> Output:
+        with self._sessions() as session:
+            return {"Policy": self._policy_description(session, arn)}
+
+    def get_policy_version(self, arn: str, version_id: str) -> Output:
+        with self._sessions() as session:
+            policy = self._policy_description(session, arn)
+        if version_id != policy["DefaultVersionId"]:
+            raise no_such_entity(f"Policy {arn} version {version_id} does not exist.")
+        return {
+            "PolicyVersion": {
+                "Document": self.managed_document(arn),
+                "VersionId": version_id,
+                "IsDefaultVersion": True,
+                "CreateDate": policy["UpdateDate"],
+            }
+        }
+
+    def list_policies(self, req: dict[str, Any]) -> Output:
+        scope = req.get("Scope", "All")
+        with self._sessions() as session:
+            counts = self._attachment_counts(session)
+            policies: list[Output] = []
+            if scope in ("All", "AWS"):
+                policies += [
+                    _aws_policy_output(p, counts.get(p.arn, 0))
+                    for p in aws_managed_policies().values()
+                ]
+            if scope in ("All", "Local"):
+                rows = session.scalars(select(IamManagedPolicy)).all()
+                policies += [self._policy_output(r, counts.get(r.arn, 0)) for r in rows]
+        if req.get("OnlyAttached"):
+            policies = [p for p in policies if p["AttachmentCount"]]
+        prefix = req.get("PathPrefix", "/")
+        policies = sorted((p for p in policies if p["Path"].startswith(prefix)), key=_by_arn)
+        return paginate(policies, req, key=_by_arn).output("Policies")
+
+    def delete_policy(self, arn: str) -> Output:
+        with self._sessions.begin() as session:
+            row = session.get(IamManagedPolicy, arn)
+            if row is None:
+                if arn in aws_managed_policies():
+                    raise invalid_input(
+                        f"Policy {arn} is an AWS managed policy: it cannot be deleted."
+                    )
+                raise no_such_entity(f"Policy {arn} was not found.")
+            attached = select(IamAttachment).where(IamAttachment.policy_arn == arn)
+            if session.scalars(attached).first():
+                raise delete_conflict("Cannot delete a policy attached to entities.")
+            session.delete(row)
+        self._changed()
+        return {}
+
+    def attach_policy(self, kind: str, owner: str, arn: str) -> Output:
+        with self._sessions.begin() as session:
+            self._owner(session, kind, owner)
+            if arn not in aws_managed_policies() and session.get(IamManagedPolicy, arn) is None:
+                raise no_such_entity(f"Policy {arn} does not exist or is not attachable.")
+            if session.get(IamAttachment, (kind, owner, arn)) is None:
+                session.add(IamAttachment(owner_kind=kind, owner_name=owner, policy_arn=arn))
+        self._changed()
+        return {}
+
+    def detach_policy(self, kind: str, owner: str, arn: str) -> Output:
+        with self._sessions.begin() as session:
+            self._owner(session, kind, owner)
+            row = session.get(IamAttachment, (kind, owner, arn))
+            if row is None:
+                raise no_such_entity(f"Policy {arn} was not found.")
+            session.delete(row)
+        self._changed()
+        return {}
+
+    def list_attached_policies(self, kind: str, owner: str, req: dict[str, Any]) -> Output:
+        with self._sessions() as session:
+            self._owner(session, kind, owner)
+            arns = session.scalars(
+                select(IamAttachment.policy_arn)
+                .where(IamAttachment.owner_kind == kind, IamAttachment.owner_name == owner)
+                .order_by(IamAttachment.policy_arn)
+            ).all()
+        prefix = req.get("PathPrefix", "/")
+        attached = [
+            {"PolicyName": arn.rsplit("/", 1)[1], "PolicyArn": arn}
+            for arn in arns
+            if _policy_path(arn).startswith(prefix)
+        ]
+        return paginate(attached, req, key=lambda p: p["PolicyArn"]).output("AttachedPolicies")
+
+    def managed_document(self, arn: str) -> str:
+        shipped = aws_managed_policies().get(arn)
+        if shipped is not None:
+            return shipped.document
+        with self._sessions() as session:
+            row = session.get(IamManagedPolicy, arn)
+            if row is None:
+                raise no_such_entity(f"Policy {arn} was not found.")
+            return row.document
+
+    def _policy_description(self, session: Session, arn: str) -> Output:
+        count = self._attachment_counts(session).get(arn, 0)
+        shipped = aws_managed_policies().get(arn)
+        if shipped is not None:
+            return _aws_policy_output(shipped, count)
+        row = session.get(IamManagedPolicy, arn)
+        if row is None:
+            raise no_such_entity(f"Policy {arn} was not found.")
+        return self._policy_output(row, count)
+
+    @staticmethod
+    def _attachment_counts(session: Session) -> dict[str, int]:
+        rows = session.execute(
+            select(IamAttachment.policy_arn, func.count()).group_by(IamAttachment.policy_arn)
+        ).all()
+        return {arn: count for arn, count in rows}
+
+    @staticmethod
+    def _policy_output(row: IamManagedPolicy, attachments: int) -> Output:
+        out: Output = {
+            "PolicyName": row.name,
+            "PolicyId": row.policy_id,
+            "Arn": row.arn,
+            "Path": row.path,
+            "DefaultVersionId": "v1",
+            "AttachmentCount": attachments,
+            "PermissionsBoundaryUsageCount": 0,
+            "IsAttachable": True,
+            "CreateDate": when(row.created_at),
+            "UpdateDate": when(row.updated_at),
+            "Tags": row.tags,
+        }
+        if row.description:
+            out["Description"] = row.description
+        return out
+
+    # --- what authorization reads ------------------------------------------------------------
+
+    def policies_of(self, kind: str, name: str) -> list[SourcedPolicy]:
+        """Every identity policy that applies to a user (with its groups') or a role."""
+        owners = [(kind, name)]
+        with self._sessions() as session:
+            if kind == "user":
+                owners += [("group", g.name) for g in self._groups_of(session, name)]
+            found: list[SourcedPolicy] = []
+            for owner_kind, owner_name in owners:
+                inline = session.scalars(
+                    select(IamInlinePolicy)
+                    .where(
+                        IamInlinePolicy.owner_kind == owner_kind,
+                        IamInlinePolicy.owner_name == owner_name,
+                    )
+                    .order_by(IamInlinePolicy.policy_name)
+                ).all()
+                found += [
+                    SourcedPolicy(row.policy_name, owner_kind, parse_policy(row.document))
+                    for row in inline
+                ]
+                arns = session.scalars(
+                    select(IamAttachment.policy_arn).where(
+                        IamAttachment.owner_kind == owner_kind,
+                        IamAttachment.owner_name == owner_name,
+                    )
+                ).all()
+                for arn in arns:
+                    shipped = aws_managed_policies().get(arn)
+                    if shipped is not None:
+                        found.append(SourcedPolicy(shipped.name, "aws-managed", shipped.policy))
+                        continue
+                    # A policy is detached before it can be deleted, so the row is there.
+                    row = session.get(IamManagedPolicy, arn)
+                    if row is not None:
+                        found.append(
+                            SourcedPolicy(row.name, "user-managed", parse_policy(row.document))
+                        )
+        return found
+
+
+_OWNER_MEMBER = {"user": "UserName", "group": "GroupName", "role": "RoleName"}
+
+
+def _exists(session: Session, model: Any, name: str) -> bool:
+    # IAM names are unique regardless of case.
+    return (
+        session.scalars(select(model).where(func.lower(model.name) == name.lower())).first()
+        is not None
+    )
+
+
+def _by_arn(policy: Output) -> str:
+    return str(policy["Arn"])
+
+
+def _policy_path(arn: str) -> str:
+    resource = arn.split(":", 5)[5]  # policy/path/name
+    return resource[len("policy") : resource.rfind("/") + 1]
+
+
+def _user(user: IamUser) -> Output:
+    out: Output = {
+        "Path": user.path,
+        "UserName": user.name,
+        "UserId": user.user_id,
+        "Arn": user.arn,
+        "CreateDate": when(user.created_at),
+    }
+    if user.tags:
+        out["Tags"] = user.tags
+    return out
+
+
+def _group(group: IamGroup) -> Output:
+    return {
+        "Path": group.path,
+        "GroupName": group.name,
+        "GroupId": group.group_id,
+        "Arn": group.arn,
+        "CreateDate": when(group.created_at),
+    }
+
+
+def _role(role: IamRole) -> Output:
+    out: Output = {
+        "Path": role.path,
+        "RoleName": role.name,
+        "RoleId": role.role_id,
+        "Arn": role.arn,
+        "CreateDate": when(role.created_at),
+        "AssumeRolePolicyDocument": role.trust_policy,
+        "MaxSessionDuration": role.max_session_duration,
+    }
+    if role.description:
+        out["Description"] = role.description
+    if role.tags:
+        out["Tags"] = role.tags
+    return out
+
+
+def _key(key: AccessKey) -> Output:
+    return {
+        "UserName": key.user_name,
+        "AccessKeyId": key.access_key_id,
+        "Status": key.status,
+        "CreateDate": when(key.created_at),
+    }
+
+
+def _aws_policy_output(policy: Any, attachments: int) -> Output:
+    return {
+        "PolicyName": policy.name,
+        "PolicyId": policy.policy_id,
+        "Arn": policy.arn,
+        "Path": "/",
+        "DefaultVersionId": "v1",
+        "AttachmentCount": attachments,
+        "PermissionsBoundaryUsageCount": 0,
+        "IsAttachable": True,
+        "Description": policy.description,
+        "CreateDate": when(0),
+        "UpdateDate": when(0),
+    }
