@@ -42,6 +42,10 @@ class Settings:
     # Shortest DurationSeconds that AssumeRole accepts. AWS's floor is 900; lower it only to
     # watch temporary credentials expire in tests and demos.
     sts_min_duration_seconds: int = 900
+    # "iam": every request is authorized against its principal's policies. "authenticate-only":
+    # requests are still authenticated but never refused by policy, for a single-user machine
+    # and for measuring what authorization costs (bench/); the daemon warns at start.
+    authorization: str = "iam"
 
     @property
     def endpoint_url(self) -> str:

@@ -22,7 +22,7 @@ from mlfleet.fleet.responses import SageMakerApi
 from mlfleet.fleet.service import FleetService
 from mlfleet.gateway.actions import table_mlflow_version
 from mlfleet.gateway.proxy import Gateway, ServerRecord
-from mlfleet.iam.authorizer import Authorizer
+from mlfleet.iam.authorizer import AUTHORIZATION_MODES, Authorizer
 from mlfleet.iam.responses import iam_api, sts_api
 from mlfleet.iam.simulator import Simulator
 from mlfleet.iam.store import IamStore
@@ -57,7 +57,17 @@ def build_daemon(settings: Settings) -> Daemon:
     store = IamStore(
         sessions, settings.account_id, box, on_change=lambda: [f() for f in on_iam_change]
     )
-    authorizer = Authorizer(store, settings.account_id)
+    if settings.authorization not in AUTHORIZATION_MODES:
+        raise ValueError(
+            f"authorization = {settings.authorization!r}: expected one of {AUTHORIZATION_MODES}"
+        )
+    enforce = settings.authorization == "iam"
+    if not enforce:
+        log.warning(
+            "authorization = authenticate-only: IAM policies are NOT enforced; any valid access "
+            "key may do anything"
+        )
+    authorizer = Authorizer(store, settings.account_id, enforce)
     on_iam_change.append(authorizer.invalidate)
     store.bootstrap_admin(ADMIN_USER)
     admin_key = credentials.admin_key()
