@@ -29,7 +29,7 @@ def policy(*statements: dict[str, Any]) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
 
 
-def as_key(daemon: Daemon, service: str, key: dict[str, Any]):  # type: ignore[no-untyped-def]
+def as_key(daemon: Daemon, service: str, key: dict[str, Any], **kwargs: Any):  # type: ignore[no-untyped-def]
     return boto3.client(
         service,
         endpoint_url=daemon.url,
@@ -37,6 +37,7 @@ def as_key(daemon: Daemon, service: str, key: dict[str, Any]):  # type: ignore[n
         aws_access_key_id=key["AccessKeyId"],
         aws_secret_access_key=key["SecretAccessKey"],
         aws_session_token=key.get("SessionToken"),
+        **kwargs,
     )
 
 
