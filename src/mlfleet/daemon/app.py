@@ -38,6 +38,7 @@ log = logging.getLogger("mlfleet")
 
 @dataclass
 class Daemon:
+    settings: Settings
     runtime: LocalRuntime
     reconciler: Reconciler
     gateway: Gateway
@@ -127,6 +128,7 @@ def build_daemon(settings: Settings) -> Daemon:
         },
     )
     return Daemon(
+        settings=settings,
         runtime=runtime,
         reconciler=reconciler,
         gateway=gateway,
@@ -140,7 +142,9 @@ async def _health(_request: web.Request) -> web.Response:
 
 
 def build_app(daemon: Daemon) -> web.Application:
-    app = web.Application(client_max_size=16 * 1024 * 1024)
+    # Bodies read whole (control plane, MLflow API calls) are capped by the setting; artifact
+    # transfers are streamed and not read whole.
+    app = web.Application(client_max_size=daemon.settings.max_api_body_bytes)
     app.router.add_get("/health", _health)
     app.router.add_post("/", daemon.control_plane.handle)
     app.router.add_route("*", "/mlflow/{name}", daemon.gateway.by_path)

@@ -28,6 +28,7 @@ from mlfleet.auth.credentials import AuthenticationError, Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.ui_sessions import COOKIE_NAME, UiSessions
 from mlfleet.gateway.actions import required_action
+from mlfleet.gateway.hardening import HeaderNames, screen
 from mlfleet.iam.authorizer import Authorizer, RequestFacts, denial_message
 from mlfleet.protocol.errors import AwsError
 from mlfleet.runtime.local import LocalRuntime, Worker
@@ -46,19 +47,24 @@ HOP_BY_HOP = {
     "transfer-encoding",
     "upgrade",
 }
-# Credentials and routing meant for the gateway never reach MLflow.
-STRIPPED_REQUEST = HOP_BY_HOP | {
-    "host",
-    "authorization",
-    "cookie",
-    "origin",
-    "x-amz-date",
-    "x-amz-content-sha256",
-    "x-amz-security-token",
-    ARN_HEADER,
-    "x-mlflow-authorization",
-    "x-mlflow-workspace",
-}
+# Credentials and routing meant for the gateway never reach MLflow, nor does any identity a
+# client claims (HeaderNames also drops X-Forwarded-User, Remote-User and their kin).
+STRIPPED_REQUEST = HeaderNames(
+    HOP_BY_HOP
+    | {
+        "host",
+        "authorization",
+        "cookie",
+        "origin",
+        "x-amz-date",
+        "x-amz-content-sha256",
+        "x-amz-security-token",
+        ARN_HEADER,
+        "x-mlflow-authorization",
+        "x-mlflow-workspace",
+        "x-real-ip",
+    }
+)
 STRIPPED_RESPONSE = HOP_BY_HOP | {"content-length", "set-cookie"}
 # Bodies up to this size are read whole (and hashed for SigV4); larger ones are streamed.
 BUFFER_LIMIT = 8 * 1024 * 1024
@@ -310,6 +316,13 @@ class Gateway:
             return mlflow_error(
                 404, "RESOURCE_DOES_NOT_EXIST", f"Tracking server {route.name} does not exist."
             )
+        # Only for callers allowed the action: traversal in artifact paths, foreign sources and
+        # locations, oversized bodies (hardening), checked before anything reaches MLflow.
+        refusal, body = await screen(
+            request, route.upstream_path, body, payload_hash, self._settings.max_api_body_bytes
+        )
+        if refusal is not None:
+            return mlflow_error(refusal.status, refusal.code, refusal.message)
 
         status = found.status
         if not self._runtime.is_serving(server_id):

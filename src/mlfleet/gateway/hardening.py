@@ -1,0 +1,384 @@
+"""Input checks the gateway makes before MLflow sees a request (spec mlflow-server.md section 8).
+
+Most of MLflow's advisories are one class: a path or URI that a client supplies (an artifact
+path, a model version's ``source``, an experiment's ``artifact_location``) and that leads the
+server out of its artifact store, through ``..``, an encoding MLflow decodes once more than its
+check did (``%252e%252e``), a backslash, an absolute path, or a scheme the server then reads
+from (``file:``, ``http:``). Each MLflow release fixed the form reported; the gateway refuses
+the whole class, as "what a gateway in front can block" (items 1 and 4) describes:
+
+* artifact paths (in the URL of the artifact proxy, in ``path``-like query parameters, in the
+  body of the presigned-URL calls): refused when any percent-decoding of them, repeated until
+  nothing changes, holds ``..``, a backslash, NUL, ``#`` or ``?``, or is absolute;
+* ``experiments/create``: any ``artifact_location`` is refused; the server chooses it, under its
+  ArtifactStoreUri;
+* ``model-versions/create``: ``source`` must be ``runs:/``, ``models:/`` or ``mlflow-artifacts:``
+  (what MLflow's clients send, see ``SOURCE_SCHEMES``) without traversal, or a prompt's
+  placeholder;
+* API request bodies are capped; artifact transfers (``/mlflow-artifacts/`` routes) are not,
+  since they are streamed and never held whole;
+* identity headers a client sends never reach MLflow (``HeaderNames``).
+
+All but ``screen``, which reads the body of the few JSON calls it inspects, are pure functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, unquote_plus, urlsplit
+
+from aiohttp import web
+
+from mlfleet.gateway.actions import api_relative, path_segments
+
+INVALID = "INVALID_PARAMETER_VALUE"
+TOO_LARGE = "RESOURCE_LIMIT_EXCEEDED"
+
+# A value still changing after this many decodings is refused: nobody encodes a path that often,
+# and the bound keeps a long run of %25 from costing the gateway quadratic time.
+MAX_DECODINGS = 8
+
+# Query parameters that MLflow's handlers treat as paths under an artifact root (ListArtifacts,
+# get-artifact, model-versions/get-artifact, upload-artifact, get-trace-artifact, logged-model
+# artifacts). Checked on every route, so a route that a new MLflow adds is covered too.
+ARTIFACT_PATH_PARAMETERS = frozenset(
+    {"path", "artifact_path", "artifact_file_path", "artifact_directory_path"}
+)
+
+# What MLflow 3.17's clients send as a model version's source: mlflow.register_model and
+# log_model(registered_model_name=...) send models:/<model id>; MlflowClient.create_model_version
+# passes the caller's runs:/ or mlflow-artifacts:/ URI through; a registered model version
+# as source is models:/<name>/<version>. A tracking server of mlfleet always serves its artifacts
+# (its runs' artifact URIs are mlflow-artifacts:/...), so no client needs s3:// or file: here.
+SOURCE_SCHEMES = frozenset({"runs", "models", "mlflow-artifacts"})
+# The sources of prompt versions: MLflow itself refuses a prompt with any other source.
+PROMPT_SOURCES = frozenset({"dummy-source", "prompt-template"})
+
+_API_ROOTS = frozenset({"api", "ajax-api"})
+# "/etc/passwd" is caught by its leading slash; these catch "C:", "file:///etc" and "s3://b/k".
+_DRIVE_OR_URI = re.compile(r"[A-Za-z]:|[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An answer in MLflow's error shape, given instead of forwarding the request."""
+
+    status: int
+    code: str
+    message: str
+
+
+# paths and URIs ------------------------------------------------------------------------------
+
+
+def decodings(value: str) -> list[str] | None:
+    """``value`` and each percent-decoding of it, until one changes nothing; None if none does.
+
+    MLflow and the libraries under it decode a path once or more (CVE-2023-6831 hid ``..`` as
+    ``%252e%252e``), so every form is checked, not only the one the gateway routes on.
+    """
+    forms = [value]
+    for _ in range(MAX_DECODINGS):
+        decoded = unquote(forms[-1])
+        if decoded == forms[-1]:
+            return forms
+        forms.append(decoded)
+    return None
+
+
+def _traversal(form: str) -> str | None:
+    if "\x00" in form:
+        return "holds a NUL byte"
+    if "\\" in form:
+        return "holds a backslash"  # a separator to Windows and to some of MLflow's path code
+    if "#" in form or "?" in form:
+        return "holds a '#' or '?'"  # cut off by URI parsing: what is checked is not what is used
+    if ".." in form.split("/"):
+        return "holds a '..' segment"
+    return None
+
+
+def _too_encoded() -> str:
+    return f"is still percent-encoded after {MAX_DECODINGS} decodings"
+
+
+def uri_problem(value: str) -> str | None:
+    """Why a path or URI could escape its directory once decoded, or None."""
+    forms = decodings(value)
+    if forms is None:
+        return _too_encoded()
+    for form in forms:
+        problem = _traversal(form)
+        if problem is not None:
+            return problem
+    return None
+
+
+def artifact_path_problem(path: str) -> str | None:
+    """Why a path meant to be relative to an artifact root is unsafe, or None."""
+    forms = decodings(path)
+    if forms is None:
+        return _too_encoded()
+    for form in forms:
+        problem = _traversal(form)
+        if problem is not None:
+            return problem
+        if form.startswith("/") or _DRIVE_OR_URI.match(form):
+            return "is absolute or a URI, not a path relative to the artifact root"
+    return None
+
+
+def source_problem(source: object) -> str | None:
+    """Why a ``model-versions/create`` source is refused, or None (CVE-2023-1177 and kin)."""
+    if not isinstance(source, str):
+        return "must be a string"
+    if source in PROMPT_SOURCES:
+        return None
+    problem = uri_problem(source)
+    if problem is not None:
+        return problem
+    for form in decodings(source) or ():
+        parts = urlsplit(form)
+        scheme = parts.scheme.lower()
+        if scheme not in SOURCE_SCHEMES:
+            given = f"a URI of scheme {scheme}:" if scheme else "a plain path"
+            return (
+                f"must be a runs:/, models:/ or mlflow-artifacts:/ URI, not {given} "
+                "(the tracking server reads model artifacts only from its own store)"
+            )
+        if parts.netloc:
+            return "must not name a host: the tracking server reads only its own artifacts"
+    return None
+
+
+def artifact_location_problem(location: object) -> str | None:
+    """Why an ``experiments/create`` artifact_location is refused, or None (absent or empty).
+
+    A location of the client's choosing is how file:, dbfs:/ and http(s):// locations reached
+    the server's artifact code (CVE-2023-6977, CVE-2024-8859, the HTTP SSRF); the server's own
+    root is the only one a tenant needs.
+    """
+    if location is None or location == "":
+        return None
+    return (
+        "is chosen by the tracking server (under its ArtifactStoreUri); "
+        "create the experiment without it"
+    )
+
+
+# requests ------------------------------------------------------------------------------------
+
+
+def is_artifact_transfer(segments: list[str]) -> bool:
+    """The artifact proxy's routes (/api/<v>/mlflow-artifacts/...): bodies streamed, uncapped."""
+    return len(segments) > 2 and segments[0] in _API_ROOTS and segments[2] == "mlflow-artifacts"
+
+
+def _url_artifact_path(segments: list[str]) -> str | None:
+    """The artifact path in the URL of an artifact proxy route, as sent (still encoded)."""
+    if not is_artifact_transfer(segments):
+        return None
+    relative = api_relative(segments)  # ("mlflow-artifacts", "artifacts", <path>...)
+    skip = 3 if relative[1:2] == ("mpu",) else 2  # mpu/<create|complete|abort>/<path>
+    return "/".join(relative[skip:])
+
+
+def _parameter_name(raw: str) -> str:
+    forms = decodings(unquote_plus(raw))
+    return forms[-1] if forms else raw
+
+
+def url_problem(path: str) -> Refusal | None:
+    """Check the artifact paths in a request's URL: its path, then its query parameters."""
+    target, _, query = path.partition("?")
+    artifact = _url_artifact_path(path_segments(target))
+    if artifact:
+        problem = artifact_path_problem(artifact)
+        if problem is not None:
+            return invalid(f"The artifact path in the URL {problem}.")
+    # Every occurrence: MLflow reads the first, another layer might read the last.
+    for pair in query.split("&"):
+        raw_name, _, value = pair.partition("=")
+        name = _parameter_name(raw_name)
+        if name in ARTIFACT_PATH_PARAMETERS:
+            problem = artifact_path_problem(value.replace("+", " "))
+            if problem is not None:
+                return invalid(f"Invalid value for parameter '{name}': the path {problem}.")
+    return None
+
+
+def _json_object(body: bytes) -> dict[str, object] | None:
+    # As MLflow reads it (_get_normalized_request_json): old clients post JSON encoded twice.
+    try:
+        document = json.loads(body)
+        if isinstance(document, str):
+            document = json.loads(document)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _fields(document: dict[str, object], name: str) -> list[object]:
+    """Every value the request gives ``name``: protobuf's parser also takes its camelCase."""
+    head, *rest = name.split("_")
+    camel = head + "".join(word.title() for word in rest)
+    return [document[key] for key in dict.fromkeys((name, camel)) if key in document]
+
+
+def _experiment_problem(document: dict[str, object]) -> str | None:
+    for location in _fields(document, "artifact_location"):
+        problem = artifact_location_problem(location)
+        if problem is not None:
+            return f"Parameter 'artifact_location' {problem}."
+    return None
+
+
+def _model_version_problem(document: dict[str, object]) -> str | None:
+    for source in _fields(document, "source"):
+        if source is None:
+            continue  # absent to protobuf; MLflow answers that source is required
+        problem = source_problem(source)
+        if problem is not None:
+            return f"Invalid value for parameter 'source' ({str(source)[:200]!r}): {problem}."
+    return None
+
+
+def _presigned_problem(document: dict[str, object]) -> str | None:
+    for path in _fields(document, "path"):
+        if path is None:
+            continue
+        problem = artifact_path_problem(path) if isinstance(path, str) else "must be a string"
+        if problem is not None:
+            return f"Invalid value for parameter 'path': the path {problem}."
+    return None
+
+
+# Calls whose JSON body holds a path or URI, by the segments after /api/<version>/.
+BodyCheck = Callable[[dict[str, object]], str | None]
+_BODY_CHECKS: dict[tuple[str, ...], BodyCheck] = {
+    ("mlflow", "experiments", "create"): _experiment_problem,
+    ("mlflow", "model-versions", "create"): _model_version_problem,
+    ("mlflow", "artifacts", "presigned-upload-url"): _presigned_problem,
+    ("mlflow", "artifacts", "presigned-download-url"): _presigned_problem,
+}
+
+
+def body_problem(segments: list[str], body: bytes) -> Refusal | None:
+    """Check the JSON body of the calls in ``_BODY_CHECKS``; others pass."""
+    check = _body_check(segments)
+    if check is None:
+        return None
+    document = _json_object(body)
+    if document is None:
+        return invalid("The request body must be a JSON object.")
+    message = check(document)
+    return invalid(message) if message is not None else None
+
+
+def _body_check(segments: list[str]) -> BodyCheck | None:
+    if not segments or segments[0] not in _API_ROOTS:
+        return None
+    return _BODY_CHECKS.get(api_relative(segments))
+
+
+def invalid(message: str) -> Refusal:
+    return Refusal(400, INVALID, message)
+
+
+def too_large(limit: int) -> Refusal:
+    return Refusal(
+        413,
+        TOO_LARGE,
+        f"The request body is larger than {limit} bytes, the limit for API calls "
+        "(setting max_api_body_bytes). Uploads through the artifact proxy "
+        "(mlflow-artifacts routes) are streamed and not limited.",
+    )
+
+
+async def screen(
+    request: web.Request, path: str, body: bytes | None, payload_hash: str | None, limit: int
+) -> tuple[Refusal | None, bytes | None]:
+    """Refuse the request, or pass it with its body (read here if it had to be looked at).
+
+    ``path`` is the one MLflow will see; ``body`` is None unless authentication read it, and
+    ``payload_hash`` the signed SHA-256 of a body it left unread.
+    """
+    refusal = url_problem(path)
+    if refusal is not None:
+        return refusal, body
+    segments = path_segments(path.partition("?")[0])
+    capped = not is_artifact_transfer(segments)
+    length = request.content_length
+    if capped and length is not None and length > limit:
+        return too_large(limit), body  # refused unread; aiohttp discards what follows
+    inspect = _body_check(segments) is not None
+    # A chunked API body has no length to check: read it here, within aiohttp's client_max_size.
+    if body is None and request.body_exists and (inspect or (capped and length is None)):
+        try:
+            body = await request.read()  # kept by aiohttp: later reads get the same bytes
+        except web.HTTPRequestEntityTooLarge:
+            return too_large(min(limit, request.client_max_size)), None
+        if payload_hash is not None and hashlib.sha256(body).hexdigest() != payload_hash:
+            return invalid("The request body does not match its signed X-Amz-Content-SHA256."), None
+    if capped and body is not None and len(body) > limit:
+        return too_large(limit), body
+    if inspect:
+        refusal = body_problem(segments, body or b"")
+    return refusal, body
+
+
+# headers -------------------------------------------------------------------------------------
+
+# '-'-separated words that name who the caller is, in the headers of identity-aware proxies:
+# X-Forwarded-User, X-Remote-User, Remote-User, X-Auth-Request-Email, X-Amzn-Oidc-Identity,
+# X-Goog-Authenticated-User-Email, X-MS-Client-Principal, Cf-Access-Jwt-Assertion, ...
+_IDENTITY_WORDS = frozenset(
+    {
+        "user",
+        "username",
+        "userid",
+        "principal",
+        "identity",
+        "email",
+        "group",
+        "groups",
+        "role",
+        "roles",
+        "auth",
+        "authorization",
+        "authenticated",
+        "token",
+        "jwt",
+        "assertion",
+        "workspace",
+        "oidc",
+        "saml",
+    }
+)
+_KEPT = frozenset({"user-agent"})
+
+
+class HeaderNames(frozenset[str]):
+    """Lower-case header names to drop, plus any header that carries an identity.
+
+    MLflow must act only on who the gateway authenticated (spec section 8, item 1), and a
+    future MLflow or plugin could trust any of these. A header with ``_`` is dropped too: the
+    WSGI layer under MLflow's Flask app reads ``X_MLflow_Workspace`` as ``X-MLflow-Workspace``.
+    """
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        name = name.lower()
+        if "_" in name or frozenset.__contains__(self, name):
+            return True
+        if name in _KEPT:
+            return False
+        words = name.split("-")
+        return name.startswith(("x-forwarded-", "forwarded")) or any(
+            word in _IDENTITY_WORDS for word in words
+        )
