@@ -13,10 +13,12 @@ from conftest import Daemon
 AWS = [sys.executable, "-m", "awscli"]
 
 
-def aws(daemon: Daemon, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`aws sagemaker ...` using only the files mlfleet wrote (no --endpoint-url needed)."""
+def aws(
+    daemon: Daemon, *args: str, check: bool = True, service: str = "sagemaker"
+) -> subprocess.CompletedProcess[str]:
+    """`aws <service> ...` using only the files mlfleet wrote (no --endpoint-url needed)."""
     return subprocess.run(
-        [*AWS, "sagemaker", *args, "--output", "json"],
+        [*AWS, service, *args, "--output", "json"],
         env=daemon.cli_env(),
         capture_output=True,
         text=True,

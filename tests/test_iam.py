@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from test_cli import aws
 
 from conftest import Daemon
 
@@ -336,3 +337,44 @@ def test_unsigned_and_badly_signed_query_calls(daemon: Daemon) -> None:
         "InvalidClientTokenId",
         "The security token included in the request is invalid.",
     )
+
+
+def cli(daemon: Daemon, service: str, *args: str, check: bool = True) -> Any:
+    return aws(daemon, *args, check=check, service=service)
+
+
+def test_aws_cli_iam_and_sts(daemon: Daemon) -> None:
+    name = unique("cli")
+    created = json.loads(cli(daemon, "iam", "create-user", "--user-name", name).stdout)
+    assert created["User"]["UserName"] == name
+    cli(
+        daemon,
+        "iam",
+        "attach-user-policy",
+        "--user-name",
+        name,
+        "--policy-arn",
+        "arn:aws:iam::aws:policy/MlfleetDataScientistAccess",
+    )
+    simulated = json.loads(
+        cli(
+            daemon,
+            "iam",
+            "simulate-principal-policy",
+            "--policy-source-arn",
+            created["User"]["Arn"],
+            "--action-names",
+            "sagemaker-mlflow:LogMetric",
+            "sagemaker-mlflow:DeleteRun",
+        ).stdout
+    )
+    decisions = {r["EvalActionName"]: r["EvalDecision"] for r in simulated["EvaluationResults"]}
+    assert decisions == {
+        "sagemaker-mlflow:LogMetric": "allowed",
+        "sagemaker-mlflow:DeleteRun": "implicitDeny",
+    }
+    who = json.loads(cli(daemon, "sts", "get-caller-identity").stdout)
+    assert who["Arn"] == f"arn:aws:iam::{ACCOUNT}:user/admin"
+    refused = cli(daemon, "iam", "get-user", "--user-name", "nobody-" + name, check=False)
+    assert refused.returncode != 0
+    assert "NoSuchEntity" in refused.stderr

@@ -2,43 +2,28 @@
 
 from __future__ import annotations
 
-import configparser
-import json
-import os
 import time
 import webbrowser
 from pathlib import Path
 from typing import Annotated, Any
 
-import boto3
 import typer
 from botocore.client import BaseClient
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
-from rich.console import Console
+from botocore.exceptions import ClientError
 from rich.table import Table
 
-from mlfleet.settings import DEFAULT_PORT, Settings, load_settings
+from mlfleet.cli.common import DataDir, EndpointUrl, call, console, err, service_client
+from mlfleet.cli.iam import iam_app
+from mlfleet.settings import DEFAULT_PORT, load_settings
 
 app = typer.Typer(help="Self-hosted managed MLflow with SageMaker's API.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
-
+app.add_typer(
+    iam_app,
+    name="iam",
+    help="Users, groups, access keys and policies (IAM and STS of the daemon).",
+)
 TRANSITIONAL = {"Creating", "Updating", "Deleting", "Stopping", "Starting", "MaintenanceInProgress"}
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", envvar="MLFLEET_DATA_DIR", help="Where mlfleet keeps its state (~/.mlfleet)."
-    ),
-]
-EndpointUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--endpoint-url",
-        envvar="MLFLEET_ENDPOINT_URL",
-        help="Daemon URL (default: from DATA_DIR/config, else http://127.0.0.1:8470).",
-    ),
-]
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the status until it settles.")]
 
 
@@ -87,57 +72,6 @@ def up(
 
 
 # client side ---------------------------------------------------------------------------------
-
-
-def _client(data_dir: Path | None, endpoint_url: str | None) -> BaseClient:
-    """A boto3 SageMaker client for the daemon, from the data dir's files when they exist."""
-    folder = (data_dir or Settings().data_dir).expanduser()
-    profile: dict[str, str] = {}
-    for name in ("credentials", "config"):
-        parser = configparser.ConfigParser()
-        parser.read(folder / name)
-        if parser.has_section("default"):
-            profile.update(parser["default"])
-    endpoint = endpoint_url or profile.get("endpoint_url") or f"http://127.0.0.1:{DEFAULT_PORT}"
-    session = boto3.Session(
-        aws_access_key_id=profile.get("aws_access_key_id") or os.environ.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=profile.get("aws_secret_access_key")
-        or os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        region_name=profile.get("region") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-    )
-    client = session.client("sagemaker", endpoint_url=endpoint)
-    # FailureReason is an mlfleet extension that boto3's parser drops: keep it from the raw body.
-    client.meta.events.register("after-call.sagemaker.DescribeMlflowTrackingServer", _keep_extras)
-    return client
-
-
-def _keep_extras(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
-    try:
-        raw = json.loads(http_response.content or b"{}")
-    except ValueError:
-        return
-    if "FailureReason" in raw:
-        parsed["FailureReason"] = raw["FailureReason"]
-
-
-def _call(client: BaseClient, operation: str, **params: Any) -> dict[str, Any]:
-    try:
-        result: dict[str, Any] = getattr(client, operation)(**params)
-    except EndpointConnectionError as exc:
-        err.print(
-            f"[red]error:[/red] cannot reach mlfleet at {client.meta.endpoint_url}: "
-            "is `mlfleet up` running?"
-        )
-        raise typer.Exit(1) from exc
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        err.print(f"[red]error:[/red] {error.get('Code')}: {error.get('Message')}")
-        raise typer.Exit(1) from exc
-    except BotoCoreError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    result.pop("ResponseMetadata", None)
-    return result
 
 
 def _follow(client: BaseClient, name: str, gone_ok: bool = False) -> None:
@@ -189,7 +123,7 @@ def create(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Create a tracking server."""
-    client = _client(data_dir, endpoint_url)
+    client = service_client(data_dir, endpoint_url)
     params: dict[str, Any] = {
         "TrackingServerName": name,
         "ArtifactStoreUri": artifact_store_uri,
@@ -201,7 +135,7 @@ def create(
         params["WeeklyMaintenanceWindowStart"] = weekly_maintenance_window_start
     if tag:
         params["Tags"] = [dict(zip(("Key", "Value"), t.split("=", 1), strict=False)) for t in tag]
-    arn = _call(client, "create_mlflow_tracking_server", **params)["TrackingServerArn"]
+    arn = call(client, "create_mlflow_tracking_server", **params)["TrackingServerArn"]
     console.print(arn)
     if wait:
         _follow(client, name)
@@ -215,8 +149,10 @@ def _default_role(data_dir: Path | None) -> str:
 @app.command()
 def describe(name: str, data_dir: DataDir = None, endpoint_url: EndpointUrl = None) -> None:
     """Show one tracking server."""
-    desc = _call(
-        _client(data_dir, endpoint_url), "describe_mlflow_tracking_server", TrackingServerName=name
+    desc = call(
+        service_client(data_dir, endpoint_url),
+        "describe_mlflow_tracking_server",
+        TrackingServerName=name,
     )
     table = Table(show_header=False, box=None)
     for key, value in desc.items():
@@ -227,11 +163,11 @@ def describe(name: str, data_dir: DataDir = None, endpoint_url: EndpointUrl = No
 @app.command("list")
 def list_servers(data_dir: DataDir = None, endpoint_url: EndpointUrl = None) -> None:
     """List tracking servers."""
-    client = _client(data_dir, endpoint_url)
+    client = service_client(data_dir, endpoint_url)
     table = Table("name", "status", "active", "mlflow", "created")
     params: dict[str, Any] = {}
     while True:
-        page = _call(client, "list_mlflow_tracking_servers", **params)
+        page = call(client, "list_mlflow_tracking_servers", **params)
         for s in page["TrackingServerSummaries"]:
             table.add_row(
                 s["TrackingServerName"],
@@ -251,8 +187,8 @@ def start(
     name: str, wait: Wait = True, data_dir: DataDir = None, endpoint_url: EndpointUrl = None
 ) -> None:
     """Start a stopped tracking server."""
-    client = _client(data_dir, endpoint_url)
-    _call(client, "start_mlflow_tracking_server", TrackingServerName=name)
+    client = service_client(data_dir, endpoint_url)
+    call(client, "start_mlflow_tracking_server", TrackingServerName=name)
     if wait:
         _follow(client, name)
 
@@ -262,8 +198,8 @@ def stop(
     name: str, wait: Wait = True, data_dir: DataDir = None, endpoint_url: EndpointUrl = None
 ) -> None:
     """Stop a tracking server (its data stays)."""
-    client = _client(data_dir, endpoint_url)
-    _call(client, "stop_mlflow_tracking_server", TrackingServerName=name)
+    client = service_client(data_dir, endpoint_url)
+    call(client, "stop_mlflow_tracking_server", TrackingServerName=name)
     if wait:
         _follow(client, name)
 
@@ -283,7 +219,7 @@ def update(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Change a tracking server's settings."""
-    client = _client(data_dir, endpoint_url)
+    client = service_client(data_dir, endpoint_url)
     params: dict[str, Any] = {"TrackingServerName": name}
     for key, value in (
         ("TrackingServerSize", size),
@@ -293,7 +229,7 @@ def update(
     ):
         if value is not None:
             params[key] = value
-    _call(client, "update_mlflow_tracking_server", **params)
+    call(client, "update_mlflow_tracking_server", **params)
     if wait:
         _follow(client, name)
 
@@ -309,8 +245,8 @@ def delete(
     """Delete a tracking server and its metadata database (artifacts stay in the store)."""
     if not yes:
         typer.confirm(f"Delete tracking server {name} and its metadata database?", abort=True)
-    client = _client(data_dir, endpoint_url)
-    _call(client, "delete_mlflow_tracking_server", TrackingServerName=name)
+    client = service_client(data_dir, endpoint_url)
+    call(client, "delete_mlflow_tracking_server", TrackingServerName=name)
     if wait:
         _follow(client, name, gone_ok=True)
 
@@ -323,8 +259,8 @@ def ui(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Print a single-use URL that opens the MLflow UI of a tracking server."""
-    url = _call(
-        _client(data_dir, endpoint_url),
+    url = call(
+        service_client(data_dir, endpoint_url),
         "create_presigned_mlflow_tracking_server_url",
         TrackingServerName=name,
     )["AuthorizedUrl"]

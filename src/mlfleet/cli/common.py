@@ -1,0 +1,112 @@
+"""What every client-side ``mlfleet`` command shares: options, consoles, boto3 clients, errors."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import boto3
+import typer
+from botocore.client import BaseClient
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from rich.console import Console
+from rich.markup import escape
+
+from mlfleet.settings import DEFAULT_PORT, Settings
+
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", envvar="MLFLEET_DATA_DIR", help="Where mlfleet keeps its state (~/.mlfleet)."
+    ),
+]
+EndpointUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint-url",
+        envvar="MLFLEET_ENDPOINT_URL",
+        help="Daemon URL (default: from DATA_DIR/config, else http://127.0.0.1:8470).",
+    ),
+]
+
+
+def service_client(
+    data_dir: Path | None,
+    endpoint_url: str | None,
+    service: str = "sagemaker",
+    region: str | None = None,
+) -> BaseClient:
+    """A boto3 client of `service` for the daemon, from the data dir's files when they exist.
+
+    `region` overrides the configured one (IAM is global: always signed for us-east-1).
+    """
+    folder = (data_dir or Settings().data_dir).expanduser()
+    profile: dict[str, str] = {}
+    for name in ("credentials", "config"):
+        parser = configparser.ConfigParser()
+        parser.read(folder / name)
+        if parser.has_section("default"):
+            profile.update(parser["default"])
+    endpoint = endpoint_url or profile.get("endpoint_url") or f"http://127.0.0.1:{DEFAULT_PORT}"
+    session = boto3.Session(
+        aws_access_key_id=profile.get("aws_access_key_id") or os.environ.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=profile.get("aws_secret_access_key")
+        or os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        region_name=region
+        or profile.get("region")
+        or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )
+    client = session.client(service, endpoint_url=endpoint)
+    if service == "sagemaker":
+        # FailureReason is an mlfleet extension that boto3's parser drops: keep it from the body.
+        client.meta.events.register(
+            "after-call.sagemaker.DescribeMlflowTrackingServer", _keep_extras
+        )
+    return client
+
+
+def _keep_extras(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
+    try:
+        raw = json.loads(http_response.content or b"{}")
+    except ValueError:
+        return
+    if "FailureReason" in raw:
+        parsed["FailureReason"] = raw["FailureReason"]
+
+
+def call(
+    client: BaseClient,
+    operation: str,
+    hints: Mapping[str, str] | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Run one API operation; on failure print a one-line error (plus any hint for its code)."""
+    try:
+        result: dict[str, Any] = getattr(client, operation)(**params)
+    except EndpointConnectionError as exc:
+        err.print(
+            f"[red]error:[/red] cannot reach mlfleet at {client.meta.endpoint_url}: "
+            "is `mlfleet up` running?",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from exc
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        text = f"{error.get('Code')}: {error.get('Message')}"
+        err.print(f"[red]error:[/red] {escape(text)}", soft_wrap=True)
+        hint = (hints or {}).get(str(error.get("Code")))
+        if hint:
+            err.print(hint, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    except BotoCoreError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from exc
+    result.pop("ResponseMetadata", None)
+    return result
