@@ -7,6 +7,8 @@ no usable credentials.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -18,7 +20,12 @@ PREFIX = "fernet:"
 
 class SecretBox:
     def __init__(self, key: bytes) -> None:
+        self._key = key
         self._fernet = Fernet(key)
+
+    def derive(self, purpose: str) -> bytes:
+        """A key for another use (the audit trail's HMAC chain), bound to this master key."""
+        return hmac.new(self._key, purpose.encode(), hashlib.sha256).digest()
 
     @classmethod
     def from_file(cls, path: Path) -> SecretBox:

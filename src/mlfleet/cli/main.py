@@ -12,6 +12,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from rich.table import Table
 
+from mlfleet.cli.audit import audit_app
 from mlfleet.cli.common import DataDir, EndpointUrl, call, console, err, service_client
 from mlfleet.cli.iam import iam_app
 from mlfleet.settings import DEFAULT_PORT, load_settings
@@ -21,6 +22,11 @@ app.add_typer(
     iam_app,
     name="iam",
     help="Users, groups, access keys and policies (IAM and STS of the daemon).",
+)
+app.add_typer(
+    audit_app,
+    name="audit",
+    help="The audit trail: recent calls, chain verification, CloudTrail-format export.",
 )
 TRANSITIONAL = {"Creating", "Updating", "Deleting", "Stopping", "Starting", "MaintenanceInProgress"}
 

@@ -13,12 +13,14 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy import select
 
+from mlfleet.audit.responses import cloudtrail_endpoint
+from mlfleet.audit.trail import open_trail
 from mlfleet.auth.credentials import ADMIN_USER, Credentials
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.auth.ui_sessions import UiSessions
 from mlfleet.daemon.control_plane import ControlPlane
 from mlfleet.fleet.reconciler import Reconciler
-from mlfleet.fleet.responses import SageMakerApi
+from mlfleet.fleet.responses import sagemaker_endpoint
 from mlfleet.fleet.service import FleetService
 from mlfleet.gateway.actions import table_mlflow_version
 from mlfleet.gateway.proxy import Gateway, ServerRecord
@@ -112,20 +114,33 @@ def build_daemon(settings: Settings) -> Daemon:
 
     gateway = Gateway(settings, runtime, credentials, authorizer, UiSessions(sessions), lookup)
     sts = SecurityTokenService(sessions, store, authorizer, box, settings.account_id)
+    trail = open_trail(settings, sessions, box)
+    record = trail.record_api_call
     control_plane = ControlPlane(
-        SageMakerApi(fleet, credentials, authorizer),
         {
+            "sagemaker": sagemaker_endpoint(
+                fleet, credentials, authorizer, record, settings.region
+            ),
             "iam": iam_api(
                 store,
                 Simulator(store, authorizer, settings.account_id),
                 credentials,
                 authorizer,
+                record,
                 settings.account_id,
             ),
             "sts": sts_api(
-                sts, credentials, authorizer, settings.region, settings.sts_min_duration_seconds
+                sts,
+                credentials,
+                authorizer,
+                record,
+                settings.region,
+                settings.sts_min_duration_seconds,
             ),
-        },
+            "cloudtrail": cloudtrail_endpoint(
+                trail, credentials, authorizer, record, settings.region
+            ),
+        }
     )
     return Daemon(
         settings=settings,

@@ -1,8 +1,9 @@
-"""``POST /`` carries three AWS services; the SigV4 credential scope says which one is asked.
+"""``POST /`` carries several AWS services; the SigV4 credential scope says which one is asked.
 
-SageMaker speaks AWS JSON 1.1 (``X-Amz-Target``); IAM and STS speak the query protocol (a form
-with ``Action=``). Clients sign for the service they mean, so the scope picks the API before
-anything is verified; each API then verifies the signature for its own service.
+SageMaker and CloudTrail speak AWS JSON 1.1 (``X-Amz-Target``); IAM and STS speak the query
+protocol (a form with ``Action=``). Clients sign for the service they mean, so the scope picks
+the endpoint before anything is verified; each endpoint then verifies the signature for its own
+service. An unsigned call is refused by the endpoint its format points to, in its format.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from mlfleet.fleet.responses import SageMakerApi
-from mlfleet.iam.responses import QueryApi
+from mlfleet.api.endpoint import Endpoint
 
 _FORM = "application/x-www-form-urlencoded"
 
@@ -29,20 +29,13 @@ def credential_scope(authorization: str) -> tuple[str, str] | None:
 
 
 class ControlPlane:
-    def __init__(self, sagemaker: SageMakerApi, query_apis: Mapping[str, QueryApi]) -> None:
-        self._sagemaker = sagemaker
-        self._query_apis = query_apis
-        self._default_query_api = query_apis["iam"]
+    def __init__(self, endpoints: Mapping[str, Endpoint]) -> None:
+        self._endpoints = endpoints
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         scope = credential_scope(request.headers.get("Authorization", ""))
-        if scope is not None:
-            region, service = scope
-            api = self._query_apis.get(service)
-            if api is not None:
-                return await api.handle(request, body, region)
-        elif request.content_type == _FORM:
-            # Unsigned query-protocol call: answered (refused) in that protocol's XML.
-            return await self._default_query_api.handle(request, body, "")
-        return await self._sagemaker.handle(request, body)
+        region, service = scope if scope is not None else ("", "")
+        if service not in self._endpoints:
+            service = "iam" if request.content_type == _FORM else "sagemaker"
+        return await self._endpoints[service].handle(request, body, region)

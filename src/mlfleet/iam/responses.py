@@ -1,4 +1,4 @@
-"""IAM and STS at ``POST /`` (AWS query protocol): authenticate, parse, authorize, dispatch, answer.
+"""IAM and STS at ``POST /`` (AWS query protocol), on the steps of :mod:`mlfleet.api.endpoint`.
 
 Parsing and XML come from botocore's models (``mlfleet.protocol.awsquery``); what each operation
 does lives in :class:`IamStore`, :class:`SecurityTokenService` and :class:`Simulator`. Each
@@ -7,16 +7,10 @@ operation is authorized as the IAM action of its name on the resource it names.
 
 from __future__ import annotations
 
-import logging
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
-from aiohttp import web
-from botocore.model import Shape
-
+from mlfleet.api.endpoint import Check, Operation, QueryEndpoint, Recorder
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.iam.authorizer import Authorizer, RequestFacts
@@ -24,116 +18,25 @@ from mlfleet.iam.simulator import Simulator
 from mlfleet.iam.store import IamStore
 from mlfleet.iam.sts import SecurityTokenService
 from mlfleet.protocol.awsjson import load_service_model
-from mlfleet.protocol.awsquery import QueryProtocol, parse_form
+from mlfleet.protocol.awsquery import QueryProtocol
 from mlfleet.protocol.errors import AwsError
 
-log = logging.getLogger(__name__)
-
 Run = Callable[[dict[str, Any], Principal, RequestFacts], dict[str, Any]]
-# The resource an operation acts on, for authorization; None means no authorization at all.
-Resource = Callable[[dict[str, Any], Principal], str] | None
-
-# Query services answer authentication failures with their own codes for the same faults.
-_QUERY_AUTH_CODES = {
-    "UnrecognizedClientException": "InvalidClientTokenId",
-    "InvalidSignatureException": "SignatureDoesNotMatch",
-    "ExpiredTokenException": "ExpiredToken",
-}
-_POLICY_DOCUMENT_SHAPE = "policyDocumentType"
+# The resource an IAM operation acts on: it needs iam:<Operation> there.
+Resource = Callable[[dict[str, Any], Principal], str]
 _KINDS = ("User", "Group", "Role")
 
 
-@dataclass(frozen=True)
-class Operation:
-    run: Run
-    resource: Resource
+def _authorized_as_named(operations: Mapping[str, tuple[Run, Resource]]) -> dict[str, Operation]:
+    """Each IAM operation needs the action of its name on the resource it names."""
 
+    def checks(action: str, resource: Resource) -> Callable[..., list[Check]]:
+        return lambda params, principal: [Check(action, resource(params, principal))]
 
-class QueryApi:
-    """One query-protocol service (IAM or STS)."""
-
-    def __init__(
-        self,
-        service_name: str,
-        credentials: Credentials,
-        authorizer: Authorizer,
-        operations: Mapping[str, Operation],
-        accepted_regions: tuple[str, ...],
-        minimum_overrides: Mapping[str, int] | None = None,
-    ) -> None:
-        self.service_name = service_name
-        self._protocol = QueryProtocol(load_service_model(service_name), minimum_overrides)
-        self._credentials = credentials
-        self._authorizer = authorizer
-        self._operations = operations
-        self._regions = accepted_regions
-
-    async def handle(self, request: web.Request, body: bytes, signed_region: str) -> web.Response:
-        request_id = str(uuid.uuid4())
-        try:
-            principal = self._credentials.verify_sigv4(
-                method=request.method,
-                raw_path_qs=request.raw_path,
-                headers=request.headers,
-                body=body,
-                service=self.service_name,
-                region=signed_region if signed_region in self._regions else self._regions[0],
-            )
-            form = parse_form(body)
-            model = self._protocol.operation_for(form)
-            operation = self._operations.get(model.name)
-            if operation is None:
-                raise AwsError(
-                    "InvalidAction",
-                    f"{self.service_name}:{model.name} is not implemented by mlfleet.",
-                )
-            params = self._protocol.parse_input(model, form)
-            facts = RequestFacts(source_ip=request.remote, secure_transport=request.secure)
-            if operation.resource is not None:
-                self._authorizer.require(
-                    principal,
-                    f"{self.service_name}:{model.name}",
-                    operation.resource(params, principal),
-                    facts,
-                    code="AccessDenied",
-                )
-            result = operation.run(params, principal, facts)
-            if model.output_shape is not None:
-                result = _quote_policy_documents(model.output_shape, result)
-            payload = self._protocol.serialize_output(model, result, request_id)
-            return web.Response(body=payload, content_type="text/xml")
-        except AwsError as exc:
-            error = AwsError(_QUERY_AUTH_CODES.get(exc.code, exc.code), exc.message, exc.status)
-            return web.Response(
-                status=self._protocol.error_status(error),
-                body=self._protocol.error_body(error, request_id),
-                content_type="text/xml",
-            )
-        except Exception:
-            log.exception("%s request %s failed", self.service_name, request_id)
-            failure = AwsError("ServiceFailure", f"Internal error (request {request_id}).", 500)
-            return web.Response(
-                status=500,
-                body=self._protocol.error_body(failure, request_id),
-                content_type="text/xml",
-            )
-
-
-def _quote_policy_documents(shape: Shape, data: Any) -> Any:
-    """IAM returns policy documents URL-encoded (botocore decodes them back into dicts)."""
-    if shape.type_name == "structure" and isinstance(data, Mapping):
-        return {
-            name: (
-                quote(value, safe="")
-                if member.name == _POLICY_DOCUMENT_SHAPE and isinstance(value, str)
-                else _quote_policy_documents(member, value)
-            )
-            for name, member in shape.members.items()
-            if (value := data.get(name)) is not None
-        }
-    if shape.type_name == "list" and isinstance(data, list):
-        return [_quote_policy_documents(shape.member, item) for item in data]
-    return data
+    return {
+        name: Operation(run, checks(f"iam:{name}", resource))
+        for name, (run, resource) in operations.items()
+    }
 
 
 # --- IAM ---------------------------------------------------------------------------------------
@@ -156,71 +59,84 @@ def iam_api(
     simulator: Simulator,
     credentials: Credentials,
     authorizer: Authorizer,
+    recorder: Recorder,
     account_id: str,
-) -> QueryApi:
+) -> QueryEndpoint:
     arns = _IamArns(store, account_id)
-    ops: dict[str, Operation] = {
-        "CreateUser": Operation(lambda p, _c, _f: store.create_user(p), arns.user),
-        "GetUser": Operation(lambda p, c, _f: store.get_user(_caller_user(p, c)), arns.user),
-        "ListUsers": Operation(lambda p, _c, _f: store.list_users(p), arns.anything),
-        "DeleteUser": Operation(lambda p, _c, _f: store.delete_user(p["UserName"]), arns.user),
-        "CreateAccessKey": Operation(
-            lambda p, c, _f: store.create_access_key(_caller_user(p, c)), arns.user
+    ops: dict[str, tuple[Run, Resource]] = {
+        "CreateUser": (lambda p, _c, _f: store.create_user(p), arns.user),
+        "GetUser": (lambda p, c, _f: store.get_user(_caller_user(p, c)), arns.user),
+        "ListUsers": (lambda p, _c, _f: store.list_users(p), arns.anything),
+        "DeleteUser": (lambda p, _c, _f: store.delete_user(p["UserName"]), arns.user),
+        "CreateAccessKey": (
+            lambda p, c, _f: store.create_access_key(_caller_user(p, c)),
+            arns.user,
         ),
-        "ListAccessKeys": Operation(
-            lambda p, c, _f: store.list_access_keys(_caller_user(p, c), p), arns.user
+        "ListAccessKeys": (
+            lambda p, c, _f: store.list_access_keys(_caller_user(p, c), p),
+            arns.user,
         ),
-        "UpdateAccessKey": Operation(
+        "UpdateAccessKey": (
             lambda p, c, _f: store.update_access_key(
                 _caller_user(p, c), p["AccessKeyId"], p["Status"]
             ),
             arns.user,
         ),
-        "DeleteAccessKey": Operation(
+        "DeleteAccessKey": (
             lambda p, c, _f: store.delete_access_key(_caller_user(p, c), p["AccessKeyId"]),
             arns.user,
         ),
-        "CreateGroup": Operation(lambda p, _c, _f: store.create_group(p), arns.group),
-        "GetGroup": Operation(lambda p, _c, _f: store.get_group(p), arns.group),
-        "ListGroups": Operation(lambda p, _c, _f: store.list_groups(p), arns.anything),
-        "DeleteGroup": Operation(lambda p, _c, _f: store.delete_group(p["GroupName"]), arns.group),
-        "AddUserToGroup": Operation(
-            lambda p, _c, _f: store.add_user_to_group(p["GroupName"], p["UserName"]), arns.group
+        "CreateGroup": (lambda p, _c, _f: store.create_group(p), arns.group),
+        "GetGroup": (lambda p, _c, _f: store.get_group(p), arns.group),
+        "ListGroups": (lambda p, _c, _f: store.list_groups(p), arns.anything),
+        "DeleteGroup": (lambda p, _c, _f: store.delete_group(p["GroupName"]), arns.group),
+        "AddUserToGroup": (
+            lambda p, _c, _f: store.add_user_to_group(p["GroupName"], p["UserName"]),
+            arns.group,
         ),
-        "RemoveUserFromGroup": Operation(
+        "RemoveUserFromGroup": (
             lambda p, _c, _f: store.remove_user_from_group(p["GroupName"], p["UserName"]),
             arns.group,
         ),
-        "ListGroupsForUser": Operation(lambda p, _c, _f: store.list_groups_for_user(p), arns.user),
-        "CreateRole": Operation(lambda p, _c, _f: store.create_role(p), arns.role),
-        "GetRole": Operation(lambda p, _c, _f: store.get_role(p["RoleName"]), arns.role),
-        "ListRoles": Operation(lambda p, _c, _f: store.list_roles(p), arns.anything),
-        "DeleteRole": Operation(lambda p, _c, _f: store.delete_role(p["RoleName"]), arns.role),
-        "UpdateAssumeRolePolicy": Operation(
+        "ListGroupsForUser": (lambda p, _c, _f: store.list_groups_for_user(p), arns.user),
+        "CreateRole": (lambda p, _c, _f: store.create_role(p), arns.role),
+        "GetRole": (lambda p, _c, _f: store.get_role(p["RoleName"]), arns.role),
+        "ListRoles": (lambda p, _c, _f: store.list_roles(p), arns.anything),
+        "DeleteRole": (lambda p, _c, _f: store.delete_role(p["RoleName"]), arns.role),
+        "UpdateAssumeRolePolicy": (
             lambda p, _c, _f: store.update_assume_role_policy(p["RoleName"], p["PolicyDocument"]),
             arns.role,
         ),
-        "CreatePolicy": Operation(lambda p, _c, _f: store.create_policy(p), arns.policy),
-        "GetPolicy": Operation(lambda p, _c, _f: store.get_policy(p["PolicyArn"]), arns.policy),
-        "GetPolicyVersion": Operation(
+        "CreatePolicy": (lambda p, _c, _f: store.create_policy(p), arns.policy),
+        "GetPolicy": (lambda p, _c, _f: store.get_policy(p["PolicyArn"]), arns.policy),
+        "GetPolicyVersion": (
             lambda p, _c, _f: store.get_policy_version(p["PolicyArn"], p["VersionId"]),
             arns.policy,
         ),
-        "ListPolicies": Operation(lambda p, _c, _f: store.list_policies(p), arns.anything),
-        "DeletePolicy": Operation(
-            lambda p, _c, _f: store.delete_policy(p["PolicyArn"]), arns.policy
-        ),
-        "SimulatePrincipalPolicy": Operation(
+        "ListPolicies": (lambda p, _c, _f: store.list_policies(p), arns.anything),
+        "DeletePolicy": (lambda p, _c, _f: store.delete_policy(p["PolicyArn"]), arns.policy),
+        "SimulatePrincipalPolicy": (
             lambda p, _c, _f: simulator.simulate_principal_policy(p),
             lambda p, _c: str(p["PolicySourceArn"]),
         ),
     }
     for kind in _KINDS:
         ops.update(_policy_operations(store, kind, arns))
-    return QueryApi("iam", credentials, authorizer, ops, ("us-east-1",))
+    return QueryEndpoint(
+        QueryProtocol(load_service_model("iam")),
+        service_name="iam",
+        credentials=credentials,
+        authorizer=authorizer,
+        operations=_authorized_as_named(ops),
+        recorder=recorder,
+        # IAM is global: AWS signs it for us-east-1 whatever the client's region.
+        accepted_regions=("us-east-1",),
+    )
 
 
-def _policy_operations(store: IamStore, kind: str, arns: _IamArns) -> dict[str, Operation]:
+def _policy_operations(
+    store: IamStore, kind: str, arns: _IamArns
+) -> dict[str, tuple[Run, Resource]]:
     """Put/Get/Delete/List{Kind}Policy and Attach/Detach/ListAttached{Kind}Policies."""
     owner_member, lower = f"{kind}Name", kind.lower()
     resource = getattr(arns, lower)
@@ -229,30 +145,35 @@ def _policy_operations(store: IamStore, kind: str, arns: _IamArns) -> dict[str, 
         return str(params[owner_member])
 
     return {
-        f"Put{kind}Policy": Operation(
+        f"Put{kind}Policy": (
             lambda p, _c, _f: store.put_inline_policy(
                 lower, owner(p), p["PolicyName"], p["PolicyDocument"]
             ),
             resource,
         ),
-        f"Get{kind}Policy": Operation(
-            lambda p, _c, _f: store.get_inline_policy(lower, owner(p), p["PolicyName"]), resource
+        f"Get{kind}Policy": (
+            lambda p, _c, _f: store.get_inline_policy(lower, owner(p), p["PolicyName"]),
+            resource,
         ),
-        f"Delete{kind}Policy": Operation(
+        f"Delete{kind}Policy": (
             lambda p, _c, _f: store.delete_inline_policy(lower, owner(p), p["PolicyName"]),
             resource,
         ),
-        f"List{kind}Policies": Operation(
-            lambda p, _c, _f: store.list_inline_policies(lower, owner(p), p), resource
+        f"List{kind}Policies": (
+            lambda p, _c, _f: store.list_inline_policies(lower, owner(p), p),
+            resource,
         ),
-        f"Attach{kind}Policy": Operation(
-            lambda p, _c, _f: store.attach_policy(lower, owner(p), p["PolicyArn"]), resource
+        f"Attach{kind}Policy": (
+            lambda p, _c, _f: store.attach_policy(lower, owner(p), p["PolicyArn"]),
+            resource,
         ),
-        f"Detach{kind}Policy": Operation(
-            lambda p, _c, _f: store.detach_policy(lower, owner(p), p["PolicyArn"]), resource
+        f"Detach{kind}Policy": (
+            lambda p, _c, _f: store.detach_policy(lower, owner(p), p["PolicyArn"]),
+            resource,
         ),
-        f"ListAttached{kind}Policies": Operation(
-            lambda p, _c, _f: store.list_attached_policies(lower, owner(p), p), resource
+        f"ListAttached{kind}Policies": (
+            lambda p, _c, _f: store.list_attached_policies(lower, owner(p), p),
+            resource,
         ),
     }
 
@@ -299,20 +220,25 @@ def sts_api(
     sts: SecurityTokenService,
     credentials: Credentials,
     authorizer: Authorizer,
+    recorder: Recorder,
     region: str,
     min_duration_seconds: int,
-) -> QueryApi:
+) -> QueryEndpoint:
     ops = {
         # Anyone may ask who they are; AWS does not authorize GetCallerIdentity.
         "GetCallerIdentity": Operation(lambda _p, c, _f: sts.get_caller_identity(c), None),
         # AssumeRole weighs the trust policy with the identity's policies itself.
         "AssumeRole": Operation(lambda p, c, f: sts.assume_role(p, c, f), None),
     }
-    return QueryApi(
-        "sts",
-        credentials,
-        authorizer,
-        ops,
-        (region, "us-east-1"),
-        minimum_overrides={"roleDurationSecondsType": min_duration_seconds},
+    return QueryEndpoint(
+        QueryProtocol(
+            load_service_model("sts"),
+            minimum_overrides={"roleDurationSecondsType": min_duration_seconds},
+        ),
+        service_name="sts",
+        credentials=credentials,
+        authorizer=authorizer,
+        operations=ops,
+        recorder=recorder,
+        accepted_regions=(region, "us-east-1"),
     )

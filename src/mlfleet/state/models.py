@@ -162,3 +162,26 @@ class UiSession(Base):
     principal_arn: Mapped[str] = mapped_column(String(2048))
     principal_id: Mapped[str] = mapped_column(String(128), default="")
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class AuditRecord(Base):
+    """One CloudTrail record. Append-only: each row's hash chains it to the one before."""
+
+    __tablename__ = "audit_records"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    event_time: Mapped[float] = mapped_column(Float, index=True)
+    event_source: Mapped[str] = mapped_column(String(64))
+    event_name: Mapped[str] = mapped_column(String(128), index=True)
+    event_category: Mapped[str] = mapped_column(String(16))
+    read_only: Mapped[bool] = mapped_column(Boolean)
+    username: Mapped[str | None] = mapped_column(String(128), index=True)
+    access_key_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    # The first resource's type and name, for LookupEvents' ResourceType / ResourceName.
+    resource_type: Mapped[str | None] = mapped_column(String(128))
+    resource_name: Mapped[str | None] = mapped_column(String(2048), index=True)
+    # The record as CloudTrail delivers it (JSON), exactly the text that was hashed.
+    document: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,285 @@
+"""One AWS service at ``POST /``: authenticate, parse, authorize, run, answer, and audit.
+
+Every control-plane service (SageMaker, IAM, STS, CloudTrail) goes through the same steps; only
+the wire format differs (:class:`JsonEndpoint` for AWS JSON 1.1, :class:`QueryEndpoint` for the
+query protocol). A service supplies a table of :class:`Operation`: what each one runs and which
+permissions it needs. Each call, allowed or refused, is handed to the audit trail as an
+:class:`ApiCall` before its answer leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from botocore.model import OperationModel, Shape
+
+from mlfleet.auth.credentials import Credentials
+from mlfleet.auth.identity import Principal
+from mlfleet.iam.authorizer import Authorizer, RequestFacts, Tags
+from mlfleet.protocol.awsjson import JsonProtocol
+from mlfleet.protocol.awsquery import QueryProtocol, parse_form
+from mlfleet.protocol.errors import AwsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One permission an operation needs: ``action`` on ``resource``."""
+
+    action: str
+    resource: str
+    resource_tags: Tags = ()
+    request_tags: Tags | None = None
+
+
+Run = Callable[[dict[str, Any], Principal, RequestFacts], dict[str, Any]]
+# The permissions a call needs, from its parameters; None: the operation decides itself
+# (sts:AssumeRole weighs a trust policy) or needs none (sts:GetCallerIdentity).
+Checks = Callable[[dict[str, Any], Principal], Sequence[Check]] | None
+
+
+@dataclass(frozen=True)
+class Operation:
+    run: Run
+    checks: Checks
+
+
+@dataclass
+class ApiCall:
+    """What the audit trail records of one call; filled in as the call proceeds."""
+
+    service: str
+    request_id: str
+    time: float
+    source_ip: str | None
+    user_agent: str
+    access_key_id: str | None = None
+    operation: str | None = None
+    principal: Principal | None = None
+    parameters: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+    error: AwsError | None = None
+    resources: list[str] = field(default_factory=list)
+
+
+Recorder = Callable[[ApiCall], None]
+
+
+def claimed_key_id(authorization: str) -> str | None:
+    """The access key id in an AWS4-HMAC-SHA256 Authorization header, not yet verified."""
+    marker = "Credential="
+    start = authorization.find(marker)
+    if start < 0:
+        return None
+    return authorization[start + len(marker) :].split("/", 1)[0].strip() or None
+
+
+class Endpoint(ABC):
+    """The steps common to every protocol; subclasses read and write the wire format."""
+
+    def __init__(
+        self,
+        service_name: str,
+        credentials: Credentials,
+        authorizer: Authorizer,
+        operations: Mapping[str, Operation],
+        recorder: Recorder,
+        accepted_regions: Sequence[str],
+        denied_code: str,
+    ) -> None:
+        self.service_name = service_name
+        self._credentials = credentials
+        self._authorizer = authorizer
+        self._operations = operations
+        self._record = recorder
+        self._regions = tuple(accepted_regions)
+        self._denied_code = denied_code
+
+    async def handle(self, request: web.Request, body: bytes, signed_region: str) -> web.Response:
+        call = ApiCall(
+            service=self.service_name,
+            request_id=str(uuid.uuid4()),
+            time=time.time(),
+            source_ip=request.remote,
+            user_agent=request.headers.get("User-Agent", ""),
+            # Who the caller claims to be, recorded even when the signature then fails.
+            access_key_id=claimed_key_id(request.headers.get("Authorization", "")),
+        )
+        try:
+            principal = self._credentials.verify_sigv4(
+                method=request.method,
+                raw_path_qs=request.raw_path,
+                headers=request.headers,
+                body=body,
+                service=self.service_name,
+                region=signed_region if signed_region in self._regions else self._regions[0],
+            )
+            call.principal, call.access_key_id = principal, principal.access_key_id
+            model = self.operation_model(request, body)
+            call.operation = model.name
+            operation = self._operations.get(model.name)
+            if operation is None:
+                raise self.not_implemented(model.name)
+            params = self.parse(model, body)
+            call.parameters = params
+            facts = RequestFacts(source_ip=request.remote, secure_transport=request.secure)
+            if operation.checks is not None:
+                for check in operation.checks(params, principal):
+                    call.resources.append(check.resource)
+                    self._authorizer.require(
+                        principal,
+                        check.action,
+                        check.resource,
+                        replace(
+                            facts,
+                            resource_tags=check.resource_tags,
+                            request_tags=check.request_tags,
+                        ),
+                        code=self._denied_code,
+                    )
+            result = operation.run(params, principal, facts)
+            call.response = result
+            return self.answer(model, result, call.request_id)
+        except AwsError as exc:
+            call.error = self.wire_error(exc)
+            return self.refuse(call.error, call.request_id)
+        except Exception:
+            log.exception("%s request %s failed", self.service_name, call.request_id)
+            call.error = self.wire_error(
+                AwsError("InternalFailure", f"Internal error (request {call.request_id}).", 500)
+            )
+            return self.refuse(call.error, call.request_id)
+        finally:
+            self._record(call)
+
+    @abstractmethod
+    def operation_model(self, request: web.Request, body: bytes) -> OperationModel: ...
+
+    @abstractmethod
+    def parse(self, model: OperationModel, body: bytes) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def answer(
+        self, model: OperationModel, result: dict[str, Any], request_id: str
+    ) -> web.Response: ...
+
+    def wire_error(self, error: AwsError) -> AwsError:
+        """The error as this protocol names it."""
+        return error
+
+    @abstractmethod
+    def refuse(self, error: AwsError, request_id: str) -> web.Response: ...
+
+    @abstractmethod
+    def not_implemented(self, name: str) -> AwsError: ...
+
+
+class JsonEndpoint(Endpoint):
+    """AWS JSON 1.1: ``X-Amz-Target: <prefix>.<Operation>``, JSON in and out."""
+
+    def __init__(self, protocol: JsonProtocol, **kwargs: Any) -> None:
+        super().__init__(denied_code="AccessDeniedException", **kwargs)
+        self._protocol = protocol
+
+    def operation_model(self, request: web.Request, body: bytes) -> OperationModel:
+        return self._protocol.operation_for_target(request.headers.get("X-Amz-Target"))
+
+    def parse(self, model: OperationModel, body: bytes) -> dict[str, Any]:
+        return self._protocol.parse_input(model, body)
+
+    def answer(
+        self, model: OperationModel, result: dict[str, Any], request_id: str
+    ) -> web.Response:
+        return web.Response(
+            body=self._protocol.serialize_output(model, result),
+            content_type="application/x-amz-json-1.1",
+            headers={"x-amzn-RequestId": request_id},
+        )
+
+    def refuse(self, error: AwsError, request_id: str) -> web.Response:
+        return web.Response(
+            status=error.status,
+            body=error.body(),
+            content_type="application/x-amz-json-1.1",
+            headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": error.code},
+        )
+
+    def not_implemented(self, name: str) -> AwsError:
+        return AwsError(
+            "UnknownOperationException",
+            f"{self.service_name}:{name} is not implemented by mlfleet.",
+        )
+
+
+# Query services answer authentication failures with their own codes for the same faults.
+_QUERY_AUTH_CODES = {
+    "UnrecognizedClientException": "InvalidClientTokenId",
+    "InvalidSignatureException": "SignatureDoesNotMatch",
+    "ExpiredTokenException": "ExpiredToken",
+    "InternalFailure": "ServiceFailure",
+}
+_POLICY_DOCUMENT_SHAPE = "policyDocumentType"
+
+
+class QueryEndpoint(Endpoint):
+    """The query protocol: a form with ``Action=`` in, XML out."""
+
+    def __init__(self, protocol: QueryProtocol, **kwargs: Any) -> None:
+        super().__init__(denied_code="AccessDenied", **kwargs)
+        self._protocol = protocol
+
+    def operation_model(self, request: web.Request, body: bytes) -> OperationModel:
+        return self._protocol.operation_for(parse_form(body))
+
+    def parse(self, model: OperationModel, body: bytes) -> dict[str, Any]:
+        return self._protocol.parse_input(model, parse_form(body))
+
+    def answer(
+        self, model: OperationModel, result: dict[str, Any], request_id: str
+    ) -> web.Response:
+        if model.output_shape is not None:
+            result = _quote_policy_documents(model.output_shape, result)
+        payload = self._protocol.serialize_output(model, result, request_id)
+        return web.Response(body=payload, content_type="text/xml")
+
+    def wire_error(self, error: AwsError) -> AwsError:
+        code = _QUERY_AUTH_CODES.get(error.code, error.code)
+        return AwsError(code, error.message, error.status)
+
+    def refuse(self, error: AwsError, request_id: str) -> web.Response:
+        return web.Response(
+            status=self._protocol.error_status(error),
+            body=self._protocol.error_body(error, request_id),
+            content_type="text/xml",
+        )
+
+    def not_implemented(self, name: str) -> AwsError:
+        return AwsError(
+            "InvalidAction", f"{self.service_name}:{name} is not implemented by mlfleet."
+        )
+
+
+def _quote_policy_documents(shape: Shape, data: Any) -> Any:
+    """IAM returns policy documents URL-encoded (botocore decodes them back into dicts)."""
+    if shape.type_name == "structure" and isinstance(data, Mapping):
+        return {
+            name: (
+                quote(value, safe="")
+                if member.name == _POLICY_DOCUMENT_SHAPE and isinstance(value, str)
+                else _quote_policy_documents(member, value)
+            )
+            for name, member in shape.members.items()
+            if (value := data.get(name)) is not None
+        }
+    if shape.type_name == "list" and isinstance(data, list):
+        return [_quote_policy_documents(shape.member, item) for item in data]
+    return data

@@ -1,0 +1,382 @@
+"""The audit trail: every control-plane call, allowed or refused, as a CloudTrail record.
+
+Records are appended in one order and chained: each row stores the HMAC-SHA256 of the previous
+row's hash and its own document, keyed from the master key (not stored in the database), so a
+record altered, removed or moved in the database breaks the chain where it happened, and a
+database-only attacker cannot forge a consistent one. The newest link is also written to
+``<data-dir>/audit.head``, which exposes removal of the most recent records.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import hmac
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mlfleet.api.endpoint import ApiCall
+from mlfleet.auth.identity import Principal
+from mlfleet.auth.secrets import SecretBox
+from mlfleet.protocol.errors import AwsError
+from mlfleet.settings import Settings
+from mlfleet.state.models import AuditRecord
+
+EVENT_VERSION = "1.11"
+GENESIS = "0" * 64
+# What CloudTrail writes in place of a value it must not show.
+HIDDEN = "HIDDEN_DUE_TO_SECURITY_REASONS"
+SECRET_MEMBERS = frozenset(
+    {"SecretAccessKey", "SessionToken", "AuthorizedUrl", "Password", "PrivateKey"}
+)
+_READ_ONLY_PREFIXES = ("Describe", "List", "Get", "Lookup", "Simulate")
+_RESOURCE_TYPES = {
+    ("sagemaker", "mlflow-tracking-server"): "AWS::SageMaker::MlflowTrackingServer",
+    ("iam", "user"): "AWS::IAM::User",
+    ("iam", "group"): "AWS::IAM::Group",
+    ("iam", "role"): "AWS::IAM::Role",
+    ("iam", "policy"): "AWS::IAM::Policy",
+}
+LOOKUP_COLUMNS = {
+    "EventId": AuditRecord.event_id,
+    "EventName": AuditRecord.event_name,
+    "Username": AuditRecord.username,
+    "ResourceType": AuditRecord.resource_type,
+    "ResourceName": AuditRecord.resource_name,
+    "EventSource": AuditRecord.event_source,
+    "AccessKeyId": AuditRecord.access_key_id,
+}
+DEFAULT_LOOKUP_RESULTS = 50
+
+
+def iso_time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def resource_type(arn: str) -> str | None:
+    parts = arn.split(":", 5)
+    if len(parts) < 6:
+        return None
+    kind = parts[5].split("/", 1)[0]
+    return _RESOURCE_TYPES.get((parts[2], kind))
+
+
+def redact(value: Any, member: str = "") -> Any:
+    """The value as CloudTrail shows it: secrets hidden, member names in lowerCamelCase."""
+    if member in SECRET_MEMBERS:
+        return HIDDEN
+    if isinstance(value, Mapping):
+        return {_lower_first(str(k)): redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
+def _lower_first(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+def user_identity(principal: Principal | None, account: str, key_id: str | None) -> dict[str, Any]:
+    if principal is None:
+        identity: dict[str, Any] = {"type": "Unknown"}
+        if key_id:
+            identity["accessKeyId"] = key_id
+        return identity
+    if principal.is_user:
+        return {
+            "type": "IAMUser",
+            "principalId": principal.user_id,
+            "arn": principal.arn,
+            "accountId": account,
+            "accessKeyId": principal.access_key_id,
+            "userName": principal.name,
+        }
+    role_id = principal.user_id.split(":", 1)[0]
+    return {
+        "type": "AssumedRole",
+        "principalId": principal.user_id,
+        "arn": principal.arn,
+        "accountId": account,
+        "accessKeyId": principal.access_key_id,
+        "sessionContext": {
+            "sessionIssuer": {
+                "type": "Role",
+                "principalId": role_id,
+                "arn": principal.identity_arn,
+                "accountId": account,
+                "userName": principal.name,
+            },
+            "attributes": {"mfaAuthenticated": "false"},
+        },
+    }
+
+
+def _username(principal: Principal | None) -> str | None:
+    if principal is None:
+        return None
+    # CloudTrail names an assumed role's events after the session.
+    return principal.name if principal.is_user else principal.arn.rsplit("/", 1)[-1]
+
+
+@dataclass
+class Verification:
+    records: int = 0
+    head: str = GENESIS
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        key: bytes,
+        head_file: Path,
+        account_id: str,
+        region: str,
+    ) -> None:
+        self._sessions = sessions
+        self._key = key
+        self._head_file = head_file
+        self._account = account_id
+        self._region = region
+        self._lock = threading.Lock()
+        with sessions() as session:
+            last = session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+        self._head = (last.seq, last.hash) if last else (0, GENESIS)
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def record_api_call(self, call: ApiCall) -> None:
+        document: dict[str, Any] = {
+            "eventVersion": EVENT_VERSION,
+            "userIdentity": user_identity(call.principal, self._account, call.access_key_id),
+            "eventTime": iso_time(call.time),
+            "eventSource": f"{call.service}.amazonaws.com",
+            "eventName": call.operation or "Unknown",
+            "awsRegion": self._region,
+            "sourceIPAddress": call.source_ip,
+            "userAgent": call.user_agent,
+            "requestParameters": redact(call.parameters) if call.parameters is not None else None,
+            "responseElements": redact(call.response) if call.response else None,
+            "requestID": call.request_id,
+            "eventID": str(uuid.uuid4()),
+            "readOnly": (call.operation or "").startswith(_READ_ONLY_PREFIXES),
+            "resources": [
+                {"accountId": self._account, "type": resource_type(arn), "ARN": arn}
+                for arn in dict.fromkeys(call.resources)
+                if arn != "*"
+            ],
+            "eventType": "AwsApiCall",
+            "managementEvent": True,
+            "recipientAccountId": self._account,
+            "eventCategory": "Management",
+        }
+        if call.error is not None:
+            document["errorCode"] = call.error.code
+            document["errorMessage"] = call.error.message
+        self.append(document, _username(call.principal))
+
+    def append(self, document: dict[str, Any], username: str | None) -> None:
+        text = json.dumps(document, separators=(",", ":"), sort_keys=True)
+        first = document["resources"][0] if document["resources"] else {}
+        with self._lock:
+            seq, prev = self._head
+            row = AuditRecord(
+                seq=seq + 1,
+                event_id=document["eventID"],
+                event_time=datetime.strptime(document["eventTime"], "%Y-%m-%dT%H:%M:%SZ")
+                .replace(tzinfo=UTC)
+                .timestamp(),
+                event_source=document["eventSource"],
+                event_name=document["eventName"],
+                event_category=document["eventCategory"],
+                read_only=document["readOnly"],
+                username=username,
+                access_key_id=document["userIdentity"].get("accessKeyId"),
+                resource_type=first.get("type"),
+                resource_name=first.get("ARN"),
+                document=text,
+                prev_hash=prev,
+                hash=self._link(prev, text),
+            )
+            with self._sessions.begin() as session:
+                session.add(row)
+            self._head = (row.seq, row.hash)
+            self._write_head()
+
+    def _link(self, prev: str, document: str) -> str:
+        return hmac.new(self._key, f"{prev}\n{document}".encode(), hashlib.sha256).hexdigest()
+
+    def _write_head(self) -> None:
+        seq, link = self._head
+        tmp = self._head_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"seq": seq, "hash": link}))
+        os.replace(tmp, self._head_file)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def lookup(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        """LookupEvents: newest first, one lookup attribute, a time range, paging."""
+        query = select(AuditRecord).order_by(AuditRecord.seq.desc())
+        attributes = req.get("LookupAttributes", [])
+        if len(attributes) > 1:
+            raise AwsError(
+                "InvalidLookupAttributesException",
+                "You cannot specify more than one lookup attribute.",
+            )
+        for attribute in attributes:
+            key, value = attribute["AttributeKey"], attribute["AttributeValue"]
+            if key == "ReadOnly":
+                if value not in ("true", "false"):
+                    raise AwsError(
+                        "InvalidLookupAttributesException", "ReadOnly must be true or false."
+                    )
+                query = query.where(AuditRecord.read_only.is_(value == "true"))
+            else:
+                query = query.where(LOOKUP_COLUMNS[key] == value)
+        start, end = req.get("StartTime"), req.get("EndTime")
+        if start is not None and end is not None and start > end:
+            raise AwsError("InvalidTimeRangeException", "StartTime must be earlier than EndTime.")
+        if start is not None:
+            query = query.where(AuditRecord.event_time >= start.timestamp())
+        if end is not None:
+            query = query.where(AuditRecord.event_time <= end.timestamp())
+        token = req.get("NextToken")
+        if token is not None:
+            if not token.isdigit():
+                raise AwsError("InvalidNextTokenException", "Invalid NextToken.")
+            query = query.where(AuditRecord.seq < int(token))
+        limit = req.get("MaxResults", DEFAULT_LOOKUP_RESULTS)
+        with self._sessions() as session:
+            rows = session.scalars(query.limit(limit + 1)).all()
+        out: dict[str, Any] = {"Events": [_lookup_event(row) for row in rows[:limit]]}
+        if len(rows) > limit:
+            out["NextToken"] = str(rows[limit - 1].seq)
+        return out
+
+    def records(self) -> Iterator[AuditRecord]:
+        with self._sessions() as session:
+            yield from session.scalars(
+                select(AuditRecord).order_by(AuditRecord.seq).execution_options(yield_per=500)
+            )
+
+    def verify(self) -> Verification:
+        """Walk the chain from the first record: where it breaks, say what happened there."""
+        result = Verification()
+        expected_seq, prev = 1, GENESIS
+        for row in self.records():
+            if row.seq != expected_seq:
+                result.problems.append(
+                    f"records {expected_seq}..{row.seq - 1} are missing (removed)"
+                )
+            if row.prev_hash != prev:
+                result.problems.append(
+                    f"record {row.seq} does not follow the record before it "
+                    "(records removed, inserted or reordered)"
+                )
+            if not hmac.compare_digest(row.hash, self._link(row.prev_hash, row.document)):
+                result.problems.append(f"record {row.seq} was altered (its hash does not match)")
+            elif _columns_disagree(row):
+                result.problems.append(
+                    f"record {row.seq} was altered (its lookup columns differ from its document)"
+                )
+            result.records += 1
+            expected_seq, prev = row.seq + 1, row.hash
+        result.head = prev
+        head = self._read_head()
+        if head is not None and (head["seq"], head["hash"]) != (expected_seq - 1, prev):
+            result.problems.append(
+                f"the trail ends at record {expected_seq - 1} but {self._head_file.name} says "
+                f"{head['seq']}: the most recent records were removed or replaced"
+            )
+        return result
+
+    def _read_head(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self._head_file.read_text()))
+        except FileNotFoundError:
+            return None
+
+    def export(self, folder: Path) -> list[Path]:
+        """CloudTrail's log-file layout: one gzipped {"Records": [...]} per hour of events."""
+        by_hour: dict[str, list[dict[str, Any]]] = {}
+        for row in self.records():
+            hour = datetime.fromtimestamp(row.event_time, UTC).strftime("%Y/%m/%d/%Y%m%dT%H00Z")
+            by_hour.setdefault(hour, []).append(json.loads(row.document))
+        written = []
+        for hour, records in by_hour.items():
+            day, stamp = hour.rsplit("/", 1)
+            path = (
+                folder
+                / "AWSLogs"
+                / self._account
+                / "CloudTrail"
+                / self._region
+                / day
+                / f"{self._account}_CloudTrail_{self._region}_{stamp}_mlfleet.json.gz"
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with gzip.open(path, "wt") as fh:
+                json.dump({"Records": records}, fh)
+            written.append(path)
+        return written
+
+
+def _columns_disagree(row: AuditRecord) -> bool:
+    document = json.loads(row.document)
+    return (
+        document.get("eventID") != row.event_id
+        or document.get("eventName") != row.event_name
+        or document.get("eventSource") != row.event_source
+        or document.get("readOnly") != row.read_only
+        or document["userIdentity"].get("accessKeyId") != row.access_key_id
+    )
+
+
+def _lookup_event(row: AuditRecord) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "EventId": row.event_id,
+        "EventName": row.event_name,
+        "ReadOnly": "true" if row.read_only else "false",
+        "EventTime": datetime.fromtimestamp(row.event_time, UTC),
+        "EventSource": row.event_source,
+        "CloudTrailEvent": row.document,
+        "Resources": [
+            {"ResourceType": r.get("type"), "ResourceName": r.get("ARN")}
+            for r in json.loads(row.document).get("resources", [])
+        ],
+    }
+    if row.access_key_id:
+        event["AccessKeyId"] = row.access_key_id
+    if row.username:
+        event["Username"] = row.username
+    return event
+
+
+def open_trail(settings: Settings, sessions: sessionmaker[Session], box: SecretBox) -> AuditTrail:
+    return AuditTrail(
+        sessions,
+        box.derive("audit-trail"),
+        settings.data_dir / "audit.head",
+        settings.account_id,
+        settings.region,
+    )
