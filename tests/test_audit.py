@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from botocore.exceptions import ClientError
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from test_iam import ACCOUNT, as_key, error_of, unique
 
 from conftest import Daemon
@@ -283,3 +286,101 @@ def test_audit_events_command(daemon: Daemon) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "sagemaker:ListMlflowTrackingServers" in shown.stdout
     assert "admin" in shown.stdout
+
+
+def data_events(daemon: Daemon, action: str, server_arn: str) -> list[dict[str, Any]]:
+    found = daemon.client("cloudtrail").lookup_events(
+        LookupAttributes=[{"AttributeKey": "EventName", "AttributeValue": action}], MaxResults=50
+    )["Events"]
+    records = [json.loads(e["CloudTrailEvent"]) for e in found]
+    return [r for r in records if r["resources"][0]["ARN"] == server_arn]
+
+
+def test_mlflow_writes_are_data_events_and_reads_are_not(
+    daemon: Daemon, shared_server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, secret = daemon.credentials
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", key)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+    client = MlflowClient(tracking_uri=shared_server["TrackingServerUrl"])
+    run_id = client.create_run(client.create_experiment(unique("audited"))).info.run_id
+    metric = unique("metric")
+    client.log_metric(run_id, metric, 0.5)
+    client.get_run(run_id)
+
+    arn = shared_server["TrackingServerArn"]
+    logged = [
+        r
+        for r in data_events(daemon, "LogMetric", arn)
+        if r["requestParameters"]["body"]["key"] == metric
+    ]
+    assert len(logged) == 1
+    record = logged[0]
+    assert record["eventSource"] == "sagemaker-mlflow.amazonaws.com"
+    assert record["eventCategory"] == "Data" and record["managementEvent"] is False
+    assert record["userIdentity"]["userName"] == "admin"
+    assert record["requestParameters"]["httpMethod"] == "POST"
+    assert record["requestParameters"]["path"] == "/api/2.0/mlflow/runs/log-metric"
+    assert record["requestParameters"]["body"]["run_id"] == run_id
+    assert record["responseElements"] == {"statusCode": 200}
+    assert not [
+        r
+        for r in data_events(daemon, "GetRun", arn)
+        if r["requestParameters"].get("queryString", "").endswith(run_id)
+    ]
+
+
+def test_refused_writes_are_data_events_too(
+    daemon: Daemon, shared_server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iam = daemon.client("iam")
+    name = unique("reader")
+    iam.create_user(UserName=name)
+    iam.attach_user_policy(UserName=name, PolicyArn="arn:aws:iam::aws:policy/MlfleetReadOnlyAccess")
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", key["AccessKeyId"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", key["SecretAccessKey"])
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(MlflowException):
+        MlflowClient(tracking_uri=shared_server["TrackingServerUrl"]).create_experiment(unique("x"))
+    refused = [
+        r
+        for r in data_events(daemon, "CreateExperiment", shared_server["TrackingServerArn"])
+        if r["userIdentity"].get("userName") == name
+    ]
+    assert len(refused) == 1
+    assert refused[0]["errorCode"] == "PERMISSION_DENIED"
+    assert refused[0]["responseElements"] == {"statusCode": 403}
+
+
+def test_data_events_can_be_switched_off_per_server(
+    daemon: Daemon, shared_server: dict[str, Any]
+) -> None:
+    sm = daemon.client()
+    arn = shared_server["TrackingServerArn"]
+    key, secret = daemon.credentials
+    url = shared_server["TrackingServerUrl"] + "/api/2.0/mlflow/experiments/create"
+
+    def create(name: str) -> None:
+        answer = requests.post(url, json={"name": name}, auth=(key, secret), timeout=30)
+        assert answer.status_code == 200, answer.text
+
+    def audited(name: str) -> bool:
+        return any(
+            r["requestParameters"].get("body", {}).get("name") == name
+            for r in data_events(daemon, "CreateExperiment", arn)
+        )
+
+    sm.add_tags(ResourceArn=arn, Tags=[{"Key": "mlfleet:data-events", "Value": "off"}])
+    try:
+        assert {"Key": "mlfleet:data-events", "Value": "off"} in sm.list_tags(ResourceArn=arn)[
+            "Tags"
+        ]
+        quiet = unique("quiet")
+        create(quiet)
+        assert not audited(quiet)
+    finally:
+        sm.delete_tags(ResourceArn=arn, TagKeys=["mlfleet:data-events"])
+    loud = unique("loud")
+    create(loud)
+    assert audited(loud)

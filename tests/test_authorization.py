@@ -420,3 +420,34 @@ def test_simulate_principal_policy_agrees_with_the_gateway_for_every_action(
         if refused != (decisions[action] != "allowed"):
             disagreements.append((action, method, path, answer.status_code, answer.text[:200]))
     assert not disagreements
+
+
+def test_tag_changes_apply_to_the_next_request(
+    daemon: Daemon, shared_server: dict[str, Any]
+) -> None:
+    sm, arn = daemon.client(), shared_server["TrackingServerArn"]
+    marker = unique("blocked")
+    user = new_user(
+        daemon,
+        READ_ONLY,
+        inline=policy(
+            {
+                "Effect": "Deny",
+                "Action": "sagemaker-mlflow:*",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"aws:ResourceTag/quarantine": marker}},
+            }
+        ),
+    )
+    url = shared_server["TrackingServerUrl"] + "/api/2.0/mlflow/experiments/search?max_results=1"
+    assert get_as(user, url).status_code == 200
+    sm.add_tags(ResourceArn=arn, Tags=[{"Key": "quarantine", "Value": marker}])
+    try:
+        assert get_as(user, url).status_code == 403
+        # Tagging is itself authorized: a read-only user may not lift the quarantine.
+        with pytest.raises(ClientError) as exc:
+            as_key(daemon, "sagemaker", user).delete_tags(ResourceArn=arn, TagKeys=["quarantine"])
+        assert "sagemaker:DeleteTags" in error_of(exc)[1]
+    finally:
+        sm.delete_tags(ResourceArn=arn, TagKeys=["quarantine"])
+    assert get_as(user, url).status_code == 200

@@ -24,6 +24,7 @@ from botocore.model import OperationModel, Shape
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.iam.authorizer import Authorizer, RequestFacts, Tags
+from mlfleet.iam.policy import ContextValue
 from mlfleet.protocol.awsjson import JsonProtocol
 from mlfleet.protocol.awsquery import QueryProtocol, parse_form
 from mlfleet.protocol.errors import AwsError
@@ -39,6 +40,7 @@ class Check:
     resource: str
     resource_tags: Tags = ()
     request_tags: Tags | None = None
+    extra: Mapping[str, ContextValue] = field(default_factory=dict)
 
 
 Run = Callable[[dict[str, Any], Principal, RequestFacts], dict[str, Any]]
@@ -143,6 +145,7 @@ class Endpoint(ABC):
                             facts,
                             resource_tags=check.resource_tags,
                             request_tags=check.request_tags,
+                            extra=check.extra,
                         ),
                         code=self._denied_code,
                     )

@@ -9,6 +9,7 @@ database-only attacker cannot forge a consistent one. The newest link is also wr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
@@ -17,7 +18,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,9 @@ from mlfleet.settings import Settings
 from mlfleet.state.models import AuditRecord
 
 EVENT_VERSION = "1.11"
+# AWS documents no CloudTrail data events for MLflow calls; mlfleet names them after the
+# service that signs them (sagemaker-mlflow), with the IAM action as the event name.
+DATA_EVENT_SOURCE = "sagemaker-mlflow.amazonaws.com"
 GENESIS = "0" * 64
 # What CloudTrail writes in place of a value it must not show.
 HIDDEN = "HIDDEN_DUE_TO_SECURITY_REASONS"
@@ -133,6 +137,23 @@ def _username(principal: Principal | None) -> str | None:
     return principal.name if principal.is_user else principal.arn.rsplit("/", 1)[-1]
 
 
+@dataclass(frozen=True)
+class DataEvent:
+    """One MLflow call through the gateway, as the audit trail records it."""
+
+    principal: Principal
+    action: str  # sagemaker-mlflow:LogMetric
+    resource: str  # the tracking server's ARN
+    time: float
+    source_ip: str | None
+    user_agent: str
+    request_id: str
+    parameters: dict[str, Any]
+    status: int
+    error_code: str | None = None
+    error_message: str | None = None
+
+
 @dataclass
 class Verification:
     records: int = 0
@@ -159,6 +180,8 @@ class AuditTrail:
         self._account = account_id
         self._region = region
         self._lock = threading.Lock()
+        self._pending: list[tuple[dict[str, Any], str | None, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         with sessions() as session:
             last = session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
         self._head = (last.seq, last.hash) if last else (0, GENESIS)
@@ -195,33 +218,103 @@ class AuditTrail:
             document["errorMessage"] = call.error.message
         self.append(document, _username(call.principal))
 
+    def record_data_event(self, event: DataEvent) -> Awaitable[None]:
+        """An MLflow write through the gateway, as a CloudTrail data event; await it."""
+        document: dict[str, Any] = {
+            "eventVersion": EVENT_VERSION,
+            "userIdentity": user_identity(event.principal, self._account, None),
+            "eventTime": iso_time(event.time),
+            "eventSource": DATA_EVENT_SOURCE,
+            "eventName": event.action.split(":", 1)[1],
+            "awsRegion": self._region,
+            "sourceIPAddress": event.source_ip,
+            "userAgent": event.user_agent,
+            "requestParameters": event.parameters,
+            "responseElements": {"statusCode": event.status},
+            "requestID": event.request_id,
+            "eventID": str(uuid.uuid4()),
+            "readOnly": False,
+            "resources": [
+                {
+                    "accountId": self._account,
+                    "type": resource_type(event.resource),
+                    "ARN": event.resource,
+                }
+            ],
+            "eventType": "AwsApiCall",
+            "managementEvent": False,
+            "recipientAccountId": self._account,
+            "eventCategory": "Data",
+        }
+        if event.error_code is not None:
+            document["errorCode"] = event.error_code
+            document["errorMessage"] = event.error_message
+        return self.append_async(document, _username(event.principal))
+
     def append(self, document: dict[str, Any], username: str | None) -> None:
-        text = json.dumps(document, separators=(",", ":"), sort_keys=True)
-        first = document["resources"][0] if document["resources"] else {}
+        self._append_batch([(document, username)])
+
+    async def append_async(self, document: dict[str, Any], username: str | None) -> None:
+        """Append with group commit: concurrent callers share one transaction and one sync,
+        and each returns only once its record is durable."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._pending.append((document, username, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(self._append_batch, [(d, u) for d, u, _ in batch])
+            except Exception as exc:  # every waiter learns its record was not written
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    def _append_batch(self, entries: list[tuple[dict[str, Any], str | None]]) -> None:
         with self._lock:
             seq, prev = self._head
-            row = AuditRecord(
-                seq=seq + 1,
-                event_id=document["eventID"],
-                event_time=datetime.strptime(document["eventTime"], "%Y-%m-%dT%H:%M:%SZ")
-                .replace(tzinfo=UTC)
-                .timestamp(),
-                event_source=document["eventSource"],
-                event_name=document["eventName"],
-                event_category=document["eventCategory"],
-                read_only=document["readOnly"],
-                username=username,
-                access_key_id=document["userIdentity"].get("accessKeyId"),
-                resource_type=first.get("type"),
-                resource_name=first.get("ARN"),
-                document=text,
-                prev_hash=prev,
-                hash=self._link(prev, text),
-            )
+            rows = []
+            for document, username in entries:
+                seq += 1
+                row = self._row(seq, prev, document, username)
+                rows.append(row)
+                prev = row.hash
             with self._sessions.begin() as session:
-                session.add(row)
-            self._head = (row.seq, row.hash)
+                session.add_all(rows)
+            self._head = (seq, prev)
             self._write_head()
+
+    def _row(
+        self, seq: int, prev: str, document: dict[str, Any], username: str | None
+    ) -> AuditRecord:
+        text = json.dumps(document, separators=(",", ":"), sort_keys=True)
+        first = document["resources"][0] if document["resources"] else {}
+        return AuditRecord(
+            seq=seq,
+            event_id=document["eventID"],
+            event_time=datetime.strptime(document["eventTime"], "%Y-%m-%dT%H:%M:%SZ")
+            .replace(tzinfo=UTC)
+            .timestamp(),
+            event_source=document["eventSource"],
+            event_name=document["eventName"],
+            event_category=document["eventCategory"],
+            read_only=document["readOnly"],
+            username=username,
+            access_key_id=document["userIdentity"].get("accessKeyId"),
+            resource_type=first.get("type"),
+            resource_name=first.get("ARN"),
+            document=text,
+            prev_hash=prev,
+            hash=self._link(prev, text),
+        )
 
     def _link(self, prev: str, document: str) -> str:
         return hmac.new(self._key, f"{prev}\n{document}".encode(), hashlib.sha256).hexdigest()

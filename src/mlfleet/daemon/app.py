@@ -86,7 +86,9 @@ def build_daemon(settings: Settings) -> Daemon:
             table_mlflow_version(),
             mlflow_version,
         )
+    # The fleet calls into parts built after it, which need the fleet themselves.
     reconciler_ref: list[Reconciler] = []
+    gateway_ref: list[Gateway] = []
     runtime = LocalRuntime()
     fleet = FleetService(
         settings,
@@ -94,6 +96,7 @@ def build_daemon(settings: Settings) -> Daemon:
         mlflow_version,
         is_serving=runtime.is_serving,
         kick=lambda server_id: reconciler_ref[0].kick(server_id),
+        tags_changed=lambda name: gateway_ref[0].forget_server(name),
     )
     reconciler = Reconciler(
         settings, sessions, runtime, MetadataDatabases(settings, mlflow_version), fleet
@@ -112,9 +115,12 @@ def build_daemon(settings: Settings) -> Daemon:
             ).first()
         return None if row is None else ServerRecord(row[0], row[1], row[2], tuple(row[3]))
 
-    gateway = Gateway(settings, runtime, credentials, authorizer, UiSessions(sessions), lookup)
-    sts = SecurityTokenService(sessions, store, authorizer, box, settings.account_id)
     trail = open_trail(settings, sessions, box)
+    gateway = Gateway(
+        settings, runtime, credentials, authorizer, UiSessions(sessions), lookup, trail
+    )
+    gateway_ref.append(gateway)
+    sts = SecurityTokenService(sessions, store, authorizer, box, settings.account_id)
     record = trail.record_api_call
     control_plane = ControlPlane(
         {

@@ -41,12 +41,22 @@ def sagemaker_endpoint(
         "StartMlflowTrackingServer": fleet.start,
         "StopMlflowTrackingServer": fleet.stop,
         "CreatePresignedMlflowTrackingServerUrl": presigned_url,
+        "AddTags": lambda req, _p: fleet.add_tags(req),
+        "DeleteTags": lambda req, _p: fleet.delete_tags(req),
+        "ListTags": lambda req, _p: fleet.list_tags(req),
     }
 
     def checks_for(operation: str) -> Callable[[dict[str, Any], Principal], list[Check]]:
         action = f"sagemaker:{operation}"
 
         def checks(req: dict[str, Any], _principal: Principal) -> list[Check]:
+            if "ResourceArn" in req:  # the tag operations
+                arn = req["ResourceArn"]
+                tags = fleet.tags_of(fleet.name_of(arn))
+                if "TagKeys" in req:
+                    removed = {"aws:TagKeys": list(req["TagKeys"])}
+                    return [Check(action, arn, resource_tags=tags, extra=removed)]
+                return [Check(action, arn, resource_tags=tags, request_tags=req.get("Tags"))]
             name = req.get("TrackingServerName")
             if name is None:
                 return [Check(action, "*")]

@@ -58,6 +58,8 @@ def validation(message: str) -> AwsError:
 
 # mlfleet extension: a local folder as artifact store. ``file:/srv/art`` is accepted beside
 # ``file:///srv/art`` because the AWS CLI reads any argument starting with ``file://`` as a file.
+# SageMaker's limit on tags per resource.
+MAX_TAGS = 50
 LOCAL_FOLDER = re.compile(r"file:(?://)?(/[^/].*)")
 
 
@@ -88,12 +90,15 @@ class FleetService:
         mlflow_version: str,
         is_serving: Callable[[str], bool],
         kick: Callable[[str], None],
+        tags_changed: Callable[[str], None],
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._mlflow_version = mlflow_version
         self._is_serving = is_serving
         self._kick = kick
+        # Whoever caches a server's tags (the gateway authorizes on them) must hear of changes.
+        self._tags_changed = tags_changed
 
     # helpers -----------------------------------------------------------------------------
 
@@ -304,10 +309,12 @@ class FleetService:
             ]
         }
         if len(rows) > limit:
-            result["NextToken"] = base64.urlsafe_b64encode(
-                json.dumps({"offset": offset + limit}).encode()
-            ).decode()
+            result["NextToken"] = self._encode_token(offset + limit)
         return result
+
+    @staticmethod
+    def _encode_token(offset: int) -> str:
+        return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
 
     @staticmethod
     def _decode_token(token: str | None) -> int:
@@ -324,6 +331,47 @@ class FleetService:
                 f"Invalid NextToken '{token[:64]}': pass a token from a previous call."
             )
         return offset
+
+    # tags (AddTags, DeleteTags, ListTags on a tracking server's ARN) -------------------------
+
+    def name_of(self, arn: str) -> str:
+        prefix = self.arn_for("")
+        if not arn.startswith(prefix) or len(arn) == len(prefix):
+            raise AwsError(
+                "ResourceNotFound", f"Resource {arn} not found: tags are kept for tracking servers."
+            )
+        return arn[len(prefix) :]
+
+    def add_tags(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = self.name_of(req["ResourceArn"])
+        with self._sessions.begin() as session:
+            row = self._get(session, name)
+            merged = {t["Key"]: t for t in row.tags}
+            merged.update({t["Key"]: t for t in req["Tags"]})
+            if len(merged) > MAX_TAGS:
+                raise validation(f"A resource can have at most {MAX_TAGS} tags.")
+            row.tags = list(merged.values())
+        self._tags_changed(name)
+        return {"Tags": req["Tags"]}
+
+    def delete_tags(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = self.name_of(req["ResourceArn"])
+        with self._sessions.begin() as session:
+            row = self._get(session, name)
+            row.tags = [t for t in row.tags if t["Key"] not in set(req["TagKeys"])]
+        self._tags_changed(name)
+        return {}
+
+    def list_tags(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = self.name_of(req["ResourceArn"])
+        with self._sessions() as session:
+            tags = list(self._get(session, name).tags)
+        offset = self._decode_token(req.get("NextToken"))
+        limit = req.get("MaxResults", MAX_TAGS)
+        out: dict[str, Any] = {"Tags": tags[offset : offset + limit]}
+        if offset + limit < len(tags):
+            out["NextToken"] = self._encode_token(offset + limit)
+        return out
 
     def create_presigned_url(
         self, req: dict[str, Any], principal: Principal, token: str, token_hash: str

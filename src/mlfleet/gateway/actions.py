@@ -273,6 +273,14 @@ def table_mlflow_version() -> str:
     return _table().mlflow_version
 
 
+# Actions that only read (AWS's Read and List access levels); every other action writes.
+_READ_PREFIXES = (f"{SERVICE}:Get", f"{SERVICE}:Search", f"{SERVICE}:List", f"{SERVICE}:AccessUI")
+
+
+def is_write(action: str) -> bool:
+    return not action.startswith(_READ_PREFIXES)
+
+
 def required_action(method: str, path: str) -> Requirement:
     """What ``method`` on ``path`` (as MLflow will see it; a query string is ignored) needs.
 

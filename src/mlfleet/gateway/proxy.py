@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from mlfleet.audit.trail import AuditTrail, DataEvent
 from mlfleet.auth.credentials import AuthenticationError, Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.ui_sessions import COOKIE_NAME, UiSessions
-from mlfleet.gateway.actions import required_action
+from mlfleet.gateway.actions import is_write, required_action
 from mlfleet.gateway.hardening import HeaderNames, screen
 from mlfleet.iam.authorizer import Authorizer, RequestFacts, denial_message
 from mlfleet.protocol.errors import AwsError
@@ -71,6 +75,9 @@ BUFFER_LIMIT = 8 * 1024 * 1024
 SMALL_RESPONSE = 1024 * 1024
 CHUNK = 256 * 1024
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# A write's JSON body up to this size is kept in its data event; larger ones are not.
+AUDITED_BODY_LIMIT = 4096
+DATA_EVENTS_TAG = "mlfleet:data-events"
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,7 @@ class Gateway:
         authorizer: Authorizer,
         ui_sessions: UiSessions,
         lookup: ServerLookup,
+        audit: AuditTrail,
     ) -> None:
         self._settings = settings
         self._runtime = runtime
@@ -124,6 +132,7 @@ class Gateway:
         self._authorizer = authorizer
         self._ui = ui_sessions
         self._lookup = lookup
+        self._audit = audit
         self._servers: dict[str, ServerRecord] = {}
         self._load: dict[str, ServerLoad] = {}
         self._client: aiohttp.ClientSession | None = None
@@ -253,9 +262,13 @@ class Gateway:
 
     # serving -------------------------------------------------------------------------------
 
+    def forget_server(self, name: str) -> None:
+        """Drop what is cached of a server whose record changed (its tags, say)."""
+        self._servers.pop(name, None)
+
     def _server(self, name: str) -> ServerRecord | None:
-        # A serving server's record is current: only its status, which is not used then,
-        # changes while it serves (tags are set at create), and a deleted one stops serving.
+        # A serving server's record is current: its status, which is not used then, changes
+        # while it serves; tag changes call forget_server; a deleted server stops serving.
         cached = self._servers.get(name)
         if cached is not None and self._runtime.is_serving(cached.id):
             return cached
@@ -300,7 +313,28 @@ class Gateway:
         requirement = required_action(request.method, route.upstream_path)
         if requirement.denied:
             return mlflow_error(403, "PERMISSION_DENIED", requirement.reason)
-        if requirement.action is not None:
+        action = requirement.action
+        started = time.time()
+        response = await self._authorized(
+            request, route, found, principal, body, payload_hash, action
+        )
+        if action is not None and is_write(action) and data_events_on(found):
+            await self._audit_write(request, route, principal, action, response, started)
+        return response
+
+    async def _authorized(
+        self,
+        request: web.Request,
+        route: Route,
+        found: ServerRecord | None,
+        principal: Principal,
+        body: bytes | None,
+        payload_hash: str | None,
+        action: str | None,
+    ) -> web.StreamResponse:
+        """Authorize, check the input, and forward if the server serves."""
+        server_id = found.id if found else ""
+        if action is not None:
             # Decided before the server's existence is revealed, on the ARN the name gives.
             arn = self._arn_prefix + route.name
             facts = RequestFacts(
@@ -308,9 +342,9 @@ class Gateway:
                 secure_transport=request.secure,
                 resource_tags=found.tags if found else (),
             )
-            result = self._authorizer.check(principal, requirement.action, arn, facts)
+            result = self._authorizer.check(principal, action, arn, facts)
             if not result.allowed:
-                message = denial_message(principal, requirement.action, arn, result)
+                message = denial_message(principal, action, arn, result)
                 return mlflow_error(403, "PERMISSION_DENIED", message)
         if found is None:
             return mlflow_error(
@@ -343,6 +377,42 @@ class Gateway:
                     "Start it with StartMlflowTrackingServer.",
                 )
         return await self._forward(request, server_id, route, body, payload_hash)
+
+    async def _audit_write(
+        self,
+        request: web.Request,
+        route: Route,
+        principal: Principal,
+        action: str,
+        response: web.StreamResponse,
+        started: float,
+    ) -> None:
+        """Record an MLflow write as a data event, durably, before its answer leaves."""
+        path, _, query = route.upstream_path.partition("?")
+        parameters: dict[str, Any] = {"httpMethod": request.method, "path": path}
+        if query:
+            parameters["queryString"] = query
+        length = request.content_length
+        if length is not None and length <= AUDITED_BODY_LIMIT and "/mlflow-artifacts/" not in path:
+            parameters["body"] = _json_or_none(await request.read())
+        error_code = error_message = None
+        if response.status >= 400:
+            error_code, error_message = _mlflow_error_of(response)
+        await self._audit.record_data_event(
+            DataEvent(
+                principal=principal,
+                action=action,
+                resource=self._arn_prefix + route.name,
+                time=started,
+                source_ip=request.remote,
+                user_agent=request.headers.get("User-Agent", ""),
+                request_id=str(uuid.uuid4()),
+                parameters=parameters,
+                status=response.status,
+                error_code=error_code,
+                error_message=error_message,
+            )
+        )
 
     async def _acquire(self, server_id: str, admission: bool) -> Worker | None:
         """The least-loaded healthy worker; with ``admission``, wait for a free slot first."""
@@ -448,6 +518,30 @@ class Gateway:
             await response.write(chunk)
         await response.write_eof()
         return response
+
+
+def data_events_on(server: ServerRecord | None) -> bool:
+    """Whether MLflow writes to this server are audited (tag mlfleet:data-events=off: not)."""
+    if server is None:
+        return True
+    return not any(
+        t["Key"] == DATA_EVENTS_TAG and t.get("Value", "").lower() == "off" for t in server.tags
+    )
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _mlflow_error_of(response: web.StreamResponse) -> tuple[str, str | None]:
+    body = response.body if isinstance(response, web.Response) else None
+    found = _json_or_none(body) if isinstance(body, bytes) else None
+    if isinstance(found, dict) and "error_code" in found:
+        return str(found["error_code"]), str(found.get("message", ""))
+    return f"HTTP{response.status}", None
 
 
 def upstream_url(port: int, path: str) -> URL:
