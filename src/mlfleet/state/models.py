@@ -185,3 +185,90 @@ class AuditRecord(Base):
     document: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class EventRule(Base):
+    """An EventBridge rule on an event bus (mlfleet has the bus "default")."""
+
+    __tablename__ = "event_rules"
+
+    bus: Mapped[str] = mapped_column(String(256), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(1600))
+    event_pattern: Mapped[str | None] = mapped_column(Text)
+    schedule_expression: Mapped[str | None] = mapped_column(String(256))
+    state: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str | None] = mapped_column(String(512))
+    role_arn: Mapped[str | None] = mapped_column(String(1600))
+    created_by: Mapped[str] = mapped_column(String(128))
+    tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class EventTarget(Base):
+    """A target of a rule; ``spec`` is the Target structure as PutTargets received it."""
+
+    __tablename__ = "event_targets"
+
+    bus: Mapped[str] = mapped_column(String(256), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(1600))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EventConnection(Base):
+    """Credentials for HTTP targets; the auth parameters hold secrets, so they are sealed."""
+
+    __tablename__ = "event_connections"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(1600))
+    authorization_type: Mapped[str] = mapped_column(String(32))
+    # JSON of the AuthParameters, encrypted as access-key secrets are (mlfleet.auth.secrets).
+    auth_parameters: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(String(512))
+    state: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ApiDestination(Base):
+    """An HTTP endpoint that rules can target, called with a connection's credentials."""
+
+    __tablename__ = "api_destinations"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(1600))
+    connection_arn: Mapped[str] = mapped_column(String(1600))
+    invocation_endpoint: Mapped[str] = mapped_column(String(2048))
+    http_method: Mapped[str] = mapped_column(String(8))
+    rate_limit_per_second: Mapped[int | None] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(String(512))
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class EventDelivery(Base):
+    """One event owed to one target: the outbox the delivery worker drains, in order per rule.
+
+    Written in the transaction that accepts the event, so an acknowledged event survives any
+    crash; ``state`` is pending, delivered or dead (in the dead-letter store).
+    """
+
+    __tablename__ = "event_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bus: Mapped[str] = mapped_column(String(256))
+    rule: Mapped[str] = mapped_column(String(64), index=True)
+    target_id: Mapped[str] = mapped_column(String(64))
+    target_arn: Mapped[str] = mapped_column(String(1600))
+    event_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    dead_letter_arn: Mapped[str | None] = mapped_column(String(1600))
