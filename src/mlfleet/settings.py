@@ -50,6 +50,8 @@ class Settings:
     # requests are still authenticated but never refused by policy, for a single-user machine
     # and for measuring what authorization costs (bench/); the daemon warns at start.
     authorization: str = "iam"
+    # Longest wait between two attempts to deliver an event to a target that is failing.
+    event_retry_max_backoff_seconds: float = 30.0
 
     @property
     def endpoint_url(self) -> str:

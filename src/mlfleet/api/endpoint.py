@@ -28,6 +28,7 @@ from mlfleet.iam.policy import ContextValue
 from mlfleet.protocol.awsjson import JsonProtocol
 from mlfleet.protocol.awsquery import QueryProtocol, parse_form
 from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.sensitive import error_without_secrets, without_secrets
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class Endpoint(ABC):
             # Who the caller claims to be, recorded even when the signature then fails.
             access_key_id=claimed_key_id(request.headers.get("Authorization", "")),
         )
+        model: OperationModel | None = None
         try:
             principal = self._credentials.verify_sigv4(
                 method=request.method,
@@ -162,7 +164,7 @@ class Endpoint(ABC):
             )
             return self.refuse(call.error, call.request_id)
         finally:
-            self._record(call)
+            self._record(_without_secrets(call, model))
 
     @abstractmethod
     def operation_model(self, request: web.Request, body: bytes) -> OperationModel: ...
@@ -269,6 +271,31 @@ class QueryEndpoint(Endpoint):
         return AwsError(
             "InvalidAction", f"{self.service_name}:{name} is not implemented by mlfleet."
         )
+
+
+def _without_secrets(call: ApiCall, model: OperationModel | None) -> ApiCall:
+    """The call as the audit trail may keep it: sensitive members hidden (mlfleet.protocol)."""
+    if model is None:
+        return call
+    inputs, outputs = model.input_shape, model.output_shape
+    return replace(
+        call,
+        parameters=(
+            without_secrets(inputs, call.parameters)
+            if inputs is not None and call.parameters is not None
+            else call.parameters
+        ),
+        response=(
+            without_secrets(outputs, call.response)
+            if outputs is not None and call.response is not None
+            else call.response
+        ),
+        error=(
+            error_without_secrets(call.error, inputs)
+            if inputs is not None and call.error is not None
+            else call.error
+        ),
+    )
 
 
 def _quote_policy_documents(shape: Shape, data: Any) -> Any:

@@ -31,6 +31,7 @@ from mlfleet.api.endpoint import ApiCall
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.sensitive import HIDDEN
 from mlfleet.settings import Settings
 from mlfleet.state.models import AuditRecord
 
@@ -39,8 +40,7 @@ EVENT_VERSION = "1.11"
 # service that signs them (sagemaker-mlflow), with the IAM action as the event name.
 DATA_EVENT_SOURCE = "sagemaker-mlflow.amazonaws.com"
 GENESIS = "0" * 64
-# What CloudTrail writes in place of a value it must not show.
-HIDDEN = "HIDDEN_DUE_TO_SECURITY_REASONS"
+# Hidden whatever the model says: AuthorizedUrl carries a single-use sign-in token.
 SECRET_MEMBERS = frozenset(
     {"SecretAccessKey", "SessionToken", "AuthorizedUrl", "Password", "PrivateKey"}
 )
@@ -188,7 +188,8 @@ class AuditTrail:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def record_api_call(self, call: ApiCall) -> None:
+    def record_api_call(self, call: ApiCall) -> dict[str, Any]:
+        """Append the call's record; return it (EventBridge receives it too)."""
         document: dict[str, Any] = {
             "eventVersion": EVENT_VERSION,
             "userIdentity": user_identity(call.principal, self._account, call.access_key_id),
@@ -217,6 +218,7 @@ class AuditTrail:
             document["errorCode"] = call.error.code
             document["errorMessage"] = call.error.message
         self.append(document, _username(call.principal))
+        return document
 
     def record_data_event(self, event: DataEvent) -> Awaitable[None]:
         """An MLflow write through the gateway, as a CloudTrail data event; await it."""

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from mlfleet.cli.audit import audit_app
 from mlfleet.cli.common import DataDir, EndpointUrl, call, console, err, service_client
+from mlfleet.cli.events import events_app
 from mlfleet.cli.iam import iam_app
 from mlfleet.settings import DEFAULT_PORT, load_settings
 
@@ -27,6 +28,9 @@ app.add_typer(
     audit_app,
     name="audit",
     help="The audit trail: recent calls, chain verification, CloudTrail-format export.",
+)
+app.add_typer(
+    events_app, name="events", help="Event deliveries: the dead-letter store and redrive."
 )
 TRANSITIONAL = {"Creating", "Updating", "Deleting", "Stopping", "Starting", "MaintenanceInProgress"}
 

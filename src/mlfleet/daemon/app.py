@@ -13,12 +13,18 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy import select
 
+from mlfleet.api.endpoint import ApiCall
 from mlfleet.audit.responses import cloudtrail_endpoint
 from mlfleet.audit.trail import open_trail
 from mlfleet.auth.credentials import ADMIN_USER, Credentials
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.auth.ui_sessions import UiSessions
 from mlfleet.daemon.control_plane import ControlPlane
+from mlfleet.events.bus import EventBus
+from mlfleet.events.delivery import DeliveryWorker
+from mlfleet.events.responses import events_endpoint
+from mlfleet.events.sources import api_call_event
+from mlfleet.events.store import EventStore
 from mlfleet.fleet.reconciler import Reconciler
 from mlfleet.fleet.responses import sagemaker_endpoint
 from mlfleet.fleet.service import FleetService
@@ -44,6 +50,7 @@ class Daemon:
     runtime: LocalRuntime
     reconciler: Reconciler
     gateway: Gateway
+    deliveries: DeliveryWorker
     control_plane: ControlPlane
     credentials_path: Path | None
 
@@ -90,6 +97,15 @@ def build_daemon(settings: Settings) -> Daemon:
     reconciler_ref: list[Reconciler] = []
     gateway_ref: list[Gateway] = []
     runtime = LocalRuntime()
+    event_store = EventStore(sessions, settings.account_id, settings.region, box)
+    bus = EventBus(sessions, event_store.rules_with_targets, settings.account_id, settings.region)
+    deliveries = DeliveryWorker(
+        sessions,
+        event_store.http_target,
+        event_store.target_spec,
+        settings.event_retry_max_backoff_seconds,
+    )
+    bus.set_wake(deliveries.wake)
     fleet = FleetService(
         settings,
         sessions,
@@ -97,6 +113,7 @@ def build_daemon(settings: Settings) -> Daemon:
         is_serving=runtime.is_serving,
         kick=lambda server_id: reconciler_ref[0].kick(server_id),
         tags_changed=lambda name: gateway_ref[0].forget_server(name),
+        publish=lambda events, session: bus.publish(events, session),
     )
     reconciler = Reconciler(
         settings, sessions, runtime, MetadataDatabases(settings, mlflow_version), fleet
@@ -117,11 +134,17 @@ def build_daemon(settings: Settings) -> Daemon:
 
     trail = open_trail(settings, sessions, box)
     gateway = Gateway(
-        settings, runtime, credentials, authorizer, UiSessions(sessions), lookup, trail
+        settings, runtime, credentials, authorizer, UiSessions(sessions), lookup, trail, bus
     )
     gateway_ref.append(gateway)
     sts = SecurityTokenService(sessions, store, authorizer, box, settings.account_id)
-    record = trail.record_api_call
+
+    def record(call: ApiCall) -> None:
+        # Calls that change something also reach EventBridge, as CloudTrail sends them.
+        event = api_call_event(trail.record_api_call(call))
+        if event is not None:
+            bus.publish([event])
+
     control_plane = ControlPlane(
         {
             "sagemaker": sagemaker_endpoint(
@@ -146,6 +169,9 @@ def build_daemon(settings: Settings) -> Daemon:
             "cloudtrail": cloudtrail_endpoint(
                 trail, credentials, authorizer, record, settings.region
             ),
+            "events": events_endpoint(
+                event_store, bus.put_events, credentials, authorizer, record, settings.region
+            ),
         }
     )
     return Daemon(
@@ -153,6 +179,7 @@ def build_daemon(settings: Settings) -> Daemon:
         runtime=runtime,
         reconciler=reconciler,
         gateway=gateway,
+        deliveries=deliveries,
         control_plane=control_plane,
         credentials_path=creds_path,
     )
@@ -175,12 +202,14 @@ def build_app(daemon: Daemon) -> web.Application:
 
     async def on_startup(_app: web.Application) -> None:
         await daemon.gateway.start()
+        await daemon.deliveries.start()
         daemon.reconciler.resume_all()
 
     async def on_cleanup(_app: web.Application) -> None:
         await daemon.reconciler.close()
         await daemon.runtime.close()
         await daemon.gateway.close()
+        await daemon.deliveries.close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

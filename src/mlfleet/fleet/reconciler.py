@@ -125,11 +125,15 @@ class Reconciler:
         self, row: TrackingServer, status: str, failure: str | None = None, **columns: object
     ) -> None:
         with self._sessions.begin() as session:
-            session.execute(
+            changed = session.execute(
                 update(TrackingServer)
                 .where(TrackingServer.id == row.id, TrackingServer.generation == row.generation)
                 .values(status=status, failure_reason=failure, **columns)
             )
+            current = session.get(TrackingServer, row.id) if changed.rowcount else None
+            # A failure note on an unchanged status (a restart that is retried) is no event.
+            if current is not None and status != row.status:
+                self._service.announce(session, current)
         if failure:
             log.warning("tracking server %s: %s: %s", row.name, status, failure)
         else:

@@ -19,6 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.identity import Principal
+from mlfleet.events.bus import Event
+from mlfleet.events.sources import lifecycle_event
 from mlfleet.protocol.errors import AwsError
 from mlfleet.settings import Settings
 from mlfleet.state.models import PresignedToken, TrackingServer, UiSession
@@ -58,6 +60,8 @@ def validation(message: str) -> AwsError:
 
 # mlfleet extension: a local folder as artifact store. ``file:/srv/art`` is accepted beside
 # ``file:///srv/art`` because the AWS CLI reads any argument starting with ``file://`` as a file.
+# Stores events with the deliveries they cause, in the given transaction (EventBus.publish).
+Publish = Callable[[list[Event], Session], int]
 # SageMaker's limit on tags per resource.
 MAX_TAGS = 50
 LOCAL_FOLDER = re.compile(r"file:(?://)?(/[^/].*)")
@@ -91,6 +95,7 @@ class FleetService:
         is_serving: Callable[[str], bool],
         kick: Callable[[str], None],
         tags_changed: Callable[[str], None],
+        publish: Publish,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -99,6 +104,8 @@ class FleetService:
         self._kick = kick
         # Whoever caches a server's tags (the gateway authorizes on them) must hear of changes.
         self._tags_changed = tags_changed
+        # Status changes are events, stored in the transaction that makes the change.
+        self._publish = publish
 
     # helpers -----------------------------------------------------------------------------
 
@@ -133,6 +140,16 @@ class FleetService:
         row.generation += 1
         row.last_modified_at = time.time()
         row.last_modified_by = principal.user_context()
+        session = Session.object_session(row)
+        assert session is not None, "a status changes inside the transaction that loaded it"
+        self.announce(session, row)
+
+    def announce(self, session: Session, row: TrackingServer, status: str | None = None) -> None:
+        """Publish the server's status (or `status`) as its lifecycle event, in `session`."""
+        description = self._description(row)
+        if status is not None:
+            description.update(TrackingServerStatus=status, IsActive="Inactive")
+        self._publish([lifecycle_event(description, status or row.status)], session)
 
     def _check_version(self, requested: str | None) -> str:
         installed = self._mlflow_version
@@ -185,6 +202,7 @@ class FleetService:
                 last_modified_by=principal.user_context(),
             )
             session.add(row)
+            self.announce(session, row)
             arn = row.arn
         self._kick(server_id)
         return {"TrackingServerArn": arn}
@@ -401,4 +419,5 @@ class FleetService:
                 session.delete(stale)
         row = session.get(TrackingServer, server_id)
         if row is not None:
+            self.announce(session, row, "Deleted")
             session.delete(row)

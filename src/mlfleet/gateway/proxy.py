@@ -31,6 +31,8 @@ from mlfleet.audit.trail import AuditTrail, DataEvent
 from mlfleet.auth.credentials import AuthenticationError, Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.ui_sessions import COOKIE_NAME, UiSessions
+from mlfleet.events.bus import EventBus
+from mlfleet.events.sources import MLFLOW_DETAIL_TYPES, mlflow_event
 from mlfleet.gateway.actions import is_write, required_action
 from mlfleet.gateway.hardening import HeaderNames, screen
 from mlfleet.iam.authorizer import Authorizer, RequestFacts, denial_message
@@ -125,6 +127,7 @@ class Gateway:
         ui_sessions: UiSessions,
         lookup: ServerLookup,
         audit: AuditTrail,
+        bus: EventBus,
     ) -> None:
         self._settings = settings
         self._runtime = runtime
@@ -133,6 +136,7 @@ class Gateway:
         self._ui = ui_sessions
         self._lookup = lookup
         self._audit = audit
+        self._bus = bus
         self._servers: dict[str, ServerRecord] = {}
         self._load: dict[str, ServerLoad] = {}
         self._client: aiohttp.ClientSession | None = None
@@ -318,8 +322,11 @@ class Gateway:
         response = await self._authorized(
             request, route, found, principal, body, payload_hash, action
         )
-        if action is not None and is_write(action) and data_events_on(found):
-            await self._audit_write(request, route, principal, action, response, started)
+        if action is not None and is_write(action):
+            if data_events_on(found):
+                await self._audit_write(request, route, principal, action, response, started)
+            if response.status == 200 and action.split(":", 1)[1] in MLFLOW_DETAIL_TYPES:
+                await self._announce(request, route, principal, action, response)
         return response
 
     async def _authorized(
@@ -377,6 +384,27 @@ class Gateway:
                     "Start it with StartMlflowTrackingServer.",
                 )
         return await self._forward(request, server_id, route, body, payload_hash)
+
+    async def _announce(
+        self,
+        request: web.Request,
+        route: Route,
+        principal: Principal,
+        action: str,
+        response: web.StreamResponse,
+    ) -> None:
+        """One of SageMaker's five MLflow events; stored before the answer leaves."""
+        answer = response.body if isinstance(response, web.Response) else None
+        event = mlflow_event(
+            action.split(":", 1)[1],
+            self._arn_prefix + route.name,
+            route.name,
+            principal.arn,
+            _json_or_none(await request.read()),
+            _json_or_none(answer) if isinstance(answer, bytes) else None,
+        )
+        if event is not None:
+            await asyncio.to_thread(self._bus.publish, [event])
 
     async def _audit_write(
         self,

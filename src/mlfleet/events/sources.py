@@ -1,0 +1,91 @@
+"""The events mlfleet emits, and what their ``detail`` holds (documented in README).
+
+AWS documents the detail-types but not the details: lifecycle events carry the tracking server
+as DescribeMlflowTrackingServer shows it; MLflow events carry the request's key fields and the
+answer's; API-call events carry the CloudTrail record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from mlfleet.events.bus import Event
+
+SAGEMAKER = "aws.sagemaker"
+API_CALL = "AWS API Call via CloudTrail"
+# The five MLflow actions SageMaker emits events for, by sagemaker-mlflow action.
+MLFLOW_DETAIL_TYPES = {
+    "CreateRun": "SageMaker MLFlow Tracking Server Creating Run",
+    "CreateRegisteredModel": "SageMaker MLFlow Tracking Server Creating RegisteredModel",
+    "CreateModelVersion": "SageMaker MLFlow Tracking Server Creating ModelVersion",
+    "TransitionModelVersionStage": (
+        "SageMaker MLFlow Tracking Server Transitioning ModelVersion Stage"
+    ),
+    "SetRegisteredModelAlias": "SageMaker MLFlow Tracking Server Setting Registered Model Alias",
+}
+_WORD = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+def lifecycle_detail_type(status: str) -> str:
+    """CreateFailed -> "SageMaker Tracking Server Create Failed" (one per status)."""
+    return "SageMaker Tracking Server " + _WORD.sub(" ", status)
+
+
+def lifecycle_event(description: Mapping[str, Any], status: str) -> Event:
+    return Event(
+        source=SAGEMAKER,
+        detail_type=lifecycle_detail_type(status),
+        detail=_jsonable(description),
+        resources=[description["TrackingServerArn"]],
+    )
+
+
+def mlflow_event(
+    action: str,
+    server_arn: str,
+    server_name: str,
+    principal_arn: str,
+    request: Any,
+    response: Any,
+) -> Event | None:
+    detail_type = MLFLOW_DETAIL_TYPES.get(action)
+    if detail_type is None:
+        return None
+    return Event(
+        source=SAGEMAKER,
+        detail_type=detail_type,
+        detail={
+            "TrackingServerArn": server_arn,
+            "TrackingServerName": server_name,
+            "Action": action,
+            "UserArn": principal_arn,
+            "Request": request,
+            "Response": response,
+        },
+        resources=[server_arn],
+    )
+
+
+def api_call_event(record: Mapping[str, Any]) -> Event | None:
+    """Control-plane calls that change something, as EventBridge receives them from CloudTrail."""
+    if record.get("readOnly"):
+        return None
+    service = str(record["eventSource"]).split(".", 1)[0]
+    return Event(
+        source=f"aws.{service}",
+        detail_type=API_CALL,
+        detail=dict(record),
+        resources=[r["ARN"] for r in record.get("resources", []) if r.get("ARN")],
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
