@@ -1,9 +1,9 @@
 """EventBridge event patterns: validated and compiled once, then matched against events.
 
 Amazon EventBridge matches with the open-source ``aws/event-ruler`` library ("Ruler"), so this
-module follows Ruler's compiler for what it refuses (its reasons, word for word, after
-EventBridge's own ``Event pattern is not valid. Reason: `` prefix) and Ruler's matcher for what
-matches. In short:
+module follows Ruler's compiler for what it refuses (in Ruler's words, after EventBridge's own
+``Event pattern is not valid. Reason: `` prefix, with our ``at [path: ...]`` where EventBridge
+quotes the source and a column) and Ruler's matcher for what matches. In short:
 
 * A pattern is a JSON object whose leaves are arrays of alternatives; an event matches when every
   field named in the pattern matches (``$or`` groups need one alternative each).
@@ -16,6 +16,14 @@ matches. In short:
   ``null`` included. ``anything-but`` only fails on values of its own kind: anything-but "x"
   matches 5, null and true.
 
+Where Ruler's behaviour is an artefact of its flattening rather than a rule, this module keeps
+the rule: a key with dots ({"a.b": ...}) is one field, not the path a -> b; a field repeated
+inside an ``$or`` alternative must match as well as the one outside, not instead of it; and
+``exists: false`` below an array is judged over every element when nothing else in that object
+pattern is positive, within the chosen element otherwise (Ruler's result depends on the order of
+the field names there). Wildcard complexity ("Rule is too complex") is not limited: EventBridge's
+threshold is not documented.
+
 Matching is a walk of the pattern, not of the event: a handful of dict lookups per pattern field,
 with every operand parsed up front (frozensets for exact values, tuples for prefix/suffix so one
 ``str.startswith`` call tests them all, pre-split wildcards, integer ranges for CIDR blocks).
@@ -27,7 +35,7 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
@@ -67,7 +75,7 @@ _JAVA_INT: Final = re.compile(r"[+-]?[0-9]+")
 _MISSING: Final[Any] = object()
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
-Path = tuple[str | int, ...]
+_Path = tuple[str | int, ...]
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -106,17 +114,17 @@ def parse_pattern(text: str, *, max_length: int = MAX_PATTERN_LENGTH) -> EventPa
 
 
 class _Invalid(Exception):
-    def __init__(self, reason: str, path: Path = (), location: str | None = None) -> None:
+    def __init__(self, reason: str, path: _Path = (), location: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.location = location if location is not None else _render_location(path)
 
 
-def _fail(reason: str, path: Path) -> NoReturn:
+def _fail(reason: str, path: _Path) -> NoReturn:
     raise _Invalid(reason, path)
 
 
-def _render_location(path: Path) -> str:
+def _render_location(path: _Path) -> str:
     """`` at [path: detail.$or[1].state[0]]``: where in the pattern, since we have no columns."""
     if not path:
         return ""
@@ -145,8 +153,25 @@ def _token(value: Any) -> str:
 # --- JSON reading ---------------------------------------------------------------------------------
 
 
-class _JsonObject(list[tuple[str, Any]]):
-    """A JSON object as its (key, value) pairs: order and duplicate keys matter to Ruler."""
+class _JsonObject:
+    """A JSON object as its (key, value) pairs: order and duplicate keys matter to Ruler.
+
+    Deliberately not a list subclass, so that ``isinstance(value, list)`` means a JSON array.
+    """
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: Iterable[tuple[str, Any]]) -> None:
+        self.pairs = list(pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[str, Any]:
+        return self.pairs[index]
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -189,7 +214,7 @@ def _compile_pattern(text: str, max_length: int) -> _Object:
         raise _Invalid("Event pattern is nested too deeply") from None
 
 
-def _compile_object(pairs: _JsonObject, path: Path, *, inside_or: bool) -> _Object:
+def _compile_object(pairs: _JsonObject, path: _Path, *, inside_or: bool) -> _Object:
     if not pairs:
         _fail("Empty objects are not allowed", path)
     leaves: dict[str, _Leaf] = {}
@@ -219,7 +244,7 @@ def _compile_object(pairs: _JsonObject, path: Path, *, inside_or: bool) -> _Obje
     return _Object(tuple(fields), tuple(groups))
 
 
-def _compile_or(value: Any, path: Path) -> tuple[_Object, ...]:
+def _compile_or(value: Any, path: _Path) -> tuple[_Object, ...]:
     if not isinstance(value, list):
         _fail("It must be an Array followed with $or.", path)
     alternatives = []
@@ -256,7 +281,7 @@ class _LeafParts:
     absent: bool = False
 
 
-def _compile_leaf(values: list[Any], path: Path) -> _Leaf:
+def _compile_leaf(values: list[Any], path: _Path) -> _Leaf:
     if not values:
         _fail("Empty arrays are not allowed", path)
     parts = _LeafParts()
@@ -278,7 +303,7 @@ def _compile_leaf(values: list[Any], path: Path) -> _Leaf:
     return _Leaf(parts)
 
 
-def _compile_expression(expression: _JsonObject, path: Path, parts: _LeafParts) -> None:
+def _compile_expression(expression: _JsonObject, path: _Path, parts: _LeafParts) -> None:
     """One ``{"operator": operand}`` alternative."""
     if not expression:
         _fail("Match expression name not found", path)
@@ -298,7 +323,7 @@ def _compile_expression(expression: _JsonObject, path: Path, parts: _LeafParts) 
         _fail(extra, path)
 
 
-def _compile_prefix(operand: Any, path: Path, parts: _LeafParts) -> None:
+def _compile_prefix(operand: Any, path: _Path, parts: _LeafParts) -> None:
     if isinstance(operand, _JsonObject):
         parts.folded_prefixes.append(_folded_affix(operand, "prefix", path).lower())
     elif isinstance(operand, str):
@@ -307,7 +332,7 @@ def _compile_prefix(operand: Any, path: Path, parts: _LeafParts) -> None:
         _fail("prefix match pattern must be a string", path)
 
 
-def _compile_suffix(operand: Any, path: Path, parts: _LeafParts) -> None:
+def _compile_suffix(operand: Any, path: _Path, parts: _LeafParts) -> None:
     if isinstance(operand, _JsonObject):
         parts.folded_suffixes.append(_folded_affix(operand, "suffix", path).lower())
     elif isinstance(operand, str):
@@ -316,7 +341,7 @@ def _compile_suffix(operand: Any, path: Path, parts: _LeafParts) -> None:
         _fail("suffix match pattern must be a string", path)
 
 
-def _folded_affix(operand: _JsonObject, kind: str, path: Path) -> str:
+def _folded_affix(operand: _JsonObject, kind: str, path: _Path) -> str:
     """The string of ``{"prefix": {"equals-ignore-case": "..."}}`` (or suffix)."""
     if not operand:
         _fail(f"{kind.capitalize()} expression name not found", path)
@@ -330,19 +355,19 @@ def _folded_affix(operand: _JsonObject, kind: str, path: Path) -> str:
     return value
 
 
-def _compile_equals_ignore_case(operand: Any, path: Path, parts: _LeafParts) -> None:
+def _compile_equals_ignore_case(operand: Any, path: _Path, parts: _LeafParts) -> None:
     if not isinstance(operand, str):
         _fail("equals-ignore-case match pattern must be a string", path)
     parts.folded.add(operand.lower())
 
 
-def _compile_wildcard(operand: Any, path: Path, parts: _LeafParts) -> None:
+def _compile_wildcard(operand: Any, path: _Path, parts: _LeafParts) -> None:
     if not isinstance(operand, str):
         _fail("wildcard match pattern must be a string", path)
     parts.wildcards.append(_parse_wildcard(operand, path))
 
 
-def _compile_exists(operand: Any, path: Path, parts: _LeafParts) -> None:
+def _compile_exists(operand: Any, path: _Path, parts: _LeafParts) -> None:
     if operand is True:
         parts.present = True
     elif operand is False:
@@ -351,19 +376,19 @@ def _compile_exists(operand: Any, path: Path, parts: _LeafParts) -> None:
         _fail("exists match pattern must be either true or false.", path)
 
 
-def _compile_cidr(operand: Any, path: Path, parts: _LeafParts) -> None:
+def _compile_cidr(operand: Any, path: _Path, parts: _LeafParts) -> None:
     if not isinstance(operand, str):
         _fail("prefix match pattern must be a string", path)  # sic: Ruler's message for cidr
     parts.cidrs.append(_parse_cidr(operand, path))
 
 
-def _compile_numeric(operand: Any, path: Path, parts: _LeafParts) -> None:
+def _compile_numeric(operand: Any, path: _Path, parts: _LeafParts) -> None:
     if not isinstance(operand, list):
         _fail("Value of numeric must be an array.", path)
     parts.ranges.append(_parse_numeric(operand, path))
 
 
-def _compile_anything_but(operand: Any, path: Path, parts: _LeafParts) -> None:
+def _compile_anything_but(operand: Any, path: _Path, parts: _LeafParts) -> None:
     if isinstance(operand, _JsonObject):
         parts.anything_buts.append(_parse_anything_but_operator(operand, path))
     elif isinstance(operand, list):
@@ -377,7 +402,7 @@ def _compile_anything_but(operand: Any, path: Path, parts: _LeafParts) -> None:
 
 
 class _CompileOperand(Protocol):
-    def __call__(self, operand: Any, path: Path, parts: _LeafParts, /) -> None: ...
+    def __call__(self, operand: Any, path: _Path, parts: _LeafParts, /) -> None: ...
 
 
 _OPERATORS: Final[Mapping[str, _CompileOperand]] = MappingProxyType(
@@ -397,18 +422,30 @@ _OPERATORS: Final[Mapping[str, _CompileOperand]] = MappingProxyType(
 # --- operands: numbers ----------------------------------------------------------------------------
 
 
-def _numeric_operand(value: int | Decimal, path: Path) -> float:
+def _numeric_operand(value: int | Decimal, path: _Path) -> float:
     """A number Ruler can compare: at most six decimals, within +/-5e9."""
     number = Decimal(value)
-    exponent = number.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and -exponent > _NUMERIC_DECIMALS:
+    if _decimal_places(number) > _NUMERIC_DECIMALS:
         _fail("Only values upto 6 decimals are supported", path)
     if abs(number) > _NUMERIC_BOUND:
         _fail("Value must be between -5.0E9 and 5.0E9, inclusive", path)
     return float(number)
 
 
-def _parse_numeric(items: list[Any], path: Path) -> _Range:
+def _decimal_places(number: Decimal) -> int:
+    """Digits after the point as written, trailing zeros aside (1.50 has one, 1e-7 seven)."""
+    _sign, digits, exponent = number.as_tuple()
+    if not isinstance(exponent, int):
+        return 0
+    places = -exponent
+    index = len(digits) - 1
+    while places > 0 and index >= 0 and digits[index] == 0:
+        places -= 1
+        index -= 1
+    return max(places, 0)
+
+
+def _parse_numeric(items: list[Any], path: _Path) -> _Range:
     """``["=", 5]``, ``["<", 5]``, ``["<=", 5]``, ``[">", 0]``, ``[">=", 0, "<", 5]``..."""
     if not items or not isinstance(items[0], str):
         _fail(f"Invalid member in numeric match: {_token(items[0]) if items else ']'}", path)
@@ -437,14 +474,14 @@ def _parse_numeric(items: list[Any], path: Path) -> _Range:
     return _Range(first, operator == ">", second, upper == "<")
 
 
-def _operand_after(items: list[Any], index: int, label: str, path: Path) -> float:
+def _operand_after(items: list[Any], index: int, label: str, path: _Path) -> float:
     value = items[index] if index < len(items) else None
     if not _is_number(value):
         _fail(f"Value of {label} must be numeric", path)
     return _numeric_operand(value, path)
 
 
-def _expect_end(items: list[Any], length: int, reason: str, path: Path) -> None:
+def _expect_end(items: list[Any], length: int, reason: str, path: _Path) -> None:
     if len(items) > length:
         _fail(reason, path)
 
@@ -452,7 +489,7 @@ def _expect_end(items: list[Any], length: int, reason: str, path: Path) -> None:
 # --- operands: anything-but -----------------------------------------------------------------------
 
 
-def _parse_anything_but_list(values: list[Any], path: Path) -> _AnythingBut:
+def _parse_anything_but_list(values: list[Any], path: _Path) -> _AnythingBut:
     """``{"anything-but": ["a", "b"]}`` or ``[1, 2]``: all strings or all numbers."""
     strings: set[str] = set()
     numbers: set[float] = set()
@@ -484,7 +521,7 @@ _NOT_A_STRING: Final = MappingProxyType(
 )
 
 
-def _parse_anything_but_operator(operand: _JsonObject, path: Path) -> _AnythingBut:
+def _parse_anything_but_operator(operand: _JsonObject, path: _Path) -> _AnythingBut:
     """``{"anything-but": {"prefix" | "suffix" | "equals-ignore-case" | "wildcard": ...}}``."""
     if not operand:
         _fail("Anything-But expression name not found", path)
@@ -514,7 +551,7 @@ def _parse_anything_but_operator(operand: _JsonObject, path: Path) -> _AnythingB
 # --- operands: wildcards and IP addresses ---------------------------------------------------------
 
 
-def _parse_wildcard(text: str, path: Path) -> _Wildcard:
+def _parse_wildcard(text: str, path: _Path) -> _Wildcard:
     """Split at unescaped ``*``; ``\\*`` is a star and ``\\\\`` a backslash, nothing else escapes.
 
     Positions in errors count UTF-8 bytes of the quoted string, as Ruler's do.
@@ -568,7 +605,7 @@ def _parse_ip(text: str) -> tuple[int, int] | None:
     return None
 
 
-def _parse_cidr(text: str, path: Path) -> _IpRange:
+def _parse_cidr(text: str, path: _Path) -> _IpRange:
     """Ruler's CIDR: from the address as written up to it with the host bits set."""
     parts = text.split("/")
     while len(parts) > 1 and not parts[-1]:  # Java's split() drops trailing empty strings
