@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,8 +228,9 @@ class CpuProbe:
 class BenchDaemon:
     """``python -m mlfleet up`` in a throw-away data dir; ``close()`` stops it whatever happened."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.env = dict(env or {})  # extra environment, e.g. MLFLEET_* settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -237,7 +238,7 @@ class BenchDaemon:
 
     def start(self, timeout: float = 90.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **NO_TELEMETRY}
+        env = {**os.environ, **NO_TELEMETRY, **self.env}
         started = time.perf_counter()
         with (self.data_dir / "daemon.out").open("ab") as log:
             self.proc = subprocess.Popen(
@@ -287,9 +288,13 @@ class BenchDaemon:
         return section["aws_access_key_id"], section["aws_secret_access_key"]
 
     def sagemaker(self) -> Any:
+        return self.client("sagemaker")
+
+    def client(self, service: str) -> Any:
+        """A boto3 client of ``service`` (sagemaker, iam, sts) signed with the admin's key."""
         key, secret = self.credentials()
         return boto3.client(
-            "sagemaker",
+            service,
             endpoint_url=self.url,
             region_name="us-east-1",
             aws_access_key_id=key,
@@ -344,7 +349,13 @@ def timed_transition(sm: Any, name: str, call: Callable[[], object], target: str
     raise RuntimeError(f"{name} did not reach {target} within {TRANSITION_TIMEOUT:.0f} s")
 
 
-def create_server(sm: Any, name: str, artifacts: Path, size: str = "Small") -> float:
+def create_server(
+    sm: Any,
+    name: str,
+    artifacts: Path,
+    size: str = "Small",
+    tags: list[dict[str, str]] | None = None,
+) -> float:
     return timed_transition(
         sm,
         name,
@@ -353,6 +364,7 @@ def create_server(sm: Any, name: str, artifacts: Path, size: str = "Small") -> f
             ArtifactStoreUri=f"file://{artifacts / name}",
             RoleArn="arn:aws:iam::123456789012:role/mlfleet-bench",
             TrackingServerSize=size,
+            **({"Tags": tags} if tags else {}),
         ),
         "Created",
     )
