@@ -26,7 +26,7 @@ from mlfleet.events.responses import events_endpoint
 from mlfleet.events.sources import api_call_event
 from mlfleet.events.store import EventStore
 from mlfleet.fleet.reconciler import Reconciler
-from mlfleet.fleet.responses import sagemaker_endpoint
+from mlfleet.fleet.responses import fleet_operations, sagemaker_endpoint
 from mlfleet.fleet.service import FleetService
 from mlfleet.gateway.actions import table_mlflow_version
 from mlfleet.gateway.proxy import Gateway, ServerRecord
@@ -148,7 +148,7 @@ def build_daemon(settings: Settings) -> Daemon:
     control_plane = ControlPlane(
         {
             "sagemaker": sagemaker_endpoint(
-                fleet, credentials, authorizer, record, settings.region
+                fleet_operations(fleet), credentials, authorizer, record, settings.region
             ),
             "iam": iam_api(
                 store,

@@ -7,7 +7,7 @@ authorized as ``sagemaker:<Operation>`` on the tracking server's ARN, with its t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlfleet.api.endpoint import Check, JsonEndpoint, Operation, Recorder
@@ -21,13 +21,9 @@ from mlfleet.protocol.awsjson import JsonProtocol, load_service_model
 Handler = Callable[[dict[str, Any], Principal], dict[str, Any]]
 
 
-def sagemaker_endpoint(
-    fleet: FleetService,
-    credentials: Credentials,
-    authorizer: Authorizer,
-    recorder: Recorder,
-    region: str,
-) -> JsonEndpoint:
+def fleet_operations(fleet: FleetService) -> dict[str, Operation]:
+    """The tracking-server operations of SageMaker's API, and their tags."""
+
     def presigned_url(req: dict[str, Any], principal: Principal) -> dict[str, Any]:
         token, token_hash = new_token()
         return fleet.create_presigned_url(req, principal, token, token_hash)
@@ -71,13 +67,23 @@ def sagemaker_endpoint(
 
         return checks
 
-    operations = {
+    return {
         name: Operation(
             run=lambda req, principal, _facts, handler=handler: handler(req, principal),
             checks=checks_for(name),
         )
         for name, handler in handlers.items()
     }
+
+
+def sagemaker_endpoint(
+    operations: Mapping[str, Operation],
+    credentials: Credentials,
+    authorizer: Authorizer,
+    recorder: Recorder,
+    region: str,
+) -> JsonEndpoint:
+    """SageMaker's one endpoint, for the operations of every part that serves some of them."""
     return JsonEndpoint(
         JsonProtocol(
             load_service_model("sagemaker"),
