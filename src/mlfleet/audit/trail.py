@@ -48,6 +48,8 @@ SECRET_MEMBERS = frozenset(
 _READ_ONLY_PREFIXES = ("Describe", "List", "Get", "Lookup", "Simulate")
 _RESOURCE_TYPES = {
     ("sagemaker", "mlflow-tracking-server"): "AWS::SageMaker::MlflowTrackingServer",
+    ("sagemaker", "model-package-group"): "AWS::SageMaker::ModelPackageGroup",
+    ("sagemaker", "model-package"): "AWS::SageMaker::ModelPackage",
     ("iam", "user"): "AWS::IAM::User",
     ("iam", "group"): "AWS::IAM::Group",
     ("iam", "role"): "AWS::IAM::Role",

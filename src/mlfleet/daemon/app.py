@@ -35,6 +35,8 @@ from mlfleet.iam.responses import iam_api, sts_api
 from mlfleet.iam.simulator import Simulator
 from mlfleet.iam.store import IamStore
 from mlfleet.iam.sts import SecurityTokenService
+from mlfleet.registry.responses import registry_operations
+from mlfleet.registry.service import ModelRegistry
 from mlfleet.runtime.local import LocalRuntime
 from mlfleet.runtime.metadata_db import MetadataDatabases
 from mlfleet.settings import Settings
@@ -106,6 +108,9 @@ def build_daemon(settings: Settings) -> Daemon:
         settings.event_retry_max_backoff_seconds,
     )
     bus.set_wake(deliveries.wake)
+    registry = ModelRegistry(
+        settings, sessions, publish=lambda events, session: bus.publish(events, session)
+    )
     fleet = FleetService(
         settings,
         sessions,
@@ -148,7 +153,11 @@ def build_daemon(settings: Settings) -> Daemon:
     control_plane = ControlPlane(
         {
             "sagemaker": sagemaker_endpoint(
-                fleet_operations(fleet), credentials, authorizer, record, settings.region
+                {**fleet_operations(fleet), **registry_operations(registry)},
+                credentials,
+                authorizer,
+                record,
+                settings.region,
             ),
             "iam": iam_api(
                 store,

@@ -1,8 +1,9 @@
 """The events mlfleet emits, and what their ``detail`` holds (documented in README).
 
 AWS documents the detail-types but not the details: lifecycle events carry the tracking server
-as DescribeMlflowTrackingServer shows it; MLflow events carry the request's key fields and the
-answer's; API-call events carry the CloudTrail record.
+as DescribeMlflowTrackingServer shows it, model package events the package as
+DescribeModelPackage shows it (the members AWS's published examples show); MLflow events carry
+the request's key fields and the answer's; API-call events carry the CloudTrail record.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mlfleet.events.bus import Event
 
 SAGEMAKER = "aws.sagemaker"
 API_CALL = "AWS API Call via CloudTrail"
+MODEL_PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 # The five MLflow actions SageMaker emits events for, by sagemaker-mlflow action.
 MLFLOW_DETAIL_TYPES = {
     "CreateRun": "SageMaker MLFlow Tracking Server Creating Run",
@@ -39,6 +41,16 @@ def lifecycle_event(description: Mapping[str, Any], status: str) -> Event:
         detail_type=lifecycle_detail_type(status),
         detail=_jsonable(description),
         resources=[description["TrackingServerArn"]],
+    )
+
+
+def model_package_event(description: Mapping[str, Any]) -> Event:
+    """A model package created or approved, rejected, ...: its DescribeModelPackage answer."""
+    return Event(
+        source=SAGEMAKER,
+        detail_type=MODEL_PACKAGE_STATE_CHANGE,
+        detail=_jsonable(description),
+        resources=[description["ModelPackageArn"]],
     )
 
 

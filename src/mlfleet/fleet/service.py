@@ -6,8 +6,6 @@ the work to the reconciler; nothing here starts or stops a process.
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import time
 import uuid
@@ -18,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mlfleet.api.paging import decode_token, encode_token
 from mlfleet.auth.identity import Principal
 from mlfleet.events.bus import Event
 from mlfleet.events.sources import lifecycle_event
@@ -308,7 +307,7 @@ class FleetService:
         descending = req.get("SortOrder", "Descending") == "Descending"
         query = query.order_by(column.desc() if descending else column.asc(), TrackingServer.id)
         limit = req.get("MaxResults", 100)
-        offset = self._decode_token(req.get("NextToken"))
+        offset = decode_token(req.get("NextToken"))
         with self._sessions() as session:
             rows = session.scalars(query.offset(offset).limit(limit + 1)).all()
         page = rows[:limit]
@@ -327,28 +326,8 @@ class FleetService:
             ]
         }
         if len(rows) > limit:
-            result["NextToken"] = self._encode_token(offset + limit)
+            result["NextToken"] = encode_token(offset + limit)
         return result
-
-    @staticmethod
-    def _encode_token(offset: int) -> str:
-        return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-    @staticmethod
-    def _decode_token(token: str | None) -> int:
-        if not token:
-            return 0
-        try:
-            offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise validation(
-                f"Invalid NextToken '{token[:64]}': pass a token from a previous call."
-            ) from exc
-        if not isinstance(offset, int) or offset < 0:
-            raise validation(
-                f"Invalid NextToken '{token[:64]}': pass a token from a previous call."
-            )
-        return offset
 
     # tags (AddTags, DeleteTags, ListTags on a tracking server's ARN) -------------------------
 
@@ -384,11 +363,11 @@ class FleetService:
         name = self.name_of(req["ResourceArn"])
         with self._sessions() as session:
             tags = list(self._get(session, name).tags)
-        offset = self._decode_token(req.get("NextToken"))
+        offset = decode_token(req.get("NextToken"))
         limit = req.get("MaxResults", MAX_TAGS)
         out: dict[str, Any] = {"Tags": tags[offset : offset + limit]}
         if offset + limit < len(tags):
-            out["NextToken"] = self._encode_token(offset + limit)
+            out["NextToken"] = encode_token(offset + limit)
         return out
 
     def create_presigned_url(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -272,3 +272,59 @@ class EventDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[float | None] = mapped_column(Float)
     dead_letter_arn: Mapped[str | None] = mapped_column(String(1600))
+
+
+class ModelPackageGroup(Base):
+    """A model group of SageMaker's model registry: a named series of model package versions."""
+
+    __tablename__ = "model_package_groups"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    # The ARN holds the name lowercased, as SageMaker writes it; being unique, it also keeps
+    # names unique regardless of case (package ARNs could not tell "A" from "a").
+    arn: Mapped[str] = mapped_column(String(2048), unique=True)
+    description: Mapped[str | None] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16))
+    # The last version number handed out: incrementing it locks the group's row, so concurrent
+    # CreateModelPackage calls get 1, 2, 3, ... and a DeleteModelPackageGroup waits for them.
+    latest_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class ModelPackage(Base):
+    """A model package: a version in a group (``version`` set) or an unversioned package."""
+
+    __tablename__ = "model_packages"
+    __table_args__ = (
+        UniqueConstraint("group_name", "version", name="uq_model_packages_group_version"),
+        UniqueConstraint("client_token", name="uq_model_packages_client_token"),
+    )
+
+    arn: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    # The group's name for a versioned package, the package's own name for an unversioned one.
+    name: Mapped[str] = mapped_column(String(63))
+    group_name: Mapped[str | None] = mapped_column(ForeignKey("model_package_groups.name"))
+    version: Mapped[int | None] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(String(1024))
+    approval_status: Mapped[str | None] = mapped_column(String(32))
+    approval_description: Mapped[str | None] = mapped_column(String(1024))
+    lifecycle: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    inference_specification: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    customer_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    source_uri: Mapped[str | None] = mapped_column(String(1024))
+    model_card: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    registration_type: Mapped[str | None] = mapped_column(String(16))
+    # The other members of CreateModelPackage (ModelMetrics, MetadataProperties, Domain, ...),
+    # kept as given and shown back by DescribeModelPackage.
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[dict[str, Any]] = mapped_column(JSON)
+    last_modified_at: Mapped[float] = mapped_column(Float)
+    last_modified_by: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # CreateModelPackage's idempotency: the token and a digest of the request it came with.
+    client_token: Mapped[str | None] = mapped_column(String(36))
+    request_digest: Mapped[str | None] = mapped_column(String(64))
