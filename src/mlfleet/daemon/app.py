@@ -37,6 +37,7 @@ from mlfleet.iam.store import IamStore
 from mlfleet.iam.sts import SecurityTokenService
 from mlfleet.registry.responses import registry_operations
 from mlfleet.registry.service import ModelRegistry
+from mlfleet.registry.sync import RegistrySync
 from mlfleet.runtime.local import LocalRuntime
 from mlfleet.runtime.metadata_db import MetadataDatabases
 from mlfleet.settings import Settings
@@ -117,11 +118,19 @@ def build_daemon(settings: Settings) -> Daemon:
         mlflow_version,
         is_serving=runtime.is_serving,
         kick=lambda server_id: reconciler_ref[0].kick(server_id),
-        tags_changed=lambda name: gateway_ref[0].forget_server(name),
+        server_changed=lambda name: gateway_ref[0].forget_server(name),
         publish=lambda events, session: bus.publish(events, session),
     )
+    registry_sync = RegistrySync(
+        registry, lambda *call: gateway_ref[0].call_mlflow(*call), settings.account_id
+    )
     reconciler = Reconciler(
-        settings, sessions, runtime, MetadataDatabases(settings, mlflow_version), fleet
+        settings,
+        sessions,
+        runtime,
+        MetadataDatabases(settings, mlflow_version),
+        fleet,
+        on_serving=registry_sync.catch_up,
     )
     reconciler_ref.append(reconciler)
 
@@ -133,13 +142,25 @@ def build_daemon(settings: Settings) -> Daemon:
                     TrackingServer.status,
                     TrackingServer.desired_state,
                     TrackingServer.tags,
+                    TrackingServer.role_arn,
+                    TrackingServer.automatic_model_registration,
                 ).where(TrackingServer.name == name)
             ).first()
-        return None if row is None else ServerRecord(row[0], row[1], row[2], tuple(row[3]))
+        if row is None:
+            return None
+        return ServerRecord(row[0], row[1], row[2], tuple(row[3]), row[4], row[5])
 
     trail = open_trail(settings, sessions, box)
     gateway = Gateway(
-        settings, runtime, credentials, authorizer, UiSessions(sessions), lookup, trail, bus
+        settings,
+        runtime,
+        credentials,
+        authorizer,
+        UiSessions(sessions),
+        lookup,
+        trail,
+        bus,
+        registry_sync,
     )
     gateway_ref.append(gateway)
     sts = SecurityTokenService(sessions, store, authorizer, box, settings.account_id)

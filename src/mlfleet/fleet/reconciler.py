@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -48,12 +49,16 @@ class Reconciler:
         runtime: LocalRuntime,
         databases: MetadataDatabases,
         service: FleetService,
+        on_serving: Callable[[TrackingServer], None],
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._runtime = runtime
         self._databases = databases
         self._service = service
+        # Told each time a server is (again) serving: work that needs its MLflow (catching up
+        # on automatic registration) starts then.
+        self._on_serving = on_serving
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._retries: dict[str, asyncio.TimerHandle] = {}
@@ -212,3 +217,4 @@ class Reconciler:
             return
         if row.status != done or row.failure_reason:
             self._settle(row, done)
+        self._on_serving(row)

@@ -93,7 +93,7 @@ class FleetService:
         mlflow_version: str,
         is_serving: Callable[[str], bool],
         kick: Callable[[str], None],
-        tags_changed: Callable[[str], None],
+        server_changed: Callable[[str], None],
         publish: Publish,
     ) -> None:
         self._settings = settings
@@ -101,8 +101,9 @@ class FleetService:
         self._mlflow_version = mlflow_version
         self._is_serving = is_serving
         self._kick = kick
-        # Whoever caches a server's tags (the gateway authorizes on them) must hear of changes.
-        self._tags_changed = tags_changed
+        # Whoever caches a server's record (the gateway authorizes on its tags and registers
+        # models by its settings) must hear of changes.
+        self._server_changed = server_changed
         # Status changes are events, stored in the transaction that makes the change.
         self._publish = publish
 
@@ -247,6 +248,7 @@ class FleetService:
                     setattr(row, column, req[member])
             self._touch(row, principal, "Updating")
             server_id, arn = row.id, row.arn
+        self._server_changed(req["TrackingServerName"])
         self._kick(server_id)
         return {"TrackingServerArn": arn}
 
@@ -348,7 +350,7 @@ class FleetService:
             if len(merged) > MAX_TAGS:
                 raise validation(f"A resource can have at most {MAX_TAGS} tags.")
             row.tags = list(merged.values())
-        self._tags_changed(name)
+        self._server_changed(name)
         return {"Tags": req["Tags"]}
 
     def delete_tags(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -356,7 +358,7 @@ class FleetService:
         with self._sessions.begin() as session:
             row = self._get(session, name)
             row.tags = [t for t in row.tags if t["Key"] not in set(req["TagKeys"])]
-        self._tags_changed(name)
+        self._server_changed(name)
         return {}
 
     def list_tags(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,8 @@ from mlfleet.gateway.actions import is_write, required_action
 from mlfleet.gateway.hardening import HeaderNames, screen
 from mlfleet.iam.authorizer import Authorizer, RequestFacts, denial_message
 from mlfleet.protocol.errors import AwsError
+from mlfleet.registry.sync import RegistrySync
+from mlfleet.registry.sync import Server as SyncServer
 from mlfleet.runtime.local import LocalRuntime, Worker
 from mlfleet.settings import Settings
 
@@ -79,6 +81,8 @@ CHUNK = 256 * 1024
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # A write's JSON body up to this size is kept in its data event; larger ones are not.
 AUDITED_BODY_LIMIT = 4096
+CREATE_MODEL_VERSION = "sagemaker-mlflow:CreateModelVersion"
+SET_ALIAS = "sagemaker-mlflow:SetRegisteredModelAlias"
 DATA_EVENTS_TAG = "mlfleet:data-events"
 
 
@@ -106,6 +110,8 @@ class ServerRecord:
     status: str
     desired_state: str
     tags: tuple[dict[str, str], ...] = ()
+    role_arn: str = ""
+    automatic_model_registration: bool = False
 
 
 # name -> the server's record, or None for an unknown name.
@@ -128,6 +134,7 @@ class Gateway:
         lookup: ServerLookup,
         audit: AuditTrail,
         bus: EventBus,
+        registry_sync: RegistrySync,
     ) -> None:
         self._settings = settings
         self._runtime = runtime
@@ -137,6 +144,7 @@ class Gateway:
         self._lookup = lookup
         self._audit = audit
         self._bus = bus
+        self._registry_sync = registry_sync
         self._servers: dict[str, ServerRecord] = {}
         self._load: dict[str, ServerLoad] = {}
         self._client: aiohttp.ClientSession | None = None
@@ -327,7 +335,56 @@ class Gateway:
                 await self._audit_write(request, route, principal, action, response, started)
             if response.status == 200 and action.split(":", 1)[1] in MLFLOW_DETAIL_TYPES:
                 await self._announce(request, route, principal, action, response)
+            if response.status == 200 and found and found.automatic_model_registration:
+                await self._register(request, route, found, action, response)
         return response
+
+    async def _register(
+        self,
+        request: web.Request,
+        route: Route,
+        server: ServerRecord,
+        action: str,
+        response: web.StreamResponse,
+    ) -> None:
+        """Automatic registration (mlfleet.registry.sync); a failure is logged, never the
+        caller's: the MLflow call succeeded, and reconciliation registers what was missed."""
+        sync_server = SyncServer(
+            server.id, route.name, self._arn_prefix + route.name, server.role_arn
+        )
+        try:
+            if action == CREATE_MODEL_VERSION:
+                answer = response.body if isinstance(response, web.Response) else None
+                created = _json_or_none(answer) if isinstance(answer, bytes) else None
+                if isinstance(created, dict) and "model_version" in created:
+                    await self._registry_sync.version_created(sync_server, created["model_version"])
+            elif action == SET_ALIAS:
+                asked = _json_or_none(await request.read())
+                if isinstance(asked, dict):
+                    await self._registry_sync.alias_set(sync_server, asked)
+        except Exception:
+            log.exception("automatic registration on %s failed; reconciliation retries", route.name)
+
+    async def call_mlflow(
+        self, server_id: str, method: str, path: str, body: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """Call a server's MLflow API as mlfleet itself (registry sync), through its workers."""
+        assert self._client is not None
+        worker = await self._acquire(server_id, admission=True)
+        if worker is None:
+            raise RuntimeError(f"tracking server {server_id} is not serving")
+        try:
+            # The pooled client sends no Content-Type of its own (the proxy relays the caller's).
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            async with self._client.request(
+                method, upstream_url(worker.port, path), json=body, headers=headers
+            ) as answer:
+                data = await answer.json(content_type=None)
+                if answer.status != 200:
+                    raise RuntimeError(f"MLflow answered {answer.status} to {path}: {data}")
+                return dict(data)
+        finally:
+            self._release(server_id, worker)
 
     async def _authorized(
         self,
