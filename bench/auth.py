@@ -20,7 +20,6 @@ bounded; daemons, workers and the data dir go on any exit (unless ``--keep``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -37,16 +36,17 @@ import requests
 
 # bench/run.py: a script's own directory is first on sys.path.
 from run import (
-    REPO,
     REQUEST_TIMEOUT,
     BenchDaemon,
     CpuProbe,
     Plan,
     Target,
     _terminate_on_sigterm,
+    arguments,
     basic_header,
     create_run,
     create_server,
+    errors_seen,
     machine_info,
     median,
     percentile,
@@ -404,12 +404,14 @@ def enforcement_probe(target: Target, run_id: str) -> dict[str, Any]:
     }
 
 
-def gateway_matrix(sides: dict[str, Side], plan: Plan) -> list[dict[str, Any]]:
+def gateway_matrix(
+    sides: dict[str, Side], plan: Plan, kinds: tuple[str, ...] = ("log-metric", "get-run")
+) -> list[dict[str, Any]]:
     """Every (endpoint, concurrency): ``plan.target_repeats`` rounds of on and off, swapping
     which goes first each round, so that drift on a shared machine hits both alike."""
     cases: list[dict[str, Any]] = []
     index = 0
-    for kind in ("log-metric", "get-run"):
+    for kind in kinds:
         for concurrency in plan.concurrencies:
             for repeat in range(1, plan.target_repeats + 1):
                 order = ("on", "off") if index % 2 == 0 else ("off", "on")
@@ -480,12 +482,11 @@ def gateway_benchmark(data_dir: Path, plan: Plan) -> dict[str, Any]:
 # report
 
 
-def markdown(results: dict[str, Any]) -> str:
+def header(title: str, results: dict[str, Any]) -> list[str]:
+    """The report's title, what ran when (and on which commit), and the machine."""
     m = results["machine"]
-    micro, gateway = results["micro"], results["gateway"]
-    mp, gp = micro["plan"], gateway["plan"]
-    lines = [
-        "# mlfleet: what authorization costs",
+    return [
+        title,
         "",
         f"`{results['command']}` — {m['date']}, git {m['git_commit']}, "
         f"{'quick' if results['quick'] else 'full'} run, {results['total_seconds']:.0f} s."
@@ -495,6 +496,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"kernel {m['kernel']}; Python {m['python']}, MLflow {m['mlflow']}, aiohttp "
         f"{m['aiohttp']}. Load average at start / end: {' '.join(m['loadavg_at_start'])} / "
         f"{' '.join(results['loadavg_at_end'])}.",
+    ]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    micro, gateway = results["micro"], results["gateway"]
+    mp, gp = micro["plan"], gateway["plan"]
+    lines = [
+        *header("# mlfleet: what authorization costs", results),
         "",
         f"Policy set: {POLICY_SET}",
         "",
@@ -543,12 +552,32 @@ def markdown(results: dict[str, Any]) -> str:
         "round's two cases ran back to back), then the ratio of the median req/s, then each "
         "round's ratio.",
         "",
+        *on_off_table(gateway["rows"]),
+    ]
+    lines += [
+        "",
+        "gateway CPU/req: CPU ms of the daemon process per request (its whole gateway path: "
+        "authentication, authorization, admission, proxying, audit). worker CPU/req: the "
+        "MLflow worker's; authorization runs in the daemon, not in the worker, so a difference "
+        "between on and off in this column is not authorization's. Other load: cores used by "
+        "everything else on the machine during the case (the idle daemon included).",
+    ]
+    lines += ["", summary(results)]
+    lines += errors_seen(
+        gateway["cases"], lambda c: f"{c['endpoint']} c={c['concurrency']} policies {c['mode']}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def on_off_table(rows: list[dict[str, Any]]) -> list[str]:
+    """``on_off_rows`` as a table: medians of the rounds, the ratios, each round's ratio."""
+    lines = [
         "| endpoint | c | on req/s | off req/s | on/off | of medians | each round "
         "| on p50 / p99 ms | off p50 / p99 ms | gateway CPU/req on / off ms "
         "| worker CPU/req on / off ms | errors on / off | other load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in gateway["rows"]:
+    for r in rows:
         on, off = r["on"], r["off"]
         lines.append(
             f"| {r['endpoint']} | {r['concurrency']} | {on['rps']:.1f} | {off['rps']:.1f} "
@@ -561,24 +590,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {on['errors']} / {off['errors']} "
             f"| {on['foreign_cores']:.2f} / {off['foreign_cores']:.2f} |"
         )
-    lines += [
-        "",
-        "gateway CPU/req: CPU ms of the daemon process per request (its whole gateway path: "
-        "authentication, authorization, admission, proxying, audit). worker CPU/req: the "
-        "MLflow worker's; authorization runs in the daemon, not in the worker, so a difference "
-        "between on and off in this column is not authorization's. Other load: cores used by "
-        "everything else on the machine during the case (the idle daemon included).",
-    ]
-    lines += ["", summary(results)]
-    errors = [c for c in gateway["cases"] if c["error_sample"]]
-    if errors:
-        lines += ["", "Errors seen (first of each case):", ""]
-        lines += [
-            f"- {c['endpoint']} c={c['concurrency']} policies {c['mode']}: {c['errors']} x "
-            f"`{c['error_sample'][:160]}`"
-            for c in errors
-        ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -611,11 +623,7 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer, shorter cases")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
-    args = parser.parse_args()
+    args = arguments(__doc__, "a smoke run: fewer, shorter cases")
 
     _terminate_on_sigterm()
     data_dir = Path(tempfile.mkdtemp(prefix="mlfleet-bench-auth-"))

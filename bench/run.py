@@ -431,10 +431,15 @@ def wait_workers(data_dir: Path, count: int, timeout: float = 30.0) -> dict[int,
     raise RuntimeError(f"expected {count} MLflow worker(s), found {worker_ports(data_dir)}")
 
 
-def create_run(target: Target) -> str:
+def run_body(name: str = "bench") -> dict[str, Any]:
+    """A CreateRun request in the default experiment, started now."""
+    return {"experiment_id": "0", "start_time": int(time.time() * 1000), "run_name": name}
+
+
+def create_run(target: Target, name: str = "bench") -> str:
     resp = requests.post(
         f"{target.base}/api/2.0/mlflow/runs/create",
-        json={"experiment_id": "0", "start_time": int(time.time() * 1000), "run_name": "bench"},
+        json=run_body(name),
         headers=target.headers,
         timeout=REQUEST_TIMEOUT,
     )
@@ -515,7 +520,8 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 class Endpoint:
-    """Builds one request of a kind; log-metric bodies carry an increasing step."""
+    """Builds one request of a kind (log-metric, get-run, create-run); log-metric bodies carry
+    an increasing step."""
 
     def __init__(self, kind: str, run_id: str) -> None:
         self.kind = kind
@@ -534,6 +540,9 @@ class Endpoint:
             }
             url = f"{target.base}/api/2.0/mlflow/runs/log-metric"
             return "POST", url, json.dumps(body).encode()
+        if self.kind == "create-run":
+            url = f"{target.base}/api/2.0/mlflow/runs/create"
+            return "POST", url, json.dumps(run_body()).encode()
         return "GET", f"{target.base}/api/2.0/mlflow/runs/get?run_id={self.run_id}", None
 
 
@@ -1204,14 +1213,10 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {d['foreign_cores']:.2f} / {g['foreign_cores']:.2f} |"
         )
     lines += ["", _saturation_note(results["cases"])]
-    errors = [c for c in results["cases"] if c["error_sample"]]
-    if errors:
-        lines += ["", "Errors seen (first of each case):", ""]
-        lines += [
-            f"- {c['server']} {c['endpoint']} c={c['concurrency']} {c['mode']}: "
-            f"{c['errors']} x `{c['error_sample'][:160]}`"
-            for c in errors
-        ]
+    lines += errors_seen(
+        results["cases"],
+        lambda c: f"{c['server']} {c['endpoint']} c={c['concurrency']} {c['mode']}",
+    )
     lines += [
         "",
         f"## MLflow client, one `log_metric` call at a time ({results['plan']['client_calls']} "
@@ -1301,14 +1306,23 @@ def stock_markdown(results: dict[str, Any]) -> list[str]:
         f"| mlfleet gateway (from above) | {mlfleet['calls_per_s']:.1f} | {mlfleet['p50_ms']:.1f} "
         f"| {mlfleet['p99_ms']:.1f} | {_each(mlfleet['rounds'], 'calls_per_s')} |",
     ]
-    errors = [c for c in stock["cases"] if c["error_sample"]]
-    if errors:
-        lines += ["", "Errors seen (first of each case):", ""]
-        lines += [
-            f"- stock log-metric c={c['concurrency']}: {c['errors']} x `{c['error_sample'][:160]}`"
-            for c in errors
-        ]
+    lines += errors_seen(stock["cases"], lambda c: f"stock log-metric c={c['concurrency']}")
     return lines
+
+
+def errors_seen(
+    cases: list[dict[str, Any]], describe: Callable[[dict[str, Any]], str]
+) -> list[str]:
+    """Report lines naming the cases that saw errors, with the first error of each."""
+    errors = [c for c in cases if c["error_sample"]]
+    if not errors:
+        return []
+    return [
+        "",
+        "Errors seen (first of each case):",
+        "",
+        *(f"- {describe(c)}: {c['errors']} x `{c['error_sample'][:160]}`" for c in errors),
+    ]
 
 
 def _stock_loop_note(loop: str) -> str:
@@ -1501,26 +1515,40 @@ def _terminate_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def arguments(doc: str, quick_help: str) -> argparse.Namespace:
+    """The options every benchmark script takes: --quick, --out and --keep."""
+    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    return parser.parse_args()
+
+
+def in_temp_dir(
+    prefix: str, keep: bool, measure: Callable[[Path], dict[str, Any]]
+) -> dict[str, Any]:
+    """``measure(data_dir)`` in a fresh temporary dir, removed afterwards unless ``keep``."""
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return measure(data_dir)
+    finally:
+        if keep:
+            print(f"data dir kept: {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def main() -> None:
     if len(sys.argv) == 6 and sys.argv[1] == "--client-loop":
         client_loop_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="~3 s per case, 1 lifecycle cycle")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
-    args = parser.parse_args()
+    args = arguments(__doc__, "~3 s per case, 1 lifecycle cycle")
 
     _terminate_on_sigterm()
     plan = Plan.make(args.quick)
-    data_dir = Path(tempfile.mkdtemp(prefix="mlfleet-bench-"))
-    try:
-        results = run_benchmark(plan, data_dir, args.quick)
-    finally:
-        if args.keep:
-            print(f"data dir kept: {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
+    results = in_temp_dir(
+        "mlfleet-bench-", args.keep, lambda data_dir: run_benchmark(plan, data_dir, args.quick)
+    )
     write_results(args.out, results)
     print()
     print(markdown(results))
