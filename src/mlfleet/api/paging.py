@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import Select
+from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.protocol.errors import ValidationException
 
@@ -25,3 +30,23 @@ def decode_token(token: str | None) -> int:
             f"Invalid NextToken '{token[:64]}': pass a token from a previous call."
         )
     return offset
+
+
+def fetch_page(
+    sessions: sessionmaker[Session],
+    query: Select[Any],
+    req: Mapping[str, Any],
+    key: str,
+    summarize: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """One page of an ordered `query` as a List* answer: ``{key: [...], "NextToken": ...}``,
+    MaxResults (default 100) rows from the offset NextToken carries."""
+    limit = req.get("MaxResults", 100)
+    offset = decode_token(req.get("NextToken"))
+    with sessions() as session:
+        # One row more than the page tells whether there is a next page.
+        rows = session.scalars(query.offset(offset).limit(limit + 1)).all()
+        result: dict[str, Any] = {key: [summarize(row) for row in rows[:limit]]}
+    if len(rows) > limit:
+        result["NextToken"] = encode_token(offset + limit)
+    return result

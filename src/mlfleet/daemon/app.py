@@ -20,6 +20,9 @@ from mlfleet.auth.credentials import ADMIN_USER, Credentials
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.auth.ui_sessions import UiSessions
 from mlfleet.daemon.control_plane import ControlPlane
+from mlfleet.deploy.deployer import Deployer
+from mlfleet.deploy.responses import Invocations, deploy_operations
+from mlfleet.deploy.service import Deployments
 from mlfleet.events.bus import EventBus
 from mlfleet.events.delivery import DeliveryWorker
 from mlfleet.events.responses import events_endpoint
@@ -55,6 +58,8 @@ class Daemon:
     gateway: Gateway
     deliveries: DeliveryWorker
     control_plane: ControlPlane
+    deployer: Deployer
+    invocations: Invocations
     credentials_path: Path | None
 
 
@@ -163,6 +168,20 @@ def build_daemon(settings: Settings) -> Daemon:
         registry_sync,
     )
     gateway_ref.append(gateway)
+
+    def tracking_uri(name: str) -> str | None:
+        # An endpoint instance downloads its model from a worker of the tracking server.
+        with sessions() as session:
+            server_id = session.scalar(select(TrackingServer.id).where(TrackingServer.name == name))
+        procs = runtime.get(server_id) if server_id else None
+        healthy = [w for w in procs.workers if w.healthy] if procs else []
+        return f"http://127.0.0.1:{healthy[0].port}" if healthy else None
+
+    deployer = Deployer(sessions, settings.data_dir, tracking_uri)
+    deployments = Deployments(settings, sessions, registry, deployer.kick)
+    invocations = Invocations(
+        deployments, deployer, credentials, authorizer, settings.region, settings.account_id
+    )
     sts = SecurityTokenService(sessions, store, authorizer, box, settings.account_id)
 
     def record(call: ApiCall) -> None:
@@ -174,7 +193,11 @@ def build_daemon(settings: Settings) -> Daemon:
     control_plane = ControlPlane(
         {
             "sagemaker": sagemaker_endpoint(
-                {**fleet_operations(fleet), **registry_operations(registry)},
+                {
+                    **fleet_operations(fleet),
+                    **registry_operations(registry),
+                    **deploy_operations(deployments),
+                },
                 credentials,
                 authorizer,
                 record,
@@ -211,6 +234,8 @@ def build_daemon(settings: Settings) -> Daemon:
         gateway=gateway,
         deliveries=deliveries,
         control_plane=control_plane,
+        deployer=deployer,
+        invocations=invocations,
         credentials_path=creds_path,
     )
 
@@ -225,6 +250,8 @@ def build_app(daemon: Daemon) -> web.Application:
     app = web.Application(client_max_size=daemon.settings.max_api_body_bytes)
     app.router.add_get("/health", _health)
     app.router.add_post("/", daemon.control_plane.handle)
+    # sagemaker-runtime's InvokeEndpoint (REST-JSON), on the same port as everything else.
+    app.router.add_post("/endpoints/{name}/invocations", daemon.invocations.handle)
     app.router.add_route("*", "/mlflow/{name}", daemon.gateway.by_path)
     app.router.add_route("*", "/mlflow/{name}/{tail:.*}", daemon.gateway.by_path)
     for prefix in ("/api", "/ajax-api"):
@@ -234,8 +261,11 @@ def build_app(daemon: Daemon) -> web.Application:
         await daemon.gateway.start()
         await daemon.deliveries.start()
         daemon.reconciler.resume_all()
+        daemon.deployer.resume_all()
 
     async def on_cleanup(_app: web.Application) -> None:
+        await daemon.deployer.close()
+        await daemon.invocations.close()
         await daemon.reconciler.close()
         await daemon.runtime.close()
         await daemon.gateway.close()

@@ -87,7 +87,11 @@ def sagemaker_endpoint(
     return JsonEndpoint(
         JsonProtocol(
             load_service_model("sagemaker"),
-            pattern_overrides={"S3Uri": lambda value: local_folder(value) is not None},
+            pattern_overrides={
+                "S3Uri": lambda value: local_folder(value) is not None,
+                # CreateModel's ModelDataUrl may name an MLflow model (mlfleet.deploy).
+                "Url": lambda value: value.startswith("models:/"),
+            },
         ),
         service_name="sagemaker",
         credentials=credentials,

@@ -22,7 +22,7 @@ from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
-from mlfleet.api.paging import decode_token, encode_token
+from mlfleet.api.paging import fetch_page
 from mlfleet.auth.identity import Principal
 from mlfleet.events.sources import model_package_event
 from mlfleet.fleet.service import Publish
@@ -434,14 +434,7 @@ class ModelRegistry:
         descending = req.get("SortOrder", "Ascending") == "Descending"
         columns = orders[req.get("SortBy", "CreationTime")]
         query = query.order_by(*(c.desc() if descending else c.asc() for c in columns))
-        limit = req.get("MaxResults", 100)
-        offset = decode_token(req.get("NextToken"))
-        with self._sessions() as session:
-            rows = session.scalars(query.offset(offset).limit(limit + 1)).all()
-            result: Output = {key: [summarize(row) for row in rows[:limit]]}
-        if len(rows) > limit:
-            result["NextToken"] = encode_token(offset + limit)
-        return result
+        return fetch_page(self._sessions, query, req, key, summarize)
 
 
 def _check_addressing(req: Mapping[str, Any]) -> None:

@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,40 +63,44 @@ class StartError(Exception):
     """A worker exited or never became healthy; the message carries its log tail."""
 
 
-class Worker:
-    def __init__(self, index: int, spec: ServerSpec) -> None:
+class SupervisedProcess(ABC):
+    """One loopback HTTP process the daemon starts, health-checks and restarts when it dies.
+
+    Subclasses say what to run; the supervision (start, health, restart with backoff, stop) is
+    the same for tracking-server workers and endpoint instances.
+    """
+
+    # The GET path that answers 200 once the process serves.
+    health_path = "/health"
+    what = "MLflow worker"
+
+    def __init__(self, index: int, log_dir: Path) -> None:
         self.index = index
-        self.spec = spec
         self.port = _free_port()
         self.healthy = False
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
-        self.log_path = spec.log_dir / f"worker-{index}.log"
+        self._log_dir = log_dir
+        self.log_path = log_dir / f"worker-{index}.log"
+
+    @abstractmethod
+    def command(self) -> list[str]:
+        """The program and arguments to run (on ``self.port``)."""
+
+    @abstractmethod
+    def environment(self) -> dict[str, str]:
+        """Variables added to the daemon's environment for the process."""
 
     async def _spawn(self) -> None:
-        self.spec.log_dir.mkdir(parents=True, exist_ok=True)
+        self._log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as logfile:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "mlfleet.runtime.mlflow_worker",
-                "--port",
-                str(self.port),
-                "--server-dir",
-                str(self.spec.log_dir.parent),
-                "--artifacts-destination",
-                self.spec.artifacts_destination,
-                "--boot-id",
-                uuid.uuid4().hex,
+                *self.command(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=asyncio.subprocess.STDOUT,
-                env={
-                    **os.environ,
-                    **self.spec.env,
-                    BACKEND_STORE_ENV: self.spec.backend_store_uri,
-                },
+                env={**os.environ, **self.environment()},
                 preexec_fn=_die_with_parent,
             )
 
@@ -109,18 +114,18 @@ class Worker:
     async def _wait_healthy(self, http: aiohttp.ClientSession) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
-        url = f"http://127.0.0.1:{self.port}/health"
+        url = f"http://127.0.0.1:{self.port}{self.health_path}"
         while time.monotonic() < deadline:
             if self._proc.returncode is not None:
                 raise StartError(
-                    f"MLflow worker exited with code {self._proc.returncode}: {self.log_tail()}"
+                    f"{self.what} exited with code {self._proc.returncode}: {self.log_tail()}"
                 )
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                 async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                     if resp.status == 200:
                         return
             await asyncio.sleep(0.05)
-        raise StartError(f"MLflow worker not healthy after {HEALTH_TIMEOUT_SECONDS:.0f} s")
+        raise StartError(f"{self.what} not healthy after {HEALTH_TIMEOUT_SECONDS:.0f} s")
 
     async def start(self, http: aiohttp.ClientSession) -> None:
         self._stopping = False
@@ -149,7 +154,8 @@ class Worker:
             if time.monotonic() - started > STABLE_AFTER_SECONDS:
                 backoff = 1.0
             log.warning(
-                "MLflow worker %s (pid %s) exited with %s; restarting in %.0f s",
+                "%s %s (pid %s) exited with %s; restarting in %.0f s",
+                self.what,
                 self.index,
                 self._proc.pid,
                 code,
@@ -163,7 +169,7 @@ class Worker:
                 await self._spawn()
                 await self._wait_healthy(http)
             except (StartError, OSError) as exc:
-                log.warning("restarting MLflow worker %s failed: %s", self.index, exc)
+                log.warning("restarting %s %s failed: %s", self.what, self.index, exc)
                 continue
             self.healthy = True
 
@@ -186,6 +192,32 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         self.healthy = False
+
+
+class Worker(SupervisedProcess):
+    """One single-process uvicorn serving a tracking server's MLflow (mlflow_worker)."""
+
+    def __init__(self, index: int, spec: ServerSpec) -> None:
+        super().__init__(index, spec.log_dir)
+        self.spec = spec
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "mlfleet.runtime.mlflow_worker",
+            "--port",
+            str(self.port),
+            "--server-dir",
+            str(self.spec.log_dir.parent),
+            "--artifacts-destination",
+            self.spec.artifacts_destination,
+            "--boot-id",
+            uuid.uuid4().hex,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        return {**self.spec.env, BACKEND_STORE_ENV: self.spec.backend_store_uri}
 
 
 class ServerProcesses:

@@ -328,3 +328,48 @@ class ModelPackage(Base):
     # CreateModelPackage's idempotency: the token and a digest of the request it came with.
     client_token: Mapped[str | None] = mapped_column(String(36))
     request_digest: Mapped[str | None] = mapped_column(String(64))
+
+
+class SageMakerModel(Base):
+    """A deployable model (CreateModel): an MLflow model URI on one tracking server."""
+
+    __tablename__ = "sagemaker_models"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(2048), unique=True)
+    # The container as given, shown back by DescribeModel.
+    primary_container: Mapped[dict[str, Any]] = mapped_column(JSON)
+    execution_role_arn: Mapped[str | None] = mapped_column(String(2048))
+    # What was resolved at CreateModel: "models:/<name>/<version>" and the server serving it.
+    model_uri: Mapped[str] = mapped_column(String(1024))
+    tracking_server_name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[float] = mapped_column(Float)
+    tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class EndpointConfig(Base):
+    __tablename__ = "endpoint_configs"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(2048), unique=True)
+    production_variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class Endpoint(Base):
+    """An endpoint and its desired state; the deployer makes its instances match it."""
+
+    __tablename__ = "endpoints"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(2048), unique=True)
+    config_name: Mapped[str] = mapped_column(String(63))
+    # The variants being served, resolved from the config and its models when the endpoint was
+    # created: a config or model deleted afterwards does not take a running endpoint down.
+    variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(32))
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_modified_at: Mapped[float] = mapped_column(Float)
+    tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

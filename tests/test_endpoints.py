@@ -1,0 +1,253 @@
+"""Deployment: an MLflow model, registered as a model package, served behind an endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError
+from mlflow import MlflowClient
+from sklearn.linear_model import LogisticRegression
+from test_iam import error_of, unique
+
+from conftest import Daemon, wait_for
+
+ROLE = "arn:aws:iam::123456789012:role/mlfleet"
+TAG = "sagemaker.model_package_arn"
+FEATURES = np.array([[0.1, 1.0], [2.0, -1.0], [0.5, 0.5], [-3.0, 2.0], [1.5, 0.2]])
+
+
+@pytest.fixture(scope="module")
+def server(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    name = unique("serving")
+    sm = daemon.client()
+    sm.create_mlflow_tracking_server(
+        TrackingServerName=name,
+        ArtifactStoreUri=f"file://{tmp_path_factory.mktemp('serving')}",
+        RoleArn=ROLE,
+        AutomaticModelRegistration=True,
+    )
+    assert daemon.wait_status(name, "Created", "CreateFailed")["TrackingServerStatus"] == "Created"
+    yield name
+    sm.delete_mlflow_tracking_server(TrackingServerName=name)
+
+
+def log_model(daemon: Daemon, server: str, labels: list[int]) -> tuple[str, Any]:
+    """Train a classifier, log and register it through the gateway: its package's ARN."""
+    key, secret = daemon.credentials
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_USERNAME", key)
+        env.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+        uri = f"{daemon.url}/mlflow/{server}"
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(unique("deploy"))
+        model = LogisticRegression().fit(FEATURES, labels)
+        name = unique("iris")
+        with mlflow.start_run():
+            mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
+        version = MlflowClient(tracking_uri=uri).get_model_version(name, "1")
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    return str(version.tags[TAG]), model
+
+
+@pytest.fixture(scope="module")
+def approved(daemon: Daemon, server: str) -> tuple[str, Any]:
+    arn, model = log_model(daemon, server, [0, 1, 0, 1, 1])
+    daemon.client().update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
+    return arn, model
+
+
+def wait_endpoint(daemon: Daemon, name: str) -> dict[str, Any]:
+    sm = daemon.client()
+
+    def settled() -> dict[str, Any] | None:
+        desc = sm.describe_endpoint(EndpointName=name)
+        return desc if desc["EndpointStatus"] in ("InService", "Failed") else None
+
+    return wait_for(settled, 180, 0.2, f"endpoint {name} to settle")
+
+
+@pytest.fixture(scope="module")
+def endpoint(daemon: Daemon, approved: tuple[str, Any]) -> Iterator[str]:
+    """A two-variant endpoint, weights 3:1, of the approved package."""
+    sm = daemon.client()
+    model, config, name = unique("model"), unique("config"), unique("endpoint")
+    sm.create_model(ModelName=model, PrimaryContainer={"ModelPackageName": approved[0]})
+    sm.create_endpoint_config(
+        EndpointConfigName=config,
+        ProductionVariants=[
+            {
+                "VariantName": "blue",
+                "ModelName": model,
+                "InitialInstanceCount": 1,
+                "InitialVariantWeight": 3.0,
+                "InstanceType": "ml.m5.large",
+            },
+            {
+                "VariantName": "green",
+                "ModelName": model,
+                "InitialInstanceCount": 1,
+                "InitialVariantWeight": 1.0,
+                "InstanceType": "ml.m5.large",
+            },
+        ],
+    )
+    arn = sm.create_endpoint(EndpointName=name, EndpointConfigName=config)["EndpointArn"]
+    assert arn.endswith(f":endpoint/{name}")
+    assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] in ("Creating", "InService")
+    desc = wait_endpoint(daemon, name)
+    assert desc["EndpointStatus"] == "InService", desc
+    yield name
+    sm.delete_endpoint(EndpointName=name)
+    with pytest.raises(ClientError):
+        wait_for(lambda: not sm.describe_endpoint(EndpointName=name), 60, what="deletion")
+
+
+def invoke(daemon: Daemon, endpoint: str, payload: Any, **extra: str) -> dict[str, Any]:
+    runtime = daemon.client("sagemaker-runtime")
+    return runtime.invoke_endpoint(  # type: ignore[no-any-return]
+        EndpointName=endpoint,
+        ContentType="application/json",
+        Body=json.dumps(payload).encode(),
+        **extra,
+    )
+
+
+def test_an_approved_package_serves_the_models_predictions(
+    daemon: Daemon, approved: tuple[str, Any], endpoint: str
+) -> None:
+    answer = invoke(daemon, endpoint, {"inputs": FEATURES.tolist()})
+    predictions = json.loads(answer["Body"].read())["predictions"]
+    assert predictions == approved[1].predict(FEATURES).tolist()
+    assert answer["InvokedProductionVariant"] in ("blue", "green")
+    desc = daemon.client().describe_endpoint(EndpointName=endpoint)
+    assert {v["VariantName"]: v["CurrentInstanceCount"] for v in desc["ProductionVariants"]} == {
+        "blue": 1,
+        "green": 1,
+    }
+    listed = daemon.client().list_endpoints(NameContains=endpoint)["Endpoints"]
+    assert [(e["EndpointName"], e["EndpointStatus"]) for e in listed] == [(endpoint, "InService")]
+
+
+def test_traffic_is_split_by_variant_weight(daemon: Daemon, endpoint: str) -> None:
+    counts = Counter(
+        invoke(daemon, endpoint, {"inputs": FEATURES[:1].tolist()})["InvokedProductionVariant"]
+        for _ in range(200)
+    )
+    # 3:1 is 150:50 on average; a fair split's share of blue stays far inside this band.
+    assert set(counts) == {"blue", "green"}
+    assert 110 <= counts["blue"] <= 185, counts
+    targeted = invoke(daemon, endpoint, {"inputs": FEATURES[:1].tolist()}, TargetVariant="green")
+    assert targeted["InvokedProductionVariant"] == "green"
+
+
+def test_a_bad_payload_is_a_model_error(daemon: Daemon, endpoint: str) -> None:
+    runtime = daemon.client("sagemaker-runtime")
+    with pytest.raises(ClientError) as exc:
+        runtime.invoke_endpoint(
+            EndpointName=endpoint, ContentType="application/json", Body=b'{"nonsense": 1}'
+        )
+    response = exc.value.response
+    assert response["Error"]["Code"] == "ModelError"
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 424
+    assert response["OriginalStatusCode"] == 400
+    assert "nonsense" in response["OriginalMessage"] or "input" in response["OriginalMessage"]
+
+
+def test_an_unknown_endpoint_is_a_validation_error(daemon: Daemon) -> None:
+    missing = unique("missing")
+    with pytest.raises(ClientError) as exc:
+        invoke(daemon, missing, {"inputs": [[1, 2]]})
+    assert exc.value.response["Error"]["Code"] == "ValidationError"
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    with pytest.raises(ClientError) as described:
+        daemon.client().describe_endpoint(EndpointName=missing)
+    code, message = error_of(described)
+    assert code == "ValidationException"
+    assert message.startswith("Could not find endpoint")
+
+
+def test_a_rejected_package_does_not_deploy(daemon: Daemon, server: str) -> None:
+    sm = daemon.client()
+    arn, _ = log_model(daemon, server, [1, 0, 1, 0, 0])
+    sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Rejected")
+    with pytest.raises(ClientError) as exc:
+        sm.create_model(ModelName=unique("rejected"), PrimaryContainer={"ModelPackageName": arn})
+    code, message = error_of(exc)
+    assert code == "ValidationException"
+    assert "Rejected" in message and "only Approved packages deploy" in message
+    # The documented override deploys it anyway.
+    model = unique("override")
+    sm.create_model(
+        ModelName=model,
+        PrimaryContainer={"ModelPackageName": arn},
+        Tags=[{"Key": "mlfleet:allow-unapproved", "Value": "true"}],
+    )
+    assert sm.describe_model(ModelName=model)["PrimaryContainer"]["ModelPackageName"] == arn
+    sm.delete_model(ModelName=model)
+    with pytest.raises(ClientError) as gone:
+        sm.describe_model(ModelName=model)
+    assert error_of(gone)[1].startswith("Could not find model")
+
+
+def test_a_model_that_cannot_be_fetched_fails_the_endpoint(daemon: Daemon, server: str) -> None:
+    sm = daemon.client()
+    model, config, name = unique("ghost"), unique("ghost"), unique("ghost")
+    sm.create_model(
+        ModelName=model,
+        PrimaryContainer={
+            "ModelDataUrl": "models:/no-such-model/1",
+            "Environment": {"MLFLEET_TRACKING_SERVER": server},
+        },
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName=config,
+        ProductionVariants=[{"VariantName": "only", "ModelName": model, "InitialInstanceCount": 1}],
+    )
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    desc = wait_endpoint(daemon, name)
+    assert desc["EndpointStatus"] == "Failed"
+    assert "no-such-model" in desc["FailureReason"]
+    sm.delete_endpoint(EndpointName=name)
+    with pytest.raises(ClientError):
+        wait_for(lambda: not sm.describe_endpoint(EndpointName=name), 60, what="deletion")
+
+
+def scoring_pids(endpoint: str, variant: str) -> list[int]:
+    """The scoring processes of one variant, found by the model folder on their command line."""
+    marker = f"/endpoints/{endpoint.lower()}/{variant}/".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"mlfleet.runtime.scoring_worker" in cmdline and marker in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_a_crashed_instance_is_restarted(daemon: Daemon, endpoint: str) -> None:
+    [pid] = scoring_pids(endpoint, "green")
+    os.kill(pid, signal.SIGKILL)
+
+    def green_answers() -> bool:
+        try:
+            payload = {"inputs": FEATURES[:1].tolist()}
+            answer = invoke(daemon, endpoint, payload, TargetVariant="green")
+        except ClientError:
+            return False
+        return answer["InvokedProductionVariant"] == "green"
+
+    wait_for(green_answers, 60, 0.2, "the green instance to serve again")
+    [restarted] = scoring_pids(endpoint, "green")
+    assert restarted != pid
