@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.state.models import EventDelivery
@@ -40,6 +40,10 @@ FIRST_BACKOFF_SECONDS = 0.5
 REQUEST_TIMEOUT_SECONDS = 10
 SIGNATURE_HEADER = "X-Mlfleet-Signature"
 IDLE_POLL_SECONDS = 2.0
+# Deliveries sent to one target per lookup of it (in order, one at a time).
+RUN_LENGTH = 100
+KEEP_DELIVERED_SECONDS = 3600.0
+PURGE_EVERY_SECONDS = 300.0
 # Statuses worth retrying: the receiver may answer differently later.
 _RETRYABLE_4XX = {408, 429}
 
@@ -103,6 +107,7 @@ class DeliveryWorker:
         self._task: asyncio.Task[None] | None = None
         self._client: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_purge = 0.0
 
     def wake(self) -> None:
         """Deliveries were stored; callable from any thread."""
@@ -136,20 +141,23 @@ class DeliveryWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
     async def _round(self) -> float:
-        """Attempt every queue's head that is due; return how long until the next one is."""
+        """Drain every queue whose head is due; return how long until the next one is."""
         heads = await asyncio.to_thread(self._heads)
         now = time.time()
         due = [head for head in heads if head.next_attempt_at <= now]
         semaphore = asyncio.Semaphore(self._concurrency)
 
-        async def attempt(delivery: EventDelivery) -> None:
+        async def drain(head: EventDelivery) -> None:
             async with semaphore:
-                await self._attempt(delivery)
+                await self._drain(head)
 
-        await asyncio.gather(*(attempt(d) for d in due))
+        await asyncio.gather(*(drain(head) for head in due))
+        if now - self._last_purge > PURGE_EVERY_SECONDS:
+            self._last_purge = now
+            await asyncio.to_thread(self._purge, now - KEEP_DELIVERED_SECONDS)
         later = [h.next_attempt_at for h in heads if h.next_attempt_at > now]
         if due:
-            return 0.0  # the next in each queue may be due already
+            return 0.0  # more may have queued behind the runs just sent
         # Idle, look again soon anyway: `mlfleet events redrive` writes the outbox directly.
         return max(0.05, min(min(later) - now, IDLE_POLL_SECONDS)) if later else IDLE_POLL_SECONDS
 
@@ -162,16 +170,58 @@ class DeliveryWorker:
             )
             return list(session.scalars(select(EventDelivery).where(EventDelivery.id.in_(oldest))))
 
-    async def _attempt(self, delivery: EventDelivery) -> None:
-        assert self._client is not None
-        spec = self._target_specs(delivery.bus, delivery.rule, delivery.target_id)
+    def _run_of(self, head: EventDelivery) -> tuple[list[EventDelivery], HttpTarget | str]:
+        """The head and what queued behind it, and how to reach their target (or why not)."""
+        with self._sessions() as session:
+            run = list(
+                session.scalars(
+                    select(EventDelivery)
+                    .where(
+                        EventDelivery.state == "pending",
+                        EventDelivery.bus == head.bus,
+                        EventDelivery.rule == head.rule,
+                        EventDelivery.target_id == head.target_id,
+                        EventDelivery.id >= head.id,
+                    )
+                    .order_by(EventDelivery.id)
+                    .limit(RUN_LENGTH)
+                )
+            )
+        spec = self._target_specs(head.bus, head.rule, head.target_id)
         if spec is None:
-            await self._finish(delivery, "dead", "the rule or this target was removed")
-            return
-        target = self._resolve(delivery.target_arn, spec)
-        if target is None:
-            await self._finish(delivery, "dead", "the target's API destination no longer exists")
-            return
+            return run, "the rule or this target was removed"
+        target = self._resolve(head.target_arn, spec)
+        return run, target or "the target's API destination no longer exists"
+
+    async def _drain(self, head: EventDelivery) -> None:
+        """Send a queue's deliveries in order, one at a time, until one must wait for a retry.
+
+        One lookup of the target serves the whole run, and the deliveries that went through are
+        marked in one update: each delivery costs an HTTP request, not a round of queries.
+        """
+        run, target = await asyncio.to_thread(self._run_of, head)
+        delivered: list[int] = []
+        try:
+            for delivery in run:
+                if isinstance(target, str):
+                    await self._finish(delivery, "dead", target)
+                    continue
+                error, retryable = await self._send(delivery, target)
+                if error is None:
+                    delivered.append(delivery.id)
+                    continue
+                await self._flush_delivered(delivered)
+                if not retryable:
+                    await self._finish(delivery, "dead", f"{error} (not retryable)")
+                    continue
+                await self._retry_or_die(delivery, target, error)
+                return  # the rest wait behind it: order per target
+        finally:
+            await self._flush_delivered(delivered)
+
+    async def _send(self, delivery: EventDelivery, target: HttpTarget) -> tuple[str | None, bool]:
+        """Deliver once: (None, _) when accepted, else (why, whether retrying may help)."""
+        assert self._client is not None
         body = delivery.payload.encode()
         moment = int(time.time())
         headers = {
@@ -189,14 +239,38 @@ class DeliveryWorker:
                 await answer.read()
                 status = answer.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            await self._retry_or_die(delivery, target, f"{exc.__class__.__name__}: {exc}")
-            return
+            return f"{exc.__class__.__name__}: {exc}", True
         if 200 <= status < 300:
-            await self._finish(delivery, "delivered", None)
-        elif 400 <= status < 500 and status not in _RETRYABLE_4XX:
-            await self._finish(delivery, "dead", f"HTTP {status} (not retryable)")
-        else:
-            await self._retry_or_die(delivery, target, f"HTTP {status}")
+            return None, False
+        return f"HTTP {status}", not (400 <= status < 500 and status not in _RETRYABLE_4XX)
+
+    async def _flush_delivered(self, delivered: list[int]) -> None:
+        if not delivered:
+            return
+        ids, delivered[:] = list(delivered), []
+        await asyncio.to_thread(self._mark_delivered, ids)
+
+    def _mark_delivered(self, ids: list[int]) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                update(EventDelivery)
+                .where(EventDelivery.id.in_(ids))
+                .values(
+                    state="delivered",
+                    attempts=EventDelivery.attempts + 1,
+                    last_error=None,
+                    finished_at=time.time(),
+                )
+            )
+
+    def _purge(self, before: float) -> None:
+        """Delivered events are kept a while (to look into), not forever."""
+        with self._sessions.begin() as session:
+            session.execute(
+                delete(EventDelivery).where(
+                    EventDelivery.state == "delivered", EventDelivery.finished_at < before
+                )
+            )
 
     async def _retry_or_die(self, delivery: EventDelivery, target: HttpTarget, error: str) -> None:
         attempts = delivery.attempts + 1
