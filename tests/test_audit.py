@@ -322,7 +322,8 @@ def test_mlflow_writes_are_data_events_and_reads_are_not(
     assert record["requestParameters"]["httpMethod"] == "POST"
     assert record["requestParameters"]["path"] == "/api/2.0/mlflow/runs/log-metric"
     assert record["requestParameters"]["body"]["run_id"] == run_id
-    assert record["responseElements"] == {"statusCode": 200}
+    # Recorded as forwarded, durably, while MLflow worked: no outcome for a success.
+    assert record["responseElements"] is None and "errorCode" not in record
     assert not [
         r
         for r in data_events(daemon, "GetRun", arn)
@@ -384,3 +385,28 @@ def test_data_events_can_be_switched_off_per_server(
     loud = unique("loud")
     create(loud)
     assert audited(loud)
+
+
+def test_a_write_mlflow_refuses_is_recorded_with_its_outcome(
+    daemon: Daemon, shared_server: dict[str, Any]
+) -> None:
+    key, secret = daemon.credentials
+    run_id = unique("no-such-run")
+    answer = requests.post(
+        shared_server["TrackingServerUrl"] + "/api/2.0/mlflow/runs/log-metric",
+        json={"run_id": run_id, "key": "m", "value": 1.0, "timestamp": 1},
+        auth=(key, secret),
+        timeout=30,
+    )
+    assert answer.status_code >= 400
+    records = [
+        r
+        for r in data_events(daemon, "LogMetric", shared_server["TrackingServerArn"])
+        if (r["requestParameters"].get("body") or {}).get("run_id") == run_id
+    ]
+    # As forwarded, then what MLflow answered.
+    assert [r["responseElements"] for r in records] == [
+        {"statusCode": answer.status_code},
+        None,
+    ]  # newest first
+    assert records[0]["errorCode"] == answer.json()["error_code"]

@@ -170,7 +170,7 @@ class DataEvent:
     user_agent: str
     request_id: str
     parameters: dict[str, Any]
-    status: int
+    status: int | None  # None: recorded as forwarded, before MLflow answered
     error_code: str | None = None
     error_message: str | None = None
 
@@ -255,7 +255,7 @@ class AuditTrail:
             "sourceIPAddress": event.source_ip,
             "userAgent": event.user_agent,
             "requestParameters": event.parameters,
-            "responseElements": {"statusCode": event.status},
+            "responseElements": None if event.status is None else {"statusCode": event.status},
             "requestID": event.request_id,
             "eventID": str(uuid.uuid4()),
             "readOnly": False,

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -327,12 +327,36 @@ class Gateway:
             return mlflow_error(403, "PERMISSION_DENIED", requirement.reason)
         action = requirement.action
         started = time.time()
+        audited = action is not None and is_write(action) and data_events_on(found)
+        recording: list[asyncio.Future[None]] = []
+
+        async def record_forwarded() -> None:
+            # The data event is made durable while MLflow does the work, not after it: an
+            # audited write then costs no extra latency. What MLflow answers is recorded
+            # only if it is a failure, as a second record.
+            assert action is not None
+            event = await self._data_event(request, route, principal, action, started, None)
+            recording.append(asyncio.ensure_future(self._audit.record_data_event(event)))
+
         response = await self._authorized(
-            request, route, found, principal, body, payload_hash, action
+            request,
+            route,
+            found,
+            principal,
+            body,
+            payload_hash,
+            action,
+            record_forwarded if audited else None,
         )
         if action is not None and is_write(action):
-            if data_events_on(found):
-                await self._audit_write(request, route, principal, action, response, started)
+            if audited and (not recording or response.status >= 400):
+                # Refused by the gateway itself, or failed in MLflow: the outcome, recorded.
+                failure = await self._data_event(
+                    request, route, principal, action, started, response
+                )
+                await self._audit.record_data_event(failure)
+            if recording:
+                await recording[0]
             if response.status == 200 and action.split(":", 1)[1] in MLFLOW_DETAIL_TYPES:
                 await self._announce(request, route, principal, action, response)
             if response.status == 200 and found and found.automatic_model_registration:
@@ -395,6 +419,7 @@ class Gateway:
         body: bytes | None,
         payload_hash: str | None,
         action: str | None,
+        before_forwarding: Callable[[], Awaitable[None]] | None,
     ) -> web.StreamResponse:
         """Authorize, check the input, and forward if the server serves."""
         server_id = found.id if found else ""
@@ -440,6 +465,8 @@ class Gateway:
                     f"Tracking server {route.name} is {status}: it does not serve requests. "
                     "Start it with StartMlflowTrackingServer.",
                 )
+        if before_forwarding is not None:
+            await before_forwarding()
         return await self._forward(request, server_id, route, body, payload_hash)
 
     async def _announce(
@@ -463,16 +490,16 @@ class Gateway:
         if event is not None:
             await asyncio.to_thread(self._bus.publish, [event])
 
-    async def _audit_write(
+    async def _data_event(
         self,
         request: web.Request,
         route: Route,
         principal: Principal,
         action: str,
-        response: web.StreamResponse,
         started: float,
-    ) -> None:
-        """Record an MLflow write as a data event, durably, before its answer leaves."""
+        response: web.StreamResponse | None,
+    ) -> DataEvent:
+        """An MLflow write as a data event: as forwarded (no response yet), or its outcome."""
         path, _, query = route.upstream_path.partition("?")
         parameters: dict[str, Any] = {"httpMethod": request.method, "path": path}
         if query:
@@ -481,22 +508,20 @@ class Gateway:
         if length is not None and length <= AUDITED_BODY_LIMIT and "/mlflow-artifacts/" not in path:
             parameters["body"] = _json_or_none(await request.read())
         error_code = error_message = None
-        if response.status >= 400:
+        if response is not None and response.status >= 400:
             error_code, error_message = _mlflow_error_of(response)
-        await self._audit.record_data_event(
-            DataEvent(
-                principal=principal,
-                action=action,
-                resource=self._arn_prefix + route.name,
-                time=started,
-                source_ip=request.remote,
-                user_agent=request.headers.get("User-Agent", ""),
-                request_id=str(uuid.uuid4()),
-                parameters=parameters,
-                status=response.status,
-                error_code=error_code,
-                error_message=error_message,
-            )
+        return DataEvent(
+            principal=principal,
+            action=action,
+            resource=self._arn_prefix + route.name,
+            time=started,
+            source_ip=request.remote,
+            user_agent=request.headers.get("User-Agent", ""),
+            request_id=str(uuid.uuid4()),
+            parameters=parameters,
+            status=response.status if response is not None else None,
+            error_code=error_code,
+            error_message=error_message,
         )
 
     async def _acquire(self, server_id: str, admission: bool) -> Worker | None:
