@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,7 +226,7 @@ def test_a_model_that_cannot_be_fetched_fails_the_endpoint(daemon: Daemon, serve
 
 def scoring_pids(endpoint: str, variant: str) -> list[int]:
     """The scoring processes of one variant, found by the model folder on their command line."""
-    marker = f"/endpoints/{endpoint.lower()}/{variant}/".encode()
+    folder, leaf = f"/endpoints/{endpoint.lower()}/".encode(), f"/{variant}/model-".encode()
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -231,7 +234,8 @@ def scoring_pids(endpoint: str, variant: str) -> list[int]:
                 cmdline = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"mlfleet.runtime.scoring_worker" in cmdline and marker in cmdline:
+            ours = folder in cmdline and leaf in cmdline
+            if b"mlfleet.runtime.scoring_worker" in cmdline and ours:
                 pids.append(int(proc.name))
     return pids
 
@@ -251,3 +255,67 @@ def test_a_crashed_instance_is_restarted(daemon: Daemon, endpoint: str) -> None:
     wait_for(green_answers, 60, 0.2, "the green instance to serve again")
     [restarted] = scoring_pids(endpoint, "green")
     assert restarted != pid
+
+
+def mlfleet_deploy(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlfleet", "deploy", *args, "--data-dir", str(daemon.data_dir)],
+        env=daemon.cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_mlfleet_deploy_creates_then_updates_without_downtime(
+    daemon: Daemon, server: str, approved: tuple[str, Any]
+) -> None:
+    sm = daemon.client()
+    name = unique("cli")
+    created = mlfleet_deploy(daemon, approved[0], "--endpoint", name)
+    assert created.returncode == 0, created.stderr
+    first = sm.describe_endpoint(EndpointName=name)
+    assert first["EndpointStatus"] == "InService"
+    [old_pid] = scoring_pids(name, "AllTraffic")
+
+    expected = approved[1].predict(FEATURES[:2]).tolist()
+    failures: list[str] = []
+    served: list[bool] = []
+    stop = threading.Event()
+
+    def keep_invoking() -> None:
+        while not stop.is_set():
+            try:
+                answer = invoke(daemon, name, {"inputs": FEATURES[:2].tolist()})
+                served.append(json.loads(answer["Body"].read())["predictions"] == expected)
+            except ClientError as exc:
+                failures.append(str(exc))
+
+    caller = threading.Thread(target=keep_invoking)
+    caller.start()
+    try:
+        # The same model by its MLflow URI (the extension), as a new config of the endpoint.
+        uri = sm.describe_model_package(ModelPackageName=approved[0])["SourceUri"]
+        updated = mlfleet_deploy(daemon, uri, "--tracking-server", server, "--endpoint", name)
+    finally:
+        stop.set()
+        caller.join()
+    assert updated.returncode == 0, updated.stderr
+    assert failures == []
+    assert len(served) > 10 and all(served)
+    second = sm.describe_endpoint(EndpointName=name)
+    assert second["EndpointStatus"] == "InService"
+    assert second["EndpointConfigName"] != first["EndpointConfigName"]
+    assert old_pid not in scoring_pids(name, "AllTraffic")
+    assert len(scoring_pids(name, "AllTraffic")) == 1
+    with pytest.raises(ClientError) as again:
+        sm.update_endpoint(EndpointName=name, EndpointConfigName=second["EndpointConfigName"])
+    assert error_of(again)[0] == "ValidationException"
+    sm.delete_endpoint(EndpointName=name)
+
+
+def test_mlfleet_deploy_refuses_an_unapproved_package(daemon: Daemon, server: str) -> None:
+    arn, _ = log_model(daemon, server, [0, 0, 1, 1, 0])
+    refused = mlfleet_deploy(daemon, arn, "--endpoint", unique("pending"))
+    assert refused.returncode == 1
+    assert "PendingManualApproval" in refused.stderr

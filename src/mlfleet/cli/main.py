@@ -14,6 +14,7 @@ from rich.table import Table
 
 from mlfleet.cli.audit import audit_app
 from mlfleet.cli.common import DataDir, EndpointUrl, call, console, err, service_client
+from mlfleet.cli.deploy import deploy
 from mlfleet.cli.events import events_app
 from mlfleet.cli.iam import iam_app
 from mlfleet.settings import DEFAULT_PORT, load_settings
@@ -32,6 +33,7 @@ app.add_typer(
 app.add_typer(
     events_app, name="events", help="Event deliveries: the dead-letter store and redrive."
 )
+app.command()(deploy)
 TRANSITIONAL = {"Creating", "Updating", "Deleting", "Stopping", "Starting", "MaintenanceInProgress"}
 
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the status until it settles.")]

@@ -133,7 +133,8 @@ class Deployer:
             if row is None:
                 await self._stop(name)
                 return
-            status, variants = row.status, list(row.variants)
+            status, config, variants = row.status, row.config_name, list(row.variants)
+            pending = (row.pending_config_name, list(row.pending_variants or []))
         if status == DELETING:
             await self._stop(name)
             shutil.rmtree(self._dir / name.lower(), ignore_errors=True)
@@ -143,22 +144,46 @@ class Deployer:
                 )
             log.info("endpoint %s deleted", name)
             return
-        if status == "Failed" or name in self._running:
+        if status == "Failed":
             return
-        try:
-            self._running[name] = await self._start(name, variants)
-        except StartError as exc:
-            self._settle(name, "Failed", str(exc))
-            return
-        self._settle(name, "InService", None)
+        if name not in self._running:
+            # Created, or running before the daemon restarted (an update included).
+            try:
+                self._running[name] = await self._start(name, config, variants)
+            except StartError as exc:
+                self._settle(name, "Failed", str(exc))
+                return
+        if status == "Updating" and pending[0] is not None:
+            await self._switch(name, config, *pending)
+        elif status != "InService":
+            self._settle(name, "InService", None)
 
-    async def _start(self, name: str, variants: list[dict[str, Any]]) -> list[Variant]:
+    async def _switch(
+        self, name: str, old_config: str, config: str, variants: list[dict[str, Any]]
+    ) -> None:
+        """Start the new config's instances beside the serving ones; once all of them serve,
+        route traffic to them and stop the old ones. A failed start leaves the old ones
+        serving, and says why."""
+        try:
+            started = await self._start(name, config, variants)
+        except StartError as exc:
+            self._settle(
+                name, "InService", f"Update to endpoint config {config} failed: {exc}", done=True
+            )
+            return
+        old = self._running.get(name, [])
+        self._running[name] = started
+        self._settle(name, "InService", None, done=True)
+        await asyncio.gather(*(w.stop() for v in old for w in v.instances))
+        shutil.rmtree(self._dir / name.lower() / old_config.lower(), ignore_errors=True)
+
+    async def _start(self, name: str, config: str, variants: list[dict[str, Any]]) -> list[Variant]:
         if self._http is None:
             self._http = aiohttp.ClientSession()
         started: list[Variant] = []
         try:
             for spec in variants:
-                folder = self._dir / name.lower() / spec["VariantName"]
+                folder = self._dir / name.lower() / config.lower() / spec["VariantName"]
                 downloaded = all(
                     (folder / f"model-{i}" / "MLmodel").is_file()
                     for i in range(spec["InstanceCount"])
@@ -197,13 +222,20 @@ class Deployer:
         variants = self._running.pop(name, [])
         await asyncio.gather(*(w.stop() for v in variants for w in v.instances))
 
-    def _settle(self, name: str, status: str, reason: str | None) -> None:
-        # Only from Creating (or a restarted InService): a DeleteEndpoint that came meanwhile
-        # keeps its Deleting.
+    def _settle(self, name: str, status: str, reason: str | None, done: bool = False) -> None:
+        """Record an endpoint's status; `done`: an update has ended, so the pending config
+        becomes the current one if it serves (no reason) and is dropped either way. A
+        DeleteEndpoint that came meanwhile keeps its Deleting."""
+        values: dict[str, Any] = {"status": status, "failure_reason": reason}
+        if done:
+            if reason is None:
+                values["config_name"] = Endpoint.pending_config_name
+                values["variants"] = Endpoint.pending_variants
+            values["pending_config_name"] = values["pending_variants"] = None
         with self._sessions.begin() as session:
             session.execute(
                 update(Endpoint)
                 .where(Endpoint.name == name, Endpoint.status != DELETING)
-                .values(status=status, failure_reason=reason)
+                .values(**values)
             )
         log.info("endpoint %s: %s%s", name, status, f": {reason}" if reason else "")

@@ -65,6 +65,7 @@ def deploy_operations(deployments: Deployments) -> dict[str, Operation]:
         ),
         "CreateEndpoint": operation("CreateEndpoint", d.create_endpoint, ENDPOINT, True),
         "DescribeEndpoint": operation("DescribeEndpoint", d.describe_endpoint, ENDPOINT, False),
+        "UpdateEndpoint": operation("UpdateEndpoint", d.update_endpoint, ENDPOINT, False),
         "ListEndpoints": operation("ListEndpoints", d.list_endpoints, None, False),
         "DeleteEndpoint": operation("DeleteEndpoint", d.delete_endpoint, ENDPOINT, False),
     }

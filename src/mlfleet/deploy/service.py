@@ -214,18 +214,7 @@ class Deployments:
         arn = self.arn("endpoint", name)
         with self._sessions.begin() as session:
             config = self._config(session, req["EndpointConfigName"])
-            variants = []
-            for variant in config.production_variants:
-                model = self._get(session, SageMakerModel, "model", "model", variant["ModelName"])
-                variants.append(
-                    {
-                        "VariantName": variant["VariantName"],
-                        "ModelUri": model.model_uri,
-                        "TrackingServerName": model.tracking_server_name,
-                        "InstanceCount": variant.get("InitialInstanceCount", 1),
-                        "Weight": variant.get("InitialVariantWeight", 1.0),
-                    }
-                )
+            variants = self._variants(session, config)
             now = _now()
             try:
                 session.add(
@@ -245,6 +234,48 @@ class Deployments:
                 raise ValidationException(
                     f'Cannot create already existing endpoint "{arn}".'
                 ) from None
+        self._kick(name)
+        return {"EndpointArn": arn}
+
+    def _variants(self, session: Session, config: EndpointConfig) -> list[dict[str, Any]]:
+        """What an endpoint serves of `config`, resolved now: later changes to the config's
+        models do not reach a running endpoint."""
+        variants = []
+        for variant in config.production_variants:
+            model = self._get(session, SageMakerModel, "model", "model", variant["ModelName"])
+            variants.append(
+                {
+                    "VariantName": variant["VariantName"],
+                    "ModelUri": model.model_uri,
+                    "TrackingServerName": model.tracking_server_name,
+                    "InstanceCount": variant.get("InitialInstanceCount", 1),
+                    "Weight": variant.get("InitialVariantWeight", 1.0),
+                }
+            )
+        return variants
+
+    def update_endpoint(self, req: Mapping[str, Any]) -> Output:
+        """Switch an endpoint to another config: its instances start beside the running ones,
+        which keep serving until every new instance does (the deployer swaps them)."""
+        with self._sessions.begin() as session:
+            row = self._endpoint(session, req["EndpointName"])
+            if row.status != "InService":
+                raise ValidationException(
+                    f'Cannot update in-progress endpoint "{row.arn}".'
+                    if row.status in ("Creating", "Updating", DELETING)
+                    else f'Cannot update endpoint "{row.arn}" in status {row.status}: only an '
+                    "InService endpoint can be updated."
+                )
+            config = self._config(session, req["EndpointConfigName"])
+            if config.name == row.config_name:
+                raise ValidationException(
+                    f'Endpoint "{row.arn}" already runs endpoint config {config.name}: '
+                    "update it to a new one."
+                )
+            row.pending_variants = self._variants(session, config)
+            row.pending_config_name = config.name
+            row.status, row.failure_reason, row.last_modified_at = "Updating", None, _now()
+            name, arn = row.name, row.arn
         self._kick(name)
         return {"EndpointArn": arn}
 

@@ -373,3 +373,7 @@ class Endpoint(Base):
     created_at: Mapped[float] = mapped_column(Float)
     last_modified_at: Mapped[float] = mapped_column(Float)
     tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # While Updating: the config being switched to and its resolved variants. They replace
+    # config_name and variants once all their instances serve.
+    pending_config_name: Mapped[str | None] = mapped_column(String(63))
+    pending_variants: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
