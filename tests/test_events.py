@@ -331,3 +331,21 @@ def test_kill_9_between_the_call_and_the_delivery_loses_nothing(tmp_path: Path) 
     finally:
         own.stop()
         receiver.stop()
+
+
+def test_audit_and_events_on_both_databases(any_daemon: Daemon, receiver: Receiver) -> None:
+    """The trail, the outbox and the delivery worker on SQLite and on PostgreSQL."""
+    source = unique("com.both")
+    route_to(any_daemon, receiver, {"source": [source]})
+    any_daemon.client("events").put_events(
+        Entries=[
+            {"Source": source, "DetailType": "x", "Detail": json.dumps({"n": n})} for n in range(3)
+        ]
+    )
+    assert [b["detail"]["n"] for b in wait_received(receiver, 3)] == [0, 1, 2]
+    found = any_daemon.client("cloudtrail").lookup_events(
+        LookupAttributes=[{"AttributeKey": "EventName", "AttributeValue": "PutEvents"}]
+    )["Events"]
+    assert (
+        found and json.loads(found[0]["CloudTrailEvent"])["eventSource"] == "events.amazonaws.com"
+    )
