@@ -319,3 +319,57 @@ def test_mlfleet_deploy_refuses_an_unapproved_package(daemon: Daemon, server: st
     refused = mlfleet_deploy(daemon, arn, "--endpoint", unique("pending"))
     assert refused.returncode == 1
     assert "PendingManualApproval" in refused.stderr
+
+
+def test_a_package_rejected_after_create_model_does_not_deploy(daemon: Daemon, server: str) -> None:
+    sm = daemon.client()
+    arn, _ = log_model(daemon, server, [0, 1, 1, 0, 1])
+    sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
+    model, config = unique("revoked"), unique("revoked")
+    sm.create_model(ModelName=model, PrimaryContainer={"ModelPackageName": arn})
+    sm.create_endpoint_config(
+        EndpointConfigName=config,
+        ProductionVariants=[{"VariantName": "only", "ModelName": model, "InitialInstanceCount": 1}],
+    )
+    sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Rejected")
+    name = unique("revoked")
+    with pytest.raises(ClientError) as exc:
+        sm.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    assert "only Approved packages deploy" in error_of(exc)[1]
+    with pytest.raises(ClientError):
+        sm.describe_endpoint(EndpointName=name)
+
+
+def test_an_endpoint_serves_again_after_a_daemon_restart(tmp_path: Path) -> None:
+    own = Daemon(tmp_path / "data").start()
+    try:
+        sm = own.client()
+        sm.create_mlflow_tracking_server(
+            TrackingServerName="restart",
+            ArtifactStoreUri=f"file://{tmp_path / 'artifacts'}",
+            RoleArn=ROLE,
+            AutomaticModelRegistration=True,
+        )
+        own.wait_status("restart", "Created")
+        arn, model = log_model(own, "restart", [1, 1, 0, 0, 1])
+        sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
+        deployed = mlfleet_deploy(own, arn, "--endpoint", "survivor")
+        assert deployed.returncode == 0, deployed.stderr
+        own.kill()
+        own.start()
+
+        def answers() -> list[int] | None:
+            try:
+                answer = invoke(own, "survivor", {"inputs": FEATURES.tolist()})
+            except ClientError:
+                return None
+            return json.loads(answer["Body"].read())["predictions"]  # type: ignore[no-any-return]
+
+        assert wait_for(answers, 120, 0.2, "the endpoint after the restart") == (
+            model.predict(FEATURES).tolist()
+        )
+        assert own.client().describe_endpoint(EndpointName="survivor")["EndpointStatus"] == (
+            "InService"
+        )
+    finally:
+        own.stop()

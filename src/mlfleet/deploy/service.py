@@ -102,17 +102,7 @@ class Deployments:
     def _resolve(self, container: Mapping[str, Any], tags: list[dict[str, str]]) -> tuple[str, str]:
         """The MLflow model URI and tracking server name a container deploys."""
         if "ModelPackageName" in container:
-            package = self._registry.package(container["ModelPackageName"])
-            approval = package.get("ModelApprovalStatus")
-            allowed = any(
-                t["Key"] == ALLOW_UNAPPROVED_TAG and t["Value"].lower() == "true" for t in tags
-            )
-            if approval != "Approved" and not allowed:
-                raise ValidationException(
-                    f"Model package {package['ModelPackageArn']} has ModelApprovalStatus "
-                    f"{approval}: only Approved packages deploy (approve it with "
-                    f"UpdateModelPackage, or tag the model {ALLOW_UNAPPROVED_TAG}=true)."
-                )
+            package = self._approved(container["ModelPackageName"], tags)
             uri = package.get("SourceUri", "")
             server_arn = package.get("CustomerMetadataProperties", {}).get(SERVER_ARN_PROPERTY)
             if not uri.startswith("models:/") or not server_arn:
@@ -135,6 +125,21 @@ class Deployments:
             if session.scalar(select(TrackingServer.id).where(TrackingServer.name == server)):
                 return uri, server
         raise ValidationException(f"Tracking server {server} of model {uri} does not exist.")
+
+    def _approved(self, package_ref: str, tags: list[dict[str, str]]) -> Output:
+        """The package, if it may deploy: Approved, or the model carries the override tag."""
+        package = self._registry.package(package_ref)
+        approval = package.get("ModelApprovalStatus")
+        allowed = any(
+            t["Key"] == ALLOW_UNAPPROVED_TAG and t["Value"].lower() == "true" for t in tags
+        )
+        if approval != "Approved" and not allowed:
+            raise ValidationException(
+                f"Model package {package['ModelPackageArn']} has ModelApprovalStatus "
+                f"{approval}: only Approved packages deploy (approve it with "
+                f"UpdateModelPackage, or tag the model {ALLOW_UNAPPROVED_TAG}=true)."
+            )
+        return package
 
     def describe_model(self, req: Mapping[str, Any]) -> Output:
         with self._sessions() as session:
@@ -243,6 +248,10 @@ class Deployments:
         variants = []
         for variant in config.production_variants:
             model = self._get(session, SageMakerModel, "model", "model", variant["ModelName"])
+            if "ModelPackageName" in model.primary_container:
+                # Checked again at each deployment: a package rejected since CreateModel must
+                # not reach an endpoint.
+                self._approved(model.primary_container["ModelPackageName"], model.tags)
             variants.append(
                 {
                     "VariantName": variant["VariantName"],
