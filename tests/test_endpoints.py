@@ -19,6 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
+from test_authorization import DATA_SCIENTIST, new_user
 from test_iam import error_of, unique
 
 from conftest import Daemon, wait_for
@@ -43,22 +44,31 @@ def server(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     sm.delete_mlflow_tracking_server(TrackingServerName=name)
 
 
-def log_model(daemon: Daemon, server: str, labels: list[int]) -> tuple[str, Any]:
-    """Train a classifier, log and register it through the gateway: its package's ARN."""
+def train_and_log(daemon: Daemon, server: str, labels: list[int]) -> tuple[str, Any]:
+    """Train a classifier, log and register it through the gateway: its name (version 1)."""
     key, secret = daemon.credentials
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_TRACKING_USERNAME", key)
         env.setenv("MLFLOW_TRACKING_PASSWORD", secret)
-        uri = f"{daemon.url}/mlflow/{server}"
-        mlflow.set_tracking_uri(uri)
+        mlflow.set_tracking_uri(f"{daemon.url}/mlflow/{server}")
         mlflow.set_experiment(unique("deploy"))
         model = LogisticRegression().fit(FEATURES, labels)
         name = unique("iris")
         with mlflow.start_run():
             mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
-        version = MlflowClient(tracking_uri=uri).get_model_version(name, "1")
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
-    return str(version.tags[TAG]), model
+    return name, model
+
+
+def log_model(daemon: Daemon, server: str, labels: list[int]) -> tuple[str, Any]:
+    """train_and_log on a server with automatic registration: the version's package ARN."""
+    name, model = train_and_log(daemon, server, labels)
+    key, secret = daemon.credentials
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_USERNAME", key)
+        env.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+        client = MlflowClient(tracking_uri=f"{daemon.url}/mlflow/{server}")
+        return str(client.get_model_version(name, "1").tags[TAG]), model
 
 
 @pytest.fixture(scope="module")
@@ -373,3 +383,58 @@ def test_an_endpoint_serves_again_after_a_daemon_restart(tmp_path: Path) -> None
         )
     finally:
         own.stop()
+
+
+def test_invoking_and_deploying_need_their_permissions(daemon: Daemon, endpoint: str) -> None:
+    scientist = new_user(daemon, DATA_SCIENTIST)
+    nobody = new_user(daemon)
+    as_scientist = {"key": scientist["AccessKeyId"], "secret": scientist["SecretAccessKey"]}
+    as_nobody = {"key": nobody["AccessKeyId"], "secret": nobody["SecretAccessKey"]}
+    payload = json.dumps({"inputs": FEATURES[:1].tolist()}).encode()
+
+    answer = daemon.client("sagemaker-runtime", **as_scientist).invoke_endpoint(
+        EndpointName=endpoint, ContentType="application/json", Body=payload
+    )
+    assert answer["InvokedProductionVariant"] in ("blue", "green")
+    sm = daemon.client(**as_scientist)
+    assert sm.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] == "InService"
+    with pytest.raises(ClientError) as refused:
+        sm.delete_endpoint(EndpointName=endpoint)
+    assert error_of(refused)[0] == "AccessDeniedException"
+
+    with pytest.raises(ClientError) as denied:
+        daemon.client("sagemaker-runtime", **as_nobody).invoke_endpoint(
+            EndpointName=endpoint, ContentType="application/json", Body=payload
+        )
+    assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    code, message = error_of(denied)
+    assert code == "AccessDeniedException"
+    assert "sagemaker:InvokeEndpoint" in message and f"endpoint/{endpoint}" in message
+    forger = daemon.client("sagemaker-runtime", key=scientist["AccessKeyId"], secret="x" * 40)
+    with pytest.raises(ClientError) as forged:
+        forger.invoke_endpoint(EndpointName=endpoint, ContentType="application/json", Body=payload)
+    assert error_of(forged)[0] == "InvalidSignatureException"
+
+
+def test_deployment_on_postgresql(pg_daemon: Daemon, tmp_path: Path) -> None:
+    sm = pg_daemon.client()
+    server = unique("pg-serving")
+    sm.create_mlflow_tracking_server(
+        TrackingServerName=server, ArtifactStoreUri=f"file://{tmp_path}", RoleArn=ROLE
+    )
+    assert pg_daemon.wait_status(server, "Created", "CreateFailed")["TrackingServerStatus"] == (
+        "Created"
+    )
+    name, model = train_and_log(pg_daemon, server, [1, 0, 0, 1, 1])
+    endpoint = unique("pg")
+    for _ in range(2):  # created, then updated to a second config
+        deployed = mlfleet_deploy(
+            pg_daemon, f"models:/{name}/1", "--tracking-server", server, "--endpoint", endpoint
+        )
+        assert deployed.returncode == 0, deployed.stderr
+        answer = invoke(pg_daemon, endpoint, {"inputs": FEATURES.tolist()})
+        assert json.loads(answer["Body"].read())["predictions"] == model.predict(FEATURES).tolist()
+    sm.delete_endpoint(EndpointName=endpoint)
+    with pytest.raises(ClientError):
+        wait_for(lambda: not sm.describe_endpoint(EndpointName=endpoint), 60, what="deletion")
+    sm.delete_mlflow_tracking_server(TrackingServerName=server)
