@@ -438,3 +438,29 @@ def test_deployment_on_postgresql(pg_daemon: Daemon, tmp_path: Path) -> None:
     with pytest.raises(ClientError):
         wait_for(lambda: not sm.describe_endpoint(EndpointName=endpoint), 60, what="deletion")
     sm.delete_mlflow_tracking_server(TrackingServerName=server)
+
+
+def test_models_and_endpoint_configs_are_listed(daemon: Daemon, approved: tuple[str, Any]) -> None:
+    sm = daemon.client()
+    prefix = unique("listed")
+    models = [f"{prefix}-{i}" for i in range(3)]
+    for model in models:
+        sm.create_model(ModelName=model, PrimaryContainer={"ModelPackageName": approved[0]})
+        sm.create_endpoint_config(
+            EndpointConfigName=model,
+            ProductionVariants=[
+                {"VariantName": "v", "ModelName": model, "InitialInstanceCount": 1}
+            ],
+        )
+    listed = sm.list_models(NameContains=prefix, SortBy="Name", SortOrder="Ascending")
+    assert [m["ModelName"] for m in listed["Models"]] == models
+    newest_first = sm.list_endpoint_configs(NameContains=prefix)["EndpointConfigs"]
+    assert [c["EndpointConfigName"] for c in newest_first] == models[::-1]
+    first = sm.list_endpoint_configs(NameContains=prefix, MaxResults=2)
+    rest = sm.list_endpoint_configs(NameContains=prefix, MaxResults=2, NextToken=first["NextToken"])
+    assert len(first["EndpointConfigs"]) == 2 and len(rest["EndpointConfigs"]) == 1
+    assert "NextToken" not in rest
+    for model in models:
+        sm.delete_endpoint_config(EndpointConfigName=model)
+        sm.delete_model(ModelName=model)
+    assert sm.list_models(NameContains=prefix)["Models"] == []

@@ -54,11 +54,15 @@ def deploy_operations(deployments: Deployments) -> dict[str, Operation]:
         "CreateModel": operation("CreateModel", d.create_model, MODEL, True),
         "DescribeModel": operation("DescribeModel", d.describe_model, MODEL, False),
         "DeleteModel": operation("DeleteModel", d.delete_model, MODEL, False),
+        "ListModels": operation("ListModels", d.list_models, None, False),
         "CreateEndpointConfig": operation(
             "CreateEndpointConfig", d.create_endpoint_config, CONFIG, True
         ),
         "DescribeEndpointConfig": operation(
             "DescribeEndpointConfig", d.describe_endpoint_config, CONFIG, False
+        ),
+        "ListEndpointConfigs": operation(
+            "ListEndpointConfigs", d.list_endpoint_configs, None, False
         ),
         "DeleteEndpointConfig": operation(
             "DeleteEndpointConfig", d.delete_endpoint_config, CONFIG, False

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -313,25 +313,63 @@ class Deployments:
 
     def list_endpoints(self, req: Mapping[str, Any]) -> Output:
         query = select(Endpoint)
-        if "NameContains" in req:
-            query = query.where(Endpoint.name.contains(req["NameContains"], autoescape=True))
         if "StatusEquals" in req:
             query = query.where(Endpoint.status == req["StatusEquals"])
-        for member, column, after in (
-            ("CreationTimeAfter", Endpoint.created_at, True),
-            ("CreationTimeBefore", Endpoint.created_at, False),
-            ("LastModifiedTimeAfter", Endpoint.last_modified_at, True),
-            ("LastModifiedTimeBefore", Endpoint.last_modified_at, False),
-        ):
+        for member, after in (("LastModifiedTimeAfter", True), ("LastModifiedTimeBefore", False)):
             if member in req:
                 bound = req[member].timestamp()
+                column = Endpoint.last_modified_at
                 query = query.where(column > bound if after else column < bound)
-        column = {"Name": Endpoint.name, "Status": Endpoint.status}.get(
-            req.get("SortBy", "CreationTime"), Endpoint.created_at
+        return self._list(query, Endpoint, req, "Endpoints", self._endpoint_summary)
+
+    def list_models(self, req: Mapping[str, Any]) -> Output:
+        def summary(row: SageMakerModel) -> Output:
+            return {
+                "ModelName": row.name,
+                "ModelArn": row.arn,
+                "CreationTime": when(row.created_at),
+            }
+
+        return self._list(select(SageMakerModel), SageMakerModel, req, "Models", summary)
+
+    def list_endpoint_configs(self, req: Mapping[str, Any]) -> Output:
+        def summary(row: EndpointConfig) -> Output:
+            return {
+                "EndpointConfigName": row.name,
+                "EndpointConfigArn": row.arn,
+                "CreationTime": when(row.created_at),
+            }
+
+        return self._list(select(EndpointConfig), EndpointConfig, req, "EndpointConfigs", summary)
+
+    def _list(
+        self,
+        query: Select[Any],
+        model: type[Row],
+        req: Mapping[str, Any],
+        key: str,
+        summarize: Callable[[Any], Output],
+    ) -> Output:
+        """What the three List operations share: NameContains, the creation-time window,
+        SortBy (Name, CreationTime; Status for endpoints), SortOrder (newest first by default)
+        and paging."""
+        if "NameContains" in req:
+            query = query.where(model.name.contains(req["NameContains"], autoescape=True))
+        if "CreationTimeAfter" in req:
+            query = query.where(model.created_at > req["CreationTimeAfter"].timestamp())
+        if "CreationTimeBefore" in req:
+            query = query.where(model.created_at < req["CreationTimeBefore"].timestamp())
+        sort = req.get("SortBy", "CreationTime")
+        column = (
+            model.name
+            if sort == "Name"
+            else Endpoint.status
+            if sort == "Status" and model is Endpoint
+            else model.created_at
         )
         descending = req.get("SortOrder", "Descending") == "Descending"
-        query = query.order_by(column.desc() if descending else column.asc(), Endpoint.name)
-        return fetch_page(self._sessions, query, req, "Endpoints", self._endpoint_summary)
+        query = query.order_by(column.desc() if descending else column.asc(), model.name)
+        return fetch_page(self._sessions, query, req, key, summarize)
 
     def delete_endpoint(self, req: Mapping[str, Any]) -> Output:
         with self._sessions.begin() as session:
