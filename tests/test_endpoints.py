@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 from test_authorization import DATA_SCIENTIST, new_user
+from test_events import Receiver, route_to, wait_received
 from test_iam import error_of, unique
 
 from conftest import Daemon, wait_for
@@ -464,3 +465,35 @@ def test_models_and_endpoint_configs_are_listed(daemon: Daemon, approved: tuple[
         sm.delete_endpoint_config(EndpointConfigName=model)
         sm.delete_model(ModelName=model)
     assert sm.list_models(NameContains=prefix)["Models"] == []
+
+
+def test_endpoint_status_changes_are_events(daemon: Daemon, approved: tuple[str, Any]) -> None:
+    sm = daemon.client()
+    name = unique("evented")
+    receiver = Receiver().start()
+    try:
+        route_to(
+            daemon,
+            receiver,
+            {
+                "source": ["aws.sagemaker"],
+                "detail-type": ["SageMaker Endpoint State Change"],
+                "detail": {"EndpointName": [name]},
+            },
+        )
+        sm.create_model(ModelName=name, PrimaryContainer={"ModelPackageName": approved[0]})
+        sm.create_endpoint_config(
+            EndpointConfigName=name,
+            ProductionVariants=[{"VariantName": "v", "ModelName": name, "InitialInstanceCount": 1}],
+        )
+        sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+        assert wait_endpoint(daemon, name)["EndpointStatus"] == "InService"
+        sm.delete_endpoint(EndpointName=name)
+        bodies = wait_received(receiver, 3)
+    finally:
+        receiver.stop()
+    assert [b["detail"]["EndpointStatus"] for b in bodies] == ["Creating", "InService", "Deleting"]
+    assert bodies[1]["resources"] == [
+        sm.describe_model(ModelName=name)["ModelArn"].replace(":model/", ":endpoint/")
+    ]
+    assert bodies[1]["detail"]["ProductionVariants"][0]["CurrentInstanceCount"] == 1

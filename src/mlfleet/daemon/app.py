@@ -177,8 +177,19 @@ def build_daemon(settings: Settings) -> Daemon:
         healthy = [w for w in procs.workers if w.healthy] if procs else []
         return f"http://127.0.0.1:{healthy[0].port}" if healthy else None
 
-    deployer = Deployer(sessions, settings.data_dir, tracking_uri)
-    deployments = Deployments(settings, sessions, registry, deployer.kick)
+    deployer = Deployer(
+        sessions,
+        settings.data_dir,
+        tracking_uri,
+        announce=lambda session, name: deployments.announce(session, name),
+    )
+    deployments = Deployments(
+        settings,
+        sessions,
+        registry,
+        deployer.kick,
+        publish=lambda events, session: bus.publish(events, session),
+    )
     invocations = Invocations(
         deployments, deployer, credentials, authorizer, settings.region, settings.account_id
     )

@@ -77,11 +77,14 @@ class Deployer:
         sessions: sessionmaker[Session],
         data_dir: Path,
         tracking_uri: Callable[[str], str | None],
+        announce: Callable[[Session, str], None],
     ) -> None:
         self._sessions = sessions
         self._dir = data_dir / "endpoints"
         # The loopback URL of a serving tracking server by name, or None if it does not serve.
         self._tracking_uri = tracking_uri
+        # Publishes an endpoint's new state in the transaction that records it.
+        self._announce = announce
         self._running: dict[str, list[Variant]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -233,9 +236,11 @@ class Deployer:
                 values["variants"] = Endpoint.pending_variants
             values["pending_config_name"] = values["pending_variants"] = None
         with self._sessions.begin() as session:
-            session.execute(
+            changed = session.execute(
                 update(Endpoint)
                 .where(Endpoint.name == name, Endpoint.status != DELETING)
                 .values(**values)
             )
+            if changed.rowcount:
+                self._announce(session, name)
         log.info("endpoint %s: %s%s", name, status, f": {reason}" if reason else "")

@@ -20,6 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.api.paging import fetch_page
+from mlfleet.events.sources import endpoint_event
+from mlfleet.fleet.service import Publish
 from mlfleet.iam.store import when
 from mlfleet.protocol.errors import ValidationException
 from mlfleet.registry.service import ModelRegistry
@@ -52,6 +54,7 @@ class Deployments:
         sessions: sessionmaker[Session],
         registry: ModelRegistry,
         kick: Callable[[str], None],
+        publish: Publish,
     ) -> None:
         self._prefix = f"arn:aws:sagemaker:{settings.region}:{settings.account_id}:"
         self._account = settings.account_id
@@ -59,6 +62,8 @@ class Deployments:
         self._registry = registry
         # Asks the deployer to bring an endpoint's processes in line with its row.
         self._kick = kick
+        # Status changes are events, stored in the transaction that makes the change.
+        self._publish = publish
 
     def arn(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}/{name.lower()}"
@@ -239,6 +244,7 @@ class Deployments:
                 raise ValidationException(
                     f'Cannot create already existing endpoint "{arn}".'
                 ) from None
+            self.announce(session, name)
         self._kick(name)
         return {"EndpointArn": arn}
 
@@ -285,31 +291,40 @@ class Deployments:
             row.pending_config_name = config.name
             row.status, row.failure_reason, row.last_modified_at = "Updating", None, _now()
             name, arn = row.name, row.arn
+            session.flush()
+            self.announce(session, name)
         self._kick(name)
         return {"EndpointArn": arn}
 
     def describe_endpoint(self, req: Mapping[str, Any]) -> Output:
         with self._sessions() as session:
-            row = self._endpoint(session, req["EndpointName"])
-            return _without_none(
-                {
-                    **self._endpoint_summary(row),
-                    "EndpointConfigName": row.config_name,
-                    "FailureReason": row.failure_reason,
-                    "ProductionVariants": [
-                        {
-                            "VariantName": v["VariantName"],
-                            "CurrentWeight": v["Weight"],
-                            "DesiredWeight": v["Weight"],
-                            "CurrentInstanceCount": v["InstanceCount"]
-                            if row.status == "InService"
-                            else 0,
-                            "DesiredInstanceCount": v["InstanceCount"],
-                        }
-                        for v in row.variants
-                    ],
-                }
-            )
+            return self._description(self._endpoint(session, req["EndpointName"]))
+
+    def announce(self, session: Session, name: str) -> None:
+        """Publish an endpoint's state, as `session` sees it, in `session`'s transaction."""
+        row = self._endpoint(session, name)
+        self._publish([endpoint_event(self._description(row))], session)
+
+    def _description(self, row: Endpoint) -> Output:
+        return _without_none(
+            {
+                **self._endpoint_summary(row),
+                "EndpointConfigName": row.config_name,
+                "FailureReason": row.failure_reason,
+                "ProductionVariants": [
+                    {
+                        "VariantName": v["VariantName"],
+                        "CurrentWeight": v["Weight"],
+                        "DesiredWeight": v["Weight"],
+                        "CurrentInstanceCount": v["InstanceCount"]
+                        if row.status == "InService"
+                        else 0,
+                        "DesiredInstanceCount": v["InstanceCount"],
+                    }
+                    for v in row.variants
+                ],
+            }
+        )
 
     def list_endpoints(self, req: Mapping[str, Any]) -> Output:
         query = select(Endpoint)
@@ -376,6 +391,8 @@ class Deployments:
             row = self._endpoint(session, req["EndpointName"])
             row.status, row.last_modified_at = DELETING, _now()
             name = row.name
+            session.flush()
+            self.announce(session, name)
         self._kick(name)
         return {}
 

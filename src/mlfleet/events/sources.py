@@ -17,6 +17,7 @@ from mlfleet.events.bus import Event
 SAGEMAKER = "aws.sagemaker"
 API_CALL = "AWS API Call via CloudTrail"
 MODEL_PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
+ENDPOINT_STATE_CHANGE = "SageMaker Endpoint State Change"
 # The five MLflow actions SageMaker emits events for, by sagemaker-mlflow action.
 MLFLOW_DETAIL_TYPES = {
     "CreateRun": "SageMaker MLFlow Tracking Server Creating Run",
@@ -51,6 +52,17 @@ def model_package_event(description: Mapping[str, Any]) -> Event:
         detail_type=MODEL_PACKAGE_STATE_CHANGE,
         detail=_jsonable(description),
         resources=[description["ModelPackageArn"]],
+    )
+
+
+def endpoint_event(description: Mapping[str, Any]) -> Event:
+    """An endpoint changed status (Creating, InService, Updating, Failed, Deleting): its
+    DescribeEndpoint answer."""
+    return Event(
+        source=SAGEMAKER,
+        detail_type=ENDPOINT_STATE_CHANGE,
+        detail=_jsonable(description),
+        resources=[description["EndpointArn"]],
     )
 
 
