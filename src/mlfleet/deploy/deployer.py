@@ -153,7 +153,7 @@ class Deployer:
             # Created, or running before the daemon restarted (an update included).
             try:
                 self._running[name] = await self._start(name, config, variants)
-            except StartError as exc:
+            except (StartError, OSError) as exc:
                 self._settle(name, "Failed", str(exc))
                 return
         if status == "Updating" and pending[0] is not None:
@@ -169,7 +169,7 @@ class Deployer:
         serving, and says why."""
         try:
             started = await self._start(name, config, variants)
-        except StartError as exc:
+        except (StartError, OSError) as exc:
             self._settle(
                 name, "InService", f"Update to endpoint config {config} failed: {exc}", done=True
             )
