@@ -23,6 +23,7 @@ from botocore.model import OperationModel, Shape
 
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
+from mlfleet.auth.sigv4 import claimed_credential
 from mlfleet.iam.authorizer import Authorizer, RequestFacts, Tags
 from mlfleet.iam.policy import ContextValue
 from mlfleet.protocol.awsjson import JsonProtocol
@@ -77,15 +78,6 @@ class ApiCall:
 Recorder = Callable[[ApiCall], None]
 
 
-def claimed_key_id(authorization: str) -> str | None:
-    """The access key id in an AWS4-HMAC-SHA256 Authorization header, not yet verified."""
-    marker = "Credential="
-    start = authorization.find(marker)
-    if start < 0:
-        return None
-    return authorization[start + len(marker) :].split("/", 1)[0].strip() or None
-
-
 class Endpoint(ABC):
     """The steps common to every protocol; subclasses read and write the wire format."""
 
@@ -108,6 +100,7 @@ class Endpoint(ABC):
         self._denied_code = denied_code
 
     async def handle(self, request: web.Request, body: bytes, signed_region: str) -> web.Response:
+        claimed = claimed_credential(request.headers.get("Authorization", ""))
         call = ApiCall(
             service=self.service_name,
             request_id=str(uuid.uuid4()),
@@ -115,7 +108,7 @@ class Endpoint(ABC):
             source_ip=request.remote,
             user_agent=request.headers.get("User-Agent", ""),
             # Who the caller claims to be, recorded even when the signature then fails.
-            access_key_id=claimed_key_id(request.headers.get("Authorization", "")),
+            access_key_id=claimed.access_key_id if claimed else None,
         )
         model: OperationModel | None = None
         try:

@@ -47,6 +47,28 @@ class SignedRequestInfo:
     security_token: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedCredential:
+    """What an Authorization header claims before anything is verified: whose key, and the
+    region and service it was signed for (which decides which API answers)."""
+
+    access_key_id: str
+    region: str
+    service: str
+
+
+def claimed_credential(authorization: str) -> ClaimedCredential | None:
+    marker = "Credential="
+    start = authorization.find(marker)
+    if start < 0:
+        return None
+    credential = authorization[start + len(marker) :].split(",", 1)[0].strip()
+    parts = credential.split("/")
+    if len(parts) != 5 or not parts[0]:
+        return None
+    return ClaimedCredential(parts[0], parts[2], parts[3])
+
+
 def parse_authorization(headers: Mapping[str, str]) -> SignedRequestInfo:
     authorization = headers.get("authorization")
     if not authorization:

@@ -13,19 +13,9 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from mlfleet.api.endpoint import Endpoint
+from mlfleet.auth.sigv4 import claimed_credential
 
 _FORM = "application/x-www-form-urlencoded"
-
-
-def credential_scope(authorization: str) -> tuple[str, str] | None:
-    """(region, service) from an AWS4-HMAC-SHA256 Authorization header, unverified."""
-    marker = "Credential="
-    start = authorization.find(marker)
-    if start < 0:
-        return None
-    credential = authorization[start + len(marker) :].split(",", 1)[0].strip()
-    parts = credential.split("/")
-    return (parts[2], parts[3]) if len(parts) == 5 else None
 
 
 class ControlPlane:
@@ -34,8 +24,8 @@ class ControlPlane:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        scope = credential_scope(request.headers.get("Authorization", ""))
-        region, service = scope if scope is not None else ("", "")
+        claimed = claimed_credential(request.headers.get("Authorization", ""))
+        region, service = (claimed.region, claimed.service) if claimed else ("", "")
         if service not in self._endpoints:
             service = "iam" if request.content_type == _FORM else "sagemaker"
         return await self._endpoints[service].handle(request, body, region)

@@ -629,10 +629,11 @@ class EventStore:
         """How to deliver to an API-destination target, or None if it or its connection is gone."""
         destination = self.api_destination(arn)
         connection = self.connection(destination.connection_arn) if destination else None
-        auth = self.connection_auth(connection.arn) if connection else None
-        if destination is None or connection is None or auth is None:
+        if destination is None or connection is None:
             return None
-        headers, signing_key = connection_headers(connection.authorization_type, auth)
+        headers, signing_key = connection_headers(
+            connection.authorization_type, self._auth_of(connection)
+        )
         http = spec.get("HttpParameters") or {}
         headers.update(http.get("HeaderParameters") or {})
         url = destination.invocation_endpoint
@@ -654,12 +655,9 @@ class EventStore:
         with self._sessions() as session:
             return self._connection_by_arn(session, arn)
 
-    def connection_auth(self, arn: str) -> dict[str, Any] | None:
+    def _auth_of(self, connection: EventConnection) -> dict[str, Any]:
         """The connection's AuthParameters, decrypted, as CreateConnection/UpdateConnection
-        left them; None if the connection is gone."""
-        connection = self.connection(arn)
-        if connection is None:
-            return None
+        left them."""
         auth: dict[str, Any] = json.loads(self._box.open(connection.auth_parameters))
         return auth
 
@@ -785,13 +783,9 @@ def _public_auth(auth: dict[str, Any]) -> Output:
 
 def _connection(connection: EventConnection) -> Output:
     return {
-        "ConnectionArn": connection.arn,
+        **_connection_times(connection),
         "Name": connection.name,
-        "ConnectionState": connection.state,
         "AuthorizationType": connection.authorization_type,
-        "CreationTime": when(connection.created_at),
-        "LastModifiedTime": when(connection.updated_at),
-        "LastAuthorizedTime": when(connection.updated_at),
     }
 
 
@@ -823,15 +817,12 @@ def _checked_endpoint(url: str) -> str:
 
 def _destination(destination: ApiDestination) -> Output:
     return {
-        "ApiDestinationArn": destination.arn,
+        **_destination_times(destination),
         "Name": destination.name,
-        "ApiDestinationState": destination.state,
         "ConnectionArn": destination.connection_arn,
         "InvocationEndpoint": destination.invocation_endpoint,
         "HttpMethod": destination.http_method,
         "InvocationRateLimitPerSecond": destination.rate_limit_per_second,
-        "CreationTime": when(destination.created_at),
-        "LastModifiedTime": when(destination.updated_at),
     }
 
 

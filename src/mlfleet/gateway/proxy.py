@@ -204,25 +204,20 @@ class Gateway:
         if header.startswith("AWS4-HMAC-SHA256"):
             length = request.content_length or 0
             claimed = request.headers.get("x-amz-content-sha256")
-            if length > BUFFER_LIMIT and claimed and claimed != "UNSIGNED-PAYLOAD":
-                principal = self._credentials.verify_sigv4(
-                    method=request.method,
-                    raw_path_qs=request.raw_path,
-                    headers=request.headers,
-                    body=None,
-                    service="sagemaker-mlflow",
-                    payload_hash=claimed,
-                )
-                return principal, None, claimed
-            body = await request.read()
+            # A large body with a signed hash is streamed and checked on the way; others are
+            # read here and verified whole.
+            streamed = length > BUFFER_LIMIT and bool(claimed) and claimed != "UNSIGNED-PAYLOAD"
+            body = None if streamed else await request.read()
+            payload_hash = claimed if streamed else None
             principal = self._credentials.verify_sigv4(
                 method=request.method,
                 raw_path_qs=request.raw_path,
                 headers=request.headers,
                 body=body,
                 service="sagemaker-mlflow",
+                payload_hash=payload_hash,
             )
-            return principal, body, None
+            return principal, body, payload_hash
         if header.startswith("Basic "):
             return self._credentials.verify_basic(header), None, None
         cookie = request.cookies.get(COOKIE_NAME)
