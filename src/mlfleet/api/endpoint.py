@@ -122,30 +122,8 @@ class Endpoint(ABC):
             )
             call.principal, call.access_key_id = principal, principal.access_key_id
             model = self.operation_model(request, body)
-            call.operation = model.name
-            operation = self._operations.get(model.name)
-            if operation is None:
-                raise self.not_implemented(model.name)
-            params = self.parse(model, body)
-            call.parameters = params
             facts = RequestFacts(source_ip=request.remote, secure_transport=request.secure)
-            if operation.checks is not None:
-                for check in operation.checks(params, principal):
-                    call.resources.append(check.resource)
-                    self._authorizer.require(
-                        principal,
-                        check.action,
-                        check.resource,
-                        replace(
-                            facts,
-                            resource_tags=check.resource_tags,
-                            request_tags=check.request_tags,
-                            extra=check.extra,
-                        ),
-                        code=self._denied_code,
-                    )
-            result = operation.run(params, principal, facts)
-            call.response = result
+            result = self._execute(call, model, lambda: self.parse(model, body), principal, facts)
             return self.answer(model, result, call.request_id)
         except AwsError as exc:
             call.error = self.wire_error(exc)
@@ -159,11 +137,97 @@ class Endpoint(ABC):
         finally:
             self._record(_without_secrets(call, model))
 
+    def invoke(
+        self,
+        principal: Principal,
+        operation_name: str,
+        document: dict[str, Any],
+        *,
+        source_ip: str | None,
+        user_agent: str,
+        secure_transport: bool = False,
+    ) -> dict[str, Any]:
+        """Run one operation for an already authenticated principal (the web console's path).
+
+        Everything after authentication is the same as for a signed request: the parameters
+        are validated against the API model, the call is authorized and audited, and a refusal
+        raises the :class:`AwsError` a client would have received.
+        """
+        call = ApiCall(
+            service=self.service_name,
+            request_id=str(uuid.uuid4()),
+            time=time.time(),
+            source_ip=source_ip,
+            user_agent=user_agent,
+            access_key_id=principal.access_key_id,
+            principal=principal,
+        )
+        model: OperationModel | None = None
+        try:
+            model = self.model_for(operation_name)
+            checked = model
+            facts = RequestFacts(source_ip=source_ip, secure_transport=secure_transport)
+            return self._execute(
+                call, model, lambda: self.validate(checked, document), principal, facts
+            )
+        except AwsError as exc:
+            call.error = self.wire_error(exc)
+            raise call.error from None
+        except Exception:
+            log.exception("%s request %s failed", self.service_name, call.request_id)
+            call.error = self.wire_error(
+                AwsError("InternalFailure", f"Internal error (request {call.request_id}).", 500)
+            )
+            raise call.error from None
+        finally:
+            self._record(_without_secrets(call, model))
+
+    def _execute(
+        self,
+        call: ApiCall,
+        model: OperationModel,
+        parse: Callable[[], dict[str, Any]],
+        principal: Principal,
+        facts: RequestFacts,
+    ) -> dict[str, Any]:
+        call.operation = model.name
+        operation = self._operations.get(model.name)
+        if operation is None:
+            raise self.not_implemented(model.name)
+        params = parse()
+        call.parameters = params
+        if operation.checks is not None:
+            for check in operation.checks(params, principal):
+                call.resources.append(check.resource)
+                self._authorizer.require(
+                    principal,
+                    check.action,
+                    check.resource,
+                    replace(
+                        facts,
+                        resource_tags=check.resource_tags,
+                        request_tags=check.request_tags,
+                        extra=check.extra,
+                    ),
+                    code=self._denied_code,
+                )
+        result = operation.run(params, principal, facts)
+        call.response = result
+        return result
+
     @abstractmethod
     def operation_model(self, request: web.Request, body: bytes) -> OperationModel: ...
 
     @abstractmethod
     def parse(self, model: OperationModel, body: bytes) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def model_for(self, operation_name: str) -> OperationModel:
+        """The named operation; an unknown name is refused as the wire protocol would."""
+
+    @abstractmethod
+    def validate(self, model: OperationModel, document: dict[str, Any]) -> dict[str, Any]:
+        """Parameters already decoded into JSON types, checked against the operation's input."""
 
     @abstractmethod
     def answer(
@@ -193,6 +257,12 @@ class JsonEndpoint(Endpoint):
 
     def parse(self, model: OperationModel, body: bytes) -> dict[str, Any]:
         return self._protocol.parse_input(model, body)
+
+    def model_for(self, operation_name: str) -> OperationModel:
+        return self._protocol.operation_named(operation_name)
+
+    def validate(self, model: OperationModel, document: dict[str, Any]) -> dict[str, Any]:
+        return self._protocol.validate_input(model, document)
 
     def answer(
         self, model: OperationModel, result: dict[str, Any], request_id: str
@@ -240,6 +310,12 @@ class QueryEndpoint(Endpoint):
 
     def parse(self, model: OperationModel, body: bytes) -> dict[str, Any]:
         return self._protocol.parse_input(model, parse_form(body))
+
+    def model_for(self, operation_name: str) -> OperationModel:
+        return self._protocol.operation_named(operation_name)
+
+    def validate(self, model: OperationModel, document: dict[str, Any]) -> dict[str, Any]:
+        return self._protocol.validate_input(model, document)
 
     def answer(
         self, model: OperationModel, result: dict[str, Any], request_id: str

@@ -137,7 +137,7 @@ class Credentials:
                 row.expires_at,
             )
 
-    def _current(self, key_id: str, token: str | None) -> KeyRecord:
+    def usable(self, key_id: str, token: str | None) -> KeyRecord:
         """The key's record if it is usable with this session token (AWS's checks and words)."""
         record = self.lookup(key_id)
         if record is None:
@@ -167,7 +167,7 @@ class Credentials:
         region: str | None = None,
     ) -> Principal:
         info = sigv4.parse_authorization(headers)
-        record = self._current(info.access_key_id, info.security_token)
+        record = self.usable(info.access_key_id, info.security_token)
         sigv4.verify(
             info,
             record.secret,

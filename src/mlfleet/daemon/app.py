@@ -13,12 +13,16 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy import select
 
-from mlfleet.api.endpoint import ApiCall
+from mlfleet.api.endpoint import ApiCall, Endpoint
 from mlfleet.audit.responses import cloudtrail_endpoint
 from mlfleet.audit.trail import open_trail
 from mlfleet.auth.credentials import ADMIN_USER, Credentials
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.auth.ui_sessions import UiSessions
+from mlfleet.console.app import PREFIX as CONSOLE_PREFIX
+from mlfleet.console.app import Console
+from mlfleet.console.pages import ALL_PAGES as CONSOLE_PAGES
+from mlfleet.console.sessions import ConsoleSessions
 from mlfleet.daemon.control_plane import ControlPlane
 from mlfleet.deploy.deployer import Deployer
 from mlfleet.deploy.responses import Invocations, deploy_operations
@@ -58,6 +62,7 @@ class Daemon:
     gateway: Gateway
     deliveries: DeliveryWorker
     control_plane: ControlPlane
+    console: Console
     deployer: Deployer
     invocations: Invocations
     credentials_path: Path | None
@@ -201,42 +206,48 @@ def build_daemon(settings: Settings) -> Daemon:
         if event is not None:
             bus.publish([event])
 
-    control_plane = ControlPlane(
-        {
-            "sagemaker": sagemaker_endpoint(
-                {
-                    **fleet_operations(fleet),
-                    **registry_operations(registry),
-                    **deploy_operations(deployments),
-                },
-                credentials,
-                authorizer,
-                record,
-                settings.region,
-            ),
-            "iam": iam_api(
-                store,
-                Simulator(store, authorizer, settings.account_id),
-                credentials,
-                authorizer,
-                record,
-                settings.account_id,
-            ),
-            "sts": sts_api(
-                sts,
-                credentials,
-                authorizer,
-                record,
-                settings.region,
-                settings.sts_min_duration_seconds,
-            ),
-            "cloudtrail": cloudtrail_endpoint(
-                trail, credentials, authorizer, record, settings.region
-            ),
-            "events": events_endpoint(
-                event_store, bus.put_events, credentials, authorizer, record, settings.region
-            ),
-        }
+    services: dict[str, Endpoint] = {
+        "sagemaker": sagemaker_endpoint(
+            {
+                **fleet_operations(fleet),
+                **registry_operations(registry),
+                **deploy_operations(deployments),
+            },
+            credentials,
+            authorizer,
+            record,
+            settings.region,
+        ),
+        "iam": iam_api(
+            store,
+            Simulator(store, authorizer, settings.account_id),
+            credentials,
+            authorizer,
+            record,
+            settings.account_id,
+        ),
+        "sts": sts_api(
+            sts,
+            credentials,
+            authorizer,
+            record,
+            settings.region,
+            settings.sts_min_duration_seconds,
+        ),
+        "cloudtrail": cloudtrail_endpoint(trail, credentials, authorizer, record, settings.region),
+        "events": events_endpoint(
+            event_store, bus.put_events, credentials, authorizer, record, settings.region
+        ),
+    }
+    console = Console(
+        ConsoleSessions(sessions, credentials),
+        credentials,
+        services,
+        context={
+            "tracking_server_url": fleet.url_for,
+            "default_role_arn": f"arn:aws:iam::{settings.account_id}:role/mlfleet",
+            "server_charts": lambda _arn: [],
+        },
     )
     return Daemon(
         settings=settings,
@@ -244,7 +255,8 @@ def build_daemon(settings: Settings) -> Daemon:
         reconciler=reconciler,
         gateway=gateway,
         deliveries=deliveries,
-        control_plane=control_plane,
+        control_plane=ControlPlane(services),
+        console=console,
         deployer=deployer,
         invocations=invocations,
         credentials_path=creds_path,
@@ -263,6 +275,7 @@ def build_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/", daemon.control_plane.handle)
     # sagemaker-runtime's InvokeEndpoint (REST-JSON), on the same port as everything else.
     app.router.add_post("/endpoints/{name}/invocations", daemon.invocations.handle)
+    app.add_subapp(CONSOLE_PREFIX, daemon.console.build(CONSOLE_PAGES))
     app.router.add_route("*", "/mlflow/{name}", daemon.gateway.by_path)
     app.router.add_route("*", "/mlflow/{name}/{tail:.*}", daemon.gateway.by_path)
     for prefix in ("/api", "/ajax-api"):

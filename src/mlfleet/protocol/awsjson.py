@@ -123,6 +123,12 @@ class JsonProtocol:
             raise SerializationException(f"Request body is not valid JSON: {exc}") from None
         if not isinstance(document, dict):
             raise SerializationException("Request body must be a JSON object")
+        return self.validate_input(operation, document)
+
+    def operation_named(self, name: str) -> OperationModel:
+        return self.operation_for_target(f"{self._target_prefix}.{name}")
+
+    def validate_input(self, operation: OperationModel, document: dict[str, Any]) -> dict[str, Any]:
         shape = operation.input_shape
         if shape is None:
             return {}

@@ -69,11 +69,19 @@ class QueryProtocol:
             )
         return self.service_model.operation_model(action)
 
+    def operation_named(self, name: str) -> OperationModel:
+        return self.operation_for({"Action": name, "Version": self._version})
+
     def parse_input(self, operation: OperationModel, form: Mapping[str, str]) -> dict[str, Any]:
         shape = operation.input_shape
         if shape is None:
             return {}
-        document = _FormReader(form).read(shape, "") or {}
+        return self.validate_input(operation, _FormReader(form).read(shape, "") or {})
+
+    def validate_input(self, operation: OperationModel, document: dict[str, Any]) -> dict[str, Any]:
+        shape = operation.input_shape
+        if shape is None:
+            return {}
         try:
             return self._validator.validate(shape, document)
         except ValidationException as exc:

@@ -377,3 +377,27 @@ class Endpoint(Base):
     # config_name and variants once all their instances serve.
     pending_config_name: Mapped[str | None] = mapped_column(String(63))
     pending_variants: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+
+
+class ConsoleLink(Base):
+    """A one-time web-console sign-in link (``mlfleet console``); only its hash is kept."""
+
+    __tablename__ = "console_links"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    access_key_id: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[float] = mapped_column(Float)
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ConsoleSession(Base):
+    """A signed-in web-console browser. It acts with the access key it signed in with."""
+
+    __tablename__ = "console_sessions"
+
+    session_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    access_key_id: Mapped[str] = mapped_column(String(128), index=True)
+    # Compared with every form's hidden field; kept in the clear because it is no credential.
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,194 @@
+"""Tracking servers: list with live status, create, describe, update, start, stop, delete, UI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from mlfleet.console.app import PREFIX, PageRoute, Visit
+from mlfleet.console.forms import enum_values, parse_tags, tags_text
+from mlfleet.fleet.service import TRANSITIONAL
+from mlfleet.protocol.errors import AwsError
+
+_LIST = f"{PREFIX}/servers"
+
+
+def _detail(name: str) -> str:
+    return f"{_LIST}/{name}"
+
+
+def _all_servers(visit: Visit) -> list[dict[str, Any]]:
+    servers: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"SortBy": "Name", "SortOrder": "Ascending"}
+    while True:
+        page = visit.call("sagemaker", "ListMlflowTrackingServers", params)
+        servers.extend(page["TrackingServerSummaries"])
+        if "NextToken" not in page:
+            return servers
+        params["NextToken"] = page["NextToken"]
+
+
+async def server_list(visit: Visit) -> web.StreamResponse:
+    try:
+        servers = _all_servers(visit)
+    except AwsError as exc:
+        return visit.render("servers/list.html", servers=[], refused=exc, settling=False)
+    url_for = visit.console.context["tracking_server_url"]
+    for server in servers:
+        server["TrackingServerUrl"] = url_for(server["TrackingServerName"])
+    return visit.render(
+        "servers/list.html",
+        servers=servers,
+        refused=None,
+        settling=any(s["TrackingServerStatus"] in TRANSITIONAL for s in servers),
+    )
+
+
+def _create_form(visit: Visit, error: AwsError | None, status: int) -> web.Response:
+    return visit.render(
+        "servers/new.html",
+        status=status,
+        error=error,
+        values=visit.form or {},
+        sizes=enum_values("sagemaker", "TrackingServerSize"),
+        default_role=visit.console.context["default_role_arn"],
+    )
+
+
+async def create_form(visit: Visit) -> web.StreamResponse:
+    return _create_form(visit, None, 200)
+
+
+async def create(visit: Visit) -> web.StreamResponse:
+    params: dict[str, Any] = {
+        "TrackingServerName": visit.field("TrackingServerName"),
+        "ArtifactStoreUri": visit.field("ArtifactStoreUri"),
+        "RoleArn": visit.field("RoleArn"),
+        "TrackingServerSize": visit.field("TrackingServerSize") or None,
+        "MlflowVersion": visit.field("MlflowVersion") or None,
+        "AutomaticModelRegistration": visit.field("AutomaticModelRegistration") == "on",
+        "WeeklyMaintenanceWindowStart": visit.field("WeeklyMaintenanceWindowStart") or None,
+        "S3BucketOwnerAccountId": visit.field("S3BucketOwnerAccountId") or None,
+        "S3BucketOwnerVerification": visit.field("S3BucketOwnerVerification") == "on",
+    }
+    try:
+        params["Tags"] = parse_tags(visit.field("Tags"))
+        visit.call(
+            "sagemaker",
+            "CreateMlflowTrackingServer",
+            {key: value for key, value in params.items() if value is not None},
+        )
+    except AwsError as exc:
+        return _create_form(visit, exc, 400)
+    name = params["TrackingServerName"]
+    raise visit.back(_detail(name), f"Creating tracking server {name}.")
+
+
+async def detail(visit: Visit) -> web.StreamResponse:
+    name = visit.request.match_info["name"]
+    try:
+        server = visit.call(
+            "sagemaker", "DescribeMlflowTrackingServer", {"TrackingServerName": name}
+        )
+    except AwsError as exc:
+        if exc.code == "ResourceNotFound":
+            visit.flash(f"Tracking server {name} does not exist (any more).", "info")
+            raise web.HTTPSeeOther(_LIST) from None
+        visit.refused(exc)
+        raise web.HTTPSeeOther(_LIST) from None
+    charts = visit.console.context["server_charts"](server["TrackingServerArn"])
+    return visit.render(
+        "servers/detail.html",
+        server=server,
+        tags=tags_text(_tags(visit, server["TrackingServerArn"])),
+        settling=server["TrackingServerStatus"] in TRANSITIONAL,
+        sizes=enum_values("sagemaker", "TrackingServerSize"),
+        charts=charts,
+        error=None,
+    )
+
+
+def _tags(visit: Visit, arn: str) -> list[dict[str, str]]:
+    try:
+        return list(visit.call("sagemaker", "ListTags", {"ResourceArn": arn})["Tags"])
+    except AwsError:
+        return []
+
+
+def _action(operation: str, done: str) -> Any:
+    async def run(visit: Visit) -> web.StreamResponse:
+        name = visit.request.match_info["name"]
+        try:
+            visit.call("sagemaker", operation, {"TrackingServerName": name})
+        except AwsError as exc:
+            visit.refused(exc)
+            raise web.HTTPSeeOther(_detail(name)) from None
+        raise visit.back(_detail(name), f"{done} {name}.")
+
+    return run
+
+
+async def update(visit: Visit) -> web.StreamResponse:
+    name = visit.request.match_info["name"]
+    params: dict[str, Any] = {"TrackingServerName": name}
+    for member in ("ArtifactStoreUri", "TrackingServerSize", "WeeklyMaintenanceWindowStart"):
+        if visit.field(member):
+            params[member] = visit.field(member)
+    params["AutomaticModelRegistration"] = visit.field("AutomaticModelRegistration") == "on"
+    try:
+        visit.call("sagemaker", "UpdateMlflowTrackingServer", params)
+    except AwsError as exc:
+        visit.refused(exc)
+        raise web.HTTPSeeOther(_detail(name)) from None
+    raise visit.back(_detail(name), f"Updating {name}.")
+
+
+async def confirm_delete(visit: Visit) -> web.StreamResponse:
+    return visit.render("servers/delete.html", name=visit.request.match_info["name"], error=None)
+
+
+async def delete(visit: Visit) -> web.StreamResponse:
+    name = visit.request.match_info["name"]
+    if visit.field("confirm") != name:
+        return visit.render(
+            "servers/delete.html",
+            status=400,
+            name=name,
+            error="Type the server's name exactly to confirm.",
+        )
+    try:
+        visit.call("sagemaker", "DeleteMlflowTrackingServer", {"TrackingServerName": name})
+    except AwsError as exc:
+        visit.refused(exc)
+        raise web.HTTPSeeOther(_detail(name)) from None
+    raise visit.back(_LIST, f"Deleting {name}. Its artifacts stay in the artifact store.")
+
+
+async def open_ui(visit: Visit) -> web.StreamResponse:
+    """A fresh single-use presigned URL per click, so the link never sits in a page."""
+    name = visit.request.match_info["name"]
+    try:
+        answer = visit.call(
+            "sagemaker",
+            "CreatePresignedMlflowTrackingServerUrl",
+            {"TrackingServerName": name, "ExpiresInSeconds": 30},
+        )
+    except AwsError as exc:
+        visit.refused(exc)
+        raise web.HTTPSeeOther(_detail(name)) from None
+    raise web.HTTPSeeOther(answer["AuthorizedUrl"])
+
+
+ROUTES = [
+    PageRoute("GET", "/servers", server_list),
+    PageRoute("GET", "/servers/new", create_form),
+    PageRoute("POST", "/servers", create),
+    PageRoute("GET", "/servers/{name}", detail),
+    PageRoute("POST", "/servers/{name}/start", _action("StartMlflowTrackingServer", "Starting")),
+    PageRoute("POST", "/servers/{name}/stop", _action("StopMlflowTrackingServer", "Stopping")),
+    PageRoute("POST", "/servers/{name}/update", update),
+    PageRoute("GET", "/servers/{name}/delete", confirm_delete),
+    PageRoute("POST", "/servers/{name}/delete", delete),
+    PageRoute("POST", "/servers/{name}/ui", open_ui),
+]
