@@ -37,16 +37,10 @@ EndpointUrl = Annotated[
 ]
 
 
-def service_client(
-    data_dir: Path | None,
-    endpoint_url: str | None,
-    service: str = "sagemaker",
-    region: str | None = None,
-) -> BaseClient:
-    """A boto3 client of `service` for the daemon, from the data dir's files when they exist.
-
-    `region` overrides the configured one (IAM is global: always signed for us-east-1).
-    """
+def daemon_session(
+    data_dir: Path | None, endpoint_url: str | None, region: str | None = None
+) -> tuple[boto3.Session, str]:
+    """A boto3 session with the data dir's credentials (else the environment's), and the URL."""
     folder = (data_dir or Settings().data_dir).expanduser()
     profile: dict[str, str] = {}
     for name in ("credentials", "config"):
@@ -63,6 +57,20 @@ def service_client(
         or profile.get("region")
         or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
     )
+    return session, endpoint
+
+
+def service_client(
+    data_dir: Path | None,
+    endpoint_url: str | None,
+    service: str = "sagemaker",
+    region: str | None = None,
+) -> BaseClient:
+    """A boto3 client of `service` for the daemon, from the data dir's files when they exist.
+
+    `region` overrides the configured one (IAM is global: always signed for us-east-1).
+    """
+    session, endpoint = daemon_session(data_dir, endpoint_url, region)
     client = session.client(service, endpoint_url=endpoint)
     if service == "sagemaker":
         # FailureReason is an mlfleet extension that boto3's parser drops: keep it from the body.

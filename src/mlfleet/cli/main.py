@@ -7,13 +7,25 @@ import webbrowser
 from pathlib import Path
 from typing import Annotated, Any
 
+import requests
 import typer
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
+from rich.markup import escape
 from rich.table import Table
 
 from mlfleet.cli.audit import audit_app
-from mlfleet.cli.common import DataDir, EndpointUrl, call, console, err, service_client
+from mlfleet.cli.common import (
+    DataDir,
+    EndpointUrl,
+    call,
+    console,
+    daemon_session,
+    err,
+    service_client,
+)
 from mlfleet.cli.deploy import deploy
 from mlfleet.cli.events import events_app
 from mlfleet.cli.iam import iam_app
@@ -276,6 +288,40 @@ def ui(
         "create_presigned_mlflow_tracking_server_url",
         TrackingServerName=name,
     )["AuthorizedUrl"]
+    console.print(url, soft_wrap=True)
+    if open_browser:
+        webbrowser.open(url)
+
+
+@app.command("console")
+def console_link(
+    open_browser: Annotated[bool, typer.Option("--open", help="Open it in a browser.")] = False,
+    data_dir: DataDir = None,
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """Print a one-time link that signs a browser in to the web console (valid 5 minutes)."""
+    session, endpoint = daemon_session(data_dir, endpoint_url)
+    credentials = session.get_credentials()
+    if credentials is None:
+        err.print("[red]No credentials[/red]: run `mlfleet up` first, or set AWS_ACCESS_KEY_ID.")
+        raise typer.Exit(1)
+    # The daemon gives a link to whoever signs this request, for that caller's own key.
+    request = AWSRequest(method="POST", url=f"{endpoint.rstrip('/')}/console/links", data=b"")
+    SigV4Auth(credentials, "sagemaker", session.region_name or "us-east-1").add_auth(request)
+    try:
+        answer = requests.post(request.url, headers=dict(request.headers), data=b"", timeout=30)
+    except requests.ConnectionError:
+        err.print(f"[red]Cannot reach mlfleet at {endpoint}[/red]: is `mlfleet up` running?")
+        raise typer.Exit(1) from None
+    if answer.status_code != 200:
+        try:
+            refusal = answer.json()
+        except ValueError:
+            refusal = {}
+        code = refusal.get("__type", answer.status_code)
+        err.print(f"[red]{code}[/red]: {escape(refusal.get('Message', answer.text))}")
+        raise typer.Exit(1)
+    url = f"{endpoint.rstrip('/')}{answer.json()['SignInUrl']}"
     console.print(url, soft_wrap=True)
     if open_browser:
         webbrowser.open(url)
