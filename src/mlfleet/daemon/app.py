@@ -325,6 +325,8 @@ def run(settings: Settings, banner: bool = True) -> None:
             f"  account id:  {settings.account_id}\n"
             f"  credentials: {daemon.credentials_path or 'the admin user has no access key'}"
             " (profile default)\n"
+            f"  console:     {settings.endpoint_url}/console (`mlfleet console` prints a sign-in"
+            " link)\n"
             f"  try:         AWS_CONFIG_FILE={settings.data_dir / 'config'} "
             f"AWS_SHARED_CREDENTIALS_FILE={daemon.credentials_path} "
             f"aws sagemaker list-mlflow-tracking-servers",
