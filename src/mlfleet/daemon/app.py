@@ -244,7 +244,6 @@ def build_daemon(settings: Settings) -> Daemon:
         credentials,
         services,
         context={
-            "tracking_server_url": fleet.url_for,
             "default_role_arn": f"arn:aws:iam::{settings.account_id}:role/mlfleet",
             "server_charts": lambda _arn: [],
         },

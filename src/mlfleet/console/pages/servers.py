@@ -31,18 +31,27 @@ def _all_servers(visit: Visit) -> list[dict[str, Any]]:
 
 async def server_list(visit: Visit) -> web.StreamResponse:
     try:
-        servers = _all_servers(visit)
+        servers = [_with_details(visit, summary) for summary in _all_servers(visit)]
     except AwsError as exc:
         return visit.render("servers/list.html", servers=[], refused=exc, settling=False)
-    url_for = visit.console.context["tracking_server_url"]
-    for server in servers:
-        server["TrackingServerUrl"] = url_for(server["TrackingServerName"])
     return visit.render(
         "servers/list.html",
         servers=servers,
         refused=None,
         settling=any(s["TrackingServerStatus"] in TRANSITIONAL for s in servers),
     )
+
+
+def _with_details(visit: Visit, summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary plus size and URL, which only Describe returns (and may deny: then blank)."""
+    try:
+        return visit.call(
+            "sagemaker",
+            "DescribeMlflowTrackingServer",
+            {"TrackingServerName": summary["TrackingServerName"]},
+        )
+    except AwsError:
+        return summary
 
 
 def _create_form(visit: Visit, error: AwsError | None, status: int) -> web.Response:
