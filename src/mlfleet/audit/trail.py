@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -457,10 +457,14 @@ class AuditTrail:
                 / f"{self._account}_CloudTrail_{self._region}_{stamp}_mlfleet.json.gz"
             )
             path.parent.mkdir(parents=True, exist_ok=True)
-            with gzip.open(path, "wt") as fh:
-                json.dump({"Records": records}, fh)
+            path.write_bytes(log_file(records))
             written.append(path)
         return written
+
+
+def log_file(records: Iterable[Mapping[str, Any]]) -> bytes:
+    """The body of a CloudTrail log file: the records as gzipped ``{"Records": [...]}``."""
+    return gzip.compress(json.dumps({"Records": list(records)}).encode())
 
 
 def _columns_disagree(row: AuditRecord) -> bool:

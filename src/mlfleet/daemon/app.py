@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from markupsafe import Markup
 from sqlalchemy import select
 
 from mlfleet.api.endpoint import ApiCall, Endpoint
@@ -21,6 +22,7 @@ from mlfleet.auth.secrets import SecretBox
 from mlfleet.auth.ui_sessions import UiSessions
 from mlfleet.console.app import PREFIX as CONSOLE_PREFIX
 from mlfleet.console.app import Console
+from mlfleet.console.charts import endpoint_charts, server_charts
 from mlfleet.console.pages import ALL_PAGES as CONSOLE_PAGES
 from mlfleet.console.sessions import ConsoleSessions
 from mlfleet.daemon.control_plane import ControlPlane
@@ -28,7 +30,7 @@ from mlfleet.deploy.deployer import Deployer
 from mlfleet.deploy.responses import Invocations, deploy_operations
 from mlfleet.deploy.service import Deployments
 from mlfleet.events.bus import EventBus
-from mlfleet.events.delivery import DeliveryWorker
+from mlfleet.events.delivery import DeliveryLog, DeliveryWorker
 from mlfleet.events.responses import events_endpoint
 from mlfleet.events.sources import api_call_event
 from mlfleet.events.store import EventStore
@@ -42,6 +44,7 @@ from mlfleet.iam.responses import iam_api, sts_api
 from mlfleet.iam.simulator import Simulator
 from mlfleet.iam.store import IamStore
 from mlfleet.iam.sts import SecurityTokenService
+from mlfleet.metrics import Recorder
 from mlfleet.registry.responses import registry_operations
 from mlfleet.registry.service import ModelRegistry
 from mlfleet.registry.sync import RegistrySync
@@ -161,6 +164,8 @@ def build_daemon(settings: Settings) -> Daemon:
         return ServerRecord(row[0], row[1], row[2], tuple(row[3]), row[4], row[5])
 
     trail = open_trail(settings, sessions, box)
+    # Traffic of the last hour, for the console's charts: servers by id, endpoints by name.
+    server_metrics, endpoint_metrics = Recorder(), Recorder()
     gateway = Gateway(
         settings,
         runtime,
@@ -171,6 +176,7 @@ def build_daemon(settings: Settings) -> Daemon:
         trail,
         bus,
         registry_sync,
+        server_metrics,
     )
     gateway_ref.append(gateway)
 
@@ -196,8 +202,19 @@ def build_daemon(settings: Settings) -> Daemon:
         publish=lambda events, session: bus.publish(events, session),
     )
     invocations = Invocations(
-        deployments, deployer, credentials, authorizer, settings.region, settings.account_id
+        deployments,
+        deployer,
+        credentials,
+        authorizer,
+        settings.region,
+        settings.account_id,
+        endpoint_metrics,
     )
+
+    def charts_of_server(name: str) -> list[Markup]:
+        found = lookup(name)
+        return server_charts(server_metrics.window(found.id)) if found else []
+
     sts = SecurityTokenService(sessions, store, authorizer, box, settings.account_id)
 
     def record(call: ApiCall) -> None:
@@ -206,13 +223,14 @@ def build_daemon(settings: Settings) -> Daemon:
         if event is not None:
             bus.publish([event])
 
+    sagemaker_operations = {
+        **fleet_operations(fleet),
+        **registry_operations(registry),
+        **deploy_operations(deployments),
+    }
     services: dict[str, Endpoint] = {
         "sagemaker": sagemaker_endpoint(
-            {
-                **fleet_operations(fleet),
-                **registry_operations(registry),
-                **deploy_operations(deployments),
-            },
+            sagemaker_operations,
             credentials,
             authorizer,
             record,
@@ -244,8 +262,17 @@ def build_daemon(settings: Settings) -> Daemon:
         credentials,
         services,
         context={
+            # What the IAM pages simulate: each operation needs the action of its name, and
+            # InvokeEndpoint (served beside the API) needs its own.
+            "sagemaker_actions": sorted(
+                f"sagemaker:{name}" for name in [*sagemaker_operations, "InvokeEndpoint"]
+            ),
             "default_role_arn": f"arn:aws:iam::{settings.account_id}:role/mlfleet",
-            "server_charts": lambda _arn: [],
+            "server_charts": charts_of_server,
+            "endpoint_charts": lambda name: endpoint_charts(endpoint_metrics.window(name)),
+            # Not API operations: the outbox and dead letters, and InvokeEndpoint (runtime).
+            "deliveries": DeliveryLog(sessions, event_store, authorizer),
+            "invocations": invocations,
         },
     )
     return Daemon(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -18,9 +20,11 @@ from aiohttp import web
 
 from mlfleet.api.endpoint import Check, Operation
 from mlfleet.auth.credentials import Credentials
+from mlfleet.auth.identity import Principal
 from mlfleet.deploy.deployer import Deployer, Variant
 from mlfleet.deploy.service import Deployments
 from mlfleet.iam.authorizer import Authorizer, RequestFacts
+from mlfleet.metrics import Recorder
 from mlfleet.protocol.errors import AwsError
 from mlfleet.state.models import Endpoint, EndpointConfig, SageMakerModel
 
@@ -86,6 +90,29 @@ def runtime_error(error: AwsError, **members: Any) -> web.Response:
     )
 
 
+@dataclass(frozen=True)
+class Invoked:
+    """A model's answer to one invocation, and the variant that gave it."""
+
+    body: bytes
+    content_type: str
+    variant: str
+
+
+class ModelError(AwsError):
+    """The model refused the input; SageMaker passes on its status and message (424)."""
+
+    def __init__(self, original_status: int, original_message: str) -> None:
+        super().__init__(
+            "ModelError",
+            f"Received client error ({original_status}) from primary with message "
+            f'"{original_message[:1000]}".',
+            424,
+        )
+        self.original_status = original_status
+        self.original_message = original_message
+
+
 class Invocations:
     """``POST /endpoints/{EndpointName}/invocations``: sagemaker-runtime's InvokeEndpoint."""
 
@@ -97,6 +124,7 @@ class Invocations:
         authorizer: Authorizer,
         region: str,
         account_id: str,
+        metrics: Recorder,
     ) -> None:
         self._deployments = deployments
         self._deployer = deployer
@@ -104,6 +132,8 @@ class Invocations:
         self._authorizer = authorizer
         self._region = region
         self._account = account_id
+        # Invocations and latency per endpoint name, for the console's charts.
+        self._metrics = metrics
         self._http: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -111,7 +141,6 @@ class Invocations:
             await self._http.close()
 
     async def handle(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
         body = await request.read()
         try:
             principal = self._credentials.verify_sigv4(
@@ -123,19 +152,53 @@ class Invocations:
                 service="sagemaker",
                 region=self._region,
             )
-            arn = self._deployments.arn("endpoint", name)
-            facts = RequestFacts(
+            invoked = await self.invoke(
+                principal,
+                request.match_info["name"],
+                body,
+                content_type=request.headers.get("Content-Type", "application/json"),
+                accept=request.headers.get("Accept"),
+                target_variant=request.headers.get("X-Amzn-SageMaker-Target-Variant"),
                 source_ip=request.remote,
                 secure_transport=request.secure,
-                resource_tags=tuple(self._deployments.tags(Endpoint, arn)),
             )
-            self._authorizer.require(principal, "sagemaker:InvokeEndpoint", arn, facts)
-            variant = self._choose(name, request.headers.get("X-Amzn-SageMaker-Target-Variant"))
-            return await self._forward(request, variant, body)
+        except ModelError as exc:
+            return runtime_error(
+                exc, OriginalStatusCode=exc.original_status, OriginalMessage=exc.original_message
+            )
         except AwsError as exc:
             # Authentication failures keep their codes; everything else is a ValidationError
-            # or carries its own code (ModelError).
+            # or carries its own code.
             return runtime_error(exc)
+        return web.Response(
+            body=invoked.body,
+            headers={"Content-Type": invoked.content_type, VARIANT_HEADER: invoked.variant},
+        )
+
+    async def invoke(
+        self,
+        principal: Principal,
+        name: str,
+        body: bytes,
+        *,
+        content_type: str,
+        accept: str | None = None,
+        target_variant: str | None = None,
+        source_ip: str | None,
+        secure_transport: bool,
+    ) -> Invoked:
+        """InvokeEndpoint for an authenticated principal: the signed request's path and the web
+        console's. A refusal, or the model's own error (:class:`ModelError`), raises the
+        AwsError a client would receive."""
+        arn = self._deployments.arn("endpoint", name)
+        facts = RequestFacts(
+            source_ip=source_ip,
+            secure_transport=secure_transport,
+            resource_tags=tuple(self._deployments.tags(Endpoint, arn)),
+        )
+        self._authorizer.require(principal, "sagemaker:InvokeEndpoint", arn, facts)
+        variant = self._choose(name, target_variant)
+        return await self._forward(name, variant, body, content_type, accept)
 
     def _choose(self, name: str, target: str | None) -> Variant:
         variants = self._deployer.variants(name)
@@ -159,35 +222,29 @@ class Invocations:
             )
         return random.choices(weighted, weights=[v.weight or 1.0 for v in weighted])[0]
 
-    async def _forward(self, request: web.Request, variant: Variant, body: bytes) -> web.Response:
+    async def _forward(
+        self, name: str, variant: Variant, body: bytes, content_type: str, accept: str | None
+    ) -> Invoked:
         if self._http is None:
             self._http = aiohttp.ClientSession()
         instance = random.choice([w for w in variant.instances if w.healthy])
-        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
-        if "Accept" in request.headers:
-            headers["Accept"] = request.headers["Accept"]
+        headers = {"Content-Type": content_type}
+        if accept is not None:
+            headers["Accept"] = accept
         url = f"http://127.0.0.1:{instance.port}/invocations"
+        status = 503  # what the caller gets when the instance does not answer
+        started = time.perf_counter()
         try:
             async with self._http.post(url, data=body, headers=headers) as resp:
                 answer = await resp.read()
-                content_type = resp.headers.get("Content-Type", "application/json")
+                answered_type = resp.headers.get("Content-Type", "application/json")
                 status = resp.status
         except aiohttp.ClientError as exc:
             raise AwsError(
                 "ServiceUnavailable", f"Variant {variant.name} did not answer: {exc}", 503
             ) from exc
+        finally:
+            self._metrics.request(name, status, time.perf_counter() - started)
         if status >= 400:
-            original = answer.decode(errors="replace")
-            return runtime_error(
-                AwsError(
-                    "ModelError",
-                    f"Received client error ({status}) from primary with message "
-                    f'"{original[:1000]}".',
-                    424,
-                ),
-                OriginalStatusCode=status,
-                OriginalMessage=original,
-            )
-        return web.Response(
-            body=answer, headers={"Content-Type": content_type, VARIANT_HEADER: variant.name}
-        )
+            raise ModelError(status, answer.decode(errors="replace"))
+        return Invoked(answer, answered_type, variant.name)

@@ -36,6 +36,7 @@ from mlfleet.events.sources import MLFLOW_DETAIL_TYPES, mlflow_event
 from mlfleet.gateway.actions import is_write, required_action
 from mlfleet.gateway.hardening import HeaderNames, screen
 from mlfleet.iam.authorizer import Authorizer, RequestFacts, denial_message
+from mlfleet.metrics import Recorder
 from mlfleet.protocol.errors import AwsError
 from mlfleet.registry.sync import RegistrySync
 from mlfleet.registry.sync import Server as SyncServer
@@ -135,6 +136,7 @@ class Gateway:
         audit: AuditTrail,
         bus: EventBus,
         registry_sync: RegistrySync,
+        metrics: Recorder,
     ) -> None:
         self._settings = settings
         self._runtime = runtime
@@ -145,6 +147,8 @@ class Gateway:
         self._audit = audit
         self._bus = bus
         self._registry_sync = registry_sync
+        # Requests, waits and latency per server id, for the console's charts.
+        self._metrics = metrics
         self._servers: dict[str, ServerRecord] = {}
         self._load: dict[str, ServerLoad] = {}
         self._client: aiohttp.ClientSession | None = None
@@ -462,7 +466,10 @@ class Gateway:
                 )
         if before_forwarding is not None:
             await before_forwarding()
-        return await self._forward(request, server_id, route, body, payload_hash)
+        forwarded = time.perf_counter()
+        response = await self._forward(request, server_id, route, body, payload_hash)
+        self._metrics.request(server_id, response.status, time.perf_counter() - forwarded)
+        return response
 
     async def _announce(
         self,
@@ -523,6 +530,7 @@ class Gateway:
         """The least-loaded healthy worker; with ``admission``, wait for a free slot first."""
         load = self._load.setdefault(server_id, ServerLoad())
         cap = self._settings.max_inflight_per_worker
+        throttled = False
         while True:
             procs = self._runtime.get(server_id)
             if procs is None or not procs.serving:
@@ -535,6 +543,9 @@ class Gateway:
             if taken < cap or not admission:
                 load.inflight[best.port] = taken + 1
                 return best
+            if not throttled:  # the charts count requests that wait, not rounds of waiting
+                throttled = True
+                self._metrics.throttled(server_id)
             turn = asyncio.get_running_loop().create_future()
             load.waiting.append(turn)
             try:

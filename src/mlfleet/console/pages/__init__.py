@@ -1,6 +1,13 @@
 """Every console page, area by area; the daemon mounts them under ``/console``."""
 
 from mlfleet.console.app import PageRoute
-from mlfleet.console.pages import servers
+from mlfleet.console.pages import audit, endpoints, events, iam, registry, servers
 
-ALL_PAGES: list[PageRoute] = [*servers.ROUTES]
+ALL_PAGES: list[PageRoute] = [
+    *servers.ROUTES,
+    *iam.ROUTES,
+    *audit.ROUTES,
+    *events.ROUTES,
+    *registry.ROUTES,
+    *endpoints.ROUTES,
+]

@@ -6,7 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from mlfleet.console.app import PREFIX, PageRoute, Visit
+from mlfleet.console.app import PREFIX, Page, PageRoute, Visit
+from mlfleet.console.deletion import Deletion, attempt, named_action
 from mlfleet.console.forms import enum_values, parse_tags, tags_text
 from mlfleet.fleet.service import TRANSITIONAL
 from mlfleet.protocol.errors import AwsError
@@ -106,7 +107,7 @@ async def detail(visit: Visit) -> web.StreamResponse:
             raise web.HTTPSeeOther(_LIST) from None
         visit.refused(exc)
         raise web.HTTPSeeOther(_LIST) from None
-    charts = visit.console.context["server_charts"](server["TrackingServerArn"])
+    charts = visit.console.context["server_charts"](name)
     return visit.render(
         "servers/detail.html",
         server=server,
@@ -125,19 +126,6 @@ def _tags(visit: Visit, arn: str) -> list[dict[str, str]]:
         return []
 
 
-def _action(operation: str, done: str) -> Any:
-    async def run(visit: Visit) -> web.StreamResponse:
-        name = visit.request.match_info["name"]
-        try:
-            visit.call("sagemaker", operation, {"TrackingServerName": name})
-        except AwsError as exc:
-            visit.refused(exc)
-            raise web.HTTPSeeOther(_detail(name)) from None
-        raise visit.back(_detail(name), f"{done} {name}.")
-
-    return run
-
-
 async def update(visit: Visit) -> web.StreamResponse:
     name = visit.request.match_info["name"]
     params: dict[str, Any] = {"TrackingServerName": name}
@@ -145,33 +133,29 @@ async def update(visit: Visit) -> web.StreamResponse:
         if visit.field(member):
             params[member] = visit.field(member)
     params["AutomaticModelRegistration"] = visit.field("AutomaticModelRegistration") == "on"
-    try:
-        visit.call("sagemaker", "UpdateMlflowTrackingServer", params)
-    except AwsError as exc:
-        visit.refused(exc)
-        raise web.HTTPSeeOther(_detail(name)) from None
-    raise visit.back(_detail(name), f"Updating {name}.")
+    attempt(
+        visit,
+        lambda: visit.call("sagemaker", "UpdateMlflowTrackingServer", params),
+        _detail(name),
+        f"Updating {name}.",
+    )
 
 
-async def confirm_delete(visit: Visit) -> web.StreamResponse:
-    return visit.render("servers/delete.html", name=visit.request.match_info["name"], error=None)
+_DELETION = Deletion(
+    noun="tracking server",
+    detail=_detail,
+    after=_LIST,
+    consequence="The server and its metadata database are removed. Its artifacts stay in the "
+    "artifact store.",
+    run=lambda visit, name: visit.call(
+        "sagemaker", "DeleteMlflowTrackingServer", {"TrackingServerName": name}
+    ),
+    done="Deleting {name}. Its artifacts stay in the artifact store.",
+)
 
 
-async def delete(visit: Visit) -> web.StreamResponse:
-    name = visit.request.match_info["name"]
-    if visit.field("confirm") != name:
-        return visit.render(
-            "servers/delete.html",
-            status=400,
-            name=name,
-            error="Type the server's name exactly to confirm.",
-        )
-    try:
-        visit.call("sagemaker", "DeleteMlflowTrackingServer", {"TrackingServerName": name})
-    except AwsError as exc:
-        visit.refused(exc)
-        raise web.HTTPSeeOther(_detail(name)) from None
-    raise visit.back(_LIST, f"Deleting {name}. Its artifacts stay in the artifact store.")
+def _lifecycle(operation: str, done: str) -> Page:
+    return named_action("sagemaker", operation, "TrackingServerName", _detail, done)
 
 
 async def open_ui(visit: Visit) -> web.StreamResponse:
@@ -194,10 +178,14 @@ ROUTES = [
     PageRoute("GET", "/servers/new", create_form),
     PageRoute("POST", "/servers", create),
     PageRoute("GET", "/servers/{name}", detail),
-    PageRoute("POST", "/servers/{name}/start", _action("StartMlflowTrackingServer", "Starting")),
-    PageRoute("POST", "/servers/{name}/stop", _action("StopMlflowTrackingServer", "Stopping")),
+    PageRoute(
+        "POST", "/servers/{name}/start", _lifecycle("StartMlflowTrackingServer", "Starting {name}.")
+    ),
+    PageRoute(
+        "POST", "/servers/{name}/stop", _lifecycle("StopMlflowTrackingServer", "Stopping {name}.")
+    ),
     PageRoute("POST", "/servers/{name}/update", update),
-    PageRoute("GET", "/servers/{name}/delete", confirm_delete),
-    PageRoute("POST", "/servers/{name}/delete", delete),
+    PageRoute("GET", "/servers/{name}/delete", _DELETION.confirm),
+    PageRoute("POST", "/servers/{name}/delete", _DELETION.delete),
     PageRoute("POST", "/servers/{name}/ui", open_ui),
 ]
