@@ -254,6 +254,39 @@ def test_put_events_with_an_input_transformer(daemon: Daemon, receiver: Receiver
     assert len(receiver.received) == 2  # ana's payment matched no rule
 
 
+def test_deliveries_follow_changes_to_the_destination_and_connection(
+    daemon: Daemon, receiver: Receiver
+) -> None:
+    """The worker caches how to reach a target; every change through the API must reach it."""
+    source = unique("com.example")
+    rule = route_to(daemon, receiver, {"source": [source]})
+    events = daemon.client("events")
+
+    def send(number: int) -> None:
+        entry = {"Source": source, "DetailType": "t", "Detail": json.dumps({"n": number})}
+        assert events.put_events(Entries=[entry])["FailedEntryCount"] == 0
+
+    send(1)
+    assert wait_received(receiver, 1)[0]["detail"] == {"n": 1}
+    moved = Receiver().start()
+    try:
+        events.update_api_destination(Name=rule, InvocationEndpoint=moved.url)
+        events.update_connection(
+            Name=rule,
+            AuthorizationType="API_KEY",
+            AuthParameters={
+                "ApiKeyAuthParameters": {"ApiKeyName": "x-api-key", "ApiKeyValue": "rotated"}
+            },
+        )
+        send(2)
+        arrived = wait_received(moved, 1)
+        assert arrived[0]["detail"] == {"n": 2}
+        assert moved.received[0]["headers"]["x-api-key"] == "rotated"
+        assert len(receiver.received) == 1
+    finally:
+        moved.stop()
+
+
 def test_a_receiver_that_was_down_gets_everything_in_order(daemon: Daemon) -> None:
     down = Receiver()  # not listening yet: connections are refused
     source = unique("com.orders")

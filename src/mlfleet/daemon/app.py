@@ -117,8 +117,7 @@ def build_daemon(settings: Settings) -> Daemon:
     bus = EventBus(sessions, event_store.rules_with_targets, settings.account_id, settings.region)
     deliveries = DeliveryWorker(
         sessions,
-        event_store.http_target,
-        event_store.target_spec,
+        event_store.delivery_target,
         settings.event_retry_max_backoff_seconds,
     )
     bus.set_wake(deliveries.wake)

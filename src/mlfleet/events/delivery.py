@@ -67,8 +67,8 @@ class HttpTarget:
     max_age_seconds: float
 
 
-# target ARN + target spec -> how to reach it (None: the destination no longer exists).
-TargetResolver = Callable[[str, Mapping[str, Any]], HttpTarget | None]
+# (bus, rule, target id, target ARN) -> how to reach the target, or why it cannot be reached.
+TargetResolver = Callable[[str, str, str, str], HttpTarget | str]
 
 
 def sign(key: bytes, body: bytes, moment: int) -> str:
@@ -101,13 +101,11 @@ class DeliveryWorker:
         self,
         sessions: sessionmaker[Session],
         resolve: TargetResolver,
-        target_specs: Callable[[str, str, str], Mapping[str, Any] | None],
         max_backoff_seconds: float,
         concurrency: int = 16,
     ) -> None:
         self._sessions = sessions
         self._resolve = resolve
-        self._target_specs = target_specs
         self._max_backoff = max_backoff_seconds
         self._concurrency = concurrency
         self._wake = asyncio.Event()
@@ -194,11 +192,7 @@ class DeliveryWorker:
                     .limit(RUN_LENGTH)
                 )
             )
-        spec = self._target_specs(head.bus, head.rule, head.target_id)
-        if spec is None:
-            return run, "the rule or this target was removed"
-        target = self._resolve(head.target_arn, spec)
-        return run, target or "the target's API destination no longer exists"
+        return run, self._resolve(head.bus, head.rule, head.target_id, head.target_arn)
 
     async def _drain(self, head: EventDelivery) -> None:
         """Send a queue's deliveries in order, one at a time, until one must wait for a retry.

@@ -149,11 +149,13 @@ class EventStore:
         self._account = account_id
         self._region = region
         self._box = box
-        # rules_with_targets' cache. A load that raced a write must not be cached: the write
-        # bumps the generation, and a load only stores its result if the generation held.
+        # The caches of rules_with_targets and delivery_target. A load that raced a write must
+        # not be cached: the write bumps the generation, and a load only stores its result if
+        # the generation held.
         self._lock = threading.Lock()
         self._generation = 0
         self._active: dict[str, ActiveRules] = {}
+        self._delivery_targets: dict[tuple[str, str, str, str], HttpTarget | str] = {}
 
     # --- ARNs --------------------------------------------------------------------------------
 
@@ -192,7 +194,11 @@ class EventStore:
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
-        """A write transaction; two requests racing to create one name answer as AWS does."""
+        """A write transaction; two requests racing to create one name answer as AWS does.
+
+        Every write of a rule, target, connection or destination comes through here, so here
+        the caches of what they resolve to are dropped.
+        """
         try:
             with self._sessions.begin() as session:
                 yield session
@@ -201,11 +207,15 @@ class EventStore:
                 "ConcurrentModificationException",
                 "Another request changed this resource at the same time; retry.",
             ) from None
+        finally:
+            self._changed()
 
-    def _rules_changed(self) -> None:
+    def _changed(self) -> None:
+        """A rule, target, connection or API destination was written: drop what was cached."""
         with self._lock:
             self._generation += 1
             self._active.clear()
+            self._delivery_targets.clear()
 
     # --- rules -------------------------------------------------------------------------------
 
@@ -238,7 +248,6 @@ class EventStore:
             rule.state = req.get("State", "ENABLED")
             rule.description = req.get("Description")
             rule.role_arn = req.get("RoleArn")
-        self._rules_changed()
         return {"RuleArn": rule.arn}
 
     def _check_rule_quota(self, session: Session, bus: str) -> None:
@@ -276,7 +285,6 @@ class EventStore:
         bus = self._bus(req)
         with self._writing() as session:
             self._rule(session, bus, req["Name"]).state = state
-        self._rules_changed()
         return {}
 
     def delete_rule(self, req: dict[str, Any]) -> Output:
@@ -293,7 +301,6 @@ class EventStore:
             for target in targets:
                 session.delete(target)
             session.delete(rule)
-        self._rules_changed()
         return {}
 
     def rule_tags(self, name: str) -> list[dict[str, str]]:
@@ -343,7 +350,6 @@ class EventStore:
                     session.add(target)
                 target.arn = entry["Arn"]
                 target.spec = entry
-        self._rules_changed()
         return {"FailedEntryCount": len(failed), "FailedEntries": failed}
 
     def _target_problem(self, session: Session, entry: dict[str, Any]) -> tuple[str, str] | None:
@@ -370,7 +376,6 @@ class EventStore:
             for target in self._targets(session, bus, name):
                 if target.target_id in req["Ids"]:
                     session.delete(target)
-        self._rules_changed()
         return {"FailedEntryCount": 0, "FailedEntries": []}
 
     def list_targets_by_rule(self, req: dict[str, Any]) -> Output:
@@ -618,6 +623,34 @@ class EventStore:
             record = CompiledRule(bus, rule.name, rule.arn, rule.state, rule.event_pattern, pattern)
             active.append((record, specs[rule.name]))
         return active
+
+    def delivery_target(
+        self, bus: str, rule: str, target_id: str, target_arn: str
+    ) -> HttpTarget | str:
+        """How to reach a rule's target, or why it cannot be reached any more.
+
+        Cached until the next write of a rule, target, connection or destination: without the
+        cache each delivery run paid three queries and a decryption before its first request.
+        """
+        key = (bus, rule, target_id, target_arn)
+        with self._lock:
+            cached = self._delivery_targets.get(key)
+            generation = self._generation
+        if cached is not None:
+            return cached
+        spec = self.target_spec(bus, rule, target_id)
+        resolved: HttpTarget | str
+        if spec is None:
+            resolved = "the rule or this target was removed"
+        else:
+            resolved = (
+                self.http_target(target_arn, spec)
+                or "the target's API destination no longer exists"
+            )
+        with self._lock:
+            if self._generation == generation:
+                self._delivery_targets[key] = resolved
+        return resolved
 
     def target_spec(self, bus: str, rule: str, target_id: str) -> dict[str, Any] | None:
         """The stored Target structure, or None if the target is gone."""
