@@ -248,6 +248,19 @@ def test_tracking_server_journey_in_chromium(
             page.get_by_role("button", name="Start").click()
             expect(page.locator(".facts .status")).to_have_text("Started", timeout=120_000)
 
+            # The audit page, filtered to this server, shows each thing the browser did.
+            arn = f"arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/{name}"
+            page.goto(f"{daemon.url}/console/audit?resource={arn}")
+            for operation in (
+                "CreateMlflowTrackingServer",
+                "CreatePresignedMlflowTrackingServerUrl",
+                "StopMlflowTrackingServer",
+                "StartMlflowTrackingServer",
+            ):
+                row = page.get_by_role("rowheader", name=f"sagemaker:{operation}", exact=True)
+                expect(row.first).to_be_visible()
+            screenshot(page, "audit-server")
+
             page.get_by_role("link", name="Tracking servers").click()
             expect(page.get_by_role("link", name=name)).to_be_visible()
             screenshot(page, "servers")

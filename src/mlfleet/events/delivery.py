@@ -136,12 +136,15 @@ class DeliveryWorker:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the round, not after it: a wake-up that arrives while the round
+            # runs (an event stored after its query) must start the next round at once rather
+            # than wait for the idle poll.
+            self._wake.clear()
             try:
                 wait = await self._round()
             except Exception:
                 log.exception("event delivery round failed")
                 wait = 1.0
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
