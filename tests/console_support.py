@@ -1,4 +1,5 @@
-"""Signing in to the web console from tests: in Chromium (Playwright) or with ``requests``."""
+"""Driving Debian's Chromium from tests, and signing in to the web console (in Chromium or
+with ``requests``)."""
 
 from __future__ import annotations
 

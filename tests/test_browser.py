@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
 from conftest import Daemon
+from console_support import SCREENSHOTS, launch, needs_chromium
 
-CHROMIUM = shutil.which("chromium")
-SCREENSHOTS = Path(__file__).parent / "screenshots"
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test installs it)"
-)
-
-
-def launch(playwright: Any) -> Any:
-    # No browser download: Playwright drives the system Chromium. The flags keep it off the
-    # network this machine does not have.
-    return playwright.chromium.launch(
-        executable_path=CHROMIUM,
-        args=[
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ],
-    )
+pytestmark = needs_chromium
 
 
 def test_presigned_url_opens_mlflow_ui(

@@ -113,10 +113,8 @@ class Endpoint(ABC):
         model: OperationModel | None = None
         try:
             principal = self._credentials.verify_sigv4(
-                method=request.method,
-                raw_path_qs=request.raw_path,
-                headers=request.headers,
-                body=body,
+                request,
+                body,
                 service=self.service_name,
                 region=signed_region if signed_region in self._regions else self._regions[0],
             )
@@ -125,14 +123,8 @@ class Endpoint(ABC):
             facts = RequestFacts(source_ip=request.remote, secure_transport=request.secure)
             result = self._execute(call, model, lambda: self.parse(model, body), principal, facts)
             return self.answer(model, result, call.request_id)
-        except AwsError as exc:
-            call.error = self.wire_error(exc)
-            return self.refuse(call.error, call.request_id)
-        except Exception:
-            log.exception("%s request %s failed", self.service_name, call.request_id)
-            call.error = self.wire_error(
-                AwsError("InternalFailure", f"Internal error (request {call.request_id}).", 500)
-            )
+        except Exception as exc:
+            call.error = self._failure(call, exc)
             return self.refuse(call.error, call.request_id)
         finally:
             self._record(_without_secrets(call, model))
@@ -170,17 +162,20 @@ class Endpoint(ABC):
             return self._execute(
                 call, model, lambda: self.validate(checked, document), principal, facts
             )
-        except AwsError as exc:
-            call.error = self.wire_error(exc)
-            raise call.error from None
-        except Exception:
-            log.exception("%s request %s failed", self.service_name, call.request_id)
-            call.error = self.wire_error(
-                AwsError("InternalFailure", f"Internal error (request {call.request_id}).", 500)
-            )
+        except Exception as exc:
+            call.error = self._failure(call, exc)
             raise call.error from None
         finally:
             self._record(_without_secrets(call, model))
+
+    def _failure(self, call: ApiCall, exc: Exception) -> AwsError:
+        """The error a failed call answers: its own, or (a bug) a logged InternalFailure."""
+        if isinstance(exc, AwsError):
+            return self.wire_error(exc)
+        log.error("%s request %s failed", self.service_name, call.request_id, exc_info=exc)
+        return self.wire_error(
+            AwsError("InternalFailure", f"Internal error (request {call.request_id}).", 500)
+        )
 
     def _execute(
         self,

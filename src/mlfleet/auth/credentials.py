@@ -6,9 +6,9 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +19,9 @@ from mlfleet.auth.secrets import SecretBox, is_sealed
 from mlfleet.protocol.errors import AwsError
 from mlfleet.settings import Settings
 from mlfleet.state.models import AccessKey, IamRole
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 ADMIN_USER = "admin"
 _INVALID_TOKEN = "The security token included in the request is invalid."
@@ -157,23 +160,22 @@ class Credentials:
 
     def verify_sigv4(
         self,
-        *,
-        method: str,
-        raw_path_qs: str,
-        headers: Mapping[str, str],
+        request: web.Request,
         body: bytes | None,
+        *,
         service: str,
         payload_hash: str | None = None,
         region: str | None = None,
     ) -> Principal:
-        info = sigv4.parse_authorization(headers)
+        """Who signed `request` (its method, raw path and headers as sent) with `body`."""
+        info = sigv4.parse_authorization(request.headers)
         record = self.usable(info.access_key_id, info.security_token)
         sigv4.verify(
             info,
             record.secret,
-            method,
-            raw_path_qs,
-            headers,
+            request.method,
+            request.raw_path,
+            request.headers,
             body,
             expected_service=service,
             expected_region=region or self._settings.region,

@@ -258,10 +258,8 @@ class Console:
         claimed = claimed_credential(request.headers.get("Authorization", ""))
         try:
             principal = self.credentials.verify_sigv4(
-                method=request.method,
-                raw_path_qs=request.raw_path,
-                headers=request.headers,
-                body=body,
+                request,
+                body,
                 service="sagemaker",
                 region=claimed.region if claimed else None,
             )

@@ -144,10 +144,8 @@ class Invocations:
         body = await request.read()
         try:
             principal = self._credentials.verify_sigv4(
-                method=request.method,
-                raw_path_qs=request.raw_path,
-                headers=request.headers,
-                body=body,
+                request,
+                body,
                 # sagemaker-runtime signs with the name "sagemaker".
                 service="sagemaker",
                 region=self._region,

@@ -214,10 +214,8 @@ class Gateway:
             body = None if streamed else await request.read()
             payload_hash = claimed if streamed else None
             principal = self._credentials.verify_sigv4(
-                method=request.method,
-                raw_path_qs=request.raw_path,
-                headers=request.headers,
-                body=body,
+                request,
+                body,
                 service="sagemaker-mlflow",
                 payload_hash=payload_hash,
             )
