@@ -219,3 +219,33 @@ def test_the_upstream_url_is_sent_byte_for_byte(path: str) -> None:
             await runner.cleanup()
 
     assert asyncio.run(round_trip()) == path
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        # Served by MLflow's Flask app, which the worker calls without the FastAPI middleware
+        ("POST", "/api/2.0/mlflow/experiments/search", {"max_results": 1}),
+        ("GET", "/", None),
+        # Served by MLflow's FastAPI app itself
+        ("GET", "/api/3.0/mlflow/server-info", None),
+    ],
+)
+def test_mlflow_keeps_its_own_response_hardening(
+    daemon: Daemon, shared_server: dict[str, Any], method: str, path: str, body: Any
+) -> None:
+    key, secret = daemon.credentials
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
+    payload = None if body is None else json.dumps(body).encode()
+    if payload is not None:
+        headers["Content-Type"] = "application/json"
+    target = urlsplit(shared_server["TrackingServerUrl"]).path + path
+    connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    try:
+        connection.request(method, target, body=payload, headers=headers)
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    assert response.status == 200
+    assert response.getheader("X-Content-Type-Options") == "nosniff", response.getheaders()
