@@ -27,15 +27,15 @@ from mlfleet.gateway.proxy import ARN_HEADER, upstream_url
 ADDRESSING = ["url", "arn"]  # TrackingServerUrl path prefix, or ARN header (sagemaker-mlflow)
 
 
-def call(
+def send(
     daemon: Daemon,
     server: dict[str, Any],
     method: str,
     path: str,
     body: dict[str, Any] | None = None,
     by: str = "url",
-) -> tuple[int, dict[str, Any]]:
-    """Send ``path`` (MLflow's, e.g. /api/2.0/...) to ``server`` byte for byte; the JSON answer."""
+) -> tuple[http.client.HTTPResponse, bytes]:
+    """Send ``path`` (MLflow's, e.g. /api/2.0/...) to ``server`` byte for byte; the answer."""
     key, secret = daemon.credentials
     headers = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
     if by == "url":
@@ -51,9 +51,14 @@ def call(
     try:
         connection.request(method, target, body=payload, headers=headers)
         response = connection.getresponse()
-        data = response.read()
+        return response, response.read()
     finally:
         connection.close()
+
+
+def call(*args: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    """As ``send``; the status and the JSON answer."""
+    response, data = send(*args, **kwargs)
     return response.status, json.loads(data) if data else {}
 
 
@@ -232,20 +237,12 @@ def test_the_upstream_url_is_sent_byte_for_byte(path: str) -> None:
     ],
 )
 def test_mlflow_keeps_its_own_response_hardening(
-    daemon: Daemon, shared_server: dict[str, Any], method: str, path: str, body: Any
+    daemon: Daemon,
+    shared_server: dict[str, Any],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
 ) -> None:
-    key, secret = daemon.credentials
-    headers = {"Authorization": "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()}
-    payload = None if body is None else json.dumps(body).encode()
-    if payload is not None:
-        headers["Content-Type"] = "application/json"
-    target = urlsplit(shared_server["TrackingServerUrl"]).path + path
-    connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
-    try:
-        connection.request(method, target, body=payload, headers=headers)
-        response = connection.getresponse()
-        response.read()
-    finally:
-        connection.close()
+    response, _ = send(daemon, shared_server, method, path, body)
     assert response.status == 200
     assert response.getheader("X-Content-Type-Options") == "nosniff", response.getheaders()

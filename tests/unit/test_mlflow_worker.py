@@ -30,7 +30,6 @@ REQUESTS = [
 
 DECIDE = """
 import json, sys
-import uvicorn  # as in the worker: mlflow.server then knows it runs as a server
 from mlfleet.runtime.mlflow_worker import build_app
 app = build_app()
 print(json.dumps([app.is_native(m, p) for m, p in json.loads(sys.argv[1])]))
