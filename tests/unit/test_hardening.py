@@ -14,6 +14,7 @@ from aiohttp.test_utils import make_mocked_request
 from mlfleet.gateway.actions import path_segments
 from mlfleet.gateway.hardening import (
     MAX_DECODINGS,
+    STRIPPED_REQUEST,
     Refusal,
     artifact_location_problem,
     artifact_path_problem,
@@ -24,7 +25,6 @@ from mlfleet.gateway.hardening import (
     source_problem,
     url_problem,
 )
-from mlfleet.gateway.proxy import STRIPPED_REQUEST
 
 # paths -----------------------------------------------------------------------------------------
 

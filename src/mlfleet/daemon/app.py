@@ -38,6 +38,7 @@ from mlfleet.fleet.reconciler import Reconciler
 from mlfleet.fleet.responses import fleet_operations, sagemaker_endpoint
 from mlfleet.fleet.service import FleetService
 from mlfleet.gateway.actions import table_mlflow_version
+from mlfleet.gateway.handover import Handover
 from mlfleet.gateway.proxy import Gateway, ServerRecord
 from mlfleet.iam.authorizer import AUTHORIZATION_MODES, Authorizer
 from mlfleet.iam.responses import iam_api, sts_api
@@ -113,6 +114,8 @@ def build_daemon(settings: Settings) -> Daemon:
     reconciler_ref: list[Reconciler] = []
     gateway_ref: list[Gateway] = []
     runtime = LocalRuntime()
+    # Connections handed over to workers hold decisions made before the change.
+    on_iam_change.append(runtime.generation.bump)
     event_store = EventStore(sessions, settings.account_id, settings.region, box)
     bus = EventBus(sessions, event_store.rules_with_targets, settings.account_id, settings.region)
     deliveries = DeliveryWorker(
@@ -176,6 +179,7 @@ def build_daemon(settings: Settings) -> Daemon:
         bus,
         registry_sync,
         server_metrics,
+        Handover(settings, runtime, authorizer, trail, server_metrics),
     )
     gateway_ref.append(gateway)
 

@@ -324,11 +324,18 @@ async def screen(
             return too_large(min(limit, request.client_max_size)), None
         if payload_hash is not None and hashlib.sha256(body).hexdigest() != payload_hash:
             return invalid("The request body does not match its signed X-Amz-Content-SHA256."), None
-    if capped and body is not None and len(body) > limit:
-        return too_large(limit), body
-    if inspect:
-        refusal = body_problem(segments, body or b"")
-    return refusal, body
+    return request_problem(path, body or b"", limit), body
+
+
+def request_problem(path: str, body: bytes, limit: int) -> Refusal | None:
+    """What ``screen`` refuses in an API request whose body is at hand, or None."""
+    refusal = url_problem(path)
+    if refusal is not None:
+        return refusal
+    segments = path_segments(path.partition("?")[0])
+    if not is_artifact_transfer(segments) and len(body) > limit:
+        return too_large(limit)
+    return body_problem(segments, body) if _body_check(segments) is not None else None
 
 
 # headers -------------------------------------------------------------------------------------
@@ -382,3 +389,35 @@ class HeaderNames(frozenset[str]):
         return name.startswith(("x-forwarded-", "forwarded")) or any(
             word in _IDENTITY_WORDS for word in words
         )
+
+
+ARN_HEADER = "x-mlflow-sm-tracking-server-arn"
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
+# Credentials and routing meant for the gateway never reach MLflow, nor does any identity a
+# client claims (HeaderNames also drops X-Forwarded-User, Remote-User and their kin).
+STRIPPED_REQUEST = HeaderNames(
+    HOP_BY_HOP
+    | {
+        "host",
+        "authorization",
+        "cookie",
+        "origin",
+        "x-amz-date",
+        "x-amz-content-sha256",
+        "x-amz-security-token",
+        ARN_HEADER,
+        "x-mlflow-authorization",
+        "x-mlflow-workspace",
+        "x-real-ip",
+    }
+)
+STRIPPED_RESPONSE = HOP_BY_HOP | {"content-length", "set-cookie"}

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +32,14 @@ from mlfleet.auth.ui_sessions import COOKIE_NAME, UiSessions
 from mlfleet.events.bus import EventBus
 from mlfleet.events.sources import MLFLOW_DETAIL_TYPES, mlflow_event
 from mlfleet.gateway.actions import is_write, required_action
-from mlfleet.gateway.hardening import HeaderNames, screen
+from mlfleet.gateway.data_events import (
+    data_event,
+    data_events_on,
+    json_or_none,
+    keeps_body,
+)
+from mlfleet.gateway.handover import Handover
+from mlfleet.gateway.hardening import ARN_HEADER, STRIPPED_REQUEST, STRIPPED_RESPONSE, screen
 from mlfleet.iam.authorizer import Authorizer, RequestFacts, denial_message
 from mlfleet.metrics import Recorder
 from mlfleet.protocol.errors import AwsError
@@ -45,46 +50,13 @@ from mlfleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ARN_HEADER = "x-mlflow-sm-tracking-server-arn"
-HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-}
-# Credentials and routing meant for the gateway never reach MLflow, nor does any identity a
-# client claims (HeaderNames also drops X-Forwarded-User, Remote-User and their kin).
-STRIPPED_REQUEST = HeaderNames(
-    HOP_BY_HOP
-    | {
-        "host",
-        "authorization",
-        "cookie",
-        "origin",
-        "x-amz-date",
-        "x-amz-content-sha256",
-        "x-amz-security-token",
-        ARN_HEADER,
-        "x-mlflow-authorization",
-        "x-mlflow-workspace",
-        "x-real-ip",
-    }
-)
-STRIPPED_RESPONSE = HOP_BY_HOP | {"content-length", "set-cookie"}
 # Bodies up to this size are read whole (and hashed for SigV4); larger ones are streamed.
 BUFFER_LIMIT = 8 * 1024 * 1024
 SMALL_RESPONSE = 1024 * 1024
 CHUNK = 256 * 1024
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-# A write's JSON body up to this size is kept in its data event; larger ones are not.
-AUDITED_BODY_LIMIT = 4096
 CREATE_MODEL_VERSION = "sagemaker-mlflow:CreateModelVersion"
 SET_ALIAS = "sagemaker-mlflow:SetRegisteredModelAlias"
-DATA_EVENTS_TAG = "mlfleet:data-events"
 
 
 @dataclass(frozen=True)
@@ -93,6 +65,8 @@ class Route:
 
     name: str
     upstream_path: str
+    # What precedes upstream_path in the client's URL: "/mlflow/<name>", or "" (ARN header).
+    prefix: str = ""
 
 
 @dataclass
@@ -137,8 +111,10 @@ class Gateway:
         bus: EventBus,
         registry_sync: RegistrySync,
         metrics: Recorder,
+        handover: Handover | None = None,
     ) -> None:
         self._settings = settings
+        self._handover = handover
         self._runtime = runtime
         self._credentials = credentials
         self._authorizer = authorizer
@@ -178,7 +154,7 @@ class Gateway:
             raise web.HTTPFound(f"{prefix}/")
         if upstream.split("?", 1)[0] == "/auth":
             return await self._open_ui_session(request, name)
-        return await self._serve(request, Route(name, upstream))
+        return await self._serve(request, Route(name, upstream, prefix))
 
     async def by_arn_header(self, request: web.Request) -> web.StreamResponse:
         arn = request.headers.get(ARN_HEADER)
@@ -274,6 +250,8 @@ class Gateway:
     def forget_server(self, name: str) -> None:
         """Drop what is cached of a server whose record changed (its tags, say)."""
         self._servers.pop(name, None)
+        # Connections handed over to workers were decided on the old record.
+        self._runtime.generation.bump()
 
     def _server(self, name: str) -> ServerRecord | None:
         # A serving server's record is current: its status, which is not used then, changes
@@ -324,7 +302,8 @@ class Gateway:
             return mlflow_error(403, "PERMISSION_DENIED", requirement.reason)
         action = requirement.action
         started = time.time()
-        audited = action is not None and is_write(action) and data_events_on(found)
+        tags = found.tags if found else None
+        audited = action is not None and is_write(action) and data_events_on(tags)
         recording: list[asyncio.Future[None]] = []
 
         async def record_forwarded() -> None:
@@ -358,6 +337,17 @@ class Gateway:
                 await self._announce(request, route, principal, action, response)
             if response.status == 200 and found and found.automatic_model_registration:
                 await self._register(request, route, found, action, response)
+        if self._handover is not None and found is not None:
+            await self._handover.offer(
+                request,
+                response,
+                found.id,
+                self._arn_prefix + route.name,
+                route.prefix,
+                principal,
+                facts_of(request, found),
+                data_events_on(found.tags),
+            )
         return response
 
     async def _register(
@@ -376,11 +366,11 @@ class Gateway:
         try:
             if action == CREATE_MODEL_VERSION:
                 answer = response.body if isinstance(response, web.Response) else None
-                created = _json_or_none(answer) if isinstance(answer, bytes) else None
+                created = json_or_none(answer) if isinstance(answer, bytes) else None
                 if isinstance(created, dict) and "model_version" in created:
                     await self._registry_sync.version_created(sync_server, created["model_version"])
             elif action == SET_ALIAS:
-                asked = _json_or_none(await request.read())
+                asked = json_or_none(await request.read())
                 if isinstance(asked, dict):
                     await self._registry_sync.alias_set(sync_server, asked)
         except Exception:
@@ -423,12 +413,7 @@ class Gateway:
         if action is not None:
             # Decided before the server's existence is revealed, on the ARN the name gives.
             arn = self._arn_prefix + route.name
-            facts = RequestFacts(
-                source_ip=request.remote,
-                secure_transport=request.secure,
-                resource_tags=found.tags if found else (),
-            )
-            result = self._authorizer.check(principal, action, arn, facts)
+            result = self._authorizer.check(principal, action, arn, facts_of(request, found))
             if not result.allowed:
                 message = denial_message(principal, action, arn, result)
                 return mlflow_error(403, "PERMISSION_DENIED", message)
@@ -484,8 +469,8 @@ class Gateway:
             self._arn_prefix + route.name,
             route.name,
             principal.arn,
-            _json_or_none(await request.read()),
-            _json_or_none(answer) if isinstance(answer, bytes) else None,
+            json_or_none(await request.read()),
+            json_or_none(answer) if isinstance(answer, bytes) else None,
         )
         if event is not None:
             await asyncio.to_thread(self._bus.publish, [event])
@@ -500,28 +485,20 @@ class Gateway:
         response: web.StreamResponse | None,
     ) -> DataEvent:
         """An MLflow write as a data event: as forwarded (no response yet), or its outcome."""
-        path, _, query = route.upstream_path.partition("?")
-        parameters: dict[str, Any] = {"httpMethod": request.method, "path": path}
-        if query:
-            parameters["queryString"] = query
-        length = request.content_length
-        if length is not None and length <= AUDITED_BODY_LIMIT and "/mlflow-artifacts/" not in path:
-            parameters["body"] = _json_or_none(await request.read())
-        error_code = error_message = None
-        if response is not None and response.status >= 400:
-            error_code, error_message = _mlflow_error_of(response)
-        return DataEvent(
+        kept = keeps_body(route.upstream_path, request.content_length)
+        answer = response.body if isinstance(response, web.Response) else None
+        return data_event(
             principal=principal,
             action=action,
             resource=self._arn_prefix + route.name,
-            time=started,
+            started=started,
             source_ip=request.remote,
             user_agent=request.headers.get("User-Agent", ""),
-            request_id=str(uuid.uuid4()),
-            parameters=parameters,
+            method=request.method,
+            upstream_path=route.upstream_path,
+            body=await request.read() if kept else None,
             status=response.status if response is not None else None,
-            error_code=error_code,
-            error_message=error_message,
+            answer=answer if isinstance(answer, bytes) else None,
         )
 
     async def _acquire(self, server_id: str, admission: bool) -> Worker | None:
@@ -634,28 +611,12 @@ class Gateway:
         return response
 
 
-def data_events_on(server: ServerRecord | None) -> bool:
-    """Whether MLflow writes to this server are audited (tag mlfleet:data-events=off: not)."""
-    if server is None:
-        return True
-    return not any(
-        t["Key"] == DATA_EVENTS_TAG and t.get("Value", "").lower() == "off" for t in server.tags
+def facts_of(request: web.Request, server: ServerRecord | None) -> RequestFacts:
+    return RequestFacts(
+        source_ip=request.remote,
+        secure_transport=request.secure,
+        resource_tags=server.tags if server else (),
     )
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return None
-
-
-def _mlflow_error_of(response: web.StreamResponse) -> tuple[str, str | None]:
-    body = response.body if isinstance(response, web.Response) else None
-    found = _json_or_none(body) if isinstance(body, bytes) else None
-    if isinstance(found, dict) and "error_code" in found:
-        return str(found["error_code"]), str(found.get("message", ""))
-    return f"HTTP{response.status}", None
 
 
 def upstream_url(port: int, path: str) -> URL:

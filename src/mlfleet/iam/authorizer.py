@@ -10,7 +10,7 @@ revoked permission is revoked at once.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -99,6 +99,17 @@ class Authorizer:
                 self._decisions.clear()
             self._decisions[cache_key] = result
         return result
+
+    def fixed_decisions(
+        self, principal: Principal, actions: Iterable[str], resource: str, facts: RequestFacts
+    ) -> frozenset[str] | None:
+        """Which of ``actions`` are allowed, if no decision depends on the moment or on anything
+        of a request but ``facts``; None when one might (a date condition, say)."""
+        if self._enforce and (
+            self._loaded(principal).time_dependent or facts.request_tags is not None or facts.extra
+        ):
+            return None
+        return frozenset(a for a in actions if self.check(principal, a, resource, facts).allowed)
 
     def simulate(
         self,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
+from mlfleet.runtime.handoff import Channel, Generation, channel_pair
 from mlfleet.runtime.mlflow_worker import BACKEND_STORE_ENV
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,10 @@ class SupervisedProcess(ABC):
     def environment(self) -> dict[str, str]:
         """Variables added to the daemon's environment for the process."""
 
+    def inherited_fds(self) -> tuple[int, ...]:
+        """Descriptors the process inherits (named in its command)."""
+        return ()
+
     async def _spawn(self) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as logfile:
@@ -102,6 +107,7 @@ class SupervisedProcess(ABC):
                 stderr=asyncio.subprocess.STDOUT,
                 env={**os.environ, **self.environment()},
                 preexec_fn=_die_with_parent,
+                pass_fds=self.inherited_fds(),
             )
 
     def log_tail(self, limit: int = 1500) -> str:
@@ -195,13 +201,42 @@ class SupervisedProcess(ABC):
 
 
 class Worker(SupervisedProcess):
-    """One single-process uvicorn serving a tracking server's MLflow (mlflow_worker)."""
+    """One single-process uvicorn serving a tracking server's MLflow (mlflow_worker).
 
-    def __init__(self, index: int, spec: ServerSpec) -> None:
+    Each run of the process gets a new ``channel`` (runtime.handoff) over which the gateway
+    hands it client connections; the old one closes with the process it led to.
+    """
+
+    def __init__(self, index: int, spec: ServerSpec, generation: Generation) -> None:
         super().__init__(index, spec.log_dir)
         self.spec = spec
+        self._generation = generation
+        self.channel: Channel | None = None
+        self._their_end: int | None = None
+
+    async def _spawn(self) -> None:
+        self._close_channel()
+        self.channel, self._their_end = channel_pair()
+        try:
+            await super()._spawn()
+        finally:
+            os.close(self._their_end)  # the worker has its copy (or failed to start)
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._close_channel()
+
+    def inherited_fds(self) -> tuple[int, ...]:
+        assert self._their_end is not None
+        return (self._their_end, self._generation.fd)
 
     def command(self) -> list[str]:
+        assert self._their_end is not None
         return [
             sys.executable,
             "-m",
@@ -214,6 +249,10 @@ class Worker(SupervisedProcess):
             self.spec.artifacts_destination,
             "--boot-id",
             uuid.uuid4().hex,
+            "--handoff-fd",
+            str(self._their_end),
+            "--generation-fd",
+            str(self._generation.fd),
         ]
 
     def environment(self) -> dict[str, str]:
@@ -223,9 +262,9 @@ class Worker(SupervisedProcess):
 class ServerProcesses:
     """The worker processes of one tracking server."""
 
-    def __init__(self, spec: ServerSpec) -> None:
+    def __init__(self, spec: ServerSpec, generation: Generation) -> None:
         self.spec = spec
-        self.workers = [Worker(i, spec) for i in range(spec.workers)]
+        self.workers = [Worker(i, spec, generation) for i in range(spec.workers)]
 
     @property
     def serving(self) -> bool:
@@ -248,6 +287,8 @@ class LocalRuntime:
     def __init__(self) -> None:
         self._servers: dict[str, ServerProcesses] = {}
         self._http: aiohttp.ClientSession | None = None
+        # Bumped (by the daemon) when what a handed-over connection may do could change.
+        self.generation = Generation()
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -267,7 +308,7 @@ class LocalRuntime:
             if current.spec == spec and current.serving:
                 return
             await self.stop(server_id)
-        procs = ServerProcesses(spec)
+        procs = ServerProcesses(spec, self.generation)
         self._servers[server_id] = procs
         try:
             await procs.start(self._session())

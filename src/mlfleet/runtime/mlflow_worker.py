@@ -18,6 +18,7 @@ straight to Flask and leaves the native routes to the FastAPI app.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import os
 import uuid
@@ -36,6 +37,7 @@ class FlaskRoutesDirect:
         from a2wsgi import WSGIMiddleware
 
         self._fastapi_app: ASGIApp = fastapi_app
+        self.flask_app = flask_app
         self._flask_app: ASGIApp = WSGIMiddleware(flask_app)
         native_routes = [r for r in fastapi_app.routes if not isinstance(r, Mount)]
 
@@ -72,6 +74,10 @@ def main() -> None:
     parser.add_argument("--server-dir", required=True)
     parser.add_argument("--artifacts-destination", required=True)
     parser.add_argument("--boot-id", default=uuid.uuid4().hex)
+    # The daemon's channel for handed-over connections, and its shared generation counter
+    # (runtime.handoff); without them the worker serves only its own port.
+    parser.add_argument("--handoff-fd", type=int)
+    parser.add_argument("--generation-fd", type=int)
     args = parser.parse_args()
 
     # mlflow.server decides once, when first imported (here, for its constants), whether it runs
@@ -104,14 +110,35 @@ def main() -> None:
         }
     )
 
-    uvicorn.run(
-        build_app(),
+    app = build_app()
+    config = uvicorn.Config(
+        app,
         host=args.host,
         port=args.port,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        if args.handoff_fd is not None and args.generation_fd is not None:
+            from mlfleet.runtime.fast_lane import Lane
+            from mlfleet.runtime.handoff import Channel, Generation
+
+            lane = Lane(
+                Channel.from_fd(args.handoff_fd),
+                Generation(args.generation_fd, writable=False),
+                app.flask_app,
+                app.is_native,
+                args.port,
+            )
+            lane.start(asyncio.get_running_loop())
+        await server.serve()
+
+    # What uvicorn.run does, with the lane started on the same event loop.
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(serve())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,273 @@
+"""Handing a client's keep-alive connection to the MLflow worker that serves it, and back.
+
+The gateway's hop costs a one-call-at-a-time client (a training loop's ``log_metric``) more
+than MLflow's own work would let it keep up with the worker reached directly (README,
+"Figures"). So once the gateway has answered a call authenticated with HTTP Basic, it sends its
+answer, then passes the socket to one of the server's workers over that worker's channel
+(runtime.handoff) with a ``Ticket``: the verified Authorization header, the route, and the
+actions the caller's policies allow on this server, evaluated now for all of them. The worker
+(runtime.fast_lane) serves the later calls that the ticket settles and hands anything else
+back, which is served here as a new connection.
+
+Not handed over: SigV4-signed connections (each request carries a new signature, whose
+verification needs the secret), browser sessions, servers whose policy decisions depend on the
+moment, and HTTP/1.0. What stays with the daemon: recording data events (the lane asks, and
+answers once the record is durable), request figures for the console, the mapping from ticket
+to principal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import HttpVersion11, web
+
+from mlfleet.audit.trail import AuditTrail
+from mlfleet.auth.identity import Principal
+from mlfleet.events.sources import MLFLOW_DETAIL_TYPES
+from mlfleet.gateway.actions import ACTIONS, SERVICE
+from mlfleet.gateway.data_events import AUDITED_BODY_LIMIT, data_event, keeps_body
+from mlfleet.iam.authorizer import Authorizer, RequestFacts
+from mlfleet.metrics import Recorder
+from mlfleet.runtime.handoff import Channel, Message, Ticket
+from mlfleet.runtime.local import LocalRuntime, Worker
+from mlfleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Calls the daemon follows up after MLflow answers (MLflow events on the bus, automatic model
+# registration) stay with the gateway: a ticket never allows them.
+FOLLOWED_UP = frozenset(MLFLOW_DETAIL_TYPES) | {"CreateModelVersion", "SetRegisteredModelAlias"}
+LANE_ACTIONS = tuple(sorted(f"{SERVICE}:{name}" for name in ACTIONS - FOLLOWED_UP))
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a ticket: what the daemon needs to record that connection's calls."""
+
+    principal: Principal
+    source_ip: str | None
+    server_id: str
+    arn: str
+    channel: Channel
+
+
+class Handover:
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: LocalRuntime,
+        authorizer: Authorizer,
+        audit: AuditTrail,
+        metrics: Recorder,
+    ) -> None:
+        self._settings = settings
+        self._runtime = runtime
+        self._authorizer = authorizer
+        self._audit = audit
+        self._metrics = metrics
+        self._ids = itertools.count(1)
+        self._holders: dict[int, Holder] = {}
+        self._listening: set[int] = set()
+        # aiohttp's protocol factory, to serve a connection a worker hands back.
+        self._server: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def handed_over(self) -> int:
+        """Connections the workers hold now."""
+        return len(self._holders)
+
+    async def offer(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        server_id: str,
+        arn: str,
+        prefix: str,
+        principal: Principal,
+        facts: RequestFacts,
+        audited: bool,
+    ) -> None:
+        """Send ``response`` and hand the connection over, when that is safe; otherwise leave
+        both to aiohttp."""
+        authorization = request.headers.get("Authorization", "")
+        transport = request.transport
+        if (
+            not self._settings.connection_handoff
+            or not authorization.startswith("Basic ")
+            or not isinstance(response, web.Response)
+            or response.prepared
+            or request.version != HttpVersion11
+            or not request.keep_alive
+            # A body refused unread (413, say) is still arriving: aiohttp deals with the rest.
+            or (request.body_exists and not request.content.at_eof())
+            or transport is None
+        ):
+            return
+        sock = transport.get_extra_info("socket")
+        server = getattr(request.protocol, "_manager", None)
+        worker = self._least_held(server_id)
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        if server is None or worker is None or worker.channel is None:
+            return
+        allowed = self._authorizer.fixed_decisions(principal, LANE_ACTIONS, arn, facts)
+        if allowed is None:
+            return
+        ticket = Ticket(
+            id=next(self._ids),
+            authorization=authorization,
+            prefix=prefix,
+            arn=arn,
+            allowed=allowed,
+            audited=audited,
+            generation=self._runtime.generation.value(),
+            body_limit=self._settings.max_api_body_bytes,
+            audited_body_limit=AUDITED_BODY_LIMIT,
+            concurrency=self._settings.max_inflight_per_worker,
+        )
+        # Nothing more is read here: what the client sends next is the worker's to read.
+        transport.pause_reading()
+        await response.prepare(request)
+        await response.write_eof()
+        if transport.is_closing() or transport.get_write_buffer_size() or worker.channel is None:
+            transport.resume_reading()
+            return
+        self._server = server
+        channel = worker.channel
+        self._listen(channel)
+        copy = os.dup(sock.fileno())
+        try:
+            channel.send(ticket.to_message(), copy)
+        except OSError:
+            transport.resume_reading()
+            return
+        finally:
+            os.close(copy)
+        self._holders[ticket.id] = Holder(principal, request.remote, server_id, arn, channel)
+        transport.abort()  # closes the daemon's descriptor only: the worker holds the socket
+
+    def _least_held(self, server_id: str) -> Worker | None:
+        procs = self._runtime.get(server_id)
+        if procs is None:
+            return None
+        ready = [w for w in procs.workers if w.healthy and w.channel is not None]
+        held = [holder.channel for holder in self._holders.values()]
+        return min(ready, key=lambda w: held.count(w.channel), default=None)  # type: ignore[arg-type]
+
+    # the workers' messages -----------------------------------------------------------------
+
+    def _listen(self, channel: Channel) -> None:
+        if id(channel) in self._listening:
+            return
+        self._listening.add(id(channel))
+
+        def on_message(message: Message, fd: int | None, payload: bytes) -> None:
+            self._on_message(channel, message, fd, payload)
+
+        def on_closed() -> None:
+            self._listening.discard(id(channel))
+            for ticket_id, holder in list(self._holders.items()):
+                if holder.channel is channel:
+                    del self._holders[ticket_id]
+
+        channel.listen(asyncio.get_running_loop(), on_message, on_closed)
+
+    def _on_message(
+        self, channel: Channel, message: Message, fd: int | None, payload: bytes
+    ) -> None:
+        kind = message["t"]
+        if kind == "back":
+            self._holders.pop(message["ticket"], None)
+            if fd is not None:
+                self._spawn(self._take_back(fd, payload))
+        elif kind == "closed":
+            self._holders.pop(message["ticket"], None)
+        elif kind == "done":
+            holder = self._holders.get(message["ticket"])
+            if holder is not None:
+                self._metrics.request(holder.server_id, message["status"], message["s"])
+        elif kind == "audit":
+            self._spawn(self._record(channel, message, payload))
+        elif fd is not None:
+            os.close(fd)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _take_back(self, fd: int, buffered: bytes) -> None:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: Replaying(self._server(), buffered), sock)
+        except OSError:
+            sock.close()
+
+    async def _record(self, channel: Channel, message: Message, answer: bytes) -> None:
+        holder = self._holders.get(message["ticket"])
+        failed = holder is None
+        if holder is not None:
+            kept = keeps_body(message["path"], message["length"]) and message["body"] is not None
+            event = data_event(
+                principal=holder.principal,
+                action=message["action"],
+                resource=holder.arn,
+                started=message["started"],
+                source_ip=holder.source_ip,
+                user_agent=message["user_agent"],
+                method=message["method"],
+                upstream_path=message["path"],
+                body=message["body"].encode("latin-1") if kept else None,
+                status=message["status"],
+                answer=answer or None,
+            )
+            try:
+                await self._audit.record_data_event(event)
+            except Exception:
+                log.exception("recording a data event for a handed-over connection failed")
+                failed = True
+        with contextlib.suppress(OSError):
+            channel.send({"t": "ack", "seq": message["seq"], "failed": failed})
+
+
+class Replaying(asyncio.Protocol):
+    """aiohttp's protocol for a connection handed back, fed first what the worker had read.
+
+    Fed from ``connection_made``, before the transport's first read: the rest of a request
+    (its body, say) may already wait in the socket.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, first: bytes) -> None:
+        self._inner = inner
+        self._first = first
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+        if self._first:
+            self._inner.data_received(self._first)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()

@@ -1,0 +1,243 @@
+"""Keep-alive connections handed from the gateway to the MLflow worker, and back.
+
+A connection whose call the gateway answered with HTTP Basic moves to the server's worker
+(gateway.handover, runtime.fast_lane). These tests watch which process holds the server side of
+one client connection (from /proc) while driving it with http.client, and check that what the
+gateway guarantees still holds there: IAM changes apply to the next call, other callers and
+other requests are served as the gateway serves them, writes are audited.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from test_audit import data_events
+from test_authorization import DATA_SCIENTIST, READ_ONLY, new_user
+from test_iam import policy, unique
+
+from conftest import Daemon, wait_for
+
+
+def socket_inode(local_port: int, remote_port: int) -> str | None:
+    """The inode of the loopback TCP socket local_port -> remote_port, from /proc/net/tcp."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1].split(":"), fields[2].split(":")
+        if int(local[1], 16) == local_port and int(remote[1], 16) == remote_port:
+            return fields[9]
+    return None
+
+
+def holders(inode: str) -> set[int]:
+    """The processes with a descriptor of that socket."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]" for fd in fds):
+                found.add(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+class Connection:
+    """One keep-alive client connection to the daemon, with HTTP Basic credentials."""
+
+    def __init__(self, daemon: Daemon, key: str, secret: str) -> None:
+        self.daemon = daemon
+        self.http = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+        self.auth = "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | bytes | None = None,
+        auth: str | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": auth or self.auth, "User-Agent": "handover-test/1.0"}
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        if isinstance(body, dict):
+            headers["Content-Type"] = "application/json"
+        self.http.request(method, path, body=data, headers=headers)
+        response = self.http.getresponse()
+        raw = response.read()
+        assert response.getheader("Connection", "").lower() != "close", raw
+        try:
+            return response.status, json.loads(raw) if raw else {}
+        except ValueError:
+            return response.status, {"raw": raw.decode(errors="replace")}
+
+    def holder(self) -> str:
+        """Who holds the server side of this connection now: "worker", "daemon", or both
+        ("daemon+worker") for the moment of the handover."""
+        assert self.http.sock is not None
+        inode = socket_inode(self.daemon.port, self.http.sock.getsockname()[1])
+        assert inode is not None
+        assert self.daemon.proc is not None
+        names = set()
+        for pid in holders(inode):
+            if "mlflow_worker" in cmdline(pid):
+                names.add("worker")
+            else:
+                assert pid == self.daemon.proc.pid, cmdline(pid)
+                names.add("daemon")
+        return "+".join(sorted(names))
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def api_path(shared_server: dict[str, Any]) -> str:
+    return "/mlflow/" + shared_server["TrackingServerName"] + "/api/2.0/mlflow"
+
+
+def test_a_basic_auth_connection_moves_to_the_worker_and_keeps_working(
+    daemon: Daemon, shared_server: dict[str, Any]
+) -> None:
+    api = api_path(shared_server)
+    conn = Connection(daemon, *daemon.credentials)
+    try:
+        status, _ = conn.call("GET", f"{api}/experiments/search?max_results=1")
+        assert status == 200
+        wait_for(lambda: conn.holder() == "worker", 10, what="the worker to hold the connection")
+        status, created = conn.call("POST", f"{api}/experiments/create", {"name": unique("lane")})
+        assert status == 200, created
+        status, run = conn.call(
+            "POST", f"{api}/runs/create", {"experiment_id": created["experiment_id"]}
+        )
+        assert status == 200, run
+        run_id = run["run"]["info"]["run_id"]
+        metric = unique("metric")
+        for step in range(5):
+            status, answer = conn.call(
+                "POST",
+                f"{api}/runs/log-metric",
+                {"run_id": run_id, "key": metric, "value": step, "timestamp": 1, "step": step},
+            )
+            assert status == 200, answer
+        status, history = conn.call(
+            "GET", f"{api}/metrics/get-history?run_id={run_id}&metric_key={metric}"
+        )
+        assert status == 200
+        assert [m["step"] for m in history["metrics"]] == [0, 1, 2, 3, 4]
+        assert conn.holder() == "worker"
+        # MLflow's own error answers come through unchanged.
+        status, missing = conn.call("GET", f"{api}/runs/get?run_id={uuid.uuid4().hex}")
+        assert status == 404 and missing["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+        assert conn.holder() == "worker"
+    finally:
+        conn.close()
+
+    # Each write served by the worker is a data event, recorded by the daemon as its own.
+    logged = [
+        r
+        for r in data_events(daemon, "LogMetric", shared_server["TrackingServerArn"])
+        if (r["requestParameters"].get("body") or {}).get("key") == metric
+    ]
+    assert sorted(r["requestParameters"]["body"]["step"] for r in logged) == [0, 1, 2, 3, 4]
+    record = logged[0]
+    assert record["userIdentity"]["userName"] == "admin"
+    assert record["userAgent"] == "handover-test/1.0"
+    assert record["sourceIPAddress"] == "127.0.0.1"
+    assert record["requestParameters"]["path"] == "/api/2.0/mlflow/runs/log-metric"
+
+
+def test_an_iam_change_applies_to_the_next_call_on_a_handed_over_connection(
+    daemon: Daemon, shared_server: dict[str, Any]
+) -> None:
+    api = api_path(shared_server)
+    user = new_user(daemon, DATA_SCIENTIST)
+    conn = Connection(daemon, user["AccessKeyId"], user["SecretAccessKey"])
+    try:
+        status, created = conn.call("POST", f"{api}/experiments/create", {"name": unique("iam")})
+        assert status == 200, created
+        wait_for(lambda: conn.holder() == "worker", 10, what="the worker to hold the connection")
+        daemon.client("iam").put_user_policy(
+            UserName=user["Arn"].rsplit("/", 1)[1],
+            PolicyName="no-experiments",
+            PolicyDocument=policy(
+                {
+                    "Effect": "Deny",
+                    "Action": "sagemaker-mlflow:CreateExperiment",
+                    "Resource": "*",
+                }
+            ),
+        )
+        status, refused = conn.call("POST", f"{api}/experiments/create", {"name": unique("iam")})
+        assert status == 403, refused
+        assert "sagemaker-mlflow:CreateExperiment" in refused["message"]
+        assert "explicit deny" in refused["message"]
+        # Still allowed reads go on working on the same connection.
+        status, _ = conn.call("GET", f"{api}/experiments/search?max_results=1")
+        assert status == 200
+    finally:
+        conn.close()
+
+
+def test_what_the_ticket_does_not_settle_goes_back_to_the_gateway(
+    daemon: Daemon, shared_server: dict[str, Any]
+) -> None:
+    api = api_path(shared_server)
+    conn = Connection(daemon, *daemon.credentials)
+    reader = new_user(daemon, READ_ONLY)
+    reader_auth = (
+        "Basic "
+        + base64.b64encode(f"{reader['AccessKeyId']}:{reader['SecretAccessKey']}".encode()).decode()
+    )
+    try:
+        status, created = conn.call("POST", f"{api}/experiments/create", {"name": unique("back")})
+        assert status == 200, created
+        wait_for(lambda: conn.holder() == "worker", 10, what="the worker to hold the connection")
+
+        # Another caller on the same connection is authorized as themselves.
+        status, refused = conn.call(
+            "POST", f"{api}/experiments/create", {"name": unique("x")}, auth=reader_auth
+        )
+        assert status == 403 and "sagemaker-mlflow:CreateExperiment" in refused["message"]
+        status, _ = conn.call("GET", f"{api}/experiments/search?max_results=1", auth=reader_auth)
+        assert status == 200
+
+        # Wrong credentials are refused, not served.
+        status, _ = conn.call("GET", f"{api}/experiments/search", auth="Basic bm9ib2R5Om5vcGU=")
+        assert status == 401
+
+        # The gateway's input checks hold: an experiment may not choose its artifact location.
+        status, refused = conn.call(
+            "POST",
+            f"{api}/experiments/create",
+            {"name": unique("x"), "artifact_location": "file:///etc"},
+        )
+        assert status == 400 and refused["error_code"] == "INVALID_PARAMETER_VALUE"
+
+        # A route the gateway refuses stays refused.
+        status, refused = conn.call("GET", f"{api}/runs/../experiments/search")
+        assert status == 403, refused
+
+        # An artifact upload and download through MLflow's artifact proxy.
+        prefix = "/mlflow/" + shared_server["TrackingServerName"]
+        artifact = f"{prefix}/api/2.0/mlflow-artifacts/artifacts/handover/{unique('a')}.txt"
+        status, _ = conn.call("PUT", artifact, b"moved and back")
+        assert status == 200
+        conn.http.request("GET", artifact, headers={"Authorization": conn.auth})
+        response = conn.http.getresponse()
+        assert response.status == 200 and response.read() == b"moved and back"
+
+        # And the connection still serves, wherever it is now.
+        status, _ = conn.call(
+            "GET", f"{api}/experiments/get?experiment_id={created['experiment_id']}"
+        )
+        assert status == 200
+    finally:
+        conn.close()

@@ -1,0 +1,120 @@
+"""The pieces of connection handoff that need no daemon: the channel, the shared generation
+counter, tickets, and what the worker's fast lane accepts as a request head."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from mlfleet.runtime.fast_lane import BODY_LIMIT, HEAD_LIMIT, Unfit, parse_head
+from mlfleet.runtime.handoff import Channel, Generation, Message, Ticket, channel_pair
+
+TICKET = Ticket(
+    id=7,
+    authorization="Basic a2V5OnNlY3JldA==",
+    prefix="/mlflow/team-a",
+    arn="arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/team-a",
+    allowed=frozenset({"sagemaker-mlflow:LogMetric", "sagemaker-mlflow:GetRun"}),
+    audited=True,
+    generation=3,
+    body_limit=1024,
+    audited_body_limit=4096,
+    concurrency=2,
+)
+
+
+def test_a_ticket_survives_the_channel() -> None:
+    assert Ticket.from_message(TICKET.to_message()) == TICKET
+
+
+def test_a_message_carries_a_socket_and_bytes_across_the_channel() -> None:
+    ours, theirs_fd = channel_pair()
+    theirs = Channel.from_fd(theirs_fd)
+    left, right = socket.socketpair()
+    received: list[tuple[Message, int | None, bytes]] = []
+    closed: list[bool] = []
+
+    async def exchange() -> None:
+        loop = asyncio.get_running_loop()
+        theirs.listen(loop, lambda m, fd, payload: received.append((m, fd, payload)), lambda: None)
+        ours.listen(loop, lambda *_: None, lambda: closed.append(True))
+        ours.send(TICKET.to_message(), left.fileno(), b"GET / HTTP/1.1\r\n\r\n")
+        while not received:
+            await asyncio.sleep(0.01)
+        theirs.close()
+        while not closed:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(exchange())
+    message, fd, payload = received[0]
+    assert Ticket.from_message(message) == TICKET
+    assert payload == b"GET / HTTP/1.1\r\n\r\n"
+    assert fd is not None and fd != left.fileno()
+    # The received descriptor is the same socket: what it sends, the other end reads.
+    with socket.socket(fileno=fd) as copy:
+        copy.sendall(b"through the copy")
+        assert right.recv(100) == b"through the copy"
+    assert closed == [True]  # the other end closing is noticed
+    left.close()
+    right.close()
+
+
+def test_the_generation_is_shared_with_a_reader_of_its_descriptor() -> None:
+    counter = Generation()
+    reader = Generation(os.dup(counter.fd), writable=False)
+    assert reader.value() == counter.value() == 0
+    counter.bump()
+    counter.bump()
+    assert reader.value() == 2
+
+
+def head(text: str) -> bytes:
+    return text.replace("\n", "\r\n").encode()
+
+
+def test_the_lane_parses_a_plain_request_head() -> None:
+    raw = head(
+        "POST /mlflow/a/api/2.0/mlflow/runs/log-metric HTTP/1.1\n"
+        "Host: 127.0.0.1:8470\nContent-Length: 2\nAuthorization:  Basic eA== \n\n"
+    )
+    parsed = parse_head(raw + b"{}")
+    assert parsed is not None
+    assert (parsed.method, parsed.target, parsed.length) == (
+        "POST",
+        "/mlflow/a/api/2.0/mlflow/runs/log-metric",
+        2,
+    )
+    assert parsed.size == len(raw)
+    assert parsed.header("authorization") == "Basic eA=="
+    assert parse_head(raw[:-2]) is None  # incomplete: wait for more
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "GET / HTTP/1.0\n\n",  # not HTTP/1.1
+        "GET  / HTTP/1.1\n\n",  # odd request line
+        "GET http://elsewhere/ HTTP/1.1\n\n",  # absolute form
+        "POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n",
+        "POST / HTTP/1.1\nContent-Length: 2\nContent-Length: 3\n\n",
+        "GET / HTTP/1.1\nAuthorization: Basic a\nAuthorization: Basic b\n\n",
+        "POST / HTTP/1.1\nExpect: 100-continue\nContent-Length: 2\n\n",
+        "POST / HTTP/1.1\nContent-Length: -1\n\n",
+        f"POST / HTTP/1.1\nContent-Length: {BODY_LIMIT + 1}\n\n",
+        "GET / HTTP/1.1\nBad Name: x\n\n",
+        "GET / HTTP/1.1\n folded: x\n\n",
+        "GET / HTTP/1.1\nX: a\x00b\n\n",
+        "GET /a#b HTTP/1.1\n\n",
+    ],
+)
+def test_the_lane_leaves_anything_unusual_to_the_gateway(raw: str) -> None:
+    with pytest.raises(Unfit):
+        parse_head(head(raw))
+
+
+def test_an_endless_head_goes_back_to_the_gateway() -> None:
+    with pytest.raises(Unfit):
+        parse_head(b"GET / HTTP/1.1\r\nX: " + b"a" * HEAD_LIMIT)
