@@ -40,3 +40,14 @@ def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "mlfleet.toml").write_text("regoin = 'typo'\n")
     with pytest.raises(ValueError, match="regoin"):
         load_settings({"data_dir": tmp_path}, environ={})
+
+
+def test_switches_read_true_and_false_in_their_usual_spellings(tmp_path: Path) -> None:
+    (tmp_path / "mlfleet.toml").write_text("connection_handoff = false\n")
+    assert load_settings({"data_dir": tmp_path}, environ={}).connection_handoff is False
+    for word, expected in [("false", False), ("0", False), ("Off", False), ("true", True)]:
+        env = {"MLFLEET_DATA_DIR": str(tmp_path), "MLFLEET_CONNECTION_HANDOFF": word}
+        assert load_settings({}, environ=env).connection_handoff is expected
+    env = {"MLFLEET_DATA_DIR": str(tmp_path), "MLFLEET_CONNECTION_HANDOFF": "maybe"}
+    with pytest.raises(ValueError, match="connection_handoff = 'maybe': expected true or false"):
+        load_settings({}, environ=env)

@@ -62,6 +62,7 @@ class Reconciler:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._warm_up: asyncio.Task[None] | None = None
 
     def kick(self, server_id: str) -> None:
         """Ask for ``server_id`` to be reconciled (coalesced with a pass already running)."""
@@ -75,8 +76,20 @@ class Reconciler:
             ids = list(session.scalars(select(TrackingServer.id)))
         for server_id in ids:
             self.kick(server_id)
+        # MLflow's migrations take seconds: run them now rather than in the first create.
+        self._warm_up = asyncio.get_running_loop().create_task(self._prepare_template())
+
+    async def _prepare_template(self) -> None:
+        try:
+            await self._databases.prepare()
+        except Exception:
+            log.exception("building the MLflow schema template failed; the first create retries")
 
     async def close(self) -> None:
+        if self._warm_up is not None:
+            self._warm_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warm_up
         for handle in self._retries.values():
             handle.cancel()
         for task in list(self._tasks.values()):

@@ -39,6 +39,13 @@ def _build_schema(uri: str) -> None:
         raise ProvisioningError(f"creating the MLflow schema failed: {tail}")
 
 
+def _pg_exists(conn: Connection, database: str | None) -> bool:
+    found = conn.execute(
+        text("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": database}
+    ).scalar()
+    return bool(found)
+
+
 class MetadataDatabases:
     def __init__(self, settings: Settings, mlflow_version: str) -> None:
         self._settings = settings
@@ -47,10 +54,15 @@ class MetadataDatabases:
 
     def uri_for(self, server_id: str) -> str:
         if self._settings.uses_postgres:
-            base = make_url(self._settings.control_db_url)
-            url = base.set(drivername="postgresql+psycopg", database=f"mlfleet_ts_{server_id}")
-            return url.render_as_string(hide_password=False)
+            return self._pg_url(f"mlfleet_ts_{server_id}")
         return f"sqlite:///{self._settings.data_dir / 'servers' / server_id / 'mlflow.db'}"
+
+    async def prepare(self) -> None:
+        """Build this MLflow version's template now, so that the first create need not."""
+        if self._settings.uses_postgres:
+            await asyncio.to_thread(self._pg_locked, self._ensure_pg_template)
+        else:
+            await self._sqlite_template_ready()
 
     async def create(self, server_id: str) -> str:
         uri = self.uri_for(server_id)
@@ -74,7 +86,7 @@ class MetadataDatabases:
     def _sqlite_template(self) -> Path:
         return self._settings.data_dir / "templates" / f"mlflow-{self._version}.db"
 
-    async def _create_sqlite(self, uri: str) -> None:
+    async def _sqlite_template_ready(self) -> Path:
         template = self._sqlite_template()
         async with self._template_lock:
             if not template.exists():
@@ -88,6 +100,10 @@ class MetadataDatabases:
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 os.replace(building, template)
+        return template
+
+    async def _create_sqlite(self, uri: str) -> None:
+        template = await self._sqlite_template_ready()
         target = Path(make_url(uri).database or "")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
@@ -117,25 +133,28 @@ class MetadataDatabases:
     def _pg_admin(self, statement: str) -> None:
         self._pg_locked(lambda conn: conn.execute(text(statement)))
 
-    def _create_postgres_sync(self, uri: str) -> None:
+    def _pg_url(self, database: str) -> str:
+        base = make_url(self._settings.control_db_url)
+        url = base.set(drivername="postgresql+psycopg", database=database)
+        return url.render_as_string(hide_password=False)
+
+    def _ensure_pg_template(self, conn: Connection) -> str:
+        """The template database's name, built first if missing (under the template lock)."""
         template = "mlfleet_tpl_" + self._version.replace(".", "_")
+        if not _pg_exists(conn, template):
+            building = f"{template}_building"
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{building}"'))
+            _build_schema(self._pg_url(building))
+            conn.execute(text(f'ALTER DATABASE "{building}" RENAME TO "{template}"'))
+        return template
+
+    def _create_postgres_sync(self, uri: str) -> None:
         name = make_url(uri).database
 
         def work(conn: Connection) -> None:
-            def exists(db: str | None) -> bool:
-                found = conn.execute(
-                    text("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": db}
-                ).scalar()
-                return bool(found)
-
-            if not exists(template):
-                building = f"{template}_building"
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)'))
-                conn.execute(text(f'CREATE DATABASE "{building}"'))
-                target = make_url(uri).set(database=building)
-                _build_schema(target.render_as_string(hide_password=False))
-                conn.execute(text(f'ALTER DATABASE "{building}" RENAME TO "{template}"'))
-            if not exists(name):
+            template = self._ensure_pg_template(conn)
+            if not _pg_exists(conn, name):
                 conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
 
         self._pg_locked(work)
