@@ -80,11 +80,6 @@ class Handover:
         self._server: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def handed_over(self) -> int:
-        """Connections the workers hold now."""
-        return len(self._holders)
-
     async def offer(
         self,
         request: web.Request,
@@ -113,6 +108,8 @@ class Handover:
         ):
             return
         sock = transport.get_extra_info("socket")
+        # The web.Server behind this request (aiohttp offers no public handle on it): a
+        # connection handed back is served by it like any other.
         server = getattr(request.protocol, "_manager", None)
         worker = self._least_held(server_id)
         if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):

@@ -122,10 +122,6 @@ def parse_head(buffer: bytes | bytearray) -> Head | None:
     return head
 
 
-def _date() -> str:
-    return formatdate(usegmt=True)
-
-
 class Lane:
     """The worker's end of its channel: adopts handed-over connections and serves them."""
 
@@ -352,7 +348,7 @@ def _response(status: int, headers: list[tuple[str, str]], body: bytes, close: b
         reason = ""
     lines = [f"HTTP/1.1 {status} {reason}"]
     lines += [f"{k}: {v}" for k, v in headers if k.lower() not in STRIPPED_RESPONSE]
-    lines += [f"Content-Length: {len(body)}", f"Date: {_date()}"]
+    lines += [f"Content-Length: {len(body)}", f"Date: {formatdate(usegmt=True)}"]
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
