@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_audit import data_events
 from test_authorization import DATA_SCIENTIST, READ_ONLY, new_user
 from test_iam import policy, unique
@@ -241,3 +242,31 @@ def test_what_the_ticket_does_not_settle_goes_back_to_the_gateway(
         assert status == 200
     finally:
         conn.close()
+
+
+def test_with_handoff_off_every_call_stays_on_the_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLEET_CONNECTION_HANDOFF", "false")
+    own = Daemon(tmp_path / "data").start()
+    try:
+        own.client().create_mlflow_tracking_server(
+            TrackingServerName="kept",
+            ArtifactStoreUri=f"file://{tmp_path / 'artifacts'}",
+            RoleArn="arn:aws:iam::123456789012:role/mlfleet",
+        )
+        assert own.wait_status("kept", "Created", "CreateFailed")["TrackingServerStatus"] == (
+            "Created"
+        )
+        conn = Connection(own, *own.credentials)
+        try:
+            for _ in range(3):
+                status, _answer = conn.call(
+                    "GET", "/mlflow/kept/api/2.0/mlflow/experiments/search?max_results=1"
+                )
+                assert status == 200
+                assert conn.holder() == "daemon"
+        finally:
+            conn.close()
+    finally:
+        own.stop()
