@@ -324,15 +324,16 @@ async def screen(
             return too_large(min(limit, request.client_max_size)), None
         if payload_hash is not None and hashlib.sha256(body).hexdigest() != payload_hash:
             return invalid("The request body does not match its signed X-Amz-Content-SHA256."), None
-    return request_problem(path, body or b"", limit), body
+    return body_refusal(segments, body or b"", limit), body
 
 
 def request_problem(path: str, body: bytes, limit: int) -> Refusal | None:
     """What ``screen`` refuses in an API request whose body is at hand, or None."""
-    refusal = url_problem(path)
-    if refusal is not None:
-        return refusal
-    segments = path_segments(path.partition("?")[0])
+    return url_problem(path) or body_refusal(path_segments(path.partition("?")[0]), body, limit)
+
+
+def body_refusal(segments: list[str], body: bytes, limit: int) -> Refusal | None:
+    """What ``screen`` refuses in a body, once the URL has passed."""
     if not is_artifact_transfer(segments) and len(body) > limit:
         return too_large(limit)
     return body_problem(segments, body) if _body_check(segments) is not None else None

@@ -111,7 +111,7 @@ class Gateway:
         bus: EventBus,
         registry_sync: RegistrySync,
         metrics: Recorder,
-        handover: Handover | None = None,
+        handover: Handover,
     ) -> None:
         self._settings = settings
         self._handover = handover
@@ -302,8 +302,8 @@ class Gateway:
             return mlflow_error(403, "PERMISSION_DENIED", requirement.reason)
         action = requirement.action
         started = time.time()
-        tags = found.tags if found else None
-        audited = action is not None and is_write(action) and data_events_on(tags)
+        events_on = data_events_on(found.tags if found else None)
+        audited = action is not None and is_write(action) and events_on
         recording: list[asyncio.Future[None]] = []
 
         async def record_forwarded() -> None:
@@ -337,7 +337,7 @@ class Gateway:
                 await self._announce(request, route, principal, action, response)
             if response.status == 200 and found and found.automatic_model_registration:
                 await self._register(request, route, found, action, response)
-        if self._handover is not None and found is not None:
+        if found is not None:
             await self._handover.offer(
                 request,
                 response,
@@ -346,7 +346,7 @@ class Gateway:
                 route.prefix,
                 principal,
                 facts_of(request, found),
-                data_events_on(found.tags),
+                events_on,
             )
         return response
 
