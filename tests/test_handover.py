@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 from test_audit import data_events
 from test_authorization import DATA_SCIENTIST, READ_ONLY, new_user
+from test_console_charts import charted
 from test_iam import policy, unique
 
 from conftest import Daemon, wait_for
+from console_support import ConsoleBrowser
 
 
 def socket_inode(local_port: int, remote_port: int) -> str | None:
@@ -96,6 +98,12 @@ class Connection:
                 names.add("daemon")
         return "+".join(sorted(names))
 
+    def hand_to_worker(self, api: str) -> None:
+        """A first call, which the gateway answers before handing the connection over."""
+        status, _ = self.call("GET", f"{api}/experiments/search?max_results=1")
+        assert status == 200
+        wait_for(lambda: self.holder() == "worker", 10, what="the worker to hold the connection")
+
     def close(self) -> None:
         self.http.close()
 
@@ -110,9 +118,7 @@ def test_a_basic_auth_connection_moves_to_the_worker_and_keeps_working(
     api = api_path(shared_server)
     conn = Connection(daemon, *daemon.credentials)
     try:
-        status, _ = conn.call("GET", f"{api}/experiments/search?max_results=1")
-        assert status == 200
-        wait_for(lambda: conn.holder() == "worker", 10, what="the worker to hold the connection")
+        conn.hand_to_worker(api)
         status, created = conn.call("POST", f"{api}/experiments/create", {"name": unique("lane")})
         assert status == 200, created
         status, run = conn.call(
@@ -153,6 +159,29 @@ def test_a_basic_auth_connection_moves_to_the_worker_and_keeps_working(
     assert record["userAgent"] == "handover-test/1.0"
     assert record["sourceIPAddress"] == "127.0.0.1"
     assert record["requestParameters"]["path"] == "/api/2.0/mlflow/runs/log-metric"
+
+
+def test_calls_served_by_the_worker_count_in_the_servers_request_figures(
+    daemon: Daemon, shared_server: dict[str, Any]
+) -> None:
+    browser = ConsoleBrowser(daemon)
+    before = charted(browser, "Requests")
+    api = api_path(shared_server)
+    conn = Connection(daemon, *daemon.credentials)
+    try:
+        conn.hand_to_worker(api)
+        for _ in range(20):
+            status, _ = conn.call("GET", f"{api}/experiments/search?max_results=1")
+            assert status == 200
+        assert conn.holder() == "worker"
+        # The worker sends its figures a batch at a time, so they may take a moment.
+        wait_for(
+            lambda: charted(browser, "Requests") - before >= 21,
+            10,
+            what="the worker's calls in the request chart",
+        )
+    finally:
+        conn.close()
 
 
 def test_an_iam_change_applies_to_the_next_call_on_a_handed_over_connection(

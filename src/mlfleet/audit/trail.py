@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
 import gzip
 import hashlib
 import hmac
@@ -19,7 +21,7 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Awaitable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,7 +74,10 @@ def iso_time(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-_Queued = tuple[dict[str, Any], str | None, "asyncio.Future[None]", asyncio.AbstractEventLoop]
+# Called on the appending event loop once the record is durable, with None, or with the
+# error that kept it from being written.
+Durable = Callable[[Exception | None], None]
+_Queued = tuple[dict[str, Any], str | None, Durable, asyncio.AbstractEventLoop]
 
 
 def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
@@ -82,6 +87,11 @@ def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
         done.set_result(None)
     else:
         done.set_exception(error)
+
+
+def _tell(callbacks: list[Durable], error: Exception | None) -> None:
+    for callback in callbacks:
+        callback(error)
 
 
 def _epoch(iso: str) -> float:
@@ -245,6 +255,14 @@ class AuditTrail:
 
     def record_data_event(self, event: DataEvent) -> Awaitable[None]:
         """An MLflow write through the gateway, as a CloudTrail data event; await it."""
+        return self.append_async(*self._data_event_document(event))
+
+    def record_data_event_then(self, event: DataEvent, durable: Durable) -> None:
+        """``record_data_event`` for a caller on the event loop that would rather not make a
+        task per event (a worker's fast lane asks for one per MLflow write)."""
+        self.append_then(*self._data_event_document(event), durable)
+
+    def _data_event_document(self, event: DataEvent) -> tuple[dict[str, Any], str | None]:
         document: dict[str, Any] = {
             "eventVersion": EVENT_VERSION,
             "userIdentity": user_identity(event.principal, self._account, None),
@@ -274,7 +292,7 @@ class AuditTrail:
         if event.error_code is not None:
             document["errorCode"] = event.error_code
             document["errorMessage"] = event.error_message
-        return self.append_async(document, _username(event.principal))
+        return document, _username(event.principal)
 
     def append(self, document: dict[str, Any], username: str | None) -> None:
         self._append_batch([(document, username)])
@@ -282,13 +300,16 @@ class AuditTrail:
     async def append_async(self, document: dict[str, Any], username: str | None) -> None:
         """Append with group commit: records that arrive together share one transaction and
         one sync, and each caller returns only once its record is durable."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.append_then(document, username, functools.partial(_settle, done))
+        await done
+
+    def append_then(self, document: dict[str, Any], username: str | None, durable: Durable) -> None:
+        """Queue the record for the writer thread; ``durable`` runs on this event loop after."""
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_forever, daemon=True)
             self._writer.start()
-        self._queue.put((document, username, done, loop))
-        await done
+        self._queue.put((document, username, durable, asyncio.get_running_loop()))
 
     def _write_forever(self) -> None:
         """The writer thread: a batch is whatever queued while the previous one was written."""
@@ -301,8 +322,13 @@ class AuditTrail:
                 self._append_batch([(document, username) for document, username, *_ in batch])
             except Exception as exc:  # every waiter learns its record was not written
                 error = exc
-            for _, _, done, loop in batch:
-                loop.call_soon_threadsafe(_settle, done, error)
+            # One wake-up per loop and batch: each costs the loop a trip through its self-pipe.
+            by_loop: dict[asyncio.AbstractEventLoop, list[Durable]] = {}
+            for _, _, durable, loop in batch:
+                by_loop.setdefault(loop, []).append(durable)
+            for loop, callbacks in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_tell, callbacks, error)
 
     def _append_batch(self, entries: list[tuple[dict[str, Any], str | None]]) -> None:
         with self._lock:

@@ -189,11 +189,12 @@ class Handover:
         elif kind == "closed":
             self._holders.pop(message["ticket"], None)
         elif kind == "done":
-            holder = self._holders.get(message["ticket"])
-            if holder is not None:
-                self._metrics.request(holder.server_id, message["status"], message["s"])
+            for ticket_id, status, seconds in message["calls"]:
+                holder = self._holders.get(ticket_id)
+                if holder is not None:
+                    self._metrics.request(holder.server_id, status, seconds)
         elif kind == "audit":
-            self._spawn(self._record(channel, message, payload))
+            self._record(channel, message, payload)
         elif fd is not None:
             os.close(fd)
 
@@ -211,31 +212,34 @@ class Handover:
         except OSError:
             sock.close()
 
-    async def _record(self, channel: Channel, message: Message, answer: bytes) -> None:
+    def _record(self, channel: Channel, message: Message, answer: bytes) -> None:
+        """Record a write the lane is serving; ack once the record is durable."""
+
+        def acknowledge(error: Exception | None) -> None:
+            if error is not None:
+                log.error("recording a data event for a handed-over connection failed: %s", error)
+            with contextlib.suppress(OSError):
+                channel.send({"t": "ack", "seq": message["seq"], "failed": error is not None})
+
         holder = self._holders.get(message["ticket"])
-        failed = holder is None
-        if holder is not None:
-            kept = keeps_body(message["path"], message["length"]) and message["body"] is not None
-            event = data_event(
-                principal=holder.principal,
-                action=message["action"],
-                resource=holder.arn,
-                started=message["started"],
-                source_ip=holder.source_ip,
-                user_agent=message["user_agent"],
-                method=message["method"],
-                upstream_path=message["path"],
-                body=message["body"].encode("latin-1") if kept else None,
-                status=message["status"],
-                answer=answer or None,
-            )
-            try:
-                await self._audit.record_data_event(event)
-            except Exception:
-                log.exception("recording a data event for a handed-over connection failed")
-                failed = True
-        with contextlib.suppress(OSError):
-            channel.send({"t": "ack", "seq": message["seq"], "failed": failed})
+        if holder is None:
+            acknowledge(LookupError(f"no connection holds ticket {message['ticket']}"))
+            return
+        kept = keeps_body(message["path"], message["length"]) and message["body"] is not None
+        event = data_event(
+            principal=holder.principal,
+            action=message["action"],
+            resource=holder.arn,
+            started=message["started"],
+            source_ip=holder.source_ip,
+            user_agent=message["user_agent"],
+            method=message["method"],
+            upstream_path=message["path"],
+            body=message["body"].encode("latin-1") if kept else None,
+            status=message["status"],
+            answer=answer or None,
+        )
+        self._audit.record_data_event_then(event, acknowledge)
 
 
 class Replaying(asyncio.Protocol):

@@ -60,6 +60,8 @@ HEAD_LIMIT = 32 * 1024
 BODY_LIMIT = 256 * 1024
 # aiohttp's keep-alive timeout: a connection stays open as long as it would in the daemon.
 IDLE_SECONDS = 75.0
+# How long the figures of answered calls wait to be sent to the daemon together.
+FIGURES_DELAY = 0.5
 FLASK_API_PREFIXES = ("/api/2.0/mlflow/", "/api/3.0/mlflow/")
 LANE_METHODS = frozenset({"GET", "POST", "PATCH", "DELETE"})
 # Headers that must not repeat in a request the lane takes: a duplicate could be read one way
@@ -142,6 +144,7 @@ class Lane:
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._sequence = 0
         self._connections: set[LaneConnection] = set()
+        self._figures: list[tuple[int, int, float]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -199,11 +202,13 @@ class Lane:
 
     def closed(self, connection: LaneConnection) -> None:
         self._connections.discard(connection)
+        self._send_figures()  # the daemon forgets the ticket when told it is closed
         self._send({"t": "closed", "ticket": connection.ticket.id})
 
     def hand_back(self, connection: LaneConnection, sock: socket.socket, buffered: bytes) -> None:
         """Give the connection back to the gateway with what it sent that was not served."""
         self._connections.discard(connection)
+        self._send_figures()
         copy = os.dup(sock.fileno())
         try:
             self._send({"t": "back", "ticket": connection.ticket.id}, copy, buffered)
@@ -260,11 +265,22 @@ class Lane:
             await recorded
             if status >= 400:  # the outcome of a failed write, as a second record
                 await self._audit(ticket, head, body, upstream, action, started, status, answer)
-        self._send(
-            {"t": "done", "ticket": ticket.id, "status": status, "s": time.perf_counter() - clock}
-        )
+        self._answered(ticket, status, time.perf_counter() - clock)
         close = (head.header("connection") or "").lower() == "close"
         return _response(status, headers, answer, close), close
+
+    def _answered(self, ticket: Ticket, status: int, seconds: float) -> None:
+        # The console's request figures reach the daemon a batch at a time: a message per call
+        # cost the daemon as much CPU as recording the call's data event.
+        if not self._figures:
+            assert self._loop is not None
+            self._loop.call_later(FIGURES_DELAY, self._send_figures)
+        self._figures.append((ticket.id, status, seconds))
+
+    def _send_figures(self) -> None:
+        if self._figures:
+            self._send({"t": "done", "calls": self._figures})
+            self._figures = []
 
     def _audit(
         self,
