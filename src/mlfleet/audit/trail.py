@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import hmac
 import json
+import logging
 import os
 import queue
 import threading
@@ -37,6 +38,8 @@ from mlfleet.protocol.errors import AwsError
 from mlfleet.protocol.sensitive import HIDDEN
 from mlfleet.settings import Settings
 from mlfleet.state.models import AuditRecord
+
+log = logging.getLogger(__name__)
 
 EVENT_VERSION = "1.11"
 # AWS documents no CloudTrail data events for MLflow calls; mlfleet names them after the
@@ -74,10 +77,10 @@ def iso_time(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# Called on the appending event loop once the record is durable, with None, or with the
-# error that kept it from being written.
+# Called once the record is durable, with None, or with the error that kept it from being
+# written.
 Durable = Callable[[Exception | None], None]
-_Queued = tuple[dict[str, Any], str | None, Durable, asyncio.AbstractEventLoop]
+_Queued = tuple[dict[str, Any], str | None, Durable, asyncio.AbstractEventLoop | None]
 
 
 def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
@@ -215,6 +218,11 @@ class AuditTrail:
         self._queue: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._head_fd: int | None = None
+        # Compiled once for the database's dialect: compiling (or finding the compiled form in
+        # SQLAlchemy's cache) on every append cost more CPU than the insert itself.
+        compiled = insert(AuditRecord.__table__).compile(dialect=self._engine.dialect)
+        self._insert_sql = str(compiled)
+        self._insert_order = compiled.positiontup  # None where parameters go by name
         with sessions() as session:
             last = session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
         self._head = (last.seq, last.hash) if last else (0, GENESIS)
@@ -258,9 +266,10 @@ class AuditTrail:
         return self.append_async(*self._data_event_document(event))
 
     def record_data_event_then(self, event: DataEvent, durable: Durable) -> None:
-        """``record_data_event`` for a caller on the event loop that would rather not make a
-        task per event (a worker's fast lane asks for one per MLflow write)."""
-        self.append_then(*self._data_event_document(event), durable)
+        """``record_data_event`` for a caller that only has to pass the news on (a worker's
+        fast lane asks for one per MLflow write): ``durable`` runs on the writer thread, so
+        the event loop is not woken for it; it must be quick and thread-safe."""
+        self.append_then(*self._data_event_document(event), durable, None)
 
     def _data_event_document(self, event: DataEvent) -> tuple[dict[str, Any], str | None]:
         document: dict[str, Any] = {
@@ -300,16 +309,24 @@ class AuditTrail:
     async def append_async(self, document: dict[str, Any], username: str | None) -> None:
         """Append with group commit: records that arrive together share one transaction and
         one sync, and each caller returns only once its record is durable."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.append_then(document, username, functools.partial(_settle, done))
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self.append_then(document, username, functools.partial(_settle, done), loop)
         await done
 
-    def append_then(self, document: dict[str, Any], username: str | None, durable: Durable) -> None:
-        """Queue the record for the writer thread; ``durable`` runs on this event loop after."""
+    def append_then(
+        self,
+        document: dict[str, Any],
+        username: str | None,
+        durable: Durable,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        """Queue the record for the writer thread; ``durable`` runs after, on ``loop`` or,
+        without one, on the writer thread."""
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_forever, daemon=True)
             self._writer.start()
-        self._queue.put((document, username, durable, asyncio.get_running_loop()))
+        self._queue.put((document, username, durable, loop))
 
     def _write_forever(self) -> None:
         """The writer thread: a batch is whatever queued while the previous one was written."""
@@ -325,7 +342,13 @@ class AuditTrail:
             # One wake-up per loop and batch: each costs the loop a trip through its self-pipe.
             by_loop: dict[asyncio.AbstractEventLoop, list[Durable]] = {}
             for _, _, durable, loop in batch:
-                by_loop.setdefault(loop, []).append(durable)
+                if loop is None:
+                    try:
+                        durable(error)
+                    except Exception:  # the writer thread must outlive any one caller
+                        log.exception("a caller failed to take the news of its audit record")
+                else:
+                    by_loop.setdefault(loop, []).append(durable)
             for loop, callbacks in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                     loop.call_soon_threadsafe(_tell, callbacks, error)
@@ -339,10 +362,12 @@ class AuditTrail:
                 row = self._row(seq, prev, document, username)
                 rows.append(row)
                 prev = row["hash"]
-            # Core's executemany on a plain connection: with a data event per MLflow write, the
-            # ORM session's cost would show in the gateway's.
+            # A plain connection, not an ORM session: with a data event per MLflow write, the
+            # session's cost would show in the gateway's.
+            order = self._insert_order
+            params = rows if order is None else [tuple(row[k] for k in order) for row in rows]
             with self._engine.begin() as connection:
-                connection.execute(insert(AuditRecord.__table__), rows)
+                connection.exec_driver_sql(self._insert_sql, params)
             self._head = (seq, prev)
             self._write_head()
 

@@ -213,7 +213,8 @@ class Handover:
             sock.close()
 
     def _record(self, channel: Channel, message: Message, answer: bytes) -> None:
-        """Record a write the lane is serving; ack once the record is durable."""
+        """Record a write the lane is serving; ack once the record is durable (from the audit
+        writer's thread)."""
 
         def acknowledge(error: Exception | None) -> None:
             if error is not None:

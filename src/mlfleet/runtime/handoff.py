@@ -23,6 +23,7 @@ import mmap
 import os
 import socket
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -51,6 +52,9 @@ class Channel:
         self._sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_closed: Callable[[], None] | None = None
+        # The daemon's audit writer thread sends acks too: closing waits for a send under way,
+        # which could otherwise reach another socket given the same descriptor number.
+        self._sending = threading.Lock()
         self.closed = False
 
     @classmethod
@@ -60,7 +64,8 @@ class Channel:
     def send(self, message: Message, fd: int | None = None, payload: bytes = b"") -> None:
         """Send one message (and a descriptor, which the receiver then owns a copy of)."""
         data = json.dumps(message, separators=(",", ":")).encode() + b"\n" + payload
-        socket.send_fds(self._sock, [data], [fd] if fd is not None else [])
+        with self._sending:
+            socket.send_fds(self._sock, [data], [fd] if fd is not None else [])
 
     def listen(
         self,
@@ -108,7 +113,8 @@ class Channel:
         self.closed = True
         if self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
+        with self._sending:
+            self._sock.close()
         if self._on_closed is not None:
             self._on_closed()
 
