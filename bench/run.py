@@ -10,7 +10,8 @@ It starts its own daemon (SQLite, temporary data dir, loopback only) and measure
 2. memory: RSS/PSS of a warmed, idle Small server's MLflow worker(s) and of the daemon;
 3. throughput and latency of log-metric and get-run at several concurrencies, direct to the
    MLflow worker and through the gateway, alternating, with CPU per request of each party;
-4. the real MLflow client logging one metric per call, direct vs gateway (one subprocess each);
+4. the real MLflow client logging one metric per call, direct and through the gateway taking
+   turns call by call in one training-loop process;
 5. a stock ``mlflow server`` (defaults: 4 uvicorn workers, job execution) started as a user would:
    its idle footprint, log-metric c=1/c=8 and the MLflow client loop, the baseline the issue's
    targets were written against ("direct" above is mlfleet's own lean worker, not this);
@@ -94,7 +95,7 @@ class Plan:
             warmup=1.0,
             duration=10.0,
             concurrencies=(1, 8, 32),
-            client_calls=300,
+            client_calls=500,
             target_repeats=3,
         )
 
@@ -685,30 +686,41 @@ def throughput_matrix(
 # 4. the real MLflow client, one call at a time
 
 
-def client_loop_child(uri: str, run_id: str, calls: int, key: str) -> None:
-    """Runs in a subprocess: log ``calls`` metrics like a training loop, print timings as JSON."""
+def client_loop_child(uris: list[str], run_id: str, calls: int) -> None:
+    """Runs in a subprocess: log ``calls`` metrics like a training loop to each tracking URI,
+    taking turns call by call, and print each URI's call latencies as JSON.
+
+    Taking turns puts every mode under the same machine at the same moment: on a shared 2-core
+    box, throughput drifts by a third between minutes, far more than the margins judged here.
+    """
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    for i in range(5):  # connection set-up and lazy imports are not what a loop pays per step
-        client.log_metric(run_id, f"{key}_warm", float(i), step=i)
-    latencies: list[float] = []
-    started = time.perf_counter()
-    deadline = started + 120
+    clients = [MlflowClient(tracking_uri=uri) for uri in uris]
+    for client in clients:  # connection set-up and lazy imports are not what a loop pays per step
+        for i in range(5):
+            client.log_metric(run_id, "client_warm", float(i), step=i)
+    latencies: list[list[float]] = [[] for _ in clients]
+    deadline = time.perf_counter() + 120
     for i in range(calls):
-        sent = time.perf_counter()
-        client.log_metric(run_id, key, float(i), step=i)
-        latencies.append(time.perf_counter() - sent)
-        if sent > deadline:
+        turn = range(len(clients)) if i % 2 == 0 else reversed(range(len(clients)))
+        for index in turn:
+            sent = time.perf_counter()
+            clients[index].log_metric(run_id, f"client_{index}", float(i), step=i)
+            latencies[index].append(time.perf_counter() - sent)
+        if time.perf_counter() > deadline:
             break
-    elapsed = time.perf_counter() - started
-    print(json.dumps({"calls": len(latencies), "seconds": elapsed, "latencies": latencies}))
+    print(json.dumps({"latencies": latencies}))
 
 
-def mlflow_client_mode(
-    mode: str, uri: str, run_id: str, calls: int, auth: tuple[str, str] | None
-) -> dict[str, Any]:
-    """One mode in its own interpreter, so env vars and MLflow's cached sessions don't leak."""
+def mlflow_client_run(
+    modes: Mapping[str, str], run_id: str, calls: int, auth: tuple[str, str] | None
+) -> list[dict[str, Any]]:
+    """One run of the client loop over ``modes`` (name -> tracking URI) in its own interpreter,
+    so env vars and MLflow's cached sessions don't leak; its figures per mode.
+
+    With ``auth`` the client sends HTTP Basic to every URI: a worker reached directly ignores
+    the header, so only the gateway checks it.
+    """
     env = {
         k: v
         for k, v in os.environ.items()
@@ -718,41 +730,45 @@ def mlflow_client_mode(
     if auth is not None:
         env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = auth
     done = subprocess.run(
-        [sys.executable, __file__, "--client-loop", uri, run_id, str(calls), f"client_{mode}"],
+        [sys.executable, __file__, "--client-loop", ",".join(modes.values()), run_id, str(calls)],
         capture_output=True,
         env=env,
         timeout=300,
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"MLflow client ({mode}) failed: {done.stderr.decode()[-2000:]}")
+        raise RuntimeError(f"MLflow client ({', '.join(modes)}) failed: {done.stderr[-2000:]!r}")
     raw = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    latencies = sorted(raw["latencies"])
-    result = {
-        "mode": mode,
-        "calls": raw["calls"],
-        "calls_per_s": raw["calls"] / raw["seconds"],
-        "p50_ms": percentile(latencies, 0.5) * 1000,
-        "p99_ms": percentile(latencies, 0.99) * 1000,
-    }
-    print(
-        f"  MLflow client {mode:7} {result['calls_per_s']:6.1f} calls/s  "
-        f"p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms",
-        flush=True,
-    )
-    return result
+    results = []
+    for mode, spent in zip(modes, raw["latencies"], strict=True):
+        latencies = sorted(spent)
+        result = {
+            "mode": mode,
+            "calls": len(latencies),
+            # Calls per second of time spent waiting for this mode's answers.
+            "calls_per_s": len(latencies) / sum(latencies),
+            "p50_ms": percentile(latencies, 0.5) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000,
+        }
+        print(
+            f"  MLflow client {mode:7} {result['calls_per_s']:6.1f} calls/s  "
+            f"p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms",
+            flush=True,
+        )
+        results.append(result)
+    return results
 
 
 def mlflow_client_rounds(
     direct: str, gateway: str, run_id: str, plan: Plan, auth: tuple[str, str]
 ) -> list[dict[str, Any]]:
-    """Both modes ``target_repeats`` times, alternating who goes first; medians per mode."""
+    """``target_repeats`` runs taking turns between gateway and direct; medians per mode."""
     runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
-    for i in range(plan.target_repeats):
-        order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
-        for mode in order:
-            uri, creds = (direct, None) if mode == "direct" else (gateway, auth)
-            runs[mode].append(mlflow_client_mode(mode, uri, run_id, plan.client_calls, creds))
+    for _ in range(plan.target_repeats):
+        for result in mlflow_client_run(
+            {"gateway": gateway, "direct": direct}, run_id, plan.client_calls, auth
+        ):
+            runs[result["mode"]].append(result)
     return [client_summary(mode, rounds) for mode, rounds in runs.items()]
 
 
@@ -944,7 +960,7 @@ def measure_stock(stock: StockMlflow, plan: Plan) -> dict[str, Any]:
         case.repeat = repeat
         cases.append(case)
     rounds = [
-        mlflow_client_mode("stock", stock.url, run_id, plan.client_calls, None)
+        mlflow_client_run({"stock": stock.url}, run_id, plan.client_calls, None)[0]
         for _ in range(plan.target_repeats)
     ]
     return {
@@ -1222,7 +1238,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"## MLflow client, one `log_metric` call at a time ({results['plan']['client_calls']} "
-        "calls after 5 warm-up calls, a fresh subprocess per run, modes alternating)",
+        "calls each after 5 warm-up calls, a fresh subprocess per run, gateway and direct "
+        "taking turns call by call)",
         "",
         "| mode | calls/s (median) | p50 ms | p99 ms | calls/s of each run |",
         "|---|---|---|---|---|",
@@ -1541,8 +1558,8 @@ def in_temp_dir(
 
 
 def main() -> None:
-    if len(sys.argv) == 6 and sys.argv[1] == "--client-loop":
-        client_loop_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    if len(sys.argv) == 5 and sys.argv[1] == "--client-loop":
+        client_loop_child(sys.argv[2].split(","), sys.argv[3], int(sys.argv[4]))
         return
     args = arguments(__doc__, "~3 s per case, 1 lifecycle cycle")
 
