@@ -13,6 +13,9 @@ import base64
 import http.client
 import json
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -108,6 +111,27 @@ class Connection:
         self.http.close()
 
 
+def logged_metric(daemon: Daemon, arn: str, metric: str) -> list[dict[str, Any]]:
+    """The LogMetric data events of this metric on that server."""
+    return [
+        r
+        for r in data_events(daemon, "LogMetric", arn)
+        if (r["requestParameters"].get("body") or {}).get("key") == metric
+    ]
+
+
+def create_server(daemon: Daemon, name: str, tmp_path: Path) -> dict[str, Any]:
+    """A Small server of the test's own daemon, once Created."""
+    daemon.client().create_mlflow_tracking_server(
+        TrackingServerName=name,
+        ArtifactStoreUri=f"file://{tmp_path / 'artifacts'}",
+        RoleArn="arn:aws:iam::123456789012:role/mlfleet",
+    )
+    server = daemon.wait_status(name, "Created", "CreateFailed")
+    assert server["TrackingServerStatus"] == "Created"
+    return server
+
+
 def api_path(shared_server: dict[str, Any]) -> str:
     return "/mlflow/" + shared_server["TrackingServerName"] + "/api/2.0/mlflow"
 
@@ -147,12 +171,11 @@ def test_a_basic_auth_connection_moves_to_the_worker_and_keeps_working(
     finally:
         conn.close()
 
-    # Each write served by the worker is a data event, recorded by the daemon as its own.
-    logged = [
-        r
-        for r in data_events(daemon, "LogMetric", shared_server["TrackingServerArn"])
-        if (r["requestParameters"].get("body") or {}).get("key") == metric
-    ]
+    # Each write served by the worker is a data event in the daemon's trail (appended once
+    # the answer has left: the record was durable before, in MLflow's database).
+    arn = shared_server["TrackingServerArn"]
+    wait_for(lambda: len(logged_metric(daemon, arn, metric)) == 5, 10, what="five data events")
+    logged = logged_metric(daemon, arn, metric)
     assert sorted(r["requestParameters"]["body"]["step"] for r in logged) == [0, 1, 2, 3, 4]
     record = logged[0]
     assert record["userIdentity"]["userName"] == "admin"
@@ -279,14 +302,7 @@ def test_with_handoff_off_every_call_stays_on_the_gateway(
     monkeypatch.setenv("MLFLEET_CONNECTION_HANDOFF", "false")
     own = Daemon(tmp_path / "data").start()
     try:
-        own.client().create_mlflow_tracking_server(
-            TrackingServerName="kept",
-            ArtifactStoreUri=f"file://{tmp_path / 'artifacts'}",
-            RoleArn="arn:aws:iam::123456789012:role/mlfleet",
-        )
-        assert own.wait_status("kept", "Created", "CreateFailed")["TrackingServerStatus"] == (
-            "Created"
-        )
+        create_server(own, "kept", tmp_path)
         conn = Connection(own, *own.credentials)
         try:
             for _ in range(3):
@@ -297,5 +313,62 @@ def test_with_handoff_off_every_call_stays_on_the_gateway(
                 assert conn.holder() == "daemon"
         finally:
             conn.close()
+    finally:
+        own.stop()
+
+
+def test_a_write_answered_while_the_daemon_froze_is_audited_after_it_was_killed(
+    tmp_path: Path,
+) -> None:
+    """The worker stores a write's data event with MLflow's own commit and answers without
+    waiting for the daemon; a daemon killed before appending it finds it after its restart."""
+    own = Daemon(tmp_path / "data").start()
+    try:
+        server = create_server(own, "frozen", tmp_path)
+        api = "/mlflow/frozen/api/2.0/mlflow"
+        conn = Connection(own, *own.credentials)
+        try:
+            conn.hand_to_worker(api)
+            status, run = conn.call("POST", f"{api}/runs/create", {"experiment_id": "0"})
+            assert status == 200, run
+            # CreateRun is followed up by the daemon (an MLflow event), so it went back there,
+            # and comes to the worker again once the daemon has answered.
+            wait_for(lambda: conn.holder() == "worker", 10, what="the worker to hold it again")
+            assert own.proc is not None
+            own.proc.send_signal(signal.SIGSTOP)
+            try:
+                status, answer = conn.call(
+                    "POST",
+                    f"{api}/runs/log-metric",
+                    {
+                        "run_id": run["run"]["info"]["run_id"],
+                        "key": "while-frozen",
+                        "value": 1.0,
+                        "timestamp": 1,
+                        "step": 0,
+                    },
+                )
+                assert status == 200, answer
+            finally:
+                own.kill()  # SIGKILL works on a stopped process
+        finally:
+            conn.close()
+        own.start()
+        own.wait_status("frozen", "Created")
+        logged = wait_for(
+            lambda: logged_metric(own, server["TrackingServerArn"], "while-frozen"),
+            30,
+            what="the data event of the write answered while the daemon was frozen",
+        )
+        assert len(logged) == 1
+        assert logged[0]["userIdentity"]["userName"] == "admin"
+        assert logged[0]["userAgent"] == "handover-test/1.0"
+        verified = subprocess.run(
+            [sys.executable, "-m", "mlfleet", "audit", "verify", "--data-dir", str(own.data_dir)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
         own.stop()

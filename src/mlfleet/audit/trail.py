@@ -186,6 +186,8 @@ class DataEvent:
     status: int | None  # None: recorded as forwarded, before MLflow answered
     error_code: str | None = None
     error_message: str | None = None
+    # Chosen by a worker that stored the record with MLflow's write (runtime.stored_events).
+    event_id: str | None = None
 
 
 @dataclass
@@ -284,7 +286,7 @@ class AuditTrail:
             "requestParameters": event.parameters,
             "responseElements": None if event.status is None else {"statusCode": event.status},
             "requestID": event.request_id,
-            "eventID": str(uuid.uuid4()),
+            "eventID": event.event_id or str(uuid.uuid4()),
             "readOnly": False,
             "resources": [
                 {
@@ -406,6 +408,13 @@ class AuditTrail:
         os.pwrite(self._head_fd, text, 0)
 
     # --- reading -----------------------------------------------------------------------------
+
+    def knows(self, event_id: str) -> bool:
+        with self._engine.connect() as connection:
+            found = connection.execute(
+                select(AuditRecord.seq).where(AuditRecord.event_id == event_id)
+            ).first()
+        return found is not None
 
     def lookup(self, req: Mapping[str, Any]) -> dict[str, Any]:
         """LookupEvents: newest first, one lookup attribute, a time range, paging."""

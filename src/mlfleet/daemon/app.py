@@ -168,6 +168,8 @@ def build_daemon(settings: Settings) -> Daemon:
     trail = open_trail(settings, sessions, box)
     # Traffic of the last hour, for the console's charts: servers by id, endpoints by name.
     server_metrics, endpoint_metrics = Recorder(), Recorder()
+    handover = Handover(settings, runtime, authorizer, trail, server_metrics)
+    runtime.on_channel = handover.listen
     gateway = Gateway(
         settings,
         runtime,
@@ -179,7 +181,7 @@ def build_daemon(settings: Settings) -> Daemon:
         bus,
         registry_sync,
         server_metrics,
-        Handover(settings, runtime, authorizer, trail, server_metrics),
+        handover,
     )
     gateway_ref.append(gateway)
 

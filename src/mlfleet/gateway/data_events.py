@@ -60,6 +60,7 @@ def data_event(
     body: bytes | None,
     status: int | None = None,
     answer: bytes | None = None,
+    event_id: str | None = None,
 ) -> DataEvent:
     """A write as forwarded (``status`` None), or its outcome; ``body`` only if kept_body."""
     path, _, query = upstream_path.partition("?")
@@ -83,4 +84,5 @@ def data_event(
         status=status,
         error_code=error_code,
         error_message=error_message,
+        event_id=event_id,
     )

@@ -11,9 +11,9 @@ back, which is served here as a new connection.
 
 Not handed over: SigV4-signed connections (each request carries a new signature, whose
 verification needs the secret), browser sessions, servers whose policy decisions depend on the
-moment, and HTTP/1.0. What stays with the daemon: recording data events (the lane asks, and
-answers once the record is durable), request figures for the console, the mapping from ticket
-to principal.
+moment, and HTTP/1.0. What stays with the daemon: the audit trail (a worker sends each data
+event, made durable with MLflow's own commit or, failing that, by the daemon before the lane
+answers), request figures for the console.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import itertools
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aiohttp import HttpVersion11, web
@@ -45,17 +46,17 @@ log = logging.getLogger(__name__)
 # Calls the daemon follows up after MLflow answers (MLflow events on the bus, automatic model
 # registration) stay with the gateway: a ticket never allows them.
 FOLLOWED_UP = frozenset(MLFLOW_DETAIL_TYPES) | {"CreateModelVersion", "SetRegisteredModelAlias"}
+# Enough to span the moments a record may be sent twice (a worker starting while another
+# waits for its ack): a second copy of an older one is caught by asking the trail.
+RECENT_EVENT_IDS = 65536
 LANE_ACTIONS = tuple(sorted(f"{SERVICE}:{name}" for name in ACTIONS - FOLLOWED_UP))
 
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds a ticket: what the daemon needs to record that connection's calls."""
+    """Where a ticket's connection is: the server its figures count for, the worker's channel."""
 
-    principal: Principal
-    source_ip: str | None
     server_id: str
-    arn: str
     channel: Channel
 
 
@@ -79,6 +80,8 @@ class Handover:
         # aiohttp's protocol factory, to serve a connection a worker hands back.
         self._server: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Event ids of records workers stored themselves, lately appended (or on their way).
+        self._recent: OrderedDict[str, None] = OrderedDict()
 
     async def offer(
         self,
@@ -126,6 +129,8 @@ class Handover:
             arn=arn,
             allowed=allowed,
             audited=audited,
+            caller=asdict(principal),
+            source_ip=request.remote,
             generation=self._runtime.generation.value(),
             body_limit=self._settings.max_api_body_bytes,
             audited_body_limit=AUDITED_BODY_LIMIT,
@@ -140,7 +145,7 @@ class Handover:
             return
         self._server = server
         channel = worker.channel
-        self._listen(channel)
+        self.listen(channel)
         copy = os.dup(sock.fileno())
         try:
             channel.send(ticket.to_message(), copy)
@@ -149,7 +154,7 @@ class Handover:
             return
         finally:
             os.close(copy)
-        self._holders[ticket.id] = Holder(principal, request.remote, server_id, arn, channel)
+        self._holders[ticket.id] = Holder(server_id, channel)
         transport.abort()  # closes the daemon's descriptor only: the worker holds the socket
 
     def _least_held(self, server_id: str) -> Worker | None:
@@ -162,7 +167,9 @@ class Handover:
 
     # the workers' messages -----------------------------------------------------------------
 
-    def _listen(self, channel: Channel) -> None:
+    def listen(self, channel: Channel) -> None:
+        """Take a worker's messages: from its start, since it may first send records it had
+        stored and not yet seen acknowledged."""
         if id(channel) in self._listening:
             return
         self._listening.add(id(channel))
@@ -213,34 +220,50 @@ class Handover:
             sock.close()
 
     def _record(self, channel: Channel, message: Message, answer: bytes) -> None:
-        """Record a write the lane is serving; ack once the record is durable (from the audit
-        writer's thread)."""
+        """Append a write's data event to the trail, then tell the worker (from the audit
+        writer's thread): an ack it waits for before answering, or, for a record it already
+        stored with MLflow's write, that its copy can go."""
+        event_id = message.get("event_id")
+        if event_id is not None:
+            # A worker's stored copy is sent again by the next worker to start, which may be
+            # before the first copy was acknowledged.
+            if event_id in self._recent or (message.get("again") and self._audit.knows(event_id)):
+                self._tell_recorded(channel, event_id)
+                return
+            self._recent[event_id] = None
+            if len(self._recent) > RECENT_EVENT_IDS:
+                self._recent.popitem(last=False)
 
-        def acknowledge(error: Exception | None) -> None:
+        def durable(error: Exception | None) -> None:
             if error is not None:
                 log.error("recording a data event for a handed-over connection failed: %s", error)
-            with contextlib.suppress(OSError):
-                channel.send({"t": "ack", "seq": message["seq"], "failed": error is not None})
+            if "seq" in message:
+                with contextlib.suppress(OSError):
+                    channel.send({"t": "ack", "seq": message["seq"], "failed": error is not None})
+            elif error is None:
+                self._tell_recorded(channel, event_id)
 
-        holder = self._holders.get(message["ticket"])
-        if holder is None:
-            acknowledge(LookupError(f"no connection holds ticket {message['ticket']}"))
-            return
         kept = keeps_body(message["path"], message["length"]) and message["body"] is not None
         event = data_event(
-            principal=holder.principal,
+            principal=Principal(**message["caller"]),
             action=message["action"],
-            resource=holder.arn,
+            resource=message["arn"],
             started=message["started"],
-            source_ip=holder.source_ip,
+            source_ip=message["source_ip"],
             user_agent=message["user_agent"],
             method=message["method"],
             upstream_path=message["path"],
             body=message["body"].encode("latin-1") if kept else None,
             status=message["status"],
             answer=answer or None,
+            event_id=event_id,
         )
-        self._audit.record_data_event_then(event, acknowledge)
+        self._audit.record_data_event_then(event, durable)
+
+    @staticmethod
+    def _tell_recorded(channel: Channel, event_id: str | None) -> None:
+        with contextlib.suppress(OSError):
+            channel.send({"t": "recorded", "event_id": event_id})
 
 
 class Replaying(asyncio.Protocol):

@@ -18,9 +18,10 @@ settles everything the gateway would decide for it:
   not in ``allowed``.
 
 Anything else goes back to the daemon with the bytes read so far, and the daemon serves it as
-a new connection. A write on an audited server is recorded as the gateway records it: the lane
-sends the data event to the daemon before calling MLflow and answers only once the daemon has
-made it durable. MLflow calls from handed-over connections are capped per worker
+a new connection. A write on an audited server is a data event, durable before the answer
+leaves: stored with MLflow's own commit (runtime.stored_events) and appended to the daemon's
+trail after the answer, or, when MLflow committed nothing, recorded by the daemon with the
+outcome before the lane answers. MLflow calls from handed-over connections are capped per worker
 (``Ticket.concurrency``, the gateway's admission limit) and queue in order.
 """
 
@@ -29,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import io
+import json
 import logging
 import os
 import re
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +55,7 @@ from mlfleet.gateway.hardening import (
     request_problem,
 )
 from mlfleet.runtime.handoff import Channel, Generation, Message, Ticket
+from mlfleet.runtime.stored_events import StoredEvents
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +138,11 @@ class Lane:
         wsgi_app: WsgiApp,
         is_native: Callable[[str, str], bool],
         port: int,
+        stored: StoredEvents | None,
     ) -> None:
         self._channel = channel
+        # None when MLflow's store is not one of its SQL databases: the daemon records then.
+        self._stored = stored
         self._generation = generation
         self._app = wsgi_app
         self._is_native = is_native
@@ -150,6 +157,13 @@ class Lane:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._channel.listen(loop, self._on_message, self._on_daemon_gone)
+        if self._stored is not None:
+            loop.create_task(self._send_left_over(self._stored))
+
+    async def _send_left_over(self, stored: StoredEvents) -> None:
+        assert self._loop is not None
+        for _event_id, record in await self._loop.run_in_executor(None, stored.left_over):
+            self._send({**json.loads(record), "again": True})
 
     # channel -------------------------------------------------------------------------------
 
@@ -162,6 +176,8 @@ class Lane:
                 ack.set_exception(RuntimeError("the daemon could not record the data event"))
             else:
                 ack.set_result(None)
+        elif message["t"] == "recorded" and self._stored is not None:
+            self._stored.recorded(message["event_id"])
         elif message["t"] == "conn" and fd is not None:
             self._adopt(Ticket.from_message(message), fd, payload)
 
@@ -255,16 +271,22 @@ class Lane:
         assert self._loop is not None and self._executor is not None
         started = time.time()
         clock = time.perf_counter()
-        audited = ticket.audited and is_write(action)
-        recorded = self._audit(ticket, head, body, upstream, action, started) if audited else None
+        record = None
+        if ticket.audited and is_write(action):
+            record = self._record(ticket, head, body, upstream, action, started)
         environ = self._environ(head, body, upstream)
-        status, headers, answer = await self._loop.run_in_executor(
-            self._executor, self._call_mlflow, environ
+        status, headers, answer, stored = await self._loop.run_in_executor(
+            self._executor, self._call_mlflow, environ, record
         )
-        if recorded is not None:
-            await recorded
-            if status >= 400:  # the outcome of a failed write, as a second record
-                await self._audit(ticket, head, body, upstream, action, started, status, answer)
+        if record is not None:
+            if stored:
+                # Durable with MLflow's write: the daemon appends it once the answer has left
+                # (a callback runs after this task's step, which writes the answer).
+                self._loop.call_soon(self._send, record)
+                if status >= 400:  # the outcome of a failed write, as a second record
+                    await self._recorded_now({**record, "event_id": None}, status, answer)
+            else:
+                await self._recorded_now(record, status, answer)
         self._answered(ticket, status, time.perf_counter() - clock)
         close = (head.header("connection") or "").lower() == "close"
         return _response(status, headers, answer, close), close
@@ -282,26 +304,18 @@ class Lane:
             self._send({"t": "done", "calls": self._figures})
             self._figures = []
 
-    def _audit(
-        self,
-        ticket: Ticket,
-        head: Head,
-        body: bytes,
-        upstream: str,
-        action: str,
-        started: float,
-        status: int | None = None,
-        answer: bytes = b"",
-    ) -> asyncio.Future[None]:
-        assert self._loop is not None
-        self._sequence += 1
-        ack = self._loop.create_future()
-        self._acks[self._sequence] = ack
+    def _record(
+        self, ticket: Ticket, head: Head, body: bytes, upstream: str, action: str, started: float
+    ) -> Message:
+        """The write's data event as the daemon records it: everything it needs to say, since
+        a copy stored in MLflow's database may reach the daemon after a restart."""
         kept = body if len(body) <= ticket.audited_body_limit else None
-        message = {
+        return {
             "t": "audit",
-            "seq": self._sequence,
-            "ticket": ticket.id,
+            "event_id": str(uuid.uuid4()),
+            "caller": ticket.caller,
+            "source_ip": ticket.source_ip,
+            "arn": ticket.arn,
             "action": action,
             "method": head.method,
             "path": upstream,
@@ -309,9 +323,19 @@ class Lane:
             "body": kept.decode("latin-1") if kept is not None else None,
             "started": started,
             "user_agent": head.header("user-agent") or "",
-            "status": status,
+            "status": None,
         }
-        self._send(message, payload=answer[:65536] if status is not None else b"")
+
+    def _recorded_now(self, record: Message, status: int, answer: bytes) -> asyncio.Future[None]:
+        """Have the daemon record the write with its outcome; done once that is durable."""
+        assert self._loop is not None
+        self._sequence += 1
+        ack = self._loop.create_future()
+        self._acks[self._sequence] = ack
+        self._send(
+            {**record, "seq": self._sequence, "status": status},
+            payload=answer[:65536] if status >= 400 else b"",
+        )
         return ack
 
     def _environ(self, head: Head, body: bytes, upstream: str) -> dict[str, Any]:
@@ -339,7 +363,21 @@ class Lane:
         }
         return build_environ(scope, io.BytesIO(body))  # type: ignore[arg-type]
 
-    def _call_mlflow(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _call_mlflow(
+        self, environ: dict[str, Any], record: Message | None
+    ) -> tuple[int, list[tuple[str, str]], bytes, bool]:
+        """MLflow's answer, and whether ``record`` was stored with its write."""
+        stored = self._stored if record is not None else None
+        if stored is not None:
+            assert record is not None
+            stored.offer(record["event_id"], json.dumps(record))
+        try:
+            status, headers, answer = self._call_flask(environ)
+        finally:
+            taken = stored is not None and stored.taken()  # never left for a later call
+        return status, headers, answer, taken
+
+    def _call_flask(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
         started: list[Any] = []
         chunks: list[bytes] = []
 

@@ -131,8 +131,11 @@ class Ticket:
     arn: str
     # The sagemaker-mlflow actions the caller is allowed on this server, that the lane may serve.
     allowed: frozenset[str]
-    # Whether writes are recorded as data events (by the daemon, before the answer leaves).
+    # Whether writes are recorded as data events (durable before the answer leaves).
     audited: bool
+    # Who is calling, from where: what a data event says of the caller (Principal's fields).
+    caller: dict[str, Any]
+    source_ip: str | None
     generation: int
     body_limit: int
     audited_body_limit: int

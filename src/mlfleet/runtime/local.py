@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,6 +201,9 @@ class SupervisedProcess(ABC):
         self.healthy = False
 
 
+OnChannel = Callable[[Channel], None] | None
+
+
 class Worker(SupervisedProcess):
     """One single-process uvicorn serving a tracking server's MLflow (mlflow_worker).
 
@@ -207,16 +211,21 @@ class Worker(SupervisedProcess):
     hands it client connections; the old one closes with the process it led to.
     """
 
-    def __init__(self, index: int, spec: ServerSpec, generation: Generation) -> None:
+    def __init__(
+        self, index: int, spec: ServerSpec, generation: Generation, on_channel: OnChannel
+    ) -> None:
         super().__init__(index, spec.log_dir)
         self.spec = spec
         self._generation = generation
+        self._on_channel = on_channel
         self.channel: Channel | None = None
         self._their_end: int | None = None
 
     async def _spawn(self) -> None:
         self._close_channel()
         self.channel, self._their_end = channel_pair()
+        if self._on_channel is not None:
+            self._on_channel(self.channel)
         try:
             await super()._spawn()
         finally:
@@ -262,9 +271,9 @@ class Worker(SupervisedProcess):
 class ServerProcesses:
     """The worker processes of one tracking server."""
 
-    def __init__(self, spec: ServerSpec, generation: Generation) -> None:
+    def __init__(self, spec: ServerSpec, generation: Generation, on_channel: OnChannel) -> None:
         self.spec = spec
-        self.workers = [Worker(i, spec, generation) for i in range(spec.workers)]
+        self.workers = [Worker(i, spec, generation, on_channel) for i in range(spec.workers)]
 
     @property
     def serving(self) -> bool:
@@ -289,6 +298,8 @@ class LocalRuntime:
         self._http: aiohttp.ClientSession | None = None
         # Bumped (by the daemon) when what a handed-over connection may do could change.
         self.generation = Generation()
+        # Told of each worker's new channel (the gateway's handover listens to all of them).
+        self.on_channel: OnChannel = None
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -308,7 +319,7 @@ class LocalRuntime:
             if current.spec == spec and current.serving:
                 return
             await self.stop(server_id)
-        procs = ServerProcesses(spec, self.generation)
+        procs = ServerProcesses(spec, self.generation, self.on_channel)
         self._servers[server_id] = procs
         try:
             await procs.start(self._session())

@@ -22,10 +22,13 @@ import asyncio
 import functools
 import os
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from mlfleet.runtime.stored_events import StoredEvents
 
 BACKEND_STORE_ENV = "MLFLEET_BACKEND_STORE_URI"
 
@@ -63,6 +66,20 @@ def build_app() -> FlaskRoutesDirect:
     from mlflow.server.fastapi_app import app as fastapi_app
 
     return FlaskRoutesDirect(fastapi_app, flask_app)
+
+
+def stored_events() -> StoredEvents | None:
+    """Data events stored with MLflow's writes, in its database (runtime.stored_events)."""
+    from mlflow.server.handlers import _get_tracking_store
+
+    from mlfleet.runtime.stored_events import StoredEvents
+
+    engine = getattr(_get_tracking_store(), "engine", None)
+    if engine is None:
+        return None
+    stored = StoredEvents()
+    stored.install(engine)
+    return stored
 
 
 def main() -> None:
@@ -132,6 +149,7 @@ def main() -> None:
                 app.flask_app,
                 app.is_native,
                 args.port,
+                stored_events(),
             )
             lane.start(asyncio.get_running_loop())
         await server.serve()
