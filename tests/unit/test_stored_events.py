@@ -86,11 +86,10 @@ def test_rows_the_daemon_has_go_a_batch_at_a_time_with_a_later_commit(
         stored.offer(f"b-{n}", "{}")
         log_metric(engine)
         assert stored.taken()
-    for n in range(DELETE_BATCH - 1):
-        stored.recorded(f"b-{n}")
+    stored.recorded([f"b-{n}" for n in range(DELETE_BATCH - 1)])
     log_metric(engine)  # fewer than a batch recorded: nothing deleted yet
     assert len(stored_ids(stored)) == DELETE_BATCH + 1
-    stored.recorded(f"b-{DELETE_BATCH - 1}")
+    stored.recorded([f"b-{DELETE_BATCH - 1}"])
     log_metric(engine)
     assert stored_ids(stored) == [f"b-{DELETE_BATCH}"]
     with engine.connect() as connection:

@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import socket
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from mlfleet.iam.authorizer import Authorizer, RequestFacts
 from mlfleet.metrics import Recorder
 from mlfleet.runtime.handoff import Channel, Message, Ticket
 from mlfleet.runtime.local import LocalRuntime, Worker
+from mlfleet.runtime.stored_events import DELETE_BATCH
 from mlfleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,10 @@ class Handover:
         self._tasks: set[asyncio.Task[None]] = set()
         # Event ids of records workers stored themselves, lately appended (or on their way).
         self._recent: OrderedDict[str, None] = OrderedDict()
+        # Per worker channel, ids appended whose stored copies the worker has not been told of
+        # yet; lost with the daemon, those copies are sent again and found in the trail.
+        self._recorded: dict[Channel, list[str]] = {}
+        self._recorded_lock = threading.Lock()
 
     async def offer(
         self,
@@ -179,6 +185,8 @@ class Handover:
 
         def on_closed() -> None:
             self._listening.discard(id(channel))
+            with self._recorded_lock:
+                self._recorded.pop(channel, None)
             for ticket_id, holder in list(self._holders.items()):
                 if holder.channel is channel:
                     del self._holders[ticket_id]
@@ -260,10 +268,19 @@ class Handover:
         )
         self._audit.record_data_event_then(event, durable)
 
-    @staticmethod
-    def _tell_recorded(channel: Channel, event_id: str | None) -> None:
+    def _tell_recorded(self, channel: Channel, event_id: str | None) -> None:
+        """Tell the worker its copy can go, as many at once as it deletes at once: a message
+        per write would wake both processes for nothing. (Called from two threads.)"""
+        if event_id is None:
+            return
+        with self._recorded_lock:
+            waiting = self._recorded.setdefault(channel, [])
+            waiting.append(event_id)
+            if len(waiting) < DELETE_BATCH:
+                return
+            del self._recorded[channel]
         with contextlib.suppress(OSError):
-            channel.send({"t": "recorded", "event_id": event_id})
+            channel.send({"t": "recorded", "event_ids": waiting})
 
 
 class Replaying(asyncio.Protocol):

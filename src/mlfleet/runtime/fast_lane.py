@@ -177,7 +177,7 @@ class Lane:
             else:
                 ack.set_result(None)
         elif message["t"] == "recorded" and self._stored is not None:
-            self._stored.recorded(message["event_id"])
+            self._stored.recorded(message["event_ids"])
         elif message["t"] == "conn" and fd is not None:
             self._adopt(Ticket.from_message(message), fd, payload)
 

@@ -23,7 +23,7 @@ import threading
 from typing import Any
 
 from sqlalchemy import Column, MetaData, String, Table, Text, delete, event, insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session
 
 PENDING = Table(
@@ -45,6 +45,8 @@ class StoredEvents:
         self._lock = threading.Lock()
         self._recorded: list[str] = []
         self._engine: Engine | None = None
+        # Per dialect: the SQL, and the parameters' order where they go by position.
+        self._inserts: dict[str, tuple[str, list[str] | None]] = {}
 
     def install(self, engine: Engine) -> None:
         """Create the table in MLflow's database if needed, and follow every session."""
@@ -67,10 +69,10 @@ class StoredEvents:
         self._local.durable = False
         return durable
 
-    def recorded(self, event_id: str) -> None:
-        """The daemon has the record: its row can go with the next commit."""
+    def recorded(self, event_ids: list[str]) -> None:
+        """The daemon has these records: their rows can go with a later commit."""
         with self._lock:
-            self._recorded.append(event_id)
+            self._recorded += event_ids
 
     def left_over(self) -> list[tuple[str, str]]:
         """Rows whose records the daemon may not have (a worker stopped before its ack)."""
@@ -89,13 +91,24 @@ class StoredEvents:
             return
         connection = session.connection()
         if pending is not None:
+            sql, order = self._insert_for(connection.dialect)
             event_id, record = pending
-            connection.execute(insert(PENDING), {"event_id": event_id, "record": record})
+            row = {"event_id": event_id, "record": record}
+            connection.exec_driver_sql(sql, row if order is None else tuple(row[k] for k in order))
             self._local.pending, self._local.flushed = None, (session, pending)
         if done:
             # Lost if this transaction rolls back: those rows are then sent again by the next
             # worker to start, and the daemon knows them already.
             connection.execute(delete(PENDING).where(PENDING.c.event_id.in_(done)))
+
+    def _insert_for(self, dialect: Dialect) -> tuple[str, list[str] | None]:
+        """The insert as the database's driver takes it, compiled once: SQLAlchemy's statement
+        cache costs a write more than the insert itself."""
+        compiled = self._inserts.get(dialect.name)
+        if compiled is None:
+            statement = insert(PENDING).compile(dialect=dialect)
+            compiled = self._inserts[dialect.name] = (str(statement), statement.positiontup)
+        return compiled
 
     def _after_commit(self, session: Session) -> None:
         flushed = getattr(self._local, "flushed", None)
