@@ -22,14 +22,17 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, Text, delete, event, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, delete, event, insert, select
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session
 
+# Keyed by a sequence, with no index on the event id: a row rides on MLflow's commit, and each
+# B-tree it touches is one more page to write and sync. Deletes scan a table of a few rows.
 PENDING = Table(
     "mlfleet_pending_data_events",
     MetaData(),
-    Column("event_id", String(36), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
     Column("record", Text, nullable=False),
 )
 # Rows the daemon has are deleted this many at a time, with one of MLflow's commits: a delete
@@ -78,7 +81,9 @@ class StoredEvents:
         """Rows whose records the daemon may not have (a worker stopped before its ack)."""
         assert self._engine is not None
         with self._engine.connect() as connection:
-            rows = connection.execute(select(PENDING.c.event_id, PENDING.c.record)).all()
+            rows = connection.execute(
+                select(PENDING.c.event_id, PENDING.c.record).order_by(PENDING.c.seq)
+            ).all()
         return [(row.event_id, row.record) for row in rows]
 
     def _after_flush(self, session: Session, _context: Any) -> None:
@@ -106,7 +111,7 @@ class StoredEvents:
         cache costs a write more than the insert itself."""
         compiled = self._inserts.get(dialect.name)
         if compiled is None:
-            statement = insert(PENDING).compile(dialect=dialect)
+            statement = insert(PENDING).values(event_id=None, record=None).compile(dialect=dialect)
             compiled = self._inserts[dialect.name] = (str(statement), statement.positiontup)
         return compiled
 
