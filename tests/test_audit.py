@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from test_iam import ACCOUNT, as_key, error_of, unique
 
-from conftest import Daemon
+from conftest import Daemon, wait_for
 
 HIDDEN = "HIDDEN_DUE_TO_SECURITY_REASONS"
 
@@ -309,11 +309,18 @@ def test_mlflow_writes_are_data_events_and_reads_are_not(
     client.get_run(run_id)
 
     arn = shared_server["TrackingServerArn"]
-    logged = [
-        r
-        for r in data_events(daemon, "LogMetric", arn)
-        if r["requestParameters"]["body"]["key"] == metric
-    ]
+
+    def logged_metric() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in data_events(daemon, "LogMetric", arn)
+            if r["requestParameters"]["body"]["key"] == metric
+        ]
+
+    # The client's keep-alive connection was handed to the worker, which stored the record
+    # with MLflow's write; the daemon's trail has it moments after the answer.
+    wait_for(logged_metric, 10, what="the LogMetric data event")
+    logged = logged_metric()
     assert len(logged) == 1
     record = logged[0]
     assert record["eventSource"] == "sagemaker-mlflow.amazonaws.com"

@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -80,7 +81,12 @@ def iso_time(timestamp: float) -> str:
 # Called once the record is durable, with None, or with the error that kept it from being
 # written.
 Durable = Callable[[Exception | None], None]
-_Queued = tuple[dict[str, Any], str | None, Durable, asyncio.AbstractEventLoop | None]
+# The last member: whether the record is durable elsewhere already, so it may wait to share
+# a commit (runtime.stored_events).
+_Queued = tuple[dict[str, Any], str | None, Durable, asyncio.AbstractEventLoop | None, bool]
+# How long such a record may wait: each commit is a sync of the disk, which otherwise meets the
+# sync of the next MLflow write a training loop sends.
+STORED_ELSEWHERE_WAIT = 0.1
 
 
 def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
@@ -267,11 +273,15 @@ class AuditTrail:
         """An MLflow write through the gateway, as a CloudTrail data event; await it."""
         return self.append_async(*self._data_event_document(event))
 
-    def record_data_event_then(self, event: DataEvent, durable: Durable) -> None:
+    def record_data_event_then(
+        self, event: DataEvent, durable: Durable, stored_elsewhere: bool = False
+    ) -> None:
         """``record_data_event`` for a caller that only has to pass the news on (a worker's
         fast lane asks for one per MLflow write): ``durable`` runs on the writer thread, so
-        the event loop is not woken for it; it must be quick and thread-safe."""
-        self.append_then(*self._data_event_document(event), durable, None)
+        the event loop is not woken for it; it must be quick and thread-safe. A record
+        ``stored_elsewhere`` (durable with MLflow's write) may wait a moment to share a
+        commit with others."""
+        self.append_then(*self._data_event_document(event), durable, None, stored_elsewhere)
 
     def _data_event_document(self, event: DataEvent) -> tuple[dict[str, Any], str | None]:
         document: dict[str, Any] = {
@@ -322,38 +332,57 @@ class AuditTrail:
         username: str | None,
         durable: Durable,
         loop: asyncio.AbstractEventLoop | None,
+        stored_elsewhere: bool = False,
     ) -> None:
         """Queue the record for the writer thread; ``durable`` runs after, on ``loop`` or,
         without one, on the writer thread."""
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_forever, daemon=True)
             self._writer.start()
-        self._queue.put((document, username, durable, loop))
+        self._queue.put((document, username, durable, loop, stored_elsewhere))
 
     def _write_forever(self) -> None:
-        """The writer thread: a batch is whatever queued while the previous one was written."""
+        """The writer thread: a batch is whatever queued while the previous one was written,
+        with the records stored elsewhere that waited up to STORED_ELSEWHERE_WAIT."""
+        waiting: list[_Queued] = []
+        deadline = 0.0
         while True:
-            batch = [self._queue.get()]
-            while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            error: Exception | None = None
             try:
-                self._append_batch([(document, username) for document, username, *_ in batch])
-            except Exception as exc:  # every waiter learns its record was not written
-                error = exc
-            # One wake-up per loop and batch: each costs the loop a trip through its self-pipe.
-            by_loop: dict[asyncio.AbstractEventLoop, list[Durable]] = {}
-            for _, _, durable, loop in batch:
-                if loop is None:
-                    try:
-                        durable(error)
-                    except Exception:  # the writer thread must outlive any one caller
-                        log.exception("a caller failed to take the news of its audit record")
-                else:
-                    by_loop.setdefault(loop, []).append(durable)
-            for loop, callbacks in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_tell, callbacks, error)
+                timeout = max(0.0, deadline - time.monotonic()) if waiting else None
+                arrived = [self._queue.get(timeout=timeout)]
+            except queue.Empty:
+                arrived = []
+            while not self._queue.empty():
+                arrived.append(self._queue.get_nowait())
+            can_wait = [item for item in arrived if item[4]]
+            if can_wait and not waiting:
+                deadline = time.monotonic() + STORED_ELSEWHERE_WAIT
+            waiting += can_wait
+            urgent = [item for item in arrived if not item[4]]
+            if not urgent and time.monotonic() < deadline:
+                continue
+            batch, waiting = waiting + urgent, []
+            self._write_batch(batch)
+
+    def _write_batch(self, batch: list[_Queued]) -> None:
+        error: Exception | None = None
+        try:
+            self._append_batch([(document, username) for document, username, *_ in batch])
+        except Exception as exc:  # every waiter learns its record was not written
+            error = exc
+        # One wake-up per loop and batch: each costs the loop a trip through its self-pipe.
+        by_loop: dict[asyncio.AbstractEventLoop, list[Durable]] = {}
+        for _, _, durable, loop, _ in batch:
+            if loop is None:
+                try:
+                    durable(error)
+                except Exception:  # the writer thread must outlive any one caller
+                    log.exception("a caller failed to take the news of its audit record")
+            else:
+                by_loop.setdefault(loop, []).append(durable)
+        for loop, callbacks in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_tell, callbacks, error)
 
     def _append_batch(self, entries: list[tuple[dict[str, Any], str | None]]) -> None:
         with self._lock:

@@ -266,7 +266,8 @@ class Handover:
             answer=answer or None,
             event_id=event_id,
         )
-        self._audit.record_data_event_then(event, durable)
+        # A record the worker stored with MLflow's write may wait to share a commit.
+        self._audit.record_data_event_then(event, durable, stored_elsewhere="seq" not in message)
 
     def _tell_recorded(self, channel: Channel, event_id: str | None) -> None:
         """Tell the worker its copy can go, as many at once as it deletes at once: a message
