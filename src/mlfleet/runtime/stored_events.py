@@ -9,7 +9,8 @@ So the fast lane gives the record to the thread that runs MLflow's handler, and 
 flush of that handler's database session adds it to a table of MLflow's database, inside
 MLflow's own transaction: the write and its record become durable together, or neither does.
 After answering, the lane sends the record to the daemon, which appends it to the audit trail
-and acknowledges it; the row is deleted by a later commit. Rows left when a worker stops (its
+(sharing one commit with the others that arrive within 0.1 s) and tells the worker, 64 at a
+time, which rows it has; a later MLflow commit deletes those. Rows left when a worker stops (its
 daemon killed, say) are sent again when a worker of the server starts; the daemon appends a
 record only once.
 
