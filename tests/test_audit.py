@@ -296,6 +296,15 @@ def data_events(daemon: Daemon, action: str, server_arn: str) -> list[dict[str, 
     return [r for r in records if r["resources"][0]["ARN"] == server_arn]
 
 
+def logged_metric(daemon: Daemon, arn: str, metric: str) -> list[dict[str, Any]]:
+    """The LogMetric data events of this metric on that server."""
+    return [
+        r
+        for r in data_events(daemon, "LogMetric", arn)
+        if (r["requestParameters"].get("body") or {}).get("key") == metric
+    ]
+
+
 def test_mlflow_writes_are_data_events_and_reads_are_not(
     daemon: Daemon, shared_server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -309,18 +318,10 @@ def test_mlflow_writes_are_data_events_and_reads_are_not(
     client.get_run(run_id)
 
     arn = shared_server["TrackingServerArn"]
-
-    def logged_metric() -> list[dict[str, Any]]:
-        return [
-            r
-            for r in data_events(daemon, "LogMetric", arn)
-            if r["requestParameters"]["body"]["key"] == metric
-        ]
-
     # The client's keep-alive connection was handed to the worker, which stored the record
     # with MLflow's write; the daemon's trail has it moments after the answer.
-    wait_for(logged_metric, 10, what="the LogMetric data event")
-    logged = logged_metric()
+    wait_for(lambda: logged_metric(daemon, arn, metric), 10, what="the LogMetric data event")
+    logged = logged_metric(daemon, arn, metric)
     assert len(logged) == 1
     record = logged[0]
     assert record["eventSource"] == "sagemaker-mlflow.amazonaws.com"

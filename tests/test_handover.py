@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_audit import data_events
+from test_audit import logged_metric
 from test_authorization import DATA_SCIENTIST, READ_ONLY, new_user
 from test_console_charts import charted
 from test_iam import policy, unique
@@ -109,15 +109,6 @@ class Connection:
 
     def close(self) -> None:
         self.http.close()
-
-
-def logged_metric(daemon: Daemon, arn: str, metric: str) -> list[dict[str, Any]]:
-    """The LogMetric data events of this metric on that server."""
-    return [
-        r
-        for r in data_events(daemon, "LogMetric", arn)
-        if (r["requestParameters"].get("body") or {}).get("key") == metric
-    ]
 
 
 def create_server(daemon: Daemon, name: str, tmp_path: Path) -> dict[str, Any]:

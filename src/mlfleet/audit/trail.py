@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import gzip
 import hashlib
 import hmac
@@ -83,7 +82,7 @@ def iso_time(timestamp: float) -> str:
 Durable = Callable[[Exception | None], None]
 # The last member: whether the record is durable elsewhere already, so it may wait to share
 # a commit (runtime.stored_events).
-_Queued = tuple[dict[str, Any], str | None, Durable, asyncio.AbstractEventLoop | None, bool]
+_Queued = tuple[dict[str, Any], str | None, Durable, bool]
 # How long such a record may wait: each commit is a sync of the disk, which otherwise meets the
 # sync of the next MLflow write a training loop sends.
 STORED_ELSEWHERE_WAIT = 0.1
@@ -96,11 +95,6 @@ def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
         done.set_result(None)
     else:
         done.set_exception(error)
-
-
-def _tell(callbacks: list[Durable], error: Exception | None) -> None:
-    for callback in callbacks:
-        callback(error)
 
 
 def _epoch(iso: str) -> float:
@@ -281,7 +275,7 @@ class AuditTrail:
         the event loop is not woken for it; it must be quick and thread-safe. A record
         ``stored_elsewhere`` (durable with MLflow's write) may wait a moment to share a
         commit with others."""
-        self.append_then(*self._data_event_document(event), durable, None, stored_elsewhere)
+        self.append_then(*self._data_event_document(event), durable, stored_elsewhere)
 
     def _data_event_document(self, event: DataEvent) -> tuple[dict[str, Any], str | None]:
         document: dict[str, Any] = {
@@ -323,7 +317,12 @@ class AuditTrail:
         one sync, and each caller returns only once its record is durable."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self.append_then(document, username, functools.partial(_settle, done), loop)
+
+        def durable(error: Exception | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, done, error)
+
+        self.append_then(document, username, durable)
         await done
 
     def append_then(
@@ -331,15 +330,13 @@ class AuditTrail:
         document: dict[str, Any],
         username: str | None,
         durable: Durable,
-        loop: asyncio.AbstractEventLoop | None,
         stored_elsewhere: bool = False,
     ) -> None:
-        """Queue the record for the writer thread; ``durable`` runs after, on ``loop`` or,
-        without one, on the writer thread."""
+        """Queue the record for the writer thread; ``durable`` runs there after it."""
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_forever, daemon=True)
             self._writer.start()
-        self._queue.put((document, username, durable, loop, stored_elsewhere))
+        self._queue.put((document, username, durable, stored_elsewhere))
 
     def _write_forever(self) -> None:
         """The writer thread: a batch is whatever queued while the previous one was written,
@@ -354,11 +351,11 @@ class AuditTrail:
                 arrived = []
             while not self._queue.empty():
                 arrived.append(self._queue.get_nowait())
-            can_wait = [item for item in arrived if item[4]]
+            can_wait = [item for item in arrived if item[3]]
             if can_wait and not waiting:
                 deadline = time.monotonic() + STORED_ELSEWHERE_WAIT
             waiting += can_wait
-            urgent = [item for item in arrived if not item[4]]
+            urgent = [item for item in arrived if not item[3]]
             if not urgent and time.monotonic() < deadline:
                 continue
             batch, waiting = waiting + urgent, []
@@ -370,19 +367,11 @@ class AuditTrail:
             self._append_batch([(document, username) for document, username, *_ in batch])
         except Exception as exc:  # every waiter learns its record was not written
             error = exc
-        # One wake-up per loop and batch: each costs the loop a trip through its self-pipe.
-        by_loop: dict[asyncio.AbstractEventLoop, list[Durable]] = {}
-        for _, _, durable, loop, _ in batch:
-            if loop is None:
-                try:
-                    durable(error)
-                except Exception:  # the writer thread must outlive any one caller
-                    log.exception("a caller failed to take the news of its audit record")
-            else:
-                by_loop.setdefault(loop, []).append(durable)
-        for loop, callbacks in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(_tell, callbacks, error)
+        for _, _, durable, _ in batch:
+            try:
+                durable(error)
+            except Exception:  # the writer thread must outlive any one caller
+                log.exception("a caller failed to take the news of its audit record")
 
     def _append_batch(self, entries: list[tuple[dict[str, Any], str | None]]) -> None:
         with self._lock:
