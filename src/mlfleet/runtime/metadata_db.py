@@ -1,7 +1,9 @@
 """Each tracking server's own MLflow metadata database: created from a template, dropped on delete.
 
 MLflow's migrations take seconds; copying a migrated template (a file for SQLite,
-``CREATE DATABASE ... TEMPLATE`` for PostgreSQL) takes milliseconds.
+``CREATE DATABASE ... TEMPLATE`` for PostgreSQL) takes milliseconds. The SQLite template itself
+comes from a shipped dump of those migrations when one matches the installed MLflow
+(runtime.mlflow_schema).
 """
 
 from __future__ import annotations
@@ -10,33 +12,24 @@ import asyncio
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import Connection, create_engine, make_url, text
 
+from mlfleet.runtime.mlflow_schema import (
+    ProvisioningError,
+    load_sqlite_dump,
+    migrate,
+    sqlite_dump_path,
+)
 from mlfleet.settings import Settings
 
 # A fixed key so that several daemons sharing one PostgreSQL server serialise template work.
 _PG_TEMPLATE_LOCK = 0x6D6C666C
 
 
-class ProvisioningError(Exception):
-    pass
-
-
-def _build_schema(uri: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "mlfleet.runtime.mlflow_schema", uri],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        check=False,
-    )
-    if done.returncode != 0:
-        tail = done.stdout.decode(errors="replace")[-2000:]
-        raise ProvisioningError(f"creating the MLflow schema failed: {tail}")
+__all__ = ["MetadataDatabases", "ProvisioningError"]
 
 
 def _pg_exists(conn: Connection, database: str | None) -> bool:
@@ -93,7 +86,11 @@ class MetadataDatabases:
                 template.parent.mkdir(parents=True, exist_ok=True)
                 building = template.with_suffix(".building")
                 building.unlink(missing_ok=True)
-                await asyncio.to_thread(_build_schema, f"sqlite:///{building}")
+                dump = sqlite_dump_path(self._version)
+                if dump.exists():
+                    await asyncio.to_thread(load_sqlite_dump, dump, building)
+                else:
+                    await asyncio.to_thread(migrate, f"sqlite:///{building}")
                 # WAL lets the gateway's readers and writers overlap; the mode is stored in
                 # the file, so every copy inherits it.
                 with sqlite3.connect(building) as conn:
@@ -145,7 +142,7 @@ class MetadataDatabases:
             building = f"{template}_building"
             conn.execute(text(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)'))
             conn.execute(text(f'CREATE DATABASE "{building}"'))
-            _build_schema(self._pg_url(building))
+            migrate(self._pg_url(building))
             conn.execute(text(f'ALTER DATABASE "{building}" RENAME TO "{template}"'))
         return template
 

@@ -1,16 +1,84 @@
-"""Create a fully migrated, empty MLflow metadata database (run in a child process).
+"""MLflow's metadata schema: built by MLflow's own migrations, or loaded from a shipped dump.
 
-Building the schema costs seconds of MLflow's Alembic migrations; mlfleet does it once per
-MLflow version into a template and copies the template for each new tracking server.
+Running MLflow's Alembic migrations costs seconds (importing MLflow is most of it), and a
+fresh data dir pays that before its first tracking server can exist. For the MLflow version
+mlfleet pins, the package ships the SQLite result of those migrations as SQL text
+(``mlflow_schemas/mlflow-<version>.sqlite.sql``), which loads in milliseconds. Any other
+version falls back to the migrations. Regenerate the dump after changing the pin:
+
+    python -m mlfleet.runtime.mlflow_schema --write-sqlite-dump
+
+Run with a database URI, this module migrates that database (the daemon does so in a child
+process, so that the daemon never imports MLflow).
 """
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
 import sys
+import tempfile
+import time
+from importlib.metadata import version as installed_version
+from pathlib import Path
+
+MODULE = "mlfleet.runtime.mlflow_schema"  # not __name__: that is "__main__" when run
+DUMPS = Path(__file__).with_name("mlflow_schemas")
+# The Default experiment MLflow creates: its times are the dump's unless set when loading.
+DEFAULT_EXPERIMENT = "0"
 
 
-def main() -> None:
-    uri = sys.argv[1]
+class ProvisioningError(Exception):
+    """A tracking server's metadata database could not be made."""
+
+
+def sqlite_dump_path(mlflow_version: str) -> Path:
+    return DUMPS / f"mlflow-{mlflow_version}.sqlite.sql"
+
+
+def migrate(uri: str) -> None:
+    """MLflow's migrations on ``uri``, in a child process."""
+    done = subprocess.run(
+        [sys.executable, "-m", MODULE, uri],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = done.stdout.decode(errors="replace")[-2000:]
+        raise ProvisioningError(f"creating the MLflow schema failed: {tail}")
+
+
+def load_sqlite_dump(dump: Path, database: Path) -> None:
+    """A new SQLite database at ``database`` holding what MLflow's migrations would create."""
+    now_ms = int(time.time() * 1000)
+    with sqlite3.connect(database) as conn:
+        conn.executescript(dump.read_text(encoding="utf-8"))
+        conn.execute(
+            "UPDATE experiments SET creation_time = ?, last_update_time = ?"
+            " WHERE experiment_id = ?",
+            (now_ms, now_ms, DEFAULT_EXPERIMENT),
+        )
+    conn.close()
+
+
+def write_sqlite_dump() -> Path:
+    """Migrate a scratch SQLite database and keep its dump for the installed MLflow."""
+    target = sqlite_dump_path(installed_version("mlflow"))
+    with tempfile.TemporaryDirectory() as scratch:
+        database = Path(scratch) / "mlflow.db"
+        migrate(f"sqlite:///{database}")
+        conn = sqlite3.connect(database)
+        try:
+            dump = "\n".join(conn.iterdump()) + "\n"
+        finally:
+            conn.close()
+    target.parent.mkdir(exist_ok=True)
+    target.write_text(dump, encoding="utf-8")
+    return target
+
+
+def _run_migrations(uri: str) -> None:
     from mlflow.store.model_registry.sqlalchemy_store import (
         SqlAlchemyStore as RegistryStore,
     )
@@ -20,6 +88,15 @@ def main() -> None:
     # store verifies the same schema.
     SqlAlchemyStore(uri, "mlflow-artifacts:/")
     RegistryStore(uri)
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--write-sqlite-dump"]:
+        print(write_sqlite_dump())
+    elif len(sys.argv) == 2:
+        _run_migrations(sys.argv[1])
+    else:
+        sys.exit(f"usage: python -m {MODULE} (DATABASE_URI | --write-sqlite-dump)")
 
 
 if __name__ == "__main__":
