@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import socket
@@ -210,6 +211,9 @@ class Handover:
                     self._metrics.request(holder.server_id, status, seconds)
         elif kind == "audit":
             self._record(channel, message, payload)
+        elif kind == "stored":
+            for record in json.loads(payload):
+                self._record(channel, record, b"", again=message["again"])
         elif fd is not None:
             os.close(fd)
 
@@ -227,7 +231,9 @@ class Handover:
         except OSError:
             sock.close()
 
-    def _record(self, channel: Channel, message: Message, answer: bytes) -> None:
+    def _record(
+        self, channel: Channel, message: Message, answer: bytes, again: bool = False
+    ) -> None:
         """Append a write's data event to the trail, then tell the worker (from the audit
         writer's thread): an ack it waits for before answering, or, for a record it already
         stored with MLflow's write, that its copy can go."""
@@ -235,7 +241,7 @@ class Handover:
         if event_id is not None:
             # A worker's stored copy is sent again by the next worker to start, which may be
             # before the first copy was acknowledged.
-            if event_id in self._recent or (message.get("again") and self._audit.knows(event_id)):
+            if event_id in self._recent or (again and self._audit.knows(event_id)):
                 self._tell_recorded(channel, event_id)
                 return
             self._recent[event_id] = None

@@ -20,9 +20,9 @@ settles everything the gateway would decide for it:
 Anything else goes back to the daemon with the bytes read so far, and the daemon serves it as
 a new connection. A write on an audited server is a data event, durable before the answer
 leaves: stored with MLflow's own commit (runtime.stored_events) and appended to the daemon's
-trail after the answer, or, when MLflow committed nothing, recorded by the daemon with the
-outcome before the lane answers. MLflow calls from handed-over connections are capped per worker
-(``Ticket.concurrency``, the gateway's admission limit) and queue in order.
+trail in batches after the answers, or, when MLflow committed nothing, recorded by the daemon
+with the outcome before the lane answers. MLflow calls from handed-over connections are capped
+per worker (``Ticket.concurrency``, the gateway's admission limit) and queue in order.
 """
 
 from __future__ import annotations
@@ -64,8 +64,12 @@ HEAD_LIMIT = 32 * 1024
 BODY_LIMIT = 256 * 1024
 # aiohttp's keep-alive timeout: a connection stays open as long as it would in the daemon.
 IDLE_SECONDS = 75.0
-# How long the figures of answered calls wait to be sent to the daemon together.
-FIGURES_DELAY = 0.5
+# How long the figures of answered calls, and the records already stored with MLflow's writes,
+# wait to be sent to the daemon together: a message per call woke both processes for nothing
+# (on 2 cores the daemon's share of a training loop's writes showed in every call).
+BATCH_DELAY = 0.5
+# Stored records are sent sooner once they add up to this many bytes (a packet holds MAX_MESSAGE).
+STORED_BATCH_BYTES = 256 * 1024
 FLASK_API_PREFIXES = ("/api/2.0/mlflow/", "/api/3.0/mlflow/")
 LANE_METHODS = frozenset({"GET", "POST", "PATCH", "DELETE"})
 # Headers that must not repeat in a request the lane takes: a duplicate could be read one way
@@ -152,6 +156,9 @@ class Lane:
         self._sequence = 0
         self._connections: set[LaneConnection] = set()
         self._figures: list[tuple[int, int, float]] = []
+        self._stored_records: list[bytes] = []  # each a record's JSON, as stored
+        self._stored_bytes = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -162,8 +169,14 @@ class Lane:
 
     async def _send_left_over(self, stored: StoredEvents) -> None:
         assert self._loop is not None
+        batch: list[bytes] = []
         for _event_id, record in await self._loop.run_in_executor(None, stored.left_over):
-            self._send({**json.loads(record), "again": True})
+            batch.append(record.encode())
+            if sum(map(len, batch)) >= STORED_BATCH_BYTES:
+                self._send_stored(batch, again=True)
+                batch = []
+        if batch:
+            self._send_stored(batch, again=True)
 
     # channel -------------------------------------------------------------------------------
 
@@ -218,13 +231,13 @@ class Lane:
 
     def closed(self, connection: LaneConnection) -> None:
         self._connections.discard(connection)
-        self._send_figures()  # the daemon forgets the ticket when told it is closed
+        self.flush()  # the daemon forgets the ticket's figures once told it is closed
         self._send({"t": "closed", "ticket": connection.ticket.id})
 
     def hand_back(self, connection: LaneConnection, sock: socket.socket, buffered: bytes) -> None:
         """Give the connection back to the gateway with what it sent that was not served."""
         self._connections.discard(connection)
-        self._send_figures()
+        self.flush()
         copy = os.dup(sock.fileno())
         try:
             self._send({"t": "back", "ticket": connection.ticket.id}, copy, buffered)
@@ -279,10 +292,9 @@ class Lane:
             self._executor, self._call_mlflow, environ, record
         )
         if record is not None:
-            if stored:
-                # Durable with MLflow's write: the daemon appends it once the answer has left
-                # (a callback runs after this task's step, which writes the answer).
-                self._loop.call_soon(self._send, record)
+            if stored is not None:
+                # Durable with MLflow's write: the daemon appends it with the next batch.
+                self._hold_stored(stored)
                 if status >= 400:  # the outcome of a failed write, as a second record
                     await self._recorded_now({**record, "event_id": None}, status, answer)
             else:
@@ -292,17 +304,39 @@ class Lane:
         return _response(status, headers, answer, close), close
 
     def _answered(self, ticket: Ticket, status: int, seconds: float) -> None:
-        # The console's request figures reach the daemon a batch at a time: a message per call
-        # cost the daemon as much CPU as recording the call's data event.
-        if not self._figures:
-            assert self._loop is not None
-            self._loop.call_later(FIGURES_DELAY, self._send_figures)
         self._figures.append((ticket.id, status, seconds))
+        self._flush_later()
 
-    def _send_figures(self) -> None:
+    def _hold_stored(self, record: bytes) -> None:
+        self._stored_records.append(record)
+        self._stored_bytes += len(record)
+        if self._stored_bytes >= STORED_BATCH_BYTES:
+            self.flush()
+        else:
+            self._flush_later()
+
+    def _flush_later(self) -> None:
+        if self._flush_timer is None:
+            assert self._loop is not None
+            self._flush_timer = self._loop.call_later(BATCH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        """Send the daemon the figures and stored records held back so far."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if self._figures:
             self._send({"t": "done", "calls": self._figures})
             self._figures = []
+        if self._stored_records:
+            self._send_stored(self._stored_records, again=False)
+            self._stored_records, self._stored_bytes = [], 0
+
+    def _send_stored(self, records: list[bytes], again: bool) -> None:
+        """Records stored with MLflow's writes, as a JSON array in the packet's payload: the
+        lane encoded each one to store it, and need not encode it twice. ``again``: they may
+        have reached the daemon before (sent by a worker that stopped before its ack)."""
+        self._send({"t": "stored", "again": again}, payload=b"[" + b",".join(records) + b"]")
 
     def _record(
         self, ticket: Ticket, head: Head, body: bytes, upstream: str, action: str, started: float
@@ -365,17 +399,19 @@ class Lane:
 
     def _call_mlflow(
         self, environ: dict[str, Any], record: Message | None
-    ) -> tuple[int, list[tuple[str, str]], bytes, bool]:
-        """MLflow's answer, and whether ``record`` was stored with its write."""
+    ) -> tuple[int, list[tuple[str, str]], bytes, bytes | None]:
+        """MLflow's answer, and ``record`` as stored with its write (None if it was not)."""
         stored = self._stored if record is not None else None
+        encoded = ""
         if stored is not None:
             assert record is not None
-            stored.offer(record["event_id"], json.dumps(record))
+            encoded = json.dumps(record, separators=(",", ":"))
+            stored.offer(record["event_id"], encoded)
         try:
             status, headers, answer = self._call_flask(environ)
         finally:
             taken = stored is not None and stored.taken()  # never left for a later call
-        return status, headers, answer, taken
+        return status, headers, answer, encoded.encode() if taken else None
 
     def _call_flask(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
         started: list[Any] = []

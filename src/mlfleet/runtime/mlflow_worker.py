@@ -152,7 +152,12 @@ def main() -> None:
                 stored_events(),
             )
             lane.start(asyncio.get_running_loop())
-        await server.serve()
+            try:
+                await server.serve()
+            finally:
+                lane.flush()  # stored records the daemon has not had: before the DB may go
+        else:
+            await server.serve()
 
     # What uvicorn.run does, with the lane started on the same event loop.
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:

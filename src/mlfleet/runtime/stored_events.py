@@ -8,8 +8,8 @@ handed-over connection ran at ~92 % of the worker reached directly (README, "Fig
 So the fast lane gives the record to the thread that runs MLflow's handler, and the first
 flush of that handler's database session adds it to a table of MLflow's database, inside
 MLflow's own transaction: the write and its record become durable together, or neither does.
-After answering, the lane sends the record to the daemon, which appends it to the audit trail
-(sharing one commit with the others that arrive within 0.1 s) and tells the worker, 64 at a
+The lane sends such records to the daemon in batches (every 0.5 s, with the console's request
+figures), which appends them to the audit trail in one commit and tells the worker, 64 at a
 time, which rows it has; a later MLflow commit deletes those. Rows left when a worker stops (its
 daemon killed, say) are sent again when a worker of the server starts; the daemon appends a
 record only once.
