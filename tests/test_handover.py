@@ -85,15 +85,19 @@ class Connection:
         except ValueError:
             return response.status, {"raw": raw.decode(errors="replace")}
 
-    def holder(self) -> str:
-        """Who holds the server side of this connection now: "worker", "daemon", or both
-        ("daemon+worker") for the moment of the handover."""
+    def _server_side(self) -> set[int]:
+        """The processes holding the server side of this connection."""
         assert self.http.sock is not None
         inode = socket_inode(self.daemon.port, self.http.sock.getsockname()[1])
         assert inode is not None
+        return holders(inode)
+
+    def holder(self) -> str:
+        """Who holds the server side of this connection now: "worker", "daemon", or both
+        ("daemon+worker") for the moment of the handover."""
         assert self.daemon.proc is not None
         names = set()
-        for pid in holders(inode):
+        for pid in self._server_side():
             if "mlflow_worker" in cmdline(pid):
                 names.add("worker")
             else:
@@ -101,11 +105,33 @@ class Connection:
                 names.add("daemon")
         return "+".join(sorted(names))
 
+    def worker_pid(self) -> int:
+        (pid,) = [p for p in self._server_side() if "mlflow_worker" in cmdline(p)]
+        return pid
+
     def hand_to_worker(self, api: str) -> None:
         """A first call, which the gateway answers before handing the connection over."""
         status, _ = self.call("GET", f"{api}/experiments/search?max_results=1")
         assert status == 200
         wait_for(lambda: self.holder() == "worker", 10, what="the worker to hold the connection")
+
+    def run_on_worker(self, api: str) -> str:
+        """A run created on a connection the worker holds at the end; its id."""
+        self.hand_to_worker(api)
+        status, run = self.call("POST", f"{api}/runs/create", {"experiment_id": "0"})
+        assert status == 200, run
+        # CreateRun is followed up by the daemon (an MLflow event), so it went back there,
+        # and comes to the worker again once the daemon has answered.
+        wait_for(lambda: self.holder() == "worker", 10, what="the worker to hold it again")
+        return str(run["run"]["info"]["run_id"])
+
+    def log_metric(self, api: str, run_id: str, key: str, step: int) -> None:
+        status, answer = self.call(
+            "POST",
+            f"{api}/runs/log-metric",
+            {"run_id": run_id, "key": key, "value": 1.0, "timestamp": 1, "step": step},
+        )
+        assert status == 200, answer
 
     def close(self) -> None:
         self.http.close()
@@ -319,27 +345,11 @@ def test_a_write_answered_while_the_daemon_froze_is_audited_after_it_was_killed(
         api = "/mlflow/frozen/api/2.0/mlflow"
         conn = Connection(own, *own.credentials)
         try:
-            conn.hand_to_worker(api)
-            status, run = conn.call("POST", f"{api}/runs/create", {"experiment_id": "0"})
-            assert status == 200, run
-            # CreateRun is followed up by the daemon (an MLflow event), so it went back there,
-            # and comes to the worker again once the daemon has answered.
-            wait_for(lambda: conn.holder() == "worker", 10, what="the worker to hold it again")
+            run_id = conn.run_on_worker(api)
             assert own.proc is not None
             own.proc.send_signal(signal.SIGSTOP)
             try:
-                status, answer = conn.call(
-                    "POST",
-                    f"{api}/runs/log-metric",
-                    {
-                        "run_id": run["run"]["info"]["run_id"],
-                        "key": "while-frozen",
-                        "value": 1.0,
-                        "timestamp": 1,
-                        "step": 0,
-                    },
-                )
-                assert status == 200, answer
+                conn.log_metric(api, run_id, "while-frozen", 0)
             finally:
                 own.kill()  # SIGKILL works on a stopped process
         finally:
@@ -361,5 +371,48 @@ def test_a_write_answered_while_the_daemon_froze_is_audited_after_it_was_killed(
             check=False,
         )
         assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        own.stop()
+
+
+@pytest.mark.parametrize("then", ["stop", "delete"])
+def test_records_a_killed_worker_never_sent_reach_the_trail_when_its_server_stops(
+    tmp_path: Path, then: str
+) -> None:
+    """The worker sends the records it stored with MLflow's writes in batches; killed before
+    a batch went out, it leaves them in the server's database, which the daemon reads once
+    the server's workers stopped: before a delete drops that database."""
+    own = Daemon(tmp_path / "data").start()
+    try:
+        server = create_server(own, "killed", tmp_path)
+        api = "/mlflow/killed/api/2.0/mlflow"
+        conn = Connection(own, *own.credentials)
+        try:
+            run_id = conn.run_on_worker(api)
+            for step in range(3):
+                conn.log_metric(api, run_id, "before-the-kill", step)
+            os.kill(conn.worker_pid(), signal.SIGKILL)
+        finally:
+            conn.close()
+        sagemaker = own.client()
+        if then == "stop":
+            sagemaker.stop_mlflow_tracking_server(TrackingServerName="killed")
+            own.wait_status("killed", "Stopped")
+        else:
+            sagemaker.delete_mlflow_tracking_server(TrackingServerName="killed")
+            wait_for(
+                lambda: not sagemaker.list_mlflow_tracking_servers()["TrackingServerSummaries"],
+                60,
+                what="the server to be deleted",
+            )
+        logged = wait_for(
+            lambda: (
+                len(logged_metric(own, server["TrackingServerArn"], "before-the-kill")) == 3
+                and logged_metric(own, server["TrackingServerArn"], "before-the-kill")
+            ),
+            10,
+            what="the three data events",
+        )
+        assert sorted(r["requestParameters"]["body"]["step"] for r in logged) == [0, 1, 2]
     finally:
         own.stop()

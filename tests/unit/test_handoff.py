@@ -64,6 +64,27 @@ def test_a_message_carries_a_socket_and_bytes_across_the_channel() -> None:
     right.close()
 
 
+def test_closing_passes_on_what_the_other_end_sent_before() -> None:
+    """A worker's last batch is in the socket when the daemon sees the worker exit and closes
+    its end, maybe before the event loop got round to reading it."""
+    ours, theirs_fd = channel_pair()
+    theirs = Channel.from_fd(theirs_fd)
+    events: list[object] = []
+
+    async def last_words() -> None:
+        loop = asyncio.get_running_loop()
+        ours.listen(
+            loop, lambda m, fd, payload: events.append(m["n"]), lambda: events.append("closed")
+        )
+        theirs.send({"t": "stored", "n": 1})
+        theirs.send({"t": "stored", "n": 2})
+        theirs.close()
+        ours.close()  # at once: the loop has not run the reader yet
+
+    asyncio.run(last_words())
+    assert events == [1, 2, "closed"]
+
+
 def test_the_generation_is_shared_with_a_reader_of_its_descriptor() -> None:
     counter = Generation()
     reader = Generation(os.dup(counter.fd), writable=False)

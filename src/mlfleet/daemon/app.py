@@ -139,6 +139,11 @@ def build_daemon(settings: Settings) -> Daemon:
     registry_sync = RegistrySync(
         registry, lambda *call: gateway_ref[0].call_mlflow(*call), settings.account_id
     )
+    trail = open_trail(settings, sessions, box)
+    # Traffic of the last hour, for the console's charts: servers by id, endpoints by name.
+    server_metrics, endpoint_metrics = Recorder(), Recorder()
+    handover = Handover(settings, runtime, authorizer, trail, server_metrics)
+    runtime.on_channel = handover.listen
     reconciler = Reconciler(
         settings,
         sessions,
@@ -146,6 +151,7 @@ def build_daemon(settings: Settings) -> Daemon:
         MetadataDatabases(settings, mlflow_version),
         fleet,
         on_serving=registry_sync.catch_up,
+        record_left_over=handover.record_left_over,
     )
     reconciler_ref.append(reconciler)
 
@@ -165,11 +171,6 @@ def build_daemon(settings: Settings) -> Daemon:
             return None
         return ServerRecord(row[0], row[1], row[2], tuple(row[3]), row[4], row[5])
 
-    trail = open_trail(settings, sessions, box)
-    # Traffic of the last hour, for the console's charts: servers by id, endpoints by name.
-    server_metrics, endpoint_metrics = Recorder(), Recorder()
-    handover = Handover(settings, runtime, authorizer, trail, server_metrics)
-    runtime.on_channel = handover.listen
     gateway = Gateway(
         settings,
         runtime,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -50,6 +50,7 @@ class Reconciler:
         databases: MetadataDatabases,
         service: FleetService,
         on_serving: Callable[[TrackingServer], None],
+        record_left_over: Callable[[str], Awaitable[None]],
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -59,6 +60,9 @@ class Reconciler:
         # Told each time a server is (again) serving: work that needs its MLflow (catching up
         # on automatic registration) starts then.
         self._on_serving = on_serving
+        # Given a server's database once its workers stopped: data events they stored with
+        # MLflow's writes and never sent reach the trail before the database may go.
+        self._record_left_over = record_left_over
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._retries: dict[str, asyncio.TimerHandle] = {}
@@ -189,6 +193,7 @@ class Reconciler:
         if row.desired_state == "Deleted":
             await self._runtime.stop(server_id)
             if row.metadata_db_uri:
+                await self._record_left_over(row.metadata_db_uri)
                 await self._databases.drop(row.metadata_db_uri)
             with self._sessions.begin() as session:
                 self._service.forget_server(session, server_id)
@@ -196,6 +201,8 @@ class Reconciler:
             return
         if row.desired_state == "Stopped":
             await self._runtime.stop(server_id)
+            if row.metadata_db_uri:
+                await self._record_left_over(row.metadata_db_uri)
             if row.status == "Stopping":
                 self._settle(row, "Stopped")
             return

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import HttpVersion11, web
 
-from mlfleet.audit.trail import AuditTrail
+from mlfleet.audit.trail import AuditTrail, DataEvent
 from mlfleet.auth.identity import Principal
 from mlfleet.events.sources import MLFLOW_DETAIL_TYPES
 from mlfleet.gateway.actions import ACTIONS, SERVICE
@@ -41,7 +41,7 @@ from mlfleet.iam.authorizer import Authorizer, RequestFacts
 from mlfleet.metrics import Recorder
 from mlfleet.runtime.handoff import Channel, Message, Ticket
 from mlfleet.runtime.local import LocalRuntime, Worker
-from mlfleet.runtime.stored_events import DELETE_BATCH
+from mlfleet.runtime.stored_events import DELETE_BATCH, left_over_in
 from mlfleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -238,15 +238,9 @@ class Handover:
         writer's thread): an ack it waits for before answering, or, for a record it already
         stored with MLflow's write, that its copy can go."""
         event_id = message.get("event_id")
-        if event_id is not None:
-            # A worker's stored copy is sent again by the next worker to start, which may be
-            # before the first copy was acknowledged.
-            if event_id in self._recent or (again and self._audit.knows(event_id)):
-                self._tell_recorded(channel, event_id)
-                return
-            self._recent[event_id] = None
-            if len(self._recent) > RECENT_EVENT_IDS:
-                self._recent.popitem(last=False)
+        if event_id is not None and not self._first_copy(event_id, again):
+            self._tell_recorded(channel, event_id)
+            return
 
         def durable(error: Exception | None) -> None:
             if error is not None:
@@ -257,8 +251,39 @@ class Handover:
             elif error is None:
                 self._tell_recorded(channel, event_id)
 
+        # A record the worker stored with MLflow's write may wait to share a commit.
+        self._audit.record_data_event_then(
+            self._data_event(message, answer), durable, stored_elsewhere="seq" not in message
+        )
+
+    def _first_copy(self, event_id: str, again: bool) -> bool:
+        """Whether a stored record is new to the trail, noting that it is on its way there. A
+        worker's stored copy is sent again by the next worker to start, which may be before
+        the first copy was acknowledged."""
+        if event_id in self._recent or (again and self._audit.knows(event_id)):
+            return False
+        self._recent[event_id] = None
+        if len(self._recent) > RECENT_EVENT_IDS:
+            self._recent.popitem(last=False)
+        return True
+
+    async def record_left_over(self, database_uri: str) -> None:
+        """Append what a server's database holds of records its workers stored and never
+        sent (a worker killed before its last batch went out), once none of them runs: the
+        database may be dropped next."""
+        rows = await asyncio.to_thread(left_over_in, database_uri)
+        unsent = [(event_id, record) for event_id, record in rows if event_id not in self._recent]
+        known = await asyncio.to_thread(lambda: {i for i, _ in unsent if self._audit.knows(i)})
+        appends = [
+            self._audit.record_data_event(self._data_event(json.loads(record), b""))
+            for event_id, record in unsent
+            if event_id not in known and self._first_copy(event_id, again=False)
+        ]
+        await asyncio.gather(*appends)
+
+    def _data_event(self, message: Message, answer: bytes) -> DataEvent:
         kept = keeps_body(message["path"], message["length"]) and message["body"] is not None
-        event = data_event(
+        return data_event(
             principal=Principal(**message["caller"]),
             action=message["action"],
             resource=message["arn"],
@@ -270,10 +295,8 @@ class Handover:
             body=message["body"].encode("latin-1") if kept else None,
             status=message["status"],
             answer=answer or None,
-            event_id=event_id,
+            event_id=message.get("event_id"),
         )
-        # A record the worker stored with MLflow's write may wait to share a commit.
-        self._audit.record_data_event_then(event, durable, stored_elsewhere="seq" not in message)
 
     def _tell_recorded(self, channel: Channel, event_id: str | None) -> None:
         """Tell the worker its copy can go, as many at once as it deletes at once: a message

@@ -51,6 +51,7 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_message: Callable[[Message, int | None, bytes], None] | None = None
         self._on_closed: Callable[[], None] | None = None
         # The daemon's audit writer thread sends acks too: closing waits for a send under way,
         # which could otherwise reach another socket given the same descriptor number.
@@ -75,26 +76,28 @@ class Channel:
     ) -> None:
         """Call ``on_message`` for each message as it arrives, ``on_closed`` once at the end
         (the other end gone, or this one closed)."""
-
-        def readable() -> None:
-            while not self.closed:
-                try:
-                    data, fds = self._receive()
-                except BlockingIOError:
-                    return
-                except OSError:
-                    data, fds = b"", []
-                if not data:  # the other end is gone
-                    for fd in fds:
-                        os.close(fd)
-                    self.close()
-                    return
-                head, _, payload = data.partition(b"\n")
-                on_message(json.loads(head), fds[0] if fds else None, payload)
-
         self._loop = loop
+        self._on_message = on_message
         self._on_closed = on_closed
-        loop.add_reader(self._sock.fileno(), readable)
+        loop.add_reader(self._sock.fileno(), self._deliver)
+
+    def _deliver(self) -> None:
+        """Pass on every message waiting in the socket."""
+        assert self._on_message is not None
+        while not self.closed:
+            try:
+                data, fds = self._receive()
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:  # the other end is gone
+                for fd in fds:
+                    os.close(fd)
+                self._shut()
+                return
+            head, _, payload = data.partition(b"\n")
+            self._on_message(json.loads(head), fds[0] if fds else None, payload)
 
     def _receive(self) -> tuple[bytes, list[int]]:
         # socket.recv_fds would do, but before Python 3.12 it drops its flags (and blocks).
@@ -108,6 +111,13 @@ class Channel:
         return data, list(fds)
 
     def close(self) -> None:
+        """Close, having passed on what the other end sent before: a worker's last words
+        (records it held back, say) are in the socket when the daemon sees it exit."""
+        if not self.closed and self._on_message is not None:
+            self._deliver()
+        self._shut()
+
+    def _shut(self) -> None:
         if self.closed:
             return
         self.closed = True

@@ -10,9 +10,10 @@ flush of that handler's database session adds it to a table of MLflow's database
 MLflow's own transaction: the write and its record become durable together, or neither does.
 The lane sends such records to the daemon in batches (every 0.5 s, with the console's request
 figures), which appends them to the audit trail in one commit and tells the worker, 64 at a
-time, which rows it has; a later MLflow commit deletes those. Rows left when a worker stops (its
-daemon killed, say) are sent again when a worker of the server starts; the daemon appends a
-record only once.
+time, which rows it has; a later MLflow commit deletes those. Rows left when a worker stops (killed
+before its last batch went out, say) are sent again when a worker of the server starts, and read
+by the daemon itself once the server is stopped or before it is deleted (``left_over_in``); the
+daemon appends a record only once.
 
 A handler that commits nothing (a refused or failed write) does not take the record: the lane
 then has it recorded by the daemon before answering, as the gateway does.
@@ -21,11 +22,26 @@ then has it recorded by the daemon before answering, as the gateway does.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, delete, event, insert, select
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    insert,
+    make_url,
+    select,
+)
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 # Keyed by a sequence, with no index on the event id: a row rides on MLflow's commit, and each
 # B-tree it touches is one more page to write and sync. Deletes scan a table of a few rows.
@@ -39,6 +55,30 @@ PENDING = Table(
 # Rows the daemon has are deleted this many at a time, with one of MLflow's commits: a delete
 # per write would touch the table's pages in every commit. A backlog is cleared over several.
 DELETE_BATCH = 64
+
+
+def _rows(connection: Connection) -> list[tuple[str, str]]:
+    rows = connection.execute(
+        select(PENDING.c.event_id, PENDING.c.record).order_by(PENDING.c.seq)
+    ).all()
+    return [(row.event_id, row.record) for row in rows]
+
+
+def left_over_in(uri: str) -> list[tuple[str, str]]:
+    """The rows in a server's database, read by the daemon once none of its workers runs: a
+    worker killed before it sent its last records leaves them there, and a delete drops the
+    database."""
+    url = make_url(uri)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        return []
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            if not engine.dialect.has_table(connection, PENDING.name):
+                return []
+            return _rows(connection)
+    finally:
+        engine.dispose()
 
 
 class StoredEvents:
@@ -82,10 +122,7 @@ class StoredEvents:
         """Rows whose records the daemon may not have (a worker stopped before its ack)."""
         assert self._engine is not None
         with self._engine.connect() as connection:
-            rows = connection.execute(
-                select(PENDING.c.event_id, PENDING.c.record).order_by(PENDING.c.seq)
-            ).all()
-        return [(row.event_id, row.record) for row in rows]
+            return _rows(connection)
 
     def _after_flush(self, session: Session, _context: Any) -> None:
         pending = getattr(self._local, "pending", None)
