@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,40 @@ def test_a_basic_auth_connection_moves_to_the_worker_and_keeps_working(
     assert record["userAgent"] == "handover-test/1.0"
     assert record["sourceIPAddress"] == "127.0.0.1"
     assert record["requestParameters"]["path"] == "/api/2.0/mlflow/runs/log-metric"
+
+
+def test_handed_over_connections_used_at_once_are_all_served_and_audited(
+    daemon: Daemon, shared_server: dict[str, Any]
+) -> None:
+    """One connection on its own has MLflow called on the worker's event loop; several at
+    once go to its threads. Both ways every write is answered and is a data event."""
+    api = api_path(shared_server)
+    metric = unique("together")
+    connections = [Connection(daemon, *daemon.credentials) for _ in range(4)]
+    try:
+        run_id = connections[0].run_on_worker(api)
+        for conn in connections[1:]:
+            conn.hand_to_worker(api)
+
+        def log_steps(index: int) -> None:
+            for step in range(index * 10, index * 10 + 10):
+                connections[index].log_metric(api, run_id, metric, step)
+
+        with ThreadPoolExecutor(len(connections)) as pool:
+            list(pool.map(log_steps, range(len(connections))))
+        assert {conn.holder() for conn in connections} == {"worker"}
+        status, history = connections[0].call(
+            "GET", f"{api}/metrics/get-history?run_id={run_id}&metric_key={metric}"
+        )
+        assert status == 200
+        assert sorted(m["step"] for m in history["metrics"]) == list(range(40))
+    finally:
+        for conn in connections:
+            conn.close()
+    arn = shared_server["TrackingServerArn"]
+    wait_for(lambda: len(logged_metric(daemon, arn, metric)) == 40, 10, what="40 data events")
+    logged = logged_metric(daemon, arn, metric)
+    assert sorted(r["requestParameters"]["body"]["step"] for r in logged) == list(range(40))
 
 
 def test_calls_served_by_the_worker_count_in_the_servers_request_figures(
@@ -405,14 +440,13 @@ def test_records_a_killed_worker_never_sent_reach_the_trail_when_its_server_stop
                 60,
                 what="the server to be deleted",
             )
-        logged = wait_for(
-            lambda: (
-                len(logged_metric(own, server["TrackingServerArn"], "before-the-kill")) == 3
-                and logged_metric(own, server["TrackingServerArn"], "before-the-kill")
-            ),
+        arn = server["TrackingServerArn"]
+        wait_for(
+            lambda: len(logged_metric(own, arn, "before-the-kill")) == 3,
             10,
             what="the three data events",
         )
+        logged = logged_metric(own, arn, "before-the-kill")
         assert sorted(r["requestParameters"]["body"]["step"] for r in logged) == [0, 1, 2]
     finally:
         own.stop()
