@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials as BotoCredentials
 from test_audit import logged_metric
 from test_authorization import DATA_SCIENTIST, READ_ONLY, new_user
 from test_console_charts import charted
@@ -73,10 +76,11 @@ class Connection:
         body: dict[str, Any] | bytes | None = None,
         auth: str | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        headers = {"Authorization": auth or self.auth, "User-Agent": "handover-test/1.0"}
+        headers = {"User-Agent": "handover-test/1.0"}
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         if isinstance(body, dict):
             headers["Content-Type"] = "application/json"
+        headers["Authorization"] = auth or self.authorization(method, path, data, headers)
         self.http.request(method, path, body=data, headers=headers)
         response = self.http.getresponse()
         raw = response.read()
@@ -85,6 +89,11 @@ class Connection:
             return response.status, json.loads(raw) if raw else {}
         except ValueError:
             return response.status, {"raw": raw.decode(errors="replace")}
+
+    def authorization(
+        self, method: str, path: str, data: bytes | None, headers: dict[str, str]
+    ) -> str:
+        return self.auth
 
     def _server_side(self) -> set[int]:
         """The processes holding the server side of this connection."""
@@ -136,6 +145,25 @@ class Connection:
 
     def close(self) -> None:
         self.http.close()
+
+
+class SignedConnection(Connection):
+    """A keep-alive connection whose requests are signed with SigV4 for sagemaker-mlflow, as
+    the sagemaker-mlflow plugin signs them (botocore's signer)."""
+
+    def __init__(self, daemon: Daemon, key: str, secret: str) -> None:
+        super().__init__(daemon, key, secret)
+        self.credentials = BotoCredentials(key, secret)
+
+    def authorization(
+        self, method: str, path: str, data: bytes | None, headers: dict[str, str]
+    ) -> str:
+        request = AWSRequest(
+            method, f"http://127.0.0.1:{self.daemon.port}{path}", data=data, headers=headers
+        )
+        SigV4Auth(self.credentials, "sagemaker-mlflow", "us-east-1").add_auth(request)
+        headers["X-Amz-Date"] = request.headers["X-Amz-Date"]
+        return str(request.headers["Authorization"])
 
 
 def create_server(daemon: Daemon, name: str, tmp_path: Path) -> dict[str, Any]:
@@ -234,6 +262,41 @@ def test_handed_over_connections_used_at_once_are_all_served_and_audited(
     wait_for(lambda: len(logged_metric(daemon, arn, metric)) == 40, 10, what="40 data events")
     logged = logged_metric(daemon, arn, metric)
     assert sorted(r["requestParameters"]["body"]["step"] for r in logged) == list(range(40))
+
+
+def test_a_sigv4_signed_connection_moves_to_the_worker_which_checks_every_signature(
+    daemon: Daemon, shared_server: dict[str, Any]
+) -> None:
+    """What the sagemaker-mlflow plugin sends: a new signature on every request. The worker
+    verifies each with the signing key of the first one's scope; anything it cannot verify
+    goes back to the gateway, which answers with AWS's reason."""
+    api = api_path(shared_server)
+    key, secret = daemon.credentials
+    conn = SignedConnection(daemon, key, secret)
+    try:
+        run_id = conn.run_on_worker(api)
+        metric = unique("signed")
+        for step in range(3):
+            conn.log_metric(api, run_id, metric, step)
+        assert conn.holder() == "worker"
+
+        conn.credentials = BotoCredentials(key, "not-the-secret-" + "x" * 25)
+        status, answer = conn.call("GET", f"{api}/runs/get?run_id={run_id}")
+        assert status == 403 and "InvalidSignatureException" in answer["message"], answer
+        assert conn.holder() == "daemon"
+        # A valid signature again: served, and the connection goes back to the worker.
+        conn.credentials = BotoCredentials(key, secret)
+        status, _ = conn.call("GET", f"{api}/runs/get?run_id={run_id}")
+        assert status == 200
+        wait_for(lambda: conn.holder() == "worker", 10, what="the worker to hold it again")
+        conn.log_metric(api, run_id, metric, 3)
+    finally:
+        conn.close()
+    arn = shared_server["TrackingServerArn"]
+    wait_for(lambda: len(logged_metric(daemon, arn, metric)) == 4, 10, what="4 data events")
+    logged = logged_metric(daemon, arn, metric)
+    assert {r["userIdentity"]["userName"] for r in logged} == {"admin"}
+    assert sorted(r["requestParameters"]["body"]["step"] for r in logged) == [0, 1, 2, 3]
 
 
 def test_calls_served_by_the_worker_count_in_the_servers_request_figures(

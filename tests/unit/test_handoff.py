@@ -6,10 +6,21 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
+from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 
-from mlfleet.runtime.fast_lane import BODY_LIMIT, HEAD_LIMIT, Unfit, parse_head
+from mlfleet.auth import sigv4
+from mlfleet.runtime.fast_lane import (
+    BODY_LIMIT,
+    HEAD_LIMIT,
+    Head,
+    Unfit,
+    parse_head,
+    signature_holds,
+)
 from mlfleet.runtime.handoff import Channel, Generation, Message, Ticket, channel_pair
 
 TICKET = Ticket(
@@ -141,3 +152,56 @@ def test_the_lane_leaves_anything_unusual_to_the_gateway(raw: str) -> None:
 def test_an_endless_head_goes_back_to_the_gateway() -> None:
     with pytest.raises(Unfit):
         parse_head(b"GET / HTTP/1.1\r\nX: " + b"a" * HEAD_LIMIT)
+
+
+def signed_request(secret: str, token: str | None = None) -> tuple[bytes, bytes]:
+    """A request head as the sagemaker-mlflow plugin sends it (botocore's signer), and body."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    body = b'{"run_id": "r1", "key": "loss", "value": 0.5, "timestamp": 1, "step": 0}'
+    request = AWSRequest(
+        "POST",
+        "http://127.0.0.1:8080/api/2.0/mlflow/runs/log-metric",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    SigV4Auth(Credentials("AKIDSIGNER", secret, token), "sagemaker-mlflow", "us-east-1").add_auth(
+        request
+    )
+    lines = ["POST /api/2.0/mlflow/runs/log-metric HTTP/1.1", "Host: 127.0.0.1:8080"]
+    lines += [f"{name}: {value}" for name, value in request.headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode(), body
+
+
+def ticket_scope(secret: str, head: Head, **changes: Any) -> dict[str, Any]:
+    info = sigv4.parse_authorization(CIMultiDict(head.headers))
+    scope = {
+        "access_key_id": info.access_key_id,
+        "date": info.date,
+        "region": info.region,
+        "service": info.service,
+        "security_token": info.security_token,
+        "expires_at": None,
+        "key": sigv4.signing_key(secret, info.date, info.region, info.service).hex(),
+    }
+    return {**scope, **changes}
+
+
+def test_the_lane_verifies_each_sigv4_signature_against_the_tickets_scope() -> None:
+    secret = "s3cr3t/" + "k" * 33
+    raw, body = signed_request(secret, token="session-token")
+    head = parse_head(raw)
+    assert head is not None
+    assert signature_holds(ticket_scope(secret, head), head, body)
+    # Another body than the one signed, another key, another day, another session, or a
+    # session past its expiry: each goes back to the gateway.
+    assert not signature_holds(ticket_scope(secret, head), head, body + b" ")
+    wrong_key = sigv4.signing_key("other", "20260101", "us-east-1", "sagemaker-mlflow").hex()
+    assert not signature_holds(ticket_scope(secret, head, key=wrong_key), head, body)
+    assert not signature_holds(ticket_scope(secret, head, date="20200101"), head, body)
+    assert not signature_holds(ticket_scope(secret, head, security_token="other"), head, body)
+    assert not signature_holds(ticket_scope(secret, head, expires_at=time.time() - 1), head, body)
+    assert signature_holds(ticket_scope(secret, head, expires_at=time.time() + 60), head, body)

@@ -172,7 +172,7 @@ class Credentials:
         record = self.usable(info.access_key_id, info.security_token)
         sigv4.verify(
             info,
-            record.secret,
+            sigv4.signing_key(record.secret, info.date, info.region, info.service),
             request.method,
             request.raw_path,
             request.headers,

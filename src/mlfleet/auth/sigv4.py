@@ -127,7 +127,7 @@ def parse_authorization(headers: Mapping[str, str]) -> SignedRequestInfo:
 
 def verify(
     info: SignedRequestInfo,
-    secret_key: str,
+    key: bytes,
     method: str,
     raw_path_qs: str,
     headers: Mapping[str, str],
@@ -139,7 +139,9 @@ def verify(
     max_skew: timedelta = timedelta(minutes=15),
     payload_hash: str | None = None,
 ) -> None:
-    """Raise InvalidSignatureException unless `info` is a valid signature of this request.
+    """Raise InvalidSignatureException unless `info` is a valid signature of this request by
+    `key`, the signing key of its scope (``signing_key``): what the gateway derives from the
+    secret, and what an MLflow worker is given instead of the secret.
 
     `raw_path_qs` is the request target exactly as received (no decoding or re-encoding): clients
     sign the URL they send. Pass `body=None` with `payload_hash` (the signed X-Amz-Content-SHA256)
@@ -164,7 +166,6 @@ def verify(
 
     signer = _signer(info.service, info.region)
     string_to_sign = signer.string_to_sign(request, signer.canonical_request(request))
-    key = _signing_key(secret_key, info.date, info.region, info.service)
     expected = hmac.new(key, string_to_sign.encode(), sha256).hexdigest()
     if not hmac.compare_digest(expected, info.signature):
         raise InvalidSignatureException(_SIGNATURE_MISMATCH)
@@ -187,12 +188,13 @@ class _ReceivedRequestSigner(SigV4Auth):
 
 @functools.lru_cache(maxsize=64)
 def _signer(service: str, region: str) -> _ReceivedRequestSigner:
-    # Signing needs no credentials: the secret only enters through _signing_key.
+    # Signing needs no credentials: the secret only enters through signing_key.
     return _ReceivedRequestSigner(None, service, region)
 
 
 @functools.lru_cache(maxsize=1024)
-def _signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
+def signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
+    """The key that signs for one day, region and service (AWS's kSigning)."""
     key = f"AWS4{secret_key}".encode()
     for part in (date, region, service, _TERMINATOR):
         key = hmac.new(key, part.encode(), sha256).digest()

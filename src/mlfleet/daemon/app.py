@@ -142,7 +142,7 @@ def build_daemon(settings: Settings) -> Daemon:
     trail = open_trail(settings, sessions, box)
     # Traffic of the last hour, for the console's charts: servers by id, endpoints by name.
     server_metrics, endpoint_metrics = Recorder(), Recorder()
-    handover = Handover(settings, runtime, authorizer, trail, server_metrics)
+    handover = Handover(settings, runtime, credentials, authorizer, trail, server_metrics)
     runtime.on_channel = handover.listen
     reconciler = Reconciler(
         settings,

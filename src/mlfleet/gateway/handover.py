@@ -33,12 +33,15 @@ from typing import Any
 from aiohttp import HttpVersion11, web
 
 from mlfleet.audit.trail import AuditTrail, DataEvent
+from mlfleet.auth import sigv4
+from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.events.sources import MLFLOW_DETAIL_TYPES
 from mlfleet.gateway.actions import ACTIONS, SERVICE
 from mlfleet.gateway.data_events import AUDITED_BODY_LIMIT, data_event, keeps_body
 from mlfleet.iam.authorizer import Authorizer, RequestFacts
 from mlfleet.metrics import Recorder
+from mlfleet.protocol.errors import AwsError
 from mlfleet.runtime.handoff import Channel, Message, Ticket
 from mlfleet.runtime.local import LocalRuntime, Worker
 from mlfleet.runtime.stored_events import DELETE_BATCH, left_over_in
@@ -68,12 +71,14 @@ class Handover:
         self,
         settings: Settings,
         runtime: LocalRuntime,
+        credentials: Credentials,
         authorizer: Authorizer,
         audit: AuditTrail,
         metrics: Recorder,
     ) -> None:
         self._settings = settings
         self._runtime = runtime
+        self._credentials = credentials
         self._authorizer = authorizer
         self._audit = audit
         self._metrics = metrics
@@ -107,7 +112,7 @@ class Handover:
         transport = request.transport
         if (
             not self._settings.connection_handoff
-            or not authorization.startswith("Basic ")
+            or not authorization.startswith(("Basic ", sigv4.ALGORITHM))
             or not isinstance(response, web.Response)
             or response.prepared
             or request.version != HttpVersion11
@@ -129,9 +134,12 @@ class Handover:
         allowed = self._authorizer.fixed_decisions(principal, LANE_ACTIONS, arn, facts)
         if allowed is None:
             return
+        signed = self._signed(request) if authorization.startswith(sigv4.ALGORITHM) else None
+        if signed is None and not authorization.startswith("Basic "):
+            return
         ticket = Ticket(
             id=next(self._ids),
-            authorization=authorization,
+            authorization="" if signed else authorization,
             prefix=prefix,
             arn=arn,
             allowed=allowed,
@@ -142,6 +150,7 @@ class Handover:
             body_limit=self._settings.max_api_body_bytes,
             audited_body_limit=AUDITED_BODY_LIMIT,
             concurrency=self._settings.max_inflight_per_worker,
+            signed=signed,
         )
         # Nothing more is read here: what the client sends next is the worker's to read.
         transport.pause_reading()
@@ -163,6 +172,25 @@ class Handover:
             os.close(copy)
         self._holders[ticket.id] = Holder(server_id, channel)
         transport.abort()  # closes the daemon's descriptor only: the worker holds the socket
+
+    def _signed(self, request: web.Request) -> dict[str, Any] | None:
+        """What a SigV4 ticket holds of the request's (verified) signature, None if the key
+        is no longer usable."""
+        info = sigv4.parse_authorization(request.headers)
+        try:
+            record = self._credentials.usable(info.access_key_id, info.security_token)
+        except AwsError:
+            return None
+        key = sigv4.signing_key(record.secret, info.date, info.region, info.service)
+        return {
+            "access_key_id": info.access_key_id,
+            "date": info.date,
+            "region": info.region,
+            "service": info.service,
+            "security_token": info.security_token,
+            "expires_at": record.expires_at,
+            "key": key.hex(),
+        }
 
     def _least_held(self, server_id: str) -> Worker | None:
         procs = self._runtime.get(server_id)

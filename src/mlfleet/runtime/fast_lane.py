@@ -3,13 +3,14 @@
 Through the gateway a training loop's ``log_metric`` pays a second HTTP exchange in Python:
 measured at 1.5-3 ms on a 4-5 ms call, so a one-call-at-a-time client ran at 67-79 % of the
 same worker reached directly. When the gateway has answered a request authenticated with HTTP
-Basic (what the plain MLflow client sends), it hands the keep-alive connection to the worker
-with a ``Ticket`` (runtime.handoff). The lane then serves a request itself only when the ticket
-settles everything the gateway would decide for it:
+Basic (what the plain MLflow client sends) or SigV4 (the sagemaker-mlflow plugin), it hands the
+keep-alive connection to the worker with a ``Ticket`` (runtime.handoff). The lane then serves a
+request itself only when the ticket settles everything the gateway would decide for it:
 
 * the same server (path prefix, or the ARN header) and one of MLflow's REST routes that its
   Flask app serves;
-* exactly the Authorization header the gateway verified, so the same caller;
+* the same caller: exactly the Basic Authorization header the gateway verified, or a SigV4
+  signature the ticket's signing key verifies, for the same key, session and day;
 * an action the ticket lists as allowed: the gateway evaluated the caller's policies for every
   action on this server, which it only does when no decision depends on the moment;
 * nothing the gateway's input checks refuse (mlfleet.gateway.hardening), and a small body;
@@ -46,7 +47,9 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 from a2wsgi.wsgi import build_environ
+from multidict import CIMultiDict
 
+from mlfleet.auth import sigv4
 from mlfleet.gateway.actions import is_write, required_action
 from mlfleet.gateway.hardening import (
     ARN_HEADER,
@@ -54,6 +57,7 @@ from mlfleet.gateway.hardening import (
     STRIPPED_RESPONSE,
     request_problem,
 )
+from mlfleet.protocol.errors import AwsError
 from mlfleet.runtime.handoff import Channel, Generation, Message, Ticket
 from mlfleet.runtime.stored_events import StoredEvents
 
@@ -80,6 +84,8 @@ SINGLE = frozenset({"content-length", "authorization", "host", ARN_HEADER, "cont
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
+# What a SigV4 request's credential scope must be, in SignedRequestInfo's terms.
+SIGNED_SCOPE = ("access_key_id", "date", "region", "service", "security_token")
 WsgiApp = Callable[..., Any]
 INTERNAL = b'{"error_code": "INTERNAL_ERROR", "message": "The tracking server failed."}'
 
@@ -283,7 +289,9 @@ class Lane:
         if not path.startswith(FLASK_API_PREFIXES) or self._is_native(head.method, unquote(path)):
             return None
         authorization = head.header("authorization")
-        if authorization is None or not hmac.compare_digest(
+        if authorization is None:
+            return None
+        if ticket.signed is None and not hmac.compare_digest(
             authorization.encode("latin-1"), ticket.authorization.encode("latin-1")
         ):
             return None
@@ -302,6 +310,8 @@ class Lane:
         """The response to send, and whether to close after it; None to hand back."""
         if request_problem(upstream, body, ticket.body_limit) is not None:
             return None
+        if ticket.signed is not None and not signature_holds(ticket.signed, head, body):
+            return None  # the gateway answers with AWS's reason
         assert self._loop is not None and self._executor is not None
         started = time.time()
         clock = time.perf_counter()
@@ -457,6 +467,32 @@ class Lane:
             if close is not None:
                 close()
         return int(started[0].split(" ", 1)[0]), started[1], b"".join(chunks)
+
+
+def signature_holds(signed: dict[str, Any], head: Head, body: bytes) -> bool:
+    """Whether a SigV4 request is signed by the ticket's key, for its day, region, service
+    and session, within the allowed clock skew: what the gateway verified on the first."""
+    if signed["expires_at"] is not None and signed["expires_at"] <= time.time():
+        return False
+    headers = CIMultiDict(head.headers)
+    try:
+        info = sigv4.parse_authorization(headers)
+        scope = (info.access_key_id, info.date, info.region, info.service, info.security_token)
+        if scope != tuple(signed[k] for k in SIGNED_SCOPE):
+            return False
+        sigv4.verify(
+            info,
+            bytes.fromhex(signed["key"]),
+            head.method,
+            head.target,
+            headers,
+            body,
+            expected_service=signed["service"],
+            expected_region=signed["region"],
+        )
+    except AwsError:
+        return False
+    return True
 
 
 def _response(status: int, headers: list[tuple[str, str]], body: bytes, close: bool) -> bytes:

@@ -134,7 +134,8 @@ class Ticket:
     """What the gateway settled about a connection it hands over, for the worker to hold to."""
 
     id: int
-    # The Authorization header the gateway verified: a request must carry exactly this one.
+    # For HTTP Basic, the Authorization header the gateway verified: a request must carry
+    # exactly this one. "" for SigV4, whose header changes with every request.
     authorization: str
     # "/mlflow/<name>" for a TrackingServerUrl connection; "" when routed by the ARN header.
     prefix: str
@@ -151,6 +152,11 @@ class Ticket:
     audited_body_limit: int
     # MLflow calls at once from all of the worker's handed-over connections.
     concurrency: int
+    # For SigV4 (the sagemaker-mlflow plugin), what each request's signature must match: the
+    # access key, the day, region and service of its scope, the session token, when the
+    # session expires, and the signing key of that scope (not the secret: it signs only
+    # sagemaker-mlflow requests of that day).
+    signed: dict[str, Any] | None = None
 
     def to_message(self) -> Message:
         fields = asdict(self)
