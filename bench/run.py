@@ -713,13 +713,18 @@ def client_loop_child(uris: list[str], run_id: str, calls: int) -> None:
 
 
 def mlflow_client_run(
-    modes: Mapping[str, str], run_id: str, calls: int, auth: tuple[str, str] | None
+    modes: Mapping[str, str],
+    run_id: str,
+    calls: int,
+    auth: tuple[str, str] | None,
+    plugin_endpoint: str | None = None,
 ) -> list[dict[str, Any]]:
     """One run of the client loop over ``modes`` (name -> tracking URI) in its own interpreter,
     so env vars and MLflow's cached sessions don't leak; its figures per mode.
 
     With ``auth`` the client sends HTTP Basic to every URI: a worker reached directly ignores
-    the header, so only the gateway checks it.
+    the header, so only the gateway checks it. With ``plugin_endpoint`` the URIs are ARNs and
+    the sagemaker-mlflow plugin signs each call with SigV4 (``auth`` as AWS keys).
     """
     env = {
         k: v
@@ -727,7 +732,13 @@ def mlflow_client_run(
         if not k.startswith(("MLFLOW_TRACKING_", "AWS_")) and k != "MLFLOW_TRACKING_URI"
     }
     env.update(NO_TELEMETRY)
-    if auth is not None:
+    if plugin_endpoint is not None and auth is not None:
+        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = auth
+        env["AWS_DEFAULT_REGION"] = "us-east-1"
+        env["SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT"] = plugin_endpoint
+        # The plugin's request-header provider reads the tracking URI from the environment.
+        env["MLFLOW_TRACKING_URI"] = next(iter(modes.values()))
+    elif auth is not None:
         env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = auth
     done = subprocess.run(
         [sys.executable, __file__, "--client-loop", ",".join(modes.values()), run_id, str(calls)],
@@ -1254,8 +1265,11 @@ def markdown(results: dict[str, Any]) -> str:
         *(
             f"| {c['mode']} | {c['calls_per_s']:.1f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} "
             f"| {_each(c['rounds'], 'calls_per_s')} |"
-            for c in results["mlflow_client"]
+            for c in [*results["mlflow_client"], *filter(None, [results.get("plugin_client")])]
         ),
+        "",
+        "The sagemaker-mlflow plugin signs every call with SigV4 and can only reach the "
+        "gateway (its tracking URI is the server's ARN); its runs come after the pairs above.",
     ]
     if results.get("stock"):
         lines += stock_markdown(results)
@@ -1451,6 +1465,13 @@ def bench_small(
     results["mlflow_client"] = mlflow_client_rounds(
         direct.base, gateway.base, run_id, plan, (key, secret)
     )
+    print("sagemaker-mlflow plugin (ARN tracking URI), one call at a time ...", flush=True)
+    arn = sm.describe_mlflow_tracking_server(TrackingServerName="bench-small")["TrackingServerArn"]
+    plugin_runs = [
+        mlflow_client_run({"plugin": arn}, run_id, plan.client_calls, (key, secret), daemon.url)[0]
+        for _ in range(plan.target_repeats)
+    ]
+    results["plugin_client"] = client_summary("gateway, sagemaker-mlflow plugin", plugin_runs)
     delete_server(sm, "bench-small")
 
 
