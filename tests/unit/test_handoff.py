@@ -13,9 +13,11 @@ import pytest
 from multidict import CIMultiDict
 
 from mlfleet.auth import sigv4
+from mlfleet.gateway.actions import ACTIONS
 from mlfleet.runtime.fast_lane import (
     BODY_LIMIT,
     HEAD_LIMIT,
+    INLINE_ACTIONS,
     Head,
     Unfit,
     parse_head,
@@ -205,3 +207,9 @@ def test_the_lane_verifies_each_sigv4_signature_against_the_tickets_scope() -> N
     assert not signature_holds(ticket_scope(secret, head, security_token="other"), head, body)
     assert not signature_holds(ticket_scope(secret, head, expires_at=time.time() - 1), head, body)
     assert signature_holds(ticket_scope(secret, head, expires_at=time.time() + 60), head, body)
+
+
+def test_the_calls_a_lone_connection_runs_on_the_event_loop_are_sagemaker_mlflow_actions() -> None:
+    assert {action.split(":", 1)[1] for action in INLINE_ACTIONS} <= ACTIONS
+    assert "sagemaker-mlflow:LogMetric" in INLINE_ACTIONS
+    assert "sagemaker-mlflow:SearchRuns" not in INLINE_ACTIONS  # can run long

@@ -6,7 +6,6 @@ the apps are built in a fresh interpreter, as the worker builds them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -59,56 +58,3 @@ def test_only_requests_no_fastapi_route_claims_go_straight_to_flask(tmp_path: Pa
     # A native route's path with a method it lacks goes to the FastAPI app too, which passes it
     # on to Flask as MLflow always does: the worker never guesses a route's owner.
     assert native[("DELETE", "/api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/model.pkl")]
-
-
-def test_the_worker_counts_the_requests_its_own_port_is_serving() -> None:
-    """The fast lane calls MLflow on its event loop only while nothing else is served there."""
-    from fastapi import FastAPI
-    from flask import Flask
-
-    from mlfleet.runtime.mlflow_worker import FlaskRoutesDirect
-
-    counted: list[int] = []
-    fastapi_app, flask_app = FastAPI(), Flask("flask-side")
-
-    @fastapi_app.get("/native")
-    def native() -> dict[str, str]:
-        counted.append(app.in_flight)
-        return {}
-
-    @flask_app.route("/flask")
-    def flask_route() -> str:
-        counted.append(app.in_flight)
-        return "ok"
-
-    app = FlaskRoutesDirect(fastapi_app, flask_app)  # built after its routes, as MLflow's are
-
-    async def get(path: str) -> int:
-        scope = {
-            "type": "http",
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [],
-            "server": ("127.0.0.1", 80),
-            "client": ("127.0.0.1", 1),
-        }
-        sent: list[dict[str, object]] = []
-
-        async def receive() -> dict[str, object]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, object]) -> None:
-            sent.append(message)
-
-        await app(scope, receive, send)
-        return int(str(sent[0]["status"]))
-
-    assert asyncio.run(get("/native")) == 200
-    assert asyncio.run(get("/flask")) == 200
-    assert counted == [1, 1]
-    assert app.in_flight == 0

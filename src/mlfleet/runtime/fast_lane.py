@@ -50,7 +50,7 @@ from a2wsgi.wsgi import build_environ
 from multidict import CIMultiDict
 
 from mlfleet.auth import sigv4
-from mlfleet.gateway.actions import is_write, required_action
+from mlfleet.gateway.actions import SERVICE, is_write, required_action
 from mlfleet.gateway.hardening import (
     ARN_HEADER,
     STRIPPED_REQUEST,
@@ -74,6 +74,12 @@ IDLE_SECONDS = 75.0
 BATCH_DELAY = 0.5
 # How long calls stay on threads after a sign that the worker's connections are used at once.
 SHARED_SECONDS = 1.0
+# What a training loop sends step after step, each bounded by the body limit: a call that can
+# run long (a search, a metric's whole history) keeps the event loop free for other requests.
+INLINE_ACTIONS = frozenset(
+    f"{SERVICE}:{name}"
+    for name in ("LogMetric", "LogBatch", "LogParam", "SetTag", "UpdateRun", "GetRun")
+)
 # Stored records are sent sooner once they add up to this many bytes (a packet holds MAX_MESSAGE).
 STORED_BATCH_BYTES = 256 * 1024
 FLASK_API_PREFIXES = ("/api/2.0/mlflow/", "/api/3.0/mlflow/")
@@ -151,11 +157,8 @@ class Lane:
         is_native: Callable[[str, str], bool],
         port: int,
         stored: StoredEvents | None,
-        served_elsewhere: Callable[[], int],
     ) -> None:
         self._channel = channel
-        # Requests the worker's own port is serving now (the gateway's, the UI's, artifacts).
-        self._served_elsewhere = served_elsewhere
         # None when MLflow's store is not one of its SQL databases: the daemon records then.
         self._stored = stored
         self._generation = generation
@@ -247,12 +250,13 @@ class Lane:
         the worker to itself for a while (a training loop logging one call at a time), a
         thread would only add two hand-offs, ~0.3 ms of a 5 ms call, and overlap nothing.
         Concurrent calls go to threads, where one's commit can wait on the disk while
-        another runs, and the event loop stays free for the worker's own port: a sign of
-        them keeps that way for SHARED_SECONDS."""
+        another runs: a sign of them keeps that way for SHARED_SECONDS. A request on the
+        worker's own port (the gateway's, the UI's) waits at most for one such short call
+        (INLINE_ACTIONS), as it would for the GIL's switch interval (5 ms) anyway."""
         assert self._loop is not None
         now = self._loop.time()
         busy = sum(connection.busy for connection in self._connections)
-        if self._in_threads or busy > 1 or self._served_elsewhere():
+        if self._in_threads or busy > 1:
             self._shared_until = now + SHARED_SECONDS
         return now >= self._shared_until
 
@@ -319,7 +323,7 @@ class Lane:
         if ticket.audited and is_write(action):
             record = self._record(ticket, head, body, upstream, action, started)
         environ = self._environ(head, body, upstream)
-        if self._alone():
+        if self._alone() and action in INLINE_ACTIONS:
             status, headers, answer, stored = self._call_mlflow(environ, record)
         else:
             self._in_threads += 1

@@ -53,20 +53,12 @@ class FlaskRoutesDirect:
             return any(route.matches(scope)[0] is not Match.NONE for route in native_routes)
 
         self.is_native = is_native
-        self.in_flight = 0  # HTTP requests being served (the fast lane's are not among them)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "http" and not self.is_native(scope["method"], scope["path"]):
+            await self._flask_app(scope, receive, send)
+        else:
             await self._fastapi_app(scope, receive, send)
-            return
-        self.in_flight += 1
-        try:
-            if self.is_native(scope["method"], scope["path"]):
-                await self._fastapi_app(scope, receive, send)
-            else:
-                await self._flask_app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
 
 
 def build_app() -> FlaskRoutesDirect:
@@ -158,7 +150,6 @@ def main() -> None:
                 app.is_native,
                 args.port,
                 stored_events(),
-                lambda: app.in_flight,
             )
             lane.start(asyncio.get_running_loop())
             try:
