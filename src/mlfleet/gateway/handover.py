@@ -2,18 +2,19 @@
 
 The gateway's hop costs a one-call-at-a-time client (a training loop's ``log_metric``) more
 than MLflow's own work would let it keep up with the worker reached directly (README,
-"Figures"). So once the gateway has answered a call authenticated with HTTP Basic, it sends its
-answer, then passes the socket to one of the server's workers over that worker's channel
-(runtime.handoff) with a ``Ticket``: the verified Authorization header, the route, and the
-actions the caller's policies allow on this server, evaluated now for all of them. The worker
+"Figures"). So once the gateway has answered a call authenticated with HTTP Basic or SigV4, it
+sends its answer, then passes the socket to one of the server's workers over that worker's
+channel (runtime.handoff) with a ``Ticket``: the verified Basic Authorization header, or for
+SigV4 the signing key of the signature's scope (one day, region and service; each request
+carries a new signature, and the worker must not hold the secret), the route, and the actions
+the caller's policies allow on this server, evaluated now for all of them. The worker
 (runtime.fast_lane) serves the later calls that the ticket settles and hands anything else
 back, which is served here as a new connection.
 
-Not handed over: SigV4-signed connections (each request carries a new signature, whose
-verification needs the secret), browser sessions, servers whose policy decisions depend on the
-moment, and HTTP/1.0. What stays with the daemon: the audit trail (a worker sends each data
-event, made durable with MLflow's own commit or, failing that, by the daemon before the lane
-answers), request figures for the console.
+Not handed over: browser sessions, servers whose policy decisions depend on the moment, and
+HTTP/1.0. What stays with the daemon: the audit trail (workers send the data events they made
+durable with MLflow's own commit in batches; any other is recorded by the daemon before the
+lane answers), request figures for the console.
 """
 
 from __future__ import annotations
