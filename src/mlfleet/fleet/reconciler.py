@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.fleet.service import SERVING, FleetService, local_folder
 from mlfleet.runtime.local import WORKERS_BY_SIZE, LocalRuntime, ServerSpec, StartError
-from mlfleet.runtime.metadata_db import MetadataDatabases, ProvisioningError
+from mlfleet.runtime.metadata_db import MetadataDatabases
+from mlfleet.runtime.mlflow_schema import ProvisioningError
 from mlfleet.settings import Settings
 from mlfleet.state.models import TrackingServer
 

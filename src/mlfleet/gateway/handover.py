@@ -43,7 +43,7 @@ from mlfleet.gateway.data_events import AUDITED_BODY_LIMIT, data_event, keeps_bo
 from mlfleet.iam.authorizer import Authorizer, RequestFacts
 from mlfleet.metrics import Recorder
 from mlfleet.protocol.errors import AwsError
-from mlfleet.runtime.handoff import Channel, Message, Ticket
+from mlfleet.runtime.handoff import SIGNED_SCOPE, Channel, Message, Ticket
 from mlfleet.runtime.local import LocalRuntime, Worker
 from mlfleet.runtime.stored_events import DELETE_BATCH, left_over_in
 from mlfleet.settings import Settings
@@ -183,15 +183,8 @@ class Handover:
         except AwsError:
             return None
         key = sigv4.signing_key(record.secret, info.date, info.region, info.service)
-        return {
-            "access_key_id": info.access_key_id,
-            "date": info.date,
-            "region": info.region,
-            "service": info.service,
-            "security_token": info.security_token,
-            "expires_at": record.expires_at,
-            "key": key.hex(),
-        }
+        scope = {name: getattr(info, name) for name in SIGNED_SCOPE}
+        return {**scope, "expires_at": record.expires_at, "key": key.hex()}
 
     def _least_held(self, server_id: str) -> Worker | None:
         procs = self._runtime.get(server_id)

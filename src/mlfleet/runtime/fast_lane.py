@@ -58,7 +58,7 @@ from mlfleet.gateway.hardening import (
     request_problem,
 )
 from mlfleet.protocol.errors import AwsError
-from mlfleet.runtime.handoff import Channel, Generation, Message, Ticket
+from mlfleet.runtime.handoff import SIGNED_SCOPE, Channel, Generation, Message, Ticket
 from mlfleet.runtime.stored_events import StoredEvents
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,6 @@ SINGLE = frozenset({"content-length", "authorization", "host", ARN_HEADER, "cont
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
-# What a SigV4 request's credential scope must be, in SignedRequestInfo's terms.
-SIGNED_SCOPE = ("access_key_id", "date", "region", "service", "security_token")
 WsgiApp = Callable[..., Any]
 INTERNAL = b'{"error_code": "INTERNAL_ERROR", "message": "The tracking server failed."}'
 
@@ -186,11 +184,13 @@ class Lane:
     async def _send_left_over(self, stored: StoredEvents) -> None:
         assert self._loop is not None
         batch: list[bytes] = []
+        size = 0
         for _event_id, record in await self._loop.run_in_executor(None, stored.left_over):
             batch.append(record.encode())
-            if sum(map(len, batch)) >= STORED_BATCH_BYTES:
+            size += len(batch[-1])
+            if size >= STORED_BATCH_BYTES:
                 self._send_stored(batch, again=True)
-                batch = []
+                batch, size = [], 0
         if batch:
             self._send_stored(batch, again=True)
 
@@ -481,8 +481,7 @@ def signature_holds(signed: dict[str, Any], head: Head, body: bytes) -> bool:
     headers = CIMultiDict(head.headers)
     try:
         info = sigv4.parse_authorization(headers)
-        scope = (info.access_key_id, info.date, info.region, info.service, info.security_token)
-        if scope != tuple(signed[k] for k in SIGNED_SCOPE):
+        if any(getattr(info, name) != signed[name] for name in SIGNED_SCOPE):
             return False
         sigv4.verify(
             info,

@@ -129,6 +129,11 @@ class Channel:
             self._on_closed()
 
 
+# The fields of a SigV4 signature's scope (sigv4.SignedRequestInfo) that every request on a
+# handed-over connection must repeat: the same key, session, day, region and service.
+SIGNED_SCOPE = ("access_key_id", "date", "region", "service", "security_token")
+
+
 @dataclass(frozen=True)
 class Ticket:
     """What the gateway settled about a connection it hands over, for the worker to hold to."""

@@ -18,7 +18,6 @@ from pathlib import Path
 from sqlalchemy import Connection, create_engine, make_url, text
 
 from mlfleet.runtime.mlflow_schema import (
-    ProvisioningError,
     load_sqlite_dump,
     migrate,
     sqlite_dump_path,
@@ -27,9 +26,6 @@ from mlfleet.settings import Settings
 
 # A fixed key so that several daemons sharing one PostgreSQL server serialise template work.
 _PG_TEMPLATE_LOCK = 0x6D6C666C
-
-
-__all__ = ["MetadataDatabases", "ProvisioningError"]
 
 
 def _pg_exists(conn: Connection, database: str | None) -> bool:
