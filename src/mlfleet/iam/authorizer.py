@@ -1,7 +1,8 @@
 """Authorization: may this principal perform this action on this resource, in this request?
 
 Every control-plane operation and every MLflow request through the gateway asks here. The
-principal's policies (its own, its groups', or its role's) are loaded once and kept compiled;
+principal's policies (its own, its groups', or its role's) and its permissions boundary (its own,
+or its role's) are loaded once and kept compiled;
 whole decisions are cached per (principal, action, resource, source address, transport, resource
 tags) unless a policy depends on the clock. Both caches are dropped on every IAM change, so a
 revoked permission is revoked at once.
@@ -16,7 +17,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mlfleet.auth.identity import Principal
-from mlfleet.iam.policy import ContextValue, Decision, EvaluationResult, RequestContext, evaluate
+from mlfleet.iam.policy import (
+    ContextValue,
+    Decision,
+    EvaluationResult,
+    PolicyKind,
+    RequestContext,
+    evaluate_bounded,
+)
 from mlfleet.iam.store import IamStore, SourcedPolicy
 from mlfleet.protocol.errors import AwsError
 
@@ -38,12 +46,15 @@ class RequestFacts:
     extra: Mapping[str, ContextValue] = field(default_factory=dict)
 
 
-def denial_message(principal: Principal, action: str, resource: str, result: Any) -> str:
+def denial_message(
+    principal: Principal, action: str, resource: str, result: EvaluationResult
+) -> str:
     """AWS's wording, which names who, what and why."""
+    article = "an" if result.kind is PolicyKind.IDENTITY else "a"
     why = (
-        "with an explicit deny in an identity-based policy"
+        f"with an explicit deny in {article} {result.kind.value}"
         if result.decision is Decision.EXPLICIT_DENY
-        else f"because no identity-based policy allows the {action} action"
+        else f"because no {result.kind.value} allows the {action} action"
     )
     return (
         f"User: {principal.arn} is not authorized to perform: {action} on resource: {resource} "
@@ -54,6 +65,7 @@ def denial_message(principal: Principal, action: str, resource: str, result: Any
 @dataclass(frozen=True)
 class _PrincipalPolicies:
     policies: tuple[SourcedPolicy, ...]
+    boundary: tuple[SourcedPolicy, ...]  # empty: no permissions boundary
     keys: Mapping[str, ContextValue]
     time_dependent: bool
 
@@ -93,7 +105,7 @@ class Authorizer:
             cached = self._decisions.get(cache_key)
             if cached is not None:
                 return cached
-        result = _decide(loaded.policies, loaded.keys, action, resource, facts)
+        result = _decide(loaded.policies, loaded.boundary, loaded.keys, action, resource, facts)
         if cache_key is not None:
             if len(self._decisions) >= DECISION_CACHE_LIMIT:
                 self._decisions.clear()
@@ -115,13 +127,15 @@ class Authorizer:
         self,
         principal: Principal,
         policies: Sequence[SourcedPolicy],
+        boundary: Sequence[SourcedPolicy],
         action: str,
         resource: str,
         facts: RequestFacts,
     ) -> EvaluationResult:
-        """Evaluate without caches, against the given policies (SimulatePrincipalPolicy)."""
+        """Evaluate without caches, against the given policies and permissions boundary (empty
+        for none), as SimulatePrincipalPolicy does."""
         keys = principal_keys(principal, self._account, self._principal_tags(principal))
-        return _decide(policies, keys, action, resource, facts)
+        return _decide(policies, boundary, keys, action, resource, facts)
 
     def require(
         self,
@@ -140,10 +154,12 @@ class Authorizer:
         loaded = self._principals.get(owner)
         if loaded is None:
             policies = tuple(self._store.policies_of(principal.kind, principal.name))
+            boundary = tuple(self._store.boundary_of(principal.kind, principal.name))
             loaded = _PrincipalPolicies(
                 policies,
+                boundary,
                 principal_keys(principal, self._account, self._principal_tags(principal)),
-                any(p.policy.time_dependent for p in policies),
+                any(p.policy.time_dependent for p in (*policies, *boundary)),
             )
             self._principals[owner] = loaded
         return loaded
@@ -158,13 +174,18 @@ class Authorizer:
 
 def _decide(
     policies: Sequence[SourcedPolicy],
+    boundary: Sequence[SourcedPolicy],
     keys: Mapping[str, ContextValue],
     action: str,
     resource: str,
     facts: RequestFacts,
 ) -> EvaluationResult:
     ctx = RequestContext(action, resource, {**keys, **request_keys(facts)})
-    return evaluate(((p.source_id, p.policy) for p in policies), ctx)
+    return evaluate_bounded(
+        ((p.source_id, p.policy) for p in policies),
+        [(p.source_id, p.policy) for p in boundary],
+        ctx,
+    )
 
 
 def _tag_items(tags: Tags) -> tuple[tuple[str, str], ...]:

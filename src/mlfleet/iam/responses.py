@@ -14,6 +14,7 @@ from mlfleet.api.endpoint import Check, Operation, QueryEndpoint, Recorder
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.iam.authorizer import Authorizer, RequestFacts
+from mlfleet.iam.policy import ContextValue
 from mlfleet.iam.simulator import Simulator
 from mlfleet.iam.store import IamStore
 from mlfleet.iam.sts import SecurityTokenService
@@ -24,18 +25,38 @@ from mlfleet.protocol.errors import AwsError
 Run = Callable[[dict[str, Any], Principal, RequestFacts], dict[str, Any]]
 # The resource an IAM operation acts on: it needs iam:<Operation> there.
 Resource = Callable[[dict[str, Any], Principal], str]
+# The condition keys an IAM operation's authorization sees beyond the usual ones.
+ContextKeys = Callable[[str, dict[str, Any]], Mapping[str, ContextValue]]
 _KINDS = ("User", "Group", "Role")
+_BOUNDARY_KEY = "iam:PermissionsBoundary"
+# The operations IAM gives iam:PermissionsBoundary: those that set a boundary, and those that
+# change what a user or role may do, so a policy can say "only within this boundary".
+_BOUNDARY_KEYED = frozenset(
+    {
+        *(f"Create{k}" for k in ("User", "Role")),
+        *(f"{verb}{k}PermissionsBoundary" for verb in ("Put", "Delete") for k in ("User", "Role")),
+        *(
+            f"{verb}{k}Policy"
+            for verb in ("Put", "Delete", "Attach", "Detach")
+            for k in ("User", "Role")
+        ),
+    }
+)
 
 
-def _authorized_as_named(operations: Mapping[str, tuple[Run, Resource]]) -> dict[str, Operation]:
+def _authorized_as_named(
+    operations: Mapping[str, tuple[Run, Resource]], context_keys: ContextKeys
+) -> dict[str, Operation]:
     """Each IAM operation needs the action of its name on the resource it names."""
 
-    def checks(action: str, resource: Resource) -> Callable[..., list[Check]]:
-        return lambda params, principal: [Check(action, resource(params, principal))]
+    def checks(name: str, resource: Resource) -> Callable[..., list[Check]]:
+        action = f"iam:{name}"
+        return lambda params, principal: [
+            Check(action, resource(params, principal), extra=context_keys(name, params))
+        ]
 
     return {
-        name: Operation(run, checks(f"iam:{name}", resource))
-        for name, (run, resource) in operations.items()
+        name: Operation(run, checks(name, resource)) for name, (run, resource) in operations.items()
     }
 
 
@@ -122,12 +143,14 @@ def iam_api(
     }
     for kind in _KINDS:
         ops.update(_policy_operations(store, kind, arns))
+    for kind in ("User", "Role"):
+        ops.update(_boundary_operations(store, kind, arns))
     return QueryEndpoint(
         QueryProtocol(load_service_model("iam")),
         service_name="iam",
         credentials=credentials,
         authorizer=authorizer,
-        operations=_authorized_as_named(ops),
+        operations=_authorized_as_named(ops, _BoundaryKey(store)),
         recorder=recorder,
         # IAM is global: AWS signs it for us-east-1 whatever the client's region.
         accepted_regions=("us-east-1",),
@@ -176,6 +199,46 @@ def _policy_operations(
             resource,
         ),
     }
+
+
+def _boundary_operations(
+    store: IamStore, kind: str, arns: _IamArns
+) -> dict[str, tuple[Run, Resource]]:
+    """Put/Delete{Kind}PermissionsBoundary."""
+    owner_member, lower = f"{kind}Name", kind.lower()
+    resource = getattr(arns, lower)
+    return {
+        f"Put{kind}PermissionsBoundary": (
+            lambda p, _c, _f: store.put_permissions_boundary(
+                lower, p[owner_member], p["PermissionsBoundary"]
+            ),
+            resource,
+        ),
+        f"Delete{kind}PermissionsBoundary": (
+            lambda p, _c, _f: store.delete_permissions_boundary(lower, p[owner_member]),
+            resource,
+        ),
+    }
+
+
+class _BoundaryKey:
+    """iam:PermissionsBoundary: the boundary a request sets, else the one its user or role has."""
+
+    def __init__(self, store: IamStore) -> None:
+        self._store = store
+
+    def __call__(self, operation: str, params: dict[str, Any]) -> Mapping[str, ContextValue]:
+        if operation not in _BOUNDARY_KEYED:
+            return {}
+        arn = params.get("PermissionsBoundary")
+        if arn is None and not operation.startswith("Create"):
+            kind = "user" if "UserName" in params else "role"
+            try:
+                record = getattr(self._store, f"{kind}_record")(params[f"{kind.title()}Name"])
+            except AwsError:
+                return {}  # the operation itself says the entity does not exist
+            arn = record.permissions_boundary
+        return {} if arn is None else {_BOUNDARY_KEY: arn}
 
 
 class _IamArns:

@@ -1,7 +1,8 @@
 """SimulatePrincipalPolicy: the decision the authorizer would take, with the statements behind it.
 
 It runs the very evaluation the control plane and the gateway run, against the principal's
-policies plus any given in PolicyInputList, so what it says is what mlfleet does.
+policies plus any given in PolicyInputList, within its permissions boundary (or the one given in
+PermissionsBoundaryPolicyInputList, which takes its place), so what it says is what mlfleet does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from mlfleet.auth.identity import Principal
 from mlfleet.iam.authorizer import Authorizer, RequestFacts
-from mlfleet.iam.policy import ContextValue, parse_policy
+from mlfleet.iam.policy import ContextValue, PolicyKind, parse_policy
 from mlfleet.iam.store import IamStore, SourcedPolicy, invalid_input, paginate
 
 _CONVERTERS = {
@@ -32,35 +33,39 @@ class Simulator:
         self._account = account_id
 
     def simulate_principal_policy(self, req: dict[str, Any]) -> dict[str, Any]:
-        principal, policies = self._source(req["PolicySourceArn"])
-        policies += [
-            SourcedPolicy(f"PolicyInputList.{n}", "none", parse_policy(document))
-            for n, document in enumerate(req.get("PolicyInputList", []), start=1)
-        ]
+        principal, policies, boundary = self._source(req["PolicySourceArn"])
+        policies += _inputs(req, "PolicyInputList")
+        if "PermissionsBoundaryPolicyInputList" in req:
+            boundary = _inputs(req, "PermissionsBoundaryPolicyInputList")
         facts = RequestFacts(extra=_context(req.get("ContextEntries", [])))
         results = []
         for action in req["ActionNames"]:
             for resource in req.get("ResourceArns", ["*"]):
-                result = self._authorizer.simulate(principal, policies, action, resource, facts)
+                result = self._authorizer.simulate(
+                    principal, policies, boundary, action, resource, facts
+                )
                 matched = [
                     {"SourcePolicyId": p.source_id, "SourcePolicyType": p.source_type}
-                    for p in policies
+                    for p in (boundary if result.kind is PolicyKind.BOUNDARY else policies)
                     if p.source_id == result.policy_name
                 ][:1]
-                results.append(
-                    {
-                        "EvalActionName": action,
-                        "EvalResourceName": resource,
-                        "EvalDecision": result.decision.value,
-                        "MatchedStatements": matched,
-                        "MissingContextValues": [],
+                evaluation: dict[str, Any] = {
+                    "EvalActionName": action,
+                    "EvalResourceName": resource,
+                    "EvalDecision": result.decision.value,
+                    "MatchedStatements": matched,
+                    "MissingContextValues": [],
+                }
+                if result.allowed_by_boundary is not None:
+                    evaluation["PermissionsBoundaryDecisionDetail"] = {
+                        "AllowedByPermissionsBoundary": result.allowed_by_boundary
                     }
-                )
+                results.append(evaluation)
         numbered = [(f"{n:08d}", result) for n, result in enumerate(results)]
         page = paginate(numbered, req, key=lambda pair: pair[0])
         return {**page.output("EvaluationResults"), "EvaluationResults": [r for _, r in page.items]}
 
-    def _source(self, arn: str) -> tuple[Principal, list[SourcedPolicy]]:
+    def _source(self, arn: str) -> tuple[Principal, list[SourcedPolicy], list[SourcedPolicy]]:
         prefix = f"arn:aws:iam::{self._account}:"
         kind, _, rest = (
             arn[len(prefix) :].partition("/") if arn.startswith(prefix) else ("", "", "")
@@ -86,7 +91,14 @@ class Simulator:
             raise invalid_input(
                 f"Invalid PolicySourceArn {arn}: expected a user, group or role of this account."
             )
-        return principal, list(self._store.policies_of(kind, name))
+        return principal, self._store.policies_of(kind, name), self._store.boundary_of(kind, name)
+
+
+def _inputs(req: dict[str, Any], member: str) -> list[SourcedPolicy]:
+    return [
+        SourcedPolicy(f"{member}.{n}", "none", parse_policy(document))
+        for n, document in enumerate(req.get(member, []), start=1)
+    ]
 
 
 def _context(entries: list[dict[str, Any]]) -> dict[str, ContextValue]:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.iam.managed import ADMINISTRATOR_ACCESS, aws_managed_policies
-from mlfleet.iam.policy import Policy, parse_policy
+from mlfleet.iam.policy import Policy, parse_new_policy, parse_policy
 from mlfleet.iam.trust import parse_trust
 from mlfleet.protocol.errors import AwsError
 from mlfleet.state.models import (
@@ -87,6 +87,18 @@ class SourcedPolicy:
     source_id: str
     source_type: str  # IAM's PolicySourceType: user, group, role, aws-managed, user-managed
     policy: Policy
+
+
+@dataclass(frozen=True)
+class _Usage:
+    """How a managed policy is used: attached to entities, and as their permissions boundary."""
+
+    attachments: int = 0
+    boundaries: int = 0
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.attachments or self.boundaries)
 
 
 @dataclass(frozen=True)
@@ -178,13 +190,15 @@ class IamStore:
                 arn=self._arn("user", path, name),
                 created_at=time.time(),
                 tags=req.get("Tags", []),
+                permissions_boundary=_boundary(session, req.get("PermissionsBoundary")),
             )
             session.add(user)
-        return {"User": _user(user)}
+        return {"User": _described(_user(user), user.permissions_boundary)}
 
     def get_user(self, name: str) -> Output:
         with self._sessions() as session:
-            return {"User": _user(self._user(session, name))}
+            user = self._user(session, name)
+        return {"User": _described(_user(user), user.permissions_boundary)}
 
     def user_record(self, name: str) -> IamUser:
         with self._sessions() as session:
@@ -407,12 +421,14 @@ class IamStore:
                 max_session_duration=req.get("MaxSessionDuration", 3600),
                 created_at=time.time(),
                 tags=req.get("Tags", []),
+                permissions_boundary=_boundary(session, req.get("PermissionsBoundary")),
             )
             session.add(role)
-        return {"Role": _role(role)}
+        return {"Role": _described(_role(role), role.permissions_boundary)}
 
     def get_role(self, name: str) -> Output:
-        return {"Role": _role(self.role_record(name))}
+        role = self.role_record(name)
+        return {"Role": _described(_role(role), role.permissions_boundary)}
 
     def role_record(self, name: str) -> IamRole:
         with self._sessions() as session:
@@ -449,10 +465,30 @@ class IamStore:
             raise no_such_entity(f"The role with name {name} cannot be found.")
         return role
 
+    # --- permissions boundaries --------------------------------------------------------------
+
+    def put_permissions_boundary(self, kind: str, name: str, arn: str) -> Output:
+        """Put{User,Role}PermissionsBoundary: set or replace the entity's boundary."""
+        with self._sessions.begin() as session:
+            entity = self._bounded(session, kind, name)
+            entity.permissions_boundary = _boundary(session, arn)
+        self._changed()
+        return {}
+
+    def delete_permissions_boundary(self, kind: str, name: str) -> Output:
+        """Delete{User,Role}PermissionsBoundary: the entity keeps only its identity policies."""
+        with self._sessions.begin() as session:
+            self._bounded(session, kind, name).permissions_boundary = None
+        self._changed()
+        return {}
+
+    def _bounded(self, session: Session, kind: str, name: str) -> IamUser | IamRole:
+        return self._user(session, name) if kind == "user" else self._role(session, name)
+
     # --- inline policies ---------------------------------------------------------------------
 
     def put_inline_policy(self, kind: str, owner: str, policy_name: str, document: str) -> Output:
-        parse_policy(document)
+        parse_new_policy(document)
         limit = INLINE_POLICY_LIMITS[kind]
         if policy_size(document) > limit:
             raise AwsError(
@@ -517,7 +553,7 @@ class IamStore:
 
     def create_policy(self, req: dict[str, Any]) -> Output:
         name, path, document = req["PolicyName"], req.get("Path", "/"), req["PolicyDocument"]
-        parse_policy(document)
+        parse_new_policy(document)
         if policy_size(document) > MANAGED_POLICY_LIMIT:
             raise AwsError(
                 "LimitExceeded",
@@ -542,7 +578,7 @@ class IamStore:
                 tags=req.get("Tags", []),
             )
             session.add(row)
-        return {"Policy": self._policy_output(row, 0)}
+        return {"Policy": self._policy_output(row, _Usage())}
 
     def get_policy(self, arn: str) -> Output:
         with self._sessions() as session:
@@ -565,16 +601,16 @@ class IamStore:
     def list_policies(self, req: dict[str, Any]) -> Output:
         scope = req.get("Scope", "All")
         with self._sessions() as session:
-            counts = self._attachment_counts(session)
+            usage = self._usage(session)
             policies: list[Output] = []
             if scope in ("All", "AWS"):
                 policies += [
-                    _aws_policy_output(p, counts.get(p.arn, 0))
+                    _aws_policy_output(p, usage.get(p.arn, _Usage()))
                     for p in aws_managed_policies().values()
                 ]
             if scope in ("All", "Local"):
                 rows = session.scalars(select(IamManagedPolicy)).all()
-                policies += [self._policy_output(r, counts.get(r.arn, 0)) for r in rows]
+                policies += [self._policy_output(r, usage.get(r.arn, _Usage())) for r in rows]
         if req.get("OnlyAttached"):
             policies = [p for p in policies if p["AttachmentCount"]]
         prefix = req.get("PathPrefix", "/")
@@ -590,8 +626,7 @@ class IamStore:
                         f"Policy {arn} is an AWS managed policy: it cannot be deleted."
                     )
                 raise no_such_entity(f"Policy {arn} was not found.")
-            attached = select(IamAttachment).where(IamAttachment.policy_arn == arn)
-            if session.scalars(attached).first():
+            if self._usage(session).get(arn, _Usage()).in_use:
                 raise delete_conflict("Cannot delete a policy attached to entities.")
             session.delete(row)
         self._changed()
@@ -644,32 +679,42 @@ class IamStore:
             return row.document
 
     def _policy_description(self, session: Session, arn: str) -> Output:
-        count = self._attachment_counts(session).get(arn, 0)
+        usage = self._usage(session).get(arn, _Usage())
         shipped = aws_managed_policies().get(arn)
         if shipped is not None:
-            return _aws_policy_output(shipped, count)
+            return _aws_policy_output(shipped, usage)
         row = session.get(IamManagedPolicy, arn)
         if row is None:
             raise no_such_entity(f"Policy {arn} was not found.")
-        return self._policy_output(row, count)
+        return self._policy_output(row, usage)
 
     @staticmethod
-    def _attachment_counts(session: Session) -> dict[str, int]:
-        rows = session.execute(
+    def _usage(session: Session) -> dict[str, _Usage]:
+        attached = session.execute(
             select(IamAttachment.policy_arn, func.count()).group_by(IamAttachment.policy_arn)
         ).all()
-        return {arn: count for arn, count in rows}
+        usage = {arn: _Usage(attachments=count) for arn, count in attached}
+        for model in (IamUser, IamRole):
+            bounded = session.execute(
+                select(model.permissions_boundary, func.count())
+                .where(model.permissions_boundary.is_not(None))
+                .group_by(model.permissions_boundary)
+            ).all()
+            for arn, count in bounded:
+                known = usage.get(arn, _Usage())
+                usage[arn] = _Usage(known.attachments, known.boundaries + count)
+        return usage
 
     @staticmethod
-    def _policy_output(row: IamManagedPolicy, attachments: int) -> Output:
+    def _policy_output(row: IamManagedPolicy, usage: _Usage) -> Output:
         out: Output = {
             "PolicyName": row.name,
             "PolicyId": row.policy_id,
             "Arn": row.arn,
             "Path": row.path,
             "DefaultVersionId": "v1",
-            "AttachmentCount": attachments,
-            "PermissionsBoundaryUsageCount": 0,
+            "AttachmentCount": usage.attachments,
+            "PermissionsBoundaryUsageCount": usage.boundaries,
             "IsAttachable": True,
             "CreateDate": when(row.created_at),
             "UpdateDate": when(row.updated_at),
@@ -707,18 +752,18 @@ class IamStore:
                         IamAttachment.owner_name == owner_name,
                     )
                 ).all()
-                for arn in arns:
-                    shipped = aws_managed_policies().get(arn)
-                    if shipped is not None:
-                        found.append(SourcedPolicy(shipped.name, "aws-managed", shipped.policy))
-                        continue
-                    # A policy is detached before it can be deleted, so the row is there.
-                    row = session.get(IamManagedPolicy, arn)
-                    if row is not None:
-                        found.append(
-                            SourcedPolicy(row.name, "user-managed", parse_policy(row.document))
-                        )
+                found += [p for arn in arns if (p := _managed(session, arn)) is not None]
         return found
+
+    def boundary_of(self, kind: str, name: str) -> list[SourcedPolicy]:
+        """The permissions boundary of a user or a role (a role's applies to its sessions), as
+        a list that is empty when there is none; groups have none."""
+        if kind not in ("user", "role"):
+            return []
+        with self._sessions() as session:
+            arn = self._bounded(session, kind, name).permissions_boundary
+            boundary = None if arn is None else _managed(session, arn)
+        return [] if boundary is None else [boundary]
 
 
 _OWNER_MEMBER = {"user": "UserName", "group": "GroupName", "role": "RoleName"}
@@ -730,6 +775,40 @@ def _exists(session: Session, model: Any, name: str) -> bool:
         session.scalars(select(model).where(func.lower(model.name) == name.lower())).first()
         is not None
     )
+
+
+def _managed(session: Session, arn: str) -> SourcedPolicy | None:
+    shipped = aws_managed_policies().get(arn)
+    if shipped is not None:
+        return SourcedPolicy(shipped.name, "aws-managed", shipped.policy)
+    # A policy in use (attached, or a boundary) cannot be deleted, so the row is there.
+    row = session.get(IamManagedPolicy, arn)
+    if row is None:
+        return None
+    return SourcedPolicy(row.name, "user-managed", parse_policy(row.document))
+
+
+def _boundary(session: Session, arn: str | None) -> str | None:
+    """A permissions boundary to set: the ARN of a managed policy that exists, or None."""
+    known = arn is None or arn in aws_managed_policies()
+    if not known and session.get(IamManagedPolicy, arn) is None:
+        raise no_such_entity(f"Scope ARN: {arn} does not exist or is not attachable.")
+    return arn
+
+
+def _described(entity: Output, boundary: str | None) -> Output:
+    """A user or role as Get{User,Role} describe it: with the permissions boundary, which the
+    List operations leave out (as IAM documents for ListUsers and ListRoles)."""
+    if boundary is None:
+        return entity
+    return {
+        **entity,
+        "PermissionsBoundary": {
+            # botocore's model says "PermissionsBoundaryPolicy"; IAM answers "Policy".
+            "PermissionsBoundaryType": "Policy",
+            "PermissionsBoundaryArn": boundary,
+        },
+    }
 
 
 def _by_arn(policy: Output) -> str:
@@ -790,15 +869,15 @@ def _key(key: AccessKey) -> Output:
     }
 
 
-def _aws_policy_output(policy: Any, attachments: int) -> Output:
+def _aws_policy_output(policy: Any, usage: _Usage) -> Output:
     return {
         "PolicyName": policy.name,
         "PolicyId": policy.policy_id,
         "Arn": policy.arn,
         "Path": "/",
         "DefaultVersionId": "v1",
-        "AttachmentCount": attachments,
-        "PermissionsBoundaryUsageCount": 0,
+        "AttachmentCount": usage.attachments,
+        "PermissionsBoundaryUsageCount": usage.boundaries,
         "IsAttachable": True,
         "Description": policy.description,
         "CreateDate": when(0),

@@ -43,6 +43,8 @@ class IamUser(Base):
     arn: Mapped[str] = mapped_column(String(2048))
     created_at: Mapped[float] = mapped_column(Float)
     tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # The ARN of the managed policy that caps this user's permissions, if any.
+    permissions_boundary: Mapped[str | None] = mapped_column(String(2048))
 
 
 class IamGroup(Base):
@@ -74,6 +76,7 @@ class IamRole(Base):
     max_session_duration: Mapped[int] = mapped_column(Integer, default=3600)
     created_at: Mapped[float] = mapped_column(Float)
     tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    permissions_boundary: Mapped[str | None] = mapped_column(String(2048))
 
 
 class IamInlinePolicy(Base):
