@@ -236,7 +236,8 @@ def test_a_model_that_cannot_be_fetched_fails_the_endpoint(daemon: Daemon, serve
 
 
 def scoring_pids(endpoint: str, variant: str) -> list[int]:
-    """The scoring processes of one variant, found by the model folder on their command line."""
+    """The scoring processes of one variant, found by the model folder on their command line
+    (the Python process itself, not the sandbox that started it)."""
     folder, leaf = f"/endpoints/{endpoint.lower()}/".encode(), f"/{variant}/model-".encode()
     pids = []
     for proc in Path("/proc").iterdir():
@@ -246,7 +247,7 @@ def scoring_pids(endpoint: str, variant: str) -> list[int]:
             except OSError:
                 continue
             ours = folder in cmdline and leaf in cmdline
-            if b"mlfleet.runtime.scoring_worker" in cmdline and ours:
+            if cmdline.split(b"\0")[1:3] == [b"-m", b"mlfleet.runtime.scoring_worker"] and ours:
                 pids.append(int(proc.name))
     return pids
 

@@ -51,6 +51,8 @@ from mlfleet.registry.service import ModelRegistry
 from mlfleet.registry.sync import RegistrySync
 from mlfleet.runtime.local import LocalRuntime
 from mlfleet.runtime.metadata_db import MetadataDatabases
+from mlfleet.runtime.sandbox import Sandbox
+from mlfleet.runtime.sockets import run_dir_for
 from mlfleet.settings import Settings
 from mlfleet.state.db import open_database
 from mlfleet.state.models import TrackingServer
@@ -113,7 +115,14 @@ def build_daemon(settings: Settings) -> Daemon:
     # The fleet calls into parts built after it, which need the fleet themselves.
     reconciler_ref: list[Reconciler] = []
     gateway_ref: list[Gateway] = []
-    runtime = LocalRuntime()
+    sandbox = Sandbox(run_dir_for(settings.data_dir), settings.allow_unconfined_model_code)
+    if not sandbox.confined:
+        log.warning(
+            "tracking servers and endpoints run UNCONFINED: %s; model code is %s",
+            sandbox.reason,
+            "allowed (--allow-unconfined-model-code)" if sandbox.allow_unconfined else "refused",
+        )
+    runtime = LocalRuntime(sandbox)
     # Connections handed over to workers hold decisions made before the change.
     on_iam_change.append(runtime.generation.bump)
     event_store = EventStore(sessions, settings.account_id, settings.region, box)
@@ -186,18 +195,19 @@ def build_daemon(settings: Settings) -> Daemon:
     )
     gateway_ref.append(gateway)
 
-    def tracking_uri(name: str) -> str | None:
+    def tracking_socket(name: str) -> Path | None:
         # An endpoint instance downloads its model from a worker of the tracking server.
         with sessions() as session:
             server_id = session.scalar(select(TrackingServer.id).where(TrackingServer.name == name))
         procs = runtime.get(server_id) if server_id else None
         healthy = [w for w in procs.workers if w.healthy] if procs else []
-        return f"http://127.0.0.1:{healthy[0].port}" if healthy else None
+        return healthy[0].socket_path if healthy else None
 
     deployer = Deployer(
         sessions,
         settings.data_dir,
-        tracking_uri,
+        sandbox,
+        tracking_socket,
         announce=lambda session, name: deployments.announce(session, name),
     )
     deployments = Deployments(
@@ -295,15 +305,16 @@ def build_daemon(settings: Settings) -> Daemon:
     )
 
 
-async def _health(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
 def build_app(daemon: Daemon) -> web.Application:
     # Bodies read whole (control plane, MLflow API calls) are capped by the setting; artifact
     # transfers are streamed and not read whole.
     app = web.Application(client_max_size=daemon.settings.max_api_body_bytes)
-    app.router.add_get("/health", _health)
+    sandbox = daemon.runtime.sandbox
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "sandbox": sandbox.describe()})
+
+    app.router.add_get("/health", health)
     app.router.add_post("/", daemon.control_plane.handle)
     # sagemaker-runtime's InvokeEndpoint (REST-JSON), on the same port as everything else.
     app.router.add_post("/endpoints/{name}/invocations", daemon.invocations.handle)
@@ -321,7 +332,6 @@ def build_app(daemon: Daemon) -> web.Application:
 
     async def on_cleanup(_app: web.Application) -> None:
         await daemon.deployer.close()
-        await daemon.invocations.close()
         await daemon.reconciler.close()
         await daemon.runtime.close()
         await daemon.gateway.close()

@@ -1,9 +1,10 @@
 """Endpoint instances as supervised MLflow scoring processes, and the loop that runs them.
 
-Each instance of a variant is one ``mlfleet.runtime.scoring_worker`` process on a loopback
-port, supervised like a tracking-server worker (restarted with backoff when it dies). The
-deployer brings an endpoint's processes in line with its row after each CreateEndpoint and
-DeleteEndpoint and, at daemon start, for every endpoint, so InService endpoints come back.
+Each instance of a variant is one ``mlfleet.runtime.scoring_worker`` process on a Unix
+socket, confined (runtime.sandbox), supervised like a tracking-server worker (restarted with
+backoff when it dies). The deployer brings an endpoint's processes in line with its row after
+each CreateEndpoint and DeleteEndpoint and, at daemon start, for every endpoint, so InService
+endpoints come back.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.deploy.service import DELETING
 from mlfleet.runtime.local import StartError, SupervisedProcess
+from mlfleet.runtime.sandbox import Sandbox, View
+from mlfleet.runtime.sockets import folder_of, socket_session
 from mlfleet.state.models import Endpoint
 
 log = logging.getLogger(__name__)
@@ -35,33 +38,75 @@ TRACKING_WAIT_SECONDS = 120.0
 
 class ScoringWorker(SupervisedProcess):
     """One instance: MLflow's pyfunc scoring server for one model (``/ping`` answers 200 once
-    the model is loaded)."""
+    the model is loaded).
+
+    Before its first start the model is fetched (runtime.model_fetch) from a worker of its
+    tracking server; the instance itself then sees only its model, with no network.
+    """
 
     health_path = "/ping"
     what = "scoring instance"
 
-    def __init__(self, index: int, folder: Path, model_uri: str, tracking_uri: str) -> None:
-        super().__init__(index, folder)
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        index: int,
+        folder: Path,
+        model_uri: str,
+        tracking_socket: Path | None,
+    ) -> None:
+        super().__init__(sandbox, folder_of("e", f"{folder}/{index}"), "i", folder)
+        self.index = index
+        self.model_dir = folder / f"model-{index}"
         self._folder = folder
         self._model_uri = model_uri
-        self._tracking_uri = tracking_uri
+        self._tracking_socket = tracking_socket
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        if not (self.model_dir / "MLmodel").is_file():
+            await self._fetch()
+        await super().start(http)
+
+    async def _fetch(self) -> None:
+        if self._tracking_socket is None:
+            raise StartError(f"model {self._model_uri} is not downloaded and cannot be")
+        self._folder.mkdir(parents=True, exist_ok=True)
+        view = View(writable=(self._folder,), readable=(self._tracking_socket.parent,))
+        self._sandbox.give(self._folder)
+        argv = [
+            sys.executable,
+            "-m",
+            "mlfleet.runtime.model_fetch",
+            "--tracking-socket",
+            str(self._tracking_socket),
+            "--model-uri",
+            self._model_uri,
+            "--model-dir",
+            str(self.model_dir),
+        ]
+        log_path = self._folder / f"fetch-{self.index}.log"
+        with log_path.open("ab") as logfile:
+            fetch = await self._sandbox.spawn(argv, view, {}, logfile.fileno())
+        if await fetch.process.wait() != 0:
+            said = log_path.read_bytes()[-1500:].decode(errors="replace").strip()
+            raise StartError(f"downloading model {self._model_uri} failed: {said}")
 
     def command(self) -> list[str]:
         return [
             sys.executable,
             "-m",
             "mlfleet.runtime.scoring_worker",
-            "--port",
-            str(self.port),
-            "--model-uri",
-            self._model_uri,
+            "--socket",
+            str(self.socket_path),
             "--model-dir",
-            str(self._folder / f"model-{self.index}"),
+            str(self.model_dir),
         ]
 
     def environment(self) -> dict[str, str]:
-        # The tracking server's own worker, on loopback: no gateway, no credentials.
-        return {"MLFLOW_TRACKING_URI": self._tracking_uri}
+        return {}
+
+    def view(self) -> View:
+        return View(readable=(self.model_dir,))
 
 
 @dataclass
@@ -76,19 +121,28 @@ class Deployer:
         self,
         sessions: sessionmaker[Session],
         data_dir: Path,
-        tracking_uri: Callable[[str], str | None],
+        sandbox: Sandbox,
+        tracking_socket: Callable[[str], Path | None],
         announce: Callable[[Session, str], None],
     ) -> None:
         self._sessions = sessions
         self._dir = data_dir / "endpoints"
-        # The loopback URL of a serving tracking server by name, or None if it does not serve.
-        self._tracking_uri = tracking_uri
+        self._sandbox = sandbox
+        # The socket of a serving tracking server's worker by name, or None if it does not serve.
+        self._tracking_socket = tracking_socket
         # Publishes an endpoint's new state in the transaction that records it.
         self._announce = announce
         self._running: dict[str, list[Variant]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def client(self) -> aiohttp.ClientSession:
+        """A pooled client for the instances' sockets (``ScoringWorker.url``)."""
+        if self._http is None:
+            self._http = socket_session(self._sandbox.run_dir)
+        return self._http
 
     def variants(self, name: str) -> list[Variant] | None:
         """The variants an endpoint serves now, None while it has no processes."""
@@ -181,8 +235,12 @@ class Deployer:
         shutil.rmtree(self._dir / name.lower() / old_config.lower(), ignore_errors=True)
 
     async def _start(self, name: str, config: str, variants: list[dict[str, Any]]) -> list[Variant]:
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
+        if not (self._sandbox.confined or self._sandbox.allow_unconfined):
+            raise StartError(
+                "model code is not deployed: processes cannot be confined here "
+                f"({self._sandbox.reason}), so a model would run with the daemon's rights. "
+                "Start mlfleet with --allow-unconfined-model-code to accept that risk."
+            )
         started: list[Variant] = []
         try:
             for spec in variants:
@@ -191,7 +249,7 @@ class Deployer:
                     (folder / f"model-{i}" / "MLmodel").is_file()
                     for i in range(spec["InstanceCount"])
                 )
-                tracking = self._tracking_uri(spec["TrackingServerName"])
+                tracking = self._tracking_socket(spec["TrackingServerName"])
                 if tracking is None and not downloaded:
                     tracking = await self._wait_for_tracking(spec["TrackingServerName"])
                 if tracking is None and not downloaded:
@@ -201,24 +259,24 @@ class Deployer:
                         f"{spec['ModelUri']} cannot be downloaded."
                     )
                 instances = [
-                    ScoringWorker(i, folder, spec["ModelUri"], tracking or "")
+                    ScoringWorker(self._sandbox, i, folder, spec["ModelUri"], tracking)
                     for i in range(spec["InstanceCount"])
                 ]
                 started.append(Variant(spec["VariantName"], spec["Weight"], instances))
-                await asyncio.gather(*(w.start(self._http) for w in instances))
+                await asyncio.gather(*(w.start(self.client) for w in instances))
         except BaseException:
             await asyncio.gather(*(w.stop() for v in started for w in v.instances))
             raise
         return started
 
-    async def _wait_for_tracking(self, server: str) -> str | None:
+    async def _wait_for_tracking(self, server: str) -> Path | None:
         # At daemon start the tracking servers come up alongside the endpoints that need them.
         deadline = time.monotonic() + TRACKING_WAIT_SECONDS
         while time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-            uri = self._tracking_uri(server)
-            if uri is not None:
-                return uri
+            found = self._tracking_socket(server)
+            if found is not None:
+                return found
         return None
 
     async def _stop(self, name: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from mlfleet.api.endpoint import Check, Operation
+from mlfleet.api.endpoint import Check, Operation, read_body
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.deploy.deployer import Deployer, Variant
@@ -134,15 +134,10 @@ class Invocations:
         self._account = account_id
         # Invocations and latency per endpoint name, for the console's charts.
         self._metrics = metrics
-        self._http: aiohttp.ClientSession | None = None
-
-    async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
 
     async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
         try:
+            body = await read_body(request)
             principal = self._credentials.verify_sigv4(
                 request,
                 body,
@@ -223,17 +218,15 @@ class Invocations:
     async def _forward(
         self, name: str, variant: Variant, body: bytes, content_type: str, accept: str | None
     ) -> Invoked:
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
         instance = random.choice([w for w in variant.instances if w.healthy])
         headers = {"Content-Type": content_type}
         if accept is not None:
             headers["Accept"] = accept
-        url = f"http://127.0.0.1:{instance.port}/invocations"
+        url = instance.url("/invocations")
         status = 503  # what the caller gets when the instance does not answer
         started = time.perf_counter()
         try:
-            async with self._http.post(url, data=body, headers=headers) as resp:
+            async with self._deployer.client.post(url, data=body, headers=headers) as resp:
                 answer = await resp.read()
                 answered_type = resp.headers.get("Content-Type", "application/json")
                 status = resp.status

@@ -23,7 +23,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from mlfleet.audit.trail import AuditTrail, DataEvent
 from mlfleet.auth.credentials import AuthenticationError, Credentials
@@ -46,6 +45,7 @@ from mlfleet.protocol.errors import AwsError
 from mlfleet.registry.sync import RegistrySync
 from mlfleet.registry.sync import Server as SyncServer
 from mlfleet.runtime.local import LocalRuntime, Worker
+from mlfleet.runtime.sockets import socket_session
 from mlfleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Route:
 class ServerLoad:
     """In-flight requests per worker of one server, and the queue of those waiting for a slot."""
 
-    inflight: dict[int, int] = field(default_factory=dict)
+    inflight: dict[str, int] = field(default_factory=dict)
     waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
 
 
@@ -133,8 +133,8 @@ class Gateway:
 
     async def start(self) -> None:
         # No decompression: bytes pass through with their Content-Encoding intact.
-        self._client = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+        self._client = socket_session(
+            self._runtime.sandbox.run_dir,
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
@@ -388,7 +388,7 @@ class Gateway:
             # The pooled client sends no Content-Type of its own (the proxy relays the caller's).
             headers = {"Content-Type": "application/json"} if body is not None else {}
             async with self._client.request(
-                method, upstream_url(worker.port, path), json=body, headers=headers
+                method, worker.url(path), json=body, headers=headers
             ) as answer:
                 data = await answer.json(content_type=None)
                 if answer.status != 200:
@@ -512,11 +512,11 @@ class Gateway:
                 return None
             best = min(
                 (w for w in procs.workers if w.healthy),
-                key=lambda w: load.inflight.get(w.port, 0),
+                key=lambda w: load.inflight.get(w.name, 0),
             )
-            taken = load.inflight.get(best.port, 0)
+            taken = load.inflight.get(best.name, 0)
             if taken < cap or not admission:
-                load.inflight[best.port] = taken + 1
+                load.inflight[best.name] = taken + 1
                 return best
             if not throttled:  # the charts count requests that wait, not rounds of waiting
                 throttled = True
@@ -532,7 +532,7 @@ class Gateway:
 
     def _release(self, server_id: str, worker: Worker) -> None:
         load = self._load[server_id]
-        load.inflight[worker.port] -= 1
+        load.inflight[worker.name] -= 1
         self._wake_next(load)
 
     @staticmethod
@@ -569,7 +569,7 @@ class Gateway:
                     data = await request.read()  # one write upstream beats a chunk stream
                 else:
                     data = _verified(request.content, payload_hash)
-            url = upstream_url(worker.port, route.upstream_path)
+            url = worker.url(route.upstream_path)
             try:
                 async with self._client.request(
                     request.method, url, headers=headers, data=data, allow_redirects=False
@@ -617,15 +617,6 @@ def facts_of(request: web.Request, server: ServerRecord | None) -> RequestFacts:
         secure_transport=request.secure,
         resource_tags=server.tags if server else (),
     )
-
-
-def upstream_url(port: int, path: str) -> URL:
-    """The worker URL for ``path`` as the client sent it.
-
-    Encoded, so that yarl neither resolves dot segments nor re-quotes: MLflow must get the very
-    path that required_action checked.
-    """
-    return URL(f"http://127.0.0.1:{port}{path}", encoded=True)
 
 
 class BodyHashMismatch(Exception):

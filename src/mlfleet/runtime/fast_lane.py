@@ -59,6 +59,7 @@ from mlfleet.gateway.hardening import (
 )
 from mlfleet.protocol.errors import AwsError
 from mlfleet.runtime.handoff import SIGNED_SCOPE, Channel, Generation, Message, Ticket
+from mlfleet.runtime.sockets import WORKER_HOST
 from mlfleet.runtime.stored_events import StoredEvents
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,6 @@ class Lane:
         generation: Generation,
         wsgi_app: WsgiApp,
         is_native: Callable[[str, str], bool],
-        port: int,
         stored: StoredEvents | None,
     ) -> None:
         self._channel = channel
@@ -162,7 +162,6 @@ class Lane:
         self._generation = generation
         self._app = wsgi_app
         self._is_native = is_native
-        self._port = port
         self._executor: ThreadPoolExecutor | None = None
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._sequence = 0
@@ -251,7 +250,7 @@ class Lane:
         thread would only add two hand-offs, ~0.3 ms of a 5 ms call, and overlap nothing.
         Concurrent calls go to threads, where one's commit can wait on the disk while
         another runs: a sign of them keeps that way for SHARED_SECONDS. A request on the
-        worker's own port (the gateway's, the UI's) waits at most for one such short call
+        worker's own socket (the gateway's, the UI's) waits at most for one such short call
         (INLINE_ACTIONS), as it would for the GIL's switch interval (5 ms) anyway."""
         assert self._loop is not None
         now = self._loop.time()
@@ -423,7 +422,7 @@ class Lane:
             for name, value in head.headers
             if name not in STRIPPED_REQUEST
         ]
-        headers.append((b"host", f"127.0.0.1:{self._port}".encode()))
+        headers.append((b"host", WORKER_HOST.encode()))
         scope = {
             "type": "http",
             "http_version": "1.1",
@@ -434,7 +433,7 @@ class Lane:
             "query_string": query.encode("ascii"),
             "root_path": "",
             "headers": headers,
-            "server": ("127.0.0.1", self._port),
+            "server": (WORKER_HOST, 80),
             "client": ("127.0.0.1", 0),
         }
         return build_environ(scope, io.BytesIO(body))  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """Tracking servers as local MLflow processes, supervised by the daemon.
 
 A server of size N runs N single-worker uvicorn processes (see ``WORKERS_BY_SIZE``), each on its
-own loopback port; the gateway spreads requests over them. A worker that dies is restarted with
+own Unix socket (runtime.sockets) and confined to its server's database and artifacts
+(runtime.sandbox); the gateway spreads requests over them. A worker that dies is restarted with
 exponential backoff for as long as its server should run.
 """
 
@@ -9,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
-import signal
-import socket
 import sys
 import time
 import uuid
@@ -23,9 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from yarl import URL
 
 from mlfleet.runtime.handoff import Channel, Generation, channel_pair
 from mlfleet.runtime.mlflow_worker import BACKEND_STORE_ENV
+from mlfleet.runtime.sandbox import Sandbox, Spawned, View
+from mlfleet.runtime.sockets import folder_of, socket_session, socket_url
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +37,6 @@ MAX_BACKOFF_SECONDS = 30.0
 # A worker that stayed up this long is considered healthy again: its backoff resets.
 STABLE_AFTER_SECONDS = 60.0
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # If the daemon is killed with SIGKILL its MLflow workers must not linger and hold ports
-    # and SQLite locks; the restarted daemon starts fresh ones.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @dataclass(frozen=True)
 class ServerSpec:
@@ -59,6 +45,8 @@ class ServerSpec:
     workers: int
     log_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    # What the workers see besides the software (their database's and artifacts' folders).
+    view: View = field(default_factory=View)
 
 
 class StartError(Exception):
@@ -66,33 +54,47 @@ class StartError(Exception):
 
 
 class SupervisedProcess(ABC):
-    """One loopback HTTP process the daemon starts, health-checks and restarts when it dies.
+    """One process serving HTTP on a Unix socket, which the daemon starts confined,
+    health-checks and restarts when it dies.
 
-    Subclasses say what to run; the supervision (start, health, restart with backoff, stop) is
-    the same for tracking-server workers and endpoint instances.
+    Subclasses say what to run and what it may see; the supervision (start, health, restart
+    with backoff, stop) is the same for tracking-server workers and endpoint instances. The
+    socket is ``<run-dir>/<folder>/<name>.sock``; the folder is the process's group's own.
     """
 
     # The GET path that answers 200 once the process serves.
     health_path = "/health"
     what = "MLflow worker"
 
-    def __init__(self, index: int, log_dir: Path) -> None:
-        self.index = index
-        self.port = _free_port()
+    def __init__(self, sandbox: Sandbox, folder: str, name: str, log_dir: Path) -> None:
+        self.name = name
+        self.folder = folder
+        self.socket_dir = sandbox.run_dir / folder
+        self.socket_path = self.socket_dir / f"{name}.sock"
         self.healthy = False
+        self._sandbox = sandbox
         self._proc: asyncio.subprocess.Process | None = None
+        self._spawned: Spawned | None = None
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._log_dir = log_dir
-        self.log_path = log_dir / f"worker-{index}.log"
+        self.log_path = log_dir / f"{name}.log"
+
+    def url(self, target: str) -> URL:
+        """The URL of ``target`` on this process, for a ``socket_session`` client."""
+        return socket_url(self.folder, self.name, target)
 
     @abstractmethod
     def command(self) -> list[str]:
-        """The program and arguments to run (on ``self.port``)."""
+        """The program and arguments to run (serving on ``self.socket_path``)."""
 
     @abstractmethod
     def environment(self) -> dict[str, str]:
-        """Variables added to the daemon's environment for the process."""
+        """The process's environment (added to a minimal one: runtime.sandbox)."""
+
+    @abstractmethod
+    def view(self) -> View:
+        """What the process may see besides its software and its socket's folder."""
 
     def inherited_fds(self) -> tuple[int, ...]:
         """Descriptors the process inherits (named in its command)."""
@@ -100,16 +102,16 @@ class SupervisedProcess(ABC):
 
     async def _spawn(self) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        view = self.view()
+        view = View((*view.writable, self.socket_dir), view.readable, view.network)
+        self._sandbox.give(*view.writable)
         with self.log_path.open("ab") as logfile:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.command(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=logfile,
-                stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, **self.environment()},
-                preexec_fn=_die_with_parent,
-                pass_fds=self.inherited_fds(),
+            spawned = await self._sandbox.spawn(
+                self.command(), view, self.environment(), logfile.fileno(), self.inherited_fds()
             )
+        self._spawned, self._proc = spawned, spawned.process
 
     def log_tail(self, limit: int = 1500) -> str:
         try:
@@ -121,31 +123,28 @@ class SupervisedProcess(ABC):
     async def _wait_healthy(self, http: aiohttp.ClientSession) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
-        url = f"http://127.0.0.1:{self.port}{self.health_path}"
+        url = self.url(self.health_path)
         while time.monotonic() < deadline:
             if self._proc.returncode is not None:
                 raise StartError(
                     f"{self.what} exited with code {self._proc.returncode}: {self.log_tail()}"
                 )
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200:
-                        return
+            if self.socket_path.exists():
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                    async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        if resp.status == 200:
+                            return
             await asyncio.sleep(0.05)
         raise StartError(f"{self.what} not healthy after {HEALTH_TIMEOUT_SECONDS:.0f} s")
 
     async def start(self, http: aiohttp.ClientSession) -> None:
         self._stopping = False
-        for attempt in range(3):
-            await self._spawn()
-            try:
-                await self._wait_healthy(http)
-                break
-            except StartError:
-                await self._terminate()
-                if attempt == 2 or "address already in use" not in self.log_tail().lower():
-                    raise
-                self.port = _free_port()
+        await self._spawn()
+        try:
+            await self._wait_healthy(http)
+        except StartError:
+            await self._terminate()
+            raise
         self.healthy = True
         self._supervisor = asyncio.create_task(self._supervise(http))
 
@@ -161,9 +160,10 @@ class SupervisedProcess(ABC):
             if time.monotonic() - started > STABLE_AFTER_SECONDS:
                 backoff = 1.0
             log.warning(
-                "%s %s (pid %s) exited with %s; restarting in %.0f s",
+                "%s %s/%s (pid %s) exited with %s; restarting in %.0f s",
                 self.what,
-                self.index,
+                self.folder,
+                self.name,
                 self._proc.pid,
                 code,
                 backoff,
@@ -176,15 +176,15 @@ class SupervisedProcess(ABC):
                 await self._spawn()
                 await self._wait_healthy(http)
             except (StartError, OSError) as exc:
-                log.warning("restarting %s %s failed: %s", self.what, self.index, exc)
+                log.warning("restarting %s %s failed: %s", self.what, self.name, exc)
                 continue
             self.healthy = True
 
     async def _terminate(self) -> None:
         proc = self._proc
-        if proc is None or proc.returncode is not None:
+        if proc is None or proc.returncode is not None or self._spawned is None:
             return
-        proc.terminate()
+        self._spawned.terminate()
         try:
             await asyncio.wait_for(proc.wait(), STOP_GRACE_SECONDS)
         except TimeoutError:
@@ -199,6 +199,7 @@ class SupervisedProcess(ABC):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         self.healthy = False
+        self.socket_path.unlink(missing_ok=True)
 
 
 OnChannel = Callable[[Channel], None] | None
@@ -212,9 +213,15 @@ class Worker(SupervisedProcess):
     """
 
     def __init__(
-        self, index: int, spec: ServerSpec, generation: Generation, on_channel: OnChannel
+        self,
+        sandbox: Sandbox,
+        server_id: str,
+        index: int,
+        spec: ServerSpec,
+        generation: Generation,
+        on_channel: OnChannel,
     ) -> None:
-        super().__init__(index, spec.log_dir)
+        super().__init__(sandbox, folder_of("s", server_id), f"w-{index}", spec.log_dir)
         self.spec = spec
         self._generation = generation
         self._on_channel = on_channel
@@ -250,8 +257,8 @@ class Worker(SupervisedProcess):
             sys.executable,
             "-m",
             "mlfleet.runtime.mlflow_worker",
-            "--port",
-            str(self.port),
+            "--socket",
+            str(self.socket_path),
             "--server-dir",
             str(self.spec.log_dir.parent),
             "--artifacts-destination",
@@ -267,13 +274,25 @@ class Worker(SupervisedProcess):
     def environment(self) -> dict[str, str]:
         return {**self.spec.env, BACKEND_STORE_ENV: self.spec.backend_store_uri}
 
+    def view(self) -> View:
+        return self.spec.view
+
 
 class ServerProcesses:
     """The worker processes of one tracking server."""
 
-    def __init__(self, spec: ServerSpec, generation: Generation, on_channel: OnChannel) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        server_id: str,
+        spec: ServerSpec,
+        generation: Generation,
+        on_channel: OnChannel,
+    ) -> None:
         self.spec = spec
-        self.workers = [Worker(i, spec, generation, on_channel) for i in range(spec.workers)]
+        self.workers = [
+            Worker(sandbox, server_id, i, spec, generation, on_channel) for i in range(spec.workers)
+        ]
 
     @property
     def serving(self) -> bool:
@@ -293,7 +312,8 @@ class ServerProcesses:
 class LocalRuntime:
     """Starts, stops and watches the MLflow processes of every tracking server."""
 
-    def __init__(self) -> None:
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
         self._servers: dict[str, ServerProcesses] = {}
         self._http: aiohttp.ClientSession | None = None
         # Bumped (by the daemon) when what a handed-over connection may do could change.
@@ -303,7 +323,7 @@ class LocalRuntime:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
-            self._http = aiohttp.ClientSession()
+            self._http = socket_session(self.sandbox.run_dir)
         return self._http
 
     def get(self, server_id: str) -> ServerProcesses | None:
@@ -319,7 +339,7 @@ class LocalRuntime:
             if current.spec == spec and current.serving:
                 return
             await self.stop(server_id)
-        procs = ServerProcesses(spec, self.generation, self.on_channel)
+        procs = ServerProcesses(self.sandbox, server_id, spec, self.generation, self.on_channel)
         self._servers[server_id] = procs
         try:
             await procs.start(self._session())

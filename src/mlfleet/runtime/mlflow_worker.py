@@ -3,8 +3,8 @@
 The daemon runs this instead of ``mlflow server`` because the CLI keeps a parent process
 (~270 MB RSS) alive next to its workers and would spawn a job runner; the environment it hands
 its workers is reproduced here from MLflow's own constants, so upgrades keep working.
-A single-process uvicorn binds its own TCP socket, which keeps TCP_NODELAY on accepted
-connections (see spec/baseline-perf.md, behaviour 1).
+The worker serves on the Unix socket the daemon names (runtime.sockets), never on TCP: only
+the daemon can reach it.
 
 MLflow's ASGI app is a FastAPI app with a few native routes (artifact transfers, OTLP traces,
 server info, ...) and its Flask app mounted under everything else, behind a chain of
@@ -84,8 +84,7 @@ def stored_events() -> StoredEvents | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--socket", required=True)
     # Only identifies the process in `ps`; the store URI comes from the environment because
     # it may carry a database password, and command lines are world-readable.
     parser.add_argument("--server-dir", required=True)
@@ -130,8 +129,7 @@ def main() -> None:
     app = build_app()
     config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
+        uds=args.socket,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
@@ -148,7 +146,6 @@ def main() -> None:
                 Generation(args.generation_fd, writable=False),
                 app.flask_app,
                 app.is_native,
-                args.port,
                 stored_events(),
             )
             lane.start(asyncio.get_running_loop())
