@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import configparser
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,13 +48,18 @@ def postgres_reachable() -> bool:
 
 
 class Daemon:
-    """An ``mlfleet up`` process with its own data dir."""
+    """An ``mlfleet up`` process with its own data dir.
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    Its artifact stores may live under `artifact_root`, by default the folder ``artifacts``
+    beside the data dir (the test's ``tmp_path / "artifacts"`` for ``Daemon(tmp_path / …)``).
+    """
+
+    def __init__(self, data_dir: Path, *extra: str, artifact_root: Path | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.extra = extra
+        root = artifact_root or data_dir.parent / "artifacts"
+        self.extra = ("--artifact-root", str(root), *extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
@@ -166,9 +173,22 @@ def s3_env(moto_s3: str) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def daemon(tmp_path_factory: pytest.TempPathFactory, s3_env: dict[str, str]) -> Iterator[Daemon]:
+def shared_data_dirs(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Where the shared daemons keep their data: outside pytest's base temp, which is their
+    artifact root (tests keep stores in their own tmp_path) and so must not hold a data dir.
+    Kept after a failed run, for the daemons' logs."""
+    folder = Path(tempfile.mkdtemp(prefix="mlfleet-tests-"))
+    yield folder
+    if not request.session.testsfailed:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def daemon(
+    tmp_path_factory: pytest.TempPathFactory, s3_env: dict[str, str], shared_data_dirs: Path
+) -> Iterator[Daemon]:
     """One SQLite-backed daemon shared by the tests that need no daemon of their own."""
-    d = Daemon(tmp_path_factory.mktemp("mlfleet-sqlite"))
+    d = Daemon(shared_data_dirs / "sqlite", artifact_root=tmp_path_factory.getbasetemp())
     # Temporary credentials that expire within a test (AWS's floor is 900 s).
     env = {**s3_env, "MLFLEET_STS_MIN_DURATION_SECONDS": "1"}
     saved = {k: os.environ.get(k) for k in env}
@@ -186,14 +206,19 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, s3_env: dict[str, str]) -> 
 
 
 @pytest.fixture(scope="session")
-def pg_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def pg_daemon(tmp_path_factory: pytest.TempPathFactory, shared_data_dirs: Path) -> Iterator[Daemon]:
     if not postgres_reachable():
         pytest.skip(
             "PostgreSQL is not reachable on 127.0.0.1:5432 (needed for the PostgreSQL variant)"
         )
     db = f"mlfleet_test_{uuid.uuid4().hex[:8]}"
     url = PG_URL.rsplit("/", 1)[0] + f"/{db}"
-    d = Daemon(tmp_path_factory.mktemp("mlfleet-pg"), "--database-url", url)
+    d = Daemon(
+        shared_data_dirs / "pg",
+        "--database-url",
+        url,
+        artifact_root=tmp_path_factory.getbasetemp(),
+    )
     d.start()
     yield d
     d.stop()

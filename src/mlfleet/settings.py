@@ -55,6 +55,12 @@ class Settings:
     authorization: str = "iam"
     # Longest wait between two attempts to deliver an event to a target that is failing.
     event_retry_max_backoff_seconds: float = 30.0
+    # Folders that file: artifact stores may live under (none given: <data-dir>/artifacts).
+    # In the environment, separated like PATH; in the config file, a list of strings.
+    artifact_roots: tuple[Path, ...] = ()
+    # Deploy model code even where processes cannot be confined (runtime.sandbox), where it
+    # runs with the daemon's rights: its keys, its databases, every tenant's data.
+    allow_unconfined_model_code: bool = False
 
     @property
     def endpoint_url(self) -> str:
@@ -72,6 +78,15 @@ class Settings:
         )
 
     @property
+    def allowed_artifact_roots(self) -> tuple[Path, ...]:
+        return self.artifact_roots or (self.data_dir / "artifacts",)
+
+    @property
+    def secret_files(self) -> tuple[Path, ...]:
+        """Files of mlfleet's secrets that no artifact store may reach, wherever they are."""
+        return (self.master_key_path,)
+
+    @property
     def control_db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'mlfleet.db'}"
 
@@ -84,6 +99,9 @@ def _coerce(name: str, raw: Any) -> Any:
     kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
     if kind == "Path":
         return Path(str(raw)).expanduser()
+    if kind == "tuple[Path, ...]":
+        items = str(raw).split(os.pathsep) if isinstance(raw, str) else list(raw)
+        return tuple(Path(str(item)).expanduser() for item in items if str(item))
     if kind == "int":
         return int(raw)
     if kind == "float":

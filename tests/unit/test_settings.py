@@ -51,3 +51,16 @@ def test_switches_read_true_and_false_in_their_usual_spellings(tmp_path: Path) -
     env = {"MLFLEET_DATA_DIR": str(tmp_path), "MLFLEET_CONNECTION_HANDOFF": "maybe"}
     with pytest.raises(ValueError, match="connection_handoff = 'maybe': expected true or false"):
         load_settings({}, environ=env)
+
+
+def test_artifact_roots_from_flag_environment_and_file(tmp_path: Path) -> None:
+    assert load_settings({"data_dir": tmp_path}, environ={}).allowed_artifact_roots == (
+        tmp_path / "artifacts",
+    )
+    (tmp_path / "mlfleet.toml").write_text('artifact_roots = ["/srv/a", "~/b"]\n')
+    from_file = load_settings({"data_dir": tmp_path}, environ={})
+    assert from_file.allowed_artifact_roots == (Path("/srv/a"), Path.home() / "b")
+    env = {"MLFLEET_DATA_DIR": str(tmp_path), "MLFLEET_ARTIFACT_ROOTS": "/x:/y"}
+    assert load_settings({}, environ=env).artifact_roots == (Path("/x"), Path("/y"))
+    flag = load_settings({"artifact_roots": (Path("/z"),)}, environ=env)
+    assert flag.artifact_roots == (Path("/z"),)

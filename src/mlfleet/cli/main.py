@@ -29,6 +29,7 @@ from mlfleet.cli.common import (
 from mlfleet.cli.deploy import deploy
 from mlfleet.cli.events import events_app
 from mlfleet.cli.iam import iam_app
+from mlfleet.fleet.stores import ArtifactRoots
 from mlfleet.settings import DEFAULT_PORT, load_settings
 
 app = typer.Typer(help="Self-hosted managed MLflow with SageMaker's API.", no_args_is_help=True)
@@ -71,6 +72,21 @@ def up(
     config: Annotated[
         Path | None, typer.Option(help="Settings file (default DATA_DIR/mlfleet.toml).")
     ] = None,
+    artifact_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Folder that file: artifact stores may live under, repeatable "
+            "(default DATA_DIR/artifacts)."
+        ),
+    ] = None,
+    allow_unconfined_model_code: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-unconfined-model-code",
+            help="Where bubblewrap cannot confine processes, deploy model code anyway: it then "
+            "runs with the daemon's rights (its keys, databases and every tenant's data).",
+        ),
+    ] = None,
 ) -> None:
     """Start the mlfleet daemon in the foreground."""
     from mlfleet.daemon.app import run
@@ -86,11 +102,15 @@ def up(
                 "database_url": database_url,
                 "s3_endpoint_url": s3_endpoint_url,
                 "public_url": public_url,
+                "artifact_roots": tuple(artifact_root) if artifact_root else None,
+                "allow_unconfined_model_code": allow_unconfined_model_code,
             },
             config_file=config,
         )
+        # The fleet refuses an unsafe root too; checked here, it is a message, not a traceback.
+        ArtifactRoots.of(settings)
     except (ValueError, TypeError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     run(settings)
 
@@ -131,7 +151,11 @@ def _follow(client: BaseClient, name: str, gone_ok: bool = False) -> None:
 def create(
     name: str,
     artifact_store_uri: Annotated[
-        str, typer.Option(help="s3://bucket/prefix, or file:///absolute/folder.")
+        str,
+        typer.Option(
+            help="s3://bucket/prefix, or file:///absolute/folder inside an artifact root of the "
+            "daemon (mlfleet up --artifact-root; default DATA_DIR/artifacts)."
+        ),
     ],
     size: Annotated[str, typer.Option(help="Small, Medium or Large.")] = "Small",
     role_arn: Annotated[

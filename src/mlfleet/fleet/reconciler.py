@@ -16,13 +16,15 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy import select, update
+from sqlalchemy import make_url, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mlfleet.fleet.service import SERVING, FleetService, local_folder
+from mlfleet.fleet.service import SERVING, FleetService
+from mlfleet.fleet.stores import local_folder, resolve
 from mlfleet.runtime.local import WORKERS_BY_SIZE, LocalRuntime, ServerSpec, StartError
 from mlfleet.runtime.metadata_db import MetadataDatabases
 from mlfleet.runtime.mlflow_schema import ProvisioningError
+from mlfleet.runtime.sandbox import View
 from mlfleet.settings import Settings
 from mlfleet.state.models import TrackingServer
 
@@ -40,6 +42,27 @@ RETRY_SECONDS = 15.0
 
 class ArtifactStoreError(Exception):
     pass
+
+
+class StoreOutsideRoots(ArtifactStoreError):
+    """Stays true until the store is updated or the daemon restarts with other roots."""
+
+
+def s3_environment(settings: Settings) -> dict[str, str]:
+    """What a worker needs to reach S3: the daemon's credentials, as variables, since a
+    confined worker sees neither the daemon's environment nor its ~/.aws."""
+    session = boto3.Session()
+    env = {"AWS_DEFAULT_REGION": session.region_name or settings.region}
+    if settings.s3_endpoint_url:
+        env["MLFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    found = session.get_credentials()
+    if found is not None:
+        frozen = found.get_frozen_credentials()
+        env["AWS_ACCESS_KEY_ID"] = frozen.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
+        if frozen.token:
+            env["AWS_SESSION_TOKEN"] = frozen.token
+    return env
 
 
 class Reconciler:
@@ -78,8 +101,22 @@ class Reconciler:
 
     def resume_all(self) -> None:
         with self._sessions() as session:
-            ids = list(session.scalars(select(TrackingServer.id)))
-        for server_id in ids:
+            rows = session.execute(
+                select(TrackingServer.id, TrackingServer.name, TrackingServer.artifact_store_uri)
+            ).all()
+        for _, name, uri in rows:
+            # Stores accepted before the roots existed (or with other roots) are refused at
+            # start (_bring_up); the operator hears of each now, also of stopped ones.
+            if self._outside_roots(uri):
+                log.warning(
+                    "tracking server %s: artifact store %s is outside the artifact roots (%s): "
+                    "it will not start until its ArtifactStoreUri is updated to a folder inside "
+                    "one of them, or mlfleet up is given a root that holds it (--artifact-root)",
+                    name,
+                    uri,
+                    self._service.stores.describe(),
+                )
+        for server_id, _, _ in rows:
             self.kick(server_id)
         # MLflow's migrations take seconds: run them now rather than in the first create.
         self._warm_up = asyncio.get_running_loop().create_task(self._prepare_template())
@@ -128,16 +165,32 @@ class Reconciler:
         self._retries[server_id] = loop.call_later(RETRY_SECONDS, fire)
 
     def spec_for(self, row: TrackingServer) -> ServerSpec:
+        """The workers' command, environment and view: their database and artifacts only,
+        the network only for a store that needs it (PostgreSQL, S3)."""
         env: dict[str, str] = {}
-        if row.artifact_store_uri.startswith("s3://") and self._settings.s3_endpoint_url:
-            env["MLFLOW_S3_ENDPOINT_URL"] = self._settings.s3_endpoint_url
+        writable: list[Path] = []
+        network = False
+        if row.artifact_store_uri.startswith("s3://"):
+            env.update(s3_environment(self._settings))
+            network = True
+        # Resolved, as checked against the roots just before: a symbolic link swapped later
+        # does not move the store.
         folder = local_folder(row.artifact_store_uri)
+        folder = str(resolve(folder)) if folder else None
+        if folder:
+            writable.append(Path(folder))
+        database = make_url(row.metadata_db_uri)
+        if database.drivername.startswith("sqlite"):
+            writable.append(Path(database.database or "").parent)
+        else:
+            network = True
         return ServerSpec(
             backend_store_uri=row.metadata_db_uri,
             artifacts_destination=f"file://{folder}" if folder else row.artifact_store_uri,
             workers=WORKERS_BY_SIZE[row.size],
             log_dir=self._settings.data_dir / "servers" / row.id / "logs",
             env=env,
+            view=View(writable=tuple(writable), network=network),
         )
 
     def _load(self, server_id: str) -> TrackingServer | None:
@@ -162,11 +215,15 @@ class Reconciler:
         else:
             log.info("tracking server %s: %s", row.name, status)
 
+    def _outside_roots(self, uri: str) -> bool:
+        folder = local_folder(uri)
+        return folder is not None and self._service.stores.outside(folder)
+
     async def _check_artifact_store(self, uri: str) -> None:
         folder = local_folder(uri)
         if folder is not None:
             try:
-                Path(folder).mkdir(parents=True, exist_ok=True)
+                resolve(folder).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ArtifactStoreError(f"artifact folder {folder}: {exc}") from exc
             return
@@ -215,6 +272,13 @@ class Reconciler:
             return
         done, failed = OUTCOMES.get(row.status, (row.status, row.status))
         try:
+            # On every start: the roots may have changed since the store was accepted.
+            if self._outside_roots(row.artifact_store_uri):
+                raise StoreOutsideRoots(
+                    f"artifact store {row.artifact_store_uri} is outside the artifact roots "
+                    f"({self._service.stores.describe()}): update ArtifactStoreUri to a folder "
+                    "inside one of them, or ask the operator for a root that holds it"
+                )
             if not row.metadata_db_uri:
                 await self._check_artifact_store(row.artifact_store_uri)
                 row.metadata_db_uri = await self._databases.create(row.id)
@@ -232,7 +296,8 @@ class Reconciler:
                 # A server that should be running could not be brought back (e.g. after a
                 # daemon restart): keep its status, say why, and try again later.
                 self._settle(row, row.status, str(exc))
-                self._retry_later(row.id)
+                if not isinstance(exc, StoreOutsideRoots):
+                    self._retry_later(row.id)
             else:
                 self._settle(row, failed, str(exc))
             return

@@ -14,7 +14,8 @@ from mlfleet.api.endpoint import Check, JsonEndpoint, Operation, Recorder
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.ui_sessions import new_token
-from mlfleet.fleet.service import FleetService, local_folder
+from mlfleet.fleet.service import FleetService
+from mlfleet.fleet.stores import local_folder
 from mlfleet.iam.authorizer import Authorizer
 from mlfleet.protocol.awsjson import JsonProtocol, load_service_model
 

@@ -20,6 +20,7 @@ from mlfleet.api.paging import decode_token, encode_token
 from mlfleet.auth.identity import Principal
 from mlfleet.events.bus import Event
 from mlfleet.events.sources import lifecycle_event
+from mlfleet.fleet.stores import ArtifactRoots
 from mlfleet.protocol.errors import AwsError
 from mlfleet.settings import Settings
 from mlfleet.state.models import PresignedToken, TrackingServer, UiSession
@@ -57,32 +58,10 @@ def validation(message: str) -> AwsError:
     return AwsError("ValidationException", message)
 
 
-# mlfleet extension: a local folder as artifact store. ``file:/srv/art`` is accepted beside
-# ``file:///srv/art`` because the AWS CLI reads any argument starting with ``file://`` as a file.
 # Stores events with the deliveries they cause, in the given transaction (EventBus.publish).
 Publish = Callable[[list[Event], Session], int]
 # SageMaker's limit on tags per resource.
 MAX_TAGS = 50
-LOCAL_FOLDER = re.compile(r"file:(?://)?(/[^/].*)")
-
-
-def local_folder(uri: str) -> str | None:
-    """The absolute path of a local-folder artifact store URI, else None."""
-    match = LOCAL_FOLDER.fullmatch(uri)
-    return match.group(1) if match else None
-
-
-def check_artifact_store(uri: str) -> None:
-    if uri.startswith("s3://") and len(uri) > len("s3://"):
-        return
-    if local_folder(uri):
-        return
-    raise validation(
-        f"ArtifactStoreUri '{uri}' is not supported: use s3://bucket[/prefix] "
-        "(AWS S3 or the S3-compatible endpoint mlfleet is configured with) or, as an mlfleet "
-        "extension, file:///absolute/path (file:/absolute/path with the AWS CLI) for a local "
-        "folder."
-    )
 
 
 class FleetService:
@@ -98,6 +77,8 @@ class FleetService:
     ) -> None:
         self._settings = settings
         self._sessions = sessions
+        # Raises ValueError for a root that would expose the data dir: the daemon must not start.
+        self.stores = ArtifactRoots.of(settings)
         self._mlflow_version = mlflow_version
         self._is_serving = is_serving
         self._kick = kick
@@ -166,7 +147,7 @@ class FleetService:
 
     def create(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
         name = req["TrackingServerName"]
-        check_artifact_store(req["ArtifactStoreUri"])
+        self.stores.check(req["ArtifactStoreUri"])
         version = self._check_version(req.get("MlflowVersion"))
         now = time.time()
         server_id = uuid.uuid4().hex[:16]
@@ -238,7 +219,7 @@ class FleetService:
 
     def update(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
         if "ArtifactStoreUri" in req:
-            check_artifact_store(req["ArtifactStoreUri"])
+            self.stores.check(req["ArtifactStoreUri"])
         with self._sessions.begin() as session:
             row = self._get(session, req["TrackingServerName"])
             if row.status not in UPDATABLE:
