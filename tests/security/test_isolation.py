@@ -1,0 +1,372 @@
+"""Attacks from the same machine: workers and model code cannot be reached or reach out.
+
+Items 1 and 3 of the isolation issue: every MLflow worker answered on a loopback TCP port
+with no authentication, and a deployed model read the daemon's keys and databases. Each test
+tries the attack against a real daemon and asserts the refusal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+
+from conftest import Daemon, wait_for
+
+ROLE = "arn:aws:iam::123456789012:role/mlfleet"
+SANDBOX_USER_TOOL = "/usr/bin/setpriv"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc's children lists."""
+    found, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                found.append(child)
+                pending.append(child)
+    return found
+
+
+def python_module_of(pid: int) -> str | None:
+    """``mlfleet.runtime.…`` for a process run as ``python -m mlfleet.runtime.…``."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if argv[1:2] == [b"-m"] and argv[2].startswith(b"mlfleet.runtime."):
+        return argv[2].decode()
+    return None
+
+
+def listening_tcp_inodes(pid: int) -> set[str]:
+    """Inodes of the TCP sockets listening in ``pid``'s network namespace."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+@pytest.fixture(scope="module")
+def two_servers(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    sm = daemon.client()
+    names = [unique("tenant"), unique("tenant")]
+    for name in names:
+        sm.create_mlflow_tracking_server(
+            TrackingServerName=name,
+            ArtifactStoreUri=f"file://{tmp_path_factory.mktemp(name)}",
+            RoleArn=ROLE,
+        )
+    for name in names:
+        assert daemon.wait_status(name, "Created", "CreateFailed")["TrackingServerStatus"] == (
+            "Created"
+        )
+    yield names
+    for name in names:
+        sm.delete_mlflow_tracking_server(TrackingServerName=name)
+
+
+def workers_of(daemon: Daemon) -> list[int]:
+    assert daemon.proc is not None
+    return [
+        pid
+        for pid in descendants(daemon.proc.pid)
+        if python_module_of(pid) == "mlfleet.runtime.mlflow_worker"
+    ]
+
+
+def test_no_worker_listens_on_tcp(daemon: Daemon, two_servers: list[str]) -> None:
+    workers = workers_of(daemon)
+    assert len(workers) >= 2
+    for pid in workers:
+        assert not socket_inodes(pid) & listening_tcp_inodes(pid), f"worker {pid} listens on TCP"
+    # The whole tree: only the daemon itself listens (its one public port).
+    assert daemon.proc is not None
+    for pid in descendants(daemon.proc.pid):
+        assert not socket_inodes(pid) & listening_tcp_inodes(pid), f"{pid} listens on TCP"
+
+
+def test_worker_sockets_are_in_a_folder_only_the_daemon_can_open(
+    daemon: Daemon, two_servers: list[str]
+) -> None:
+    run_dir = daemon.data_dir / "run"
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    sockets = list(run_dir.glob("*/*.sock"))
+    assert len(sockets) >= 2
+    for path in sockets:
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    if os.geteuid() != 0:
+        pytest.skip("needs root to try the socket as another local user")
+    # Another local user (nobody) tries to connect straight to a worker.
+    attempt = subprocess.run(
+        [
+            SANDBOX_USER_TOOL,
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            sys.executable,
+            "-c",
+            "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
+            str(sockets[0]),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert attempt.returncode != 0
+    assert "PermissionError" in attempt.stderr
+
+
+def test_a_worker_sees_only_its_own_database_and_artifacts(
+    daemon: Daemon, two_servers: list[str]
+) -> None:
+    """What a worker's mount namespace holds, read through /proc/<pid>/root (as its owner)."""
+    if os.geteuid() != 0:
+        pytest.skip("reading another process's root needs root here")
+    health = requests.get(f"{daemon.url}/health", timeout=5).json()
+    if not health["sandbox"]["confined"]:
+        pytest.skip(f"processes are not confined here: {health['sandbox']['reason']}")
+    for pid in workers_of(daemon):
+        root = Path(f"/proc/{pid}/root")
+        inside = root / str(daemon.data_dir).lstrip("/")
+        for secret in ("master.key", "credentials", "mlfleet.db", "config", "mlfleet.log"):
+            assert not (inside / secret).exists(), f"worker {pid} sees {secret}"
+        assert len(list((inside / "servers").iterdir())) == 1  # its own database's folder
+        assert len(list((inside / "run").iterdir())) == 1  # its own sockets' folder
+        assert not (root / "etc/shadow").exists()
+        assert (root / "etc/passwd").read_text().count("\n") == 1
+        status = Path(f"/proc/{pid}/status").read_text()
+        uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid != "0", "a confined worker runs as an unprivileged user"
+        # Its own network namespace (SQLite and a folder need none): not the daemon's.
+        assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+
+
+PROBE_MODEL = textwrap.dedent(
+    """
+    import json, os, socket
+    import mlflow.pyfunc
+    from mlflow.models import set_model
+
+
+    def attempt(target):
+        kind, _, where = target.partition(":")
+        try:
+            if kind == "file":
+                with open(where, "rb") as handle:
+                    return "read %d bytes" % len(handle.read())
+            if kind == "list":
+                return "listed %s" % sorted(os.listdir(where))
+            if kind == "tcp":
+                host, port = where.rsplit(":", 1)
+                socket.create_connection((host, int(port)), timeout=2).close()
+                return "connected"
+            if kind == "unix":
+                unix = socket.socket(socket.AF_UNIX)
+                unix.connect(where)
+                return "connected"
+        except Exception as exc:
+            return "refused: %s" % type(exc).__name__
+        return "unknown"
+
+
+    class Probe(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return [attempt(t) for t in model_input["target"]]
+
+
+    set_model(Probe())
+    """
+)
+
+
+def test_model_code_reaches_nothing_but_its_model(
+    daemon: Daemon, two_servers: list[str], tmp_path: Path
+) -> None:
+    """A model whose predict tries to read the daemon's keys and databases, another tenant's
+    artifacts and sockets, and to reach the network: each attempt is refused."""
+    health = requests.get(f"{daemon.url}/health", timeout=5).json()
+    if not health["sandbox"]["confined"]:
+        pytest.skip(f"processes are not confined here: {health['sandbox']['reason']}")
+    tenant, other = two_servers
+    sm = daemon.client()
+    other_store = sm.describe_mlflow_tracking_server(TrackingServerName=other)[
+        "ArtifactStoreUri"
+    ].removeprefix("file://")
+    Path(other_store, "secret.txt").write_text("other tenant's data")
+    other_socket = next((daemon.data_dir / "run").glob("*/*.sock"))
+
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE_MODEL)
+    key, secret = daemon.credentials
+    name = unique("probe")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_USERNAME", key)
+        env.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+        mlflow.set_tracking_uri(f"{daemon.url}/mlflow/{tenant}")
+        with mlflow.start_run():
+            mlflow.pyfunc.log_model(
+                name="model", python_model=str(script), registered_model_name=name
+            )
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+    model, config, endpoint = unique("probe"), unique("probe"), unique("probe")
+    sm.create_model(
+        ModelName=model,
+        PrimaryContainer={
+            "ModelDataUrl": f"models:/{name}/1",
+            "Environment": {"MLFLEET_TRACKING_SERVER": tenant},
+        },
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName=config,
+        ProductionVariants=[{"VariantName": "only", "ModelName": model, "InitialInstanceCount": 1}],
+    )
+    sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=config)
+
+    def settled() -> dict[str, str] | None:
+        desc = sm.describe_endpoint(EndpointName=endpoint)
+        return desc if desc["EndpointStatus"] in ("InService", "Failed") else None
+
+    desc = wait_for(settled, 240, 0.5, f"endpoint {endpoint}")
+    assert desc["EndpointStatus"] == "InService", desc.get("FailureReason")
+
+    data = daemon.data_dir
+    targets = [
+        f"file:{data / 'master.key'}",
+        f"file:{data / 'credentials'}",
+        f"file:{data / 'mlfleet.db'}",
+        f"file:{Path(other_store) / 'secret.txt'}",
+        "file:/etc/shadow",
+        f"list:{data}",
+        f"unix:{other_socket}",
+        f"tcp:127.0.0.1:{daemon.port}",
+        "tcp:127.0.0.1:5432",
+    ]
+    runtime = daemon.client("sagemaker-runtime")
+    answer = runtime.invoke_endpoint(
+        EndpointName=endpoint,
+        ContentType="application/json",
+        Body=json.dumps(
+            {"dataframe_split": {"columns": ["target"], "data": [[t] for t in targets]}}
+        ),
+    )
+    outcomes = dict(zip(targets, json.loads(answer["Body"].read())["predictions"], strict=True))
+    listing = outcomes.pop(f"list:{data}")
+    # Only the empty folders leading to its own mounts, none of the daemon's files.
+    for name in ("master.key", "credentials", "mlfleet.db", "servers", "config"):
+        assert name not in listing, f"model code lists {name} in the data dir: {listing}"
+    for target, outcome in outcomes.items():
+        assert outcome.startswith("refused"), f"model code: {target} -> {outcome}"
+    sm.delete_endpoint(EndpointName=endpoint)
+
+
+def test_a_worker_does_not_inherit_the_daemons_environment(
+    daemon: Daemon, two_servers: list[str]
+) -> None:
+    """The daemon's variables (database URLs, keys) stay with the daemon."""
+    for pid in workers_of(daemon):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        names = {item.split(b"=", 1)[0].decode() for item in environ if item}
+        assert not {
+            n for n in names if n.startswith("MLFLEET_") and n != "MLFLEET_BACKEND_STORE_URI"
+        }
+        assert "AWS_SECRET_ACCESS_KEY" not in names  # a folder store needs no AWS keys
+
+
+def test_health_says_whether_processes_are_confined(daemon: Daemon) -> None:
+    sandbox = requests.get(f"{daemon.url}/health", timeout=5).json()["sandbox"]
+    if sandbox["confined"]:
+        assert sandbox["tool"] == "bubblewrap"
+    else:
+        assert sandbox["reason"]
+        assert sandbox["modelCodeAllowed"] is False
+
+
+def test_unconfined_daemon_refuses_model_code(tmp_path: Path) -> None:
+    """Where bubblewrap is missing, the daemon says so and refuses to deploy model code."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A PATH without bwrap: the daemon looks it up there.
+    for tool in ("setpriv", "useradd"):
+        found = subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
+        if found:
+            os.symlink(found, bin_dir / tool)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PATH", str(bin_dir))
+        daemon = Daemon(tmp_path / "data").start()
+    try:
+        sandbox = requests.get(f"{daemon.url}/health", timeout=5).json()["sandbox"]
+        assert sandbox == {
+            "confined": False,
+            "reason": "bubblewrap (bwrap) is not installed: apt-get install bubblewrap",
+            "modelCodeAllowed": False,
+        }
+        log = (daemon.data_dir / "mlfleet.log").read_text()
+        assert "run UNCONFINED" in log
+        sm = daemon.client()
+        sm.create_mlflow_tracking_server(
+            TrackingServerName="holder",
+            ArtifactStoreUri=f"file://{tmp_path / 'artifacts' / 'holder'}",
+            RoleArn=ROLE,
+        )
+        sm.create_model(
+            ModelName="m",
+            PrimaryContainer={
+                "ModelDataUrl": "models:/anything/1",
+                "Environment": {"MLFLEET_TRACKING_SERVER": "holder"},
+            },
+        )
+        sm.create_endpoint_config(
+            EndpointConfigName="c",
+            ProductionVariants=[{"VariantName": "v", "ModelName": "m", "InitialInstanceCount": 1}],
+        )
+        sm.create_endpoint(EndpointName="e", EndpointConfigName="c")
+
+        def settled() -> dict[str, str] | None:
+            desc = sm.describe_endpoint(EndpointName="e")
+            return desc if desc["EndpointStatus"] in ("InService", "Failed") else None
+
+        desc = wait_for(settled, 60, 0.2, "endpoint e")
+        assert desc["EndpointStatus"] == "Failed"
+        assert "--allow-unconfined-model-code" in desc["FailureReason"]
+    finally:
+        daemon.stop()
