@@ -26,6 +26,7 @@ from mlfleet.console.charts import endpoint_charts, server_charts
 from mlfleet.console.pages import ALL_PAGES as CONSOLE_PAGES
 from mlfleet.console.sessions import ConsoleSessions
 from mlfleet.daemon.control_plane import ControlPlane
+from mlfleet.daemon.private import make_private
 from mlfleet.deploy.deployer import Deployer
 from mlfleet.deploy.responses import Invocations, deploy_operations
 from mlfleet.deploy.service import Deployments
@@ -356,8 +357,10 @@ def configure_logging(settings: Settings) -> None:
 
 
 def run(settings: Settings, banner: bool = True) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    tightened = make_private(settings.data_dir)
     configure_logging(settings)
+    if tightened:
+        log.info("made %d entries of the data dir owner-only (it was open to others)", tightened)
     daemon = build_daemon(settings)
     if banner:
         print(
