@@ -257,6 +257,23 @@ def test_unparseable_body_is_serialization_exception(sagemaker: JsonProtocol, bo
     assert caught.value.code == "SerializationException"
 
 
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        # Past Python's recursion limit, and deep enough to break the walks after parsing.
+        (b'{"TrackingServerName": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"Tags": [' + b"[" * 900 + b"]" * 900 + b"]}", "nested too deeply"),
+    ],
+)
+def test_hostile_json_is_serialization_exception(
+    sagemaker: JsonProtocol, body: bytes, fragment: str
+) -> None:
+    with pytest.raises(AwsError) as caught:
+        parse_raw(sagemaker, "DescribeMlflowTrackingServer", body)
+    assert (caught.value.code, caught.value.status) == ("SerializationException", 400)
+    assert fragment in caught.value.message
+
+
 def test_empty_body_is_an_empty_request(sagemaker: JsonProtocol) -> None:
     assert parse_raw(sagemaker, "ListMlflowTrackingServers", b"") == {}
     with pytest.raises(AwsError) as caught:

@@ -77,6 +77,22 @@ class ApiCall:
 
 Recorder = Callable[[ApiCall], None]
 
+# AWS's JSON services name an oversized request this way (Lambda's Invoke answers 413
+# RequestEntityTooLargeException); SageMaker's API documents no code of its own for it.
+_TOO_LARGE = "RequestEntityTooLargeException"
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body; one over the daemon's cap is the caller's error, in its protocol."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise AwsError(
+            _TOO_LARGE,
+            f"Request body exceeds the limit of {request.client_max_size} bytes.",
+            413,
+        ) from None
+
 
 class Endpoint(ABC):
     """The steps common to every protocol; subclasses read and write the wire format."""
@@ -99,7 +115,7 @@ class Endpoint(ABC):
         self._regions = tuple(accepted_regions)
         self._denied_code = denied_code
 
-    async def handle(self, request: web.Request, body: bytes, signed_region: str) -> web.Response:
+    async def handle(self, request: web.Request, signed_region: str) -> web.Response:
         claimed = claimed_credential(request.headers.get("Authorization", ""))
         call = ApiCall(
             service=self.service_name,
@@ -112,6 +128,7 @@ class Endpoint(ABC):
         )
         model: OperationModel | None = None
         try:
+            body = await read_body(request)
             principal = self._credentials.verify_sigv4(
                 request,
                 body,
@@ -283,12 +300,13 @@ class JsonEndpoint(Endpoint):
         )
 
 
-# Query services answer authentication failures with their own codes for the same faults.
-_QUERY_AUTH_CODES = {
+# Query services answer these faults, found before the operation is known, with their own codes.
+_QUERY_CODES = {
     "UnrecognizedClientException": "InvalidClientTokenId",
     "InvalidSignatureException": "SignatureDoesNotMatch",
     "ExpiredTokenException": "ExpiredToken",
     "InternalFailure": "ServiceFailure",
+    _TOO_LARGE: "RequestEntityTooLarge",
 }
 _POLICY_DOCUMENT_SHAPE = "policyDocumentType"
 
@@ -321,7 +339,7 @@ class QueryEndpoint(Endpoint):
         return web.Response(body=payload, content_type="text/xml")
 
     def wire_error(self, error: AwsError) -> AwsError:
-        code = _QUERY_AUTH_CODES.get(error.code, error.code)
+        code = _QUERY_CODES.get(error.code, error.code)
         return AwsError(code, error.message, error.status)
 
     def refuse(self, error: AwsError, request_id: str) -> web.Response:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mlfleet.protocol import jsontext
 from mlfleet.protocol.errors import ValidationException
 
 
@@ -22,7 +23,7 @@ def decode_token(token: str | None) -> int:
     if not token:
         return 0
     try:
-        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
+        offset = jsontext.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
     except (ValueError, KeyError, TypeError):
         offset = None
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:

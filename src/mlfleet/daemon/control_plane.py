@@ -23,9 +23,8 @@ class ControlPlane:
         self._endpoints = endpoints
 
     async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
         claimed = claimed_credential(request.headers.get("Authorization", ""))
         region, service = (claimed.region, claimed.service) if claimed else ("", "")
         if service not in self._endpoints:
             service = "iam" if request.content_type == _FORM else "sagemaker"
-        return await self._endpoints[service].handle(request, body, region)
+        return await self._endpoints[service].handle(request, region)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from mlfleet.protocol import jsontext
 from mlfleet.protocol.errors import AwsError
 from mlfleet.state.models import EventDelivery
 
@@ -174,7 +175,7 @@ def _entry_problem(entry: Mapping[str, Any]) -> tuple[str, str] | None:
                 f"Parameter {member} is not valid. Reason: {member} is missing.",
             )
     try:
-        detail = json.loads(entry["Detail"])
+        detail = jsontext.loads(entry["Detail"])
     except ValueError:
         return "MalformedDetail", "Detail is malformed."
     if not isinstance(detail, dict):

@@ -41,6 +41,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, NoReturn, Protocol
 
+from mlfleet.protocol import jsontext
 from mlfleet.protocol.errors import AwsError
 
 __all__ = ["INVALID_PATTERN", "MAX_PATTERN_LENGTH", "EventPattern", "parse_pattern"]
@@ -182,7 +183,7 @@ def _reject_constant(name: str) -> NoReturn:
 def _read_json(text: str) -> Any:
     try:
         # Decimal keeps a number's written digits, which the six-decimal check needs.
-        return json.loads(
+        return jsontext.loads(
             text,
             object_pairs_hook=_JsonObject,
             parse_float=Decimal,
@@ -191,8 +192,6 @@ def _read_json(text: str) -> Any:
     except json.JSONDecodeError as error:
         where = f" at [line: {error.lineno}, column: {error.colno}]"
         raise _Invalid(error.msg, location=where) from None
-    except RecursionError:
-        raise _Invalid("Event pattern is nested too deeply") from None
 
 
 def _is_number(value: Any) -> bool:
@@ -208,10 +207,7 @@ def _compile_pattern(text: str, max_length: int) -> _Object:
     tree = _read_json(text)
     if not isinstance(tree, _JsonObject):
         raise _Invalid("Filter is not an object")
-    try:
-        return _compile_object(tree, (), inside_or=False)
-    except RecursionError:
-        raise _Invalid("Event pattern is nested too deeply") from None
+    return _compile_object(tree, (), inside_or=False)
 
 
 def _compile_object(pairs: _JsonObject, path: _Path, *, inside_or: bool) -> _Object:

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.events.delivery import HttpTarget, connection_headers, retry_limits
 from mlfleet.events.pattern import EventPattern, parse_pattern
+from mlfleet.protocol import jsontext
 from mlfleet.protocol.errors import AwsError
 from mlfleet.state.models import ApiDestination, EventConnection, EventRule, EventTarget
 
@@ -565,7 +566,7 @@ class EventStore:
     def test_event_pattern(self, req: dict[str, Any]) -> Output:
         pattern = compiled(req["EventPattern"])
         try:
-            event = json.loads(req["Event"])
+            event = jsontext.loads(req["Event"])
         except ValueError:
             raise invalid("Parameter Event is not valid: it is not JSON.") from None
         if not isinstance(event, dict):
@@ -724,7 +725,7 @@ def _input_problem(entry: dict[str, Any]) -> tuple[str, str] | None:
         )
     if "Input" in entry:
         try:
-            json.loads(entry["Input"])
+            jsontext.loads(entry["Input"])
         except ValueError:
             return "ValidationException", "Input is not valid JSON text."
     paths = list((entry.get("InputTransformer") or {}).get("InputPathsMap", {}).values())

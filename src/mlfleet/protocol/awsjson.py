@@ -20,6 +20,7 @@ import botocore.session
 import regex
 from botocore.model import OperationModel, ServiceModel, Shape
 
+from mlfleet.protocol import jsontext
 from mlfleet.protocol.errors import (
     SerializationException,
     UnknownOperationException,
@@ -118,7 +119,7 @@ class JsonProtocol:
 
     def parse_input(self, operation: OperationModel, body: bytes) -> dict[str, Any]:
         try:
-            document = json.loads(body) if body.strip() else {}
+            document = jsontext.loads(body) if body.strip() else {}
         except ValueError as exc:
             raise SerializationException(f"Request body is not valid JSON: {exc}") from None
         if not isinstance(document, dict):
