@@ -263,6 +263,7 @@ def test_unparseable_body_is_serialization_exception(sagemaker: JsonProtocol, bo
         # Past Python's recursion limit, and deep enough to break the walks after parsing.
         (b'{"TrackingServerName": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
         (b'{"Tags": [' + b"[" * 900 + b"]" * 900 + b"]}", "nested too deeply"),
+        (b'{"TrackingServerName": "ts\\ud800"}', "unpaired surrogate"),
     ],
 )
 def test_hostile_json_is_serialization_exception(
@@ -272,6 +273,20 @@ def test_hostile_json_is_serialization_exception(
         parse_raw(sagemaker, "DescribeMlflowTrackingServer", body)
     assert (caught.value.code, caught.value.status) == ("SerializationException", 400)
     assert fragment in caught.value.message
+
+
+def test_escaped_surrogate_pairs_are_characters(sagemaker: JsonProtocol) -> None:
+    body = b'{"NextToken": "\\ud83d\\ude00"}'
+    assert parse_raw(sagemaker, "ListMlflowTrackingServers", body) == {"NextToken": "\U0001f600"}
+
+
+def test_a_number_past_any_float_is_serialization_exception(sagemaker: JsonProtocol) -> None:
+    body = b'{"EndpointConfigName": "c", "ProductionVariants": [{"VariantName": "v", '
+    body += b'"InitialVariantWeight": 1' + b"0" * 400 + b"}]}"
+    with pytest.raises(AwsError) as caught:
+        parse_raw(sagemaker, "CreateEndpointConfig", body)
+    assert caught.value.code == "SerializationException"
+    assert "productionVariants.1.member.initialVariantWeight" in caught.value.message
 
 
 def test_empty_body_is_an_empty_request(sagemaker: JsonProtocol) -> None:

@@ -154,12 +154,18 @@ def verify(
         )
     _check_scope(info, expected_service, expected_region)
 
+    # aiohttp keeps bytes that are not UTF-8 as lone surrogates; no client signs those (SigV4
+    # signs UTF-8), and botocore's canonical request cannot even be built from them.
+    if not _is_utf8(raw_path_qs):
+        raise InvalidSignatureException(_SIGNATURE_MISMATCH)
     request = AWSRequest(method=method, url=f"http://signed-host{raw_path_qs}")
     signed = frozenset(info.signed_headers)
     # Items rather than get(): a header sent more than once is signed as all its values.
     for name, value in headers.items():
         lower = name.lower()
         if lower in signed:
+            if not _is_utf8(value):
+                raise InvalidSignatureException(_SIGNATURE_MISMATCH)
             request.headers[lower] = value  # HTTPHeaders appends repeated names
     request.context["timestamp"] = info.amz_date
     request.context["payload_hash"] = _payload_hash(request.headers, body, payload_hash)
@@ -214,6 +220,14 @@ def _payload_hash(signed_headers: HTTPHeaders, body: bytes | None, streamed: str
     if declared not in (None, UNSIGNED_PAYLOAD, actual):
         raise InvalidSignatureException(_SIGNATURE_MISMATCH)
     return actual
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_clock(amz_date: str, now: datetime | None, max_skew: timedelta) -> None:

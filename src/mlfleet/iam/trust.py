@@ -12,7 +12,6 @@ account id, or ``*``) also needs an identity policy of the caller that allows ``
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +25,7 @@ from mlfleet.iam.policy import (
     evaluate,
     parse_policy,
 )
+from mlfleet.protocol import jsontext
 from mlfleet.protocol.errors import AwsError
 
 _PRINCIPAL_TYPES = frozenset({"AWS", "Service", "Federated", "CanonicalUser"})
@@ -107,7 +107,7 @@ def _principals(value: Any, element: str) -> tuple[str, ...]:
 def parse_trust(document: str) -> TrustPolicy:
     """Validate and compile a trust policy; MalformedPolicyDocument says what is wrong."""
     try:
-        raw = json.loads(document)
+        raw = jsontext.loads(document)
     except ValueError as exc:
         raise _malformed(f"Syntax errors in policy: {exc}.") from None
     if not isinstance(raw, Mapping):

@@ -33,6 +33,8 @@ _AGGREGATES = frozenset({"structure", "list", "map"})
 _INT_RANGES = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 # JSON floats cannot carry these, so botocore's serializer sends them as strings.
 _SPECIAL_FLOATS = frozenset({"NaN", "Infinity", "-Infinity"})
+# Python's json module pairs escaped surrogates that form a character; these are left over.
+_LONE_SURROGATE = regex.compile(r"[\ud800-\udfff]")
 # Longer values are cut in error messages, which otherwise echo whatever the client sent.
 _MAX_SHOWN = 100
 
@@ -251,6 +253,12 @@ class InputValidator:
         match kind:
             case "string":
                 _expect(value, str, shape, path)
+                # JSON's "\ud800" reads as a code point that no UTF-8 store or log can keep.
+                if not value.isascii() and _LONE_SURROGATE.search(value):
+                    raise SerializationException(
+                        "STRING_VALUE with an unpaired surrogate can not be converted to a String "
+                        f"at '{path}'"
+                    )
                 violations = _bounds(shape, len(value), "length")
                 pattern = metadata.get("pattern")
                 if pattern is not None and not self._matches(shape, pattern, value):
@@ -266,7 +274,10 @@ class InputValidator:
                 return value, _bounds(shape, value, "value", self._minimums.get(shape.name))
             case "float" | "double":
                 if type(value) in (int, float) or (type(value) is str and value in _SPECIAL_FLOATS):
-                    number = float(value)
+                    try:
+                        number = float(value)
+                    except OverflowError:  # an integer of 309 digits or more
+                        raise _mistyped(value, shape, path) from None
                     return number, _bounds(shape, number, "value")
                 raise _mistyped(value, shape, path)
             case "boolean":
