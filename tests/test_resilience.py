@@ -15,7 +15,8 @@ ROLE = "arn:aws:iam::123456789012:role/mlfleet"
 
 
 def _worker_pids(data_dir: Path) -> list[int]:
-    """PIDs of MLflow workers started by the daemon owning ``data_dir``."""
+    """PIDs of MLflow workers started by the daemon owning ``data_dir`` (the Python processes,
+    not the sandboxes that started them)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -24,7 +25,7 @@ def _worker_pids(data_dir: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"mlfleet.runtime.mlflow_worker" in cmdline and any(
+        if cmdline[1:3] == [b"-m", b"mlfleet.runtime.mlflow_worker"] and any(
             str(data_dir).encode() in part for part in cmdline
         ):
             pids.append(int(entry.name))
