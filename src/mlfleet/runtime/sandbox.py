@@ -259,28 +259,23 @@ class Sandbox:
         pass_fds: tuple[int, ...] = (),
     ) -> Spawned:
         """Start ``argv`` confined (or not, see ``confined``), its output to ``stdout``."""
-        if not self.confined:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
+
+        async def start(command: list[str], fds: tuple[int, ...]) -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(
+                *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.environment(env),
                 preexec_fn=die_with_parent,
-                pass_fds=pass_fds,
+                pass_fds=fds,
             )
-            return Spawned(process)
+
+        if not self.confined:
+            return Spawned(await start(argv, pass_fds))
         info_read, info_write = os.pipe()
         try:
-            process = await asyncio.create_subprocess_exec(
-                *self.wrap(argv, view, info_write),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=asyncio.subprocess.STDOUT,
-                env=self.environment(env),
-                preexec_fn=die_with_parent,
-                pass_fds=(*pass_fds, info_write),
-            )
+            process = await start(self.wrap(argv, view, info_write), (*pass_fds, info_write))
         finally:
             os.close(info_write)
         try:
