@@ -363,23 +363,21 @@ GOOD_AUTH = (
             "Bearer abc",
             "20261126T120000Z",
             "IncompleteSignatureException",
-            "'abc' not a valid key=value pair (missing equal-sign) in Authorization header: "
-            "'Bearer abc'.",
+            "Authorization header has a parameter that is not a valid key=value pair "
+            "(missing equal-sign).",
         ),
         (
             "AWS4-HMAC-SHA256 Credential=AKID/20261126/us-east-1/sagemaker/aws4_request",
             "20261126T120000Z",
             "IncompleteSignatureException",
             "Authorization header requires 'Signature' parameter. Authorization header requires "
-            "'SignedHeaders' parameter. Authorization=AWS4-HMAC-SHA256 "
-            "Credential=AKID/20261126/us-east-1/sagemaker/aws4_request",
+            "'SignedHeaders' parameter.",
         ),
         (
             GOOD_AUTH,
             None,
             "IncompleteSignatureException",
-            f"Authorization header requires existence of a 'X-Amz-Date' header. "
-            f"Authorization={GOOD_AUTH}",
+            "Authorization header requires existence of a 'X-Amz-Date' header.",
         ),
         (
             GOOD_AUTH,
