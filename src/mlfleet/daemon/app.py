@@ -32,6 +32,7 @@ from mlfleet.deploy.responses import Invocations, deploy_operations
 from mlfleet.deploy.service import Deployments
 from mlfleet.events.bus import EventBus
 from mlfleet.events.delivery import DeliveryLog, DeliveryWorker
+from mlfleet.events.egress import OwnAddress
 from mlfleet.events.responses import events_endpoint
 from mlfleet.events.sources import api_call_event
 from mlfleet.events.store import EventStore
@@ -126,12 +127,14 @@ def build_daemon(settings: Settings) -> Daemon:
     runtime = LocalRuntime(sandbox)
     # Connections handed over to workers hold decisions made before the change.
     on_iam_change.append(runtime.generation.bump)
-    event_store = EventStore(sessions, settings.account_id, settings.region, box)
+    own = OwnAddress(settings.host, settings.port)
+    event_store = EventStore(sessions, settings.account_id, settings.region, box, own)
     bus = EventBus(sessions, event_store.rules_with_targets, settings.account_id, settings.region)
     deliveries = DeliveryWorker(
         sessions,
         event_store.delivery_target,
         settings.event_retry_max_backoff_seconds,
+        own,
     )
     bus.set_wake(deliveries.wake)
     registry = ModelRegistry(

@@ -31,6 +31,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.identity import Principal
+from mlfleet.events.egress import OwnAddress, guarded_connector
 from mlfleet.iam.authorizer import Authorizer, RequestFacts
 from mlfleet.state.models import EventDelivery
 
@@ -102,10 +103,12 @@ class DeliveryWorker:
         sessions: sessionmaker[Session],
         resolve: TargetResolver,
         max_backoff_seconds: float,
+        own: OwnAddress,
         concurrency: int = 16,
     ) -> None:
         self._sessions = sessions
         self._resolve = resolve
+        self._own = own
         self._max_backoff = max_backoff_seconds
         self._concurrency = concurrency
         self._wake = asyncio.Event()
@@ -122,7 +125,8 @@ class DeliveryWorker:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._client = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+            connector=guarded_connector(self._own),
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
         )
         self._task = self._loop.create_task(self._run())
 
@@ -226,6 +230,8 @@ class DeliveryWorker:
     async def _send(self, delivery: EventDelivery, target: HttpTarget) -> tuple[str | None, bool]:
         """Deliver once: (None, _) when accepted, else (why, whether retrying may help)."""
         assert self._client is not None
+        if self._own.literal_is_own(target.url):
+            return f"{target.url} is mlfleet itself: events are not delivered to it", False
         body = delivery.payload.encode()
         moment = int(time.time())
         headers = {

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.events.delivery import HttpTarget, connection_headers, retry_limits
+from mlfleet.events.egress import OwnAddress
 from mlfleet.events.pattern import EventPattern, parse_pattern
 from mlfleet.protocol import jsontext
 from mlfleet.protocol.errors import AwsError
@@ -144,8 +145,14 @@ def compiled(text: str) -> EventPattern:
 
 class EventStore:
     def __init__(
-        self, sessions: sessionmaker[Session], account_id: str, region: str, box: SecretBox
+        self,
+        sessions: sessionmaker[Session],
+        account_id: str,
+        region: str,
+        box: SecretBox,
+        own: OwnAddress,
     ) -> None:
+        self._own = own
         self._sessions = sessions
         self._account = account_id
         self._region = region
@@ -481,9 +488,30 @@ class EventStore:
 
     # --- API destinations --------------------------------------------------------------------
 
+    def _checked_endpoint(self, url: str) -> str:
+        """An http(s) URL with a host, not mlfleet's own (events.egress). Unlike AWS, plain http
+        and loopback hosts are allowed: the receivers of a self-hosted daemon often run beside
+        it."""
+        try:
+            parts = urlsplit(url)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # a malformed port or IPv6 host
+            usable = False
+        if not usable:
+            raise invalid(
+                f"InvocationEndpoint {url} is not valid: it must be an http:// or https:// URL "
+                "with a host."
+            )
+        if self._own.names_me(url):
+            raise invalid(
+                f"InvocationEndpoint {url} is not valid: it is this mlfleet's own address, and "
+                "events are not delivered to mlfleet itself."
+            )
+        return url
+
     def create_api_destination(self, req: dict[str, Any]) -> Output:
         name = req["Name"]
-        endpoint = _checked_endpoint(req["InvocationEndpoint"])
+        endpoint = self._checked_endpoint(req["InvocationEndpoint"])
         now = time.time()
         with self._writing() as session:
             if session.get(ApiDestination, name) is not None:
@@ -513,7 +541,7 @@ class EventStore:
                 self._require_connection(session, req["ConnectionArn"])
                 destination.connection_arn = req["ConnectionArn"]
             if "InvocationEndpoint" in req:
-                destination.invocation_endpoint = _checked_endpoint(req["InvocationEndpoint"])
+                destination.invocation_endpoint = self._checked_endpoint(req["InvocationEndpoint"])
             if "HttpMethod" in req:
                 destination.http_method = req["HttpMethod"]
             if "InvocationRateLimitPerSecond" in req:
@@ -831,22 +859,6 @@ def _connection_times(connection: EventConnection) -> Output:
         "LastModifiedTime": when(connection.updated_at),
         "LastAuthorizedTime": when(connection.updated_at),
     }
-
-
-def _checked_endpoint(url: str) -> str:
-    """An http(s) URL with a host. Unlike AWS, plain http and loopback hosts are allowed: the
-    receivers of a self-hosted daemon often run beside it."""
-    try:
-        parts = urlsplit(url)
-        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:  # a malformed port or IPv6 host
-        usable = False
-    if not usable:
-        raise invalid(
-            f"InvocationEndpoint {url} is not valid: it must be an http:// or https:// URL "
-            "with a host."
-        )
-    return url
 
 
 def _destination(destination: ApiDestination) -> Output:
