@@ -161,7 +161,7 @@ def build_daemon(settings: Settings) -> Daemon:
         settings,
         sessions,
         runtime,
-        MetadataDatabases(settings, mlflow_version),
+        MetadataDatabases(settings, mlflow_version, box),
         fleet,
         on_serving=registry_sync.catch_up,
         record_left_over=handover.record_left_over,

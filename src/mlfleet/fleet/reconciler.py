@@ -185,7 +185,7 @@ class Reconciler:
         else:
             network = True
         return ServerSpec(
-            backend_store_uri=row.metadata_db_uri,
+            backend_store_uri=self._databases.worker_uri(row.metadata_db_uri),
             artifacts_destination=f"file://{folder}" if folder else row.artifact_store_uri,
             workers=WORKERS_BY_SIZE[row.size],
             log_dir=self._settings.data_dir / "servers" / row.id / "logs",
@@ -251,7 +251,7 @@ class Reconciler:
         if row.desired_state == "Deleted":
             await self._runtime.stop(server_id)
             if row.metadata_db_uri:
-                await self._record_left_over(row.metadata_db_uri)
+                await self._record_left_over(self._databases.admin_uri(row.metadata_db_uri))
                 await self._databases.drop(row.metadata_db_uri)
             with self._sessions.begin() as session:
                 self._service.forget_server(session, server_id)
@@ -260,7 +260,7 @@ class Reconciler:
         if row.desired_state == "Stopped":
             await self._runtime.stop(server_id)
             if row.metadata_db_uri:
-                await self._record_left_over(row.metadata_db_uri)
+                await self._record_left_over(self._databases.admin_uri(row.metadata_db_uri))
             if row.status == "Stopping":
                 self._settle(row, "Stopped")
             return
@@ -290,6 +290,7 @@ class Reconciler:
                     )
             elif row.status == "Updating":
                 await self._check_artifact_store(row.artifact_store_uri)
+            await self._databases.ensure_role(row.metadata_db_uri)
             await self._runtime.start(row.id, self.spec_for(row))
         except (StartError, ProvisioningError, ArtifactStoreError, OSError) as exc:
             if row.status in SERVING:

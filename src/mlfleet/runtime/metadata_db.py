@@ -4,28 +4,63 @@ MLflow's migrations take seconds; copying a migrated template (a file for SQLite
 ``CREATE DATABASE ... TEMPLATE`` for PostgreSQL) takes milliseconds. The SQLite template itself
 comes from a shipped dump of those migrations when one matches the installed MLflow
 (runtime.mlflow_schema).
+
+On PostgreSQL, a server's workers log in as a role of their own, named as its database, that can
+open that database only: PostgreSQL lets every role (PUBLIC) connect to a new database, so that
+right is taken back from every tenant database, the templates and the control plane's database,
+before anyone can connect to a new one. The role may read and write rows; the schema stays the
+daemon's (migrations run as the daemon's role). Its password is derived from the master key, so it
+is stored nowhere and reaches only the workers' environment; PostgreSQL is sent a SCRAM verifier,
+never the password, so a failed statement in its log shows none. ``postgres`` and ``template1``
+stay as the cluster's operator set them: they hold nothing of mlfleet's, PostgreSQL 15+ lets
+PUBLIC create nothing there, and revoking their CONNECT would lock out other users of a shared
+server. Templates are copied from template0, so nothing planted in template1 reaches a tenant.
+
+The control plane stores a server's URI without a password: the daemon adds its own
+(``admin_uri``) and the workers get their role's (``worker_uri``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import os
 import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Connection, create_engine, make_url, text
+from sqlalchemy import URL, Connection, create_engine, make_url, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
+from mlfleet.auth.secrets import SecretBox
 from mlfleet.runtime.mlflow_schema import (
+    ProvisioningError,
     load_sqlite_dump,
     migrate,
     sqlite_dump_path,
 )
+from mlfleet.runtime.stored_events import PENDING
 from mlfleet.settings import Settings
 
 # A fixed key so that several daemons sharing one PostgreSQL server serialise template work.
 _PG_TEMPLATE_LOCK = 0x6D6C666C
+TENANT_PREFIX = "mlfleet_ts_"
+TEMPLATE_PREFIX = "mlfleet_tpl_"
+# PostgreSQL's own default for the verifiers it computes.
+SCRAM_ITERATIONS = 4096
+# mlfleet's databases (of every daemon sharing the server) that PUBLIC may still open, and
+# whether the daemon's role may close them.
+_OPEN_TO_PUBLIC = text(
+    "SELECT datname, pg_has_role(datdba, 'USAGE') FROM pg_database"
+    " WHERE (datname = :control OR starts_with(datname, :tenant)"
+    " OR starts_with(datname, :template))"
+    " AND (has_database_privilege('public', oid, 'CONNECT')"
+    " OR has_database_privilege('public', oid, 'TEMPORARY'))"
+)
 
 
 def _pg_exists(conn: Connection, database: str | None) -> bool:
@@ -35,16 +70,77 @@ def _pg_exists(conn: Connection, database: str | None) -> bool:
     return bool(found)
 
 
+def _role_exists(conn: Connection, role: str) -> bool:
+    found = conn.execute(text("SELECT count(*) FROM pg_roles WHERE rolname = :r"), {"r": role})
+    return bool(found.scalar())
+
+
+def _create_closed(conn: Connection, database: str, template: str) -> None:
+    """CREATE DATABASE without PUBLIC's CONNECT, revoked before anyone could connect: a session
+    opened in between would outlive the REVOKE."""
+    conn.execute(
+        text(f'CREATE DATABASE "{database}" TEMPLATE "{template}" ALLOW_CONNECTIONS false')
+    )
+    _close_to_public(conn, database)
+
+
+def _close_to_public(conn: Connection, database: str) -> None:
+    conn.execute(text(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{database}" FROM PUBLIC'))
+    conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+
+
+def scram_verifier(password: str) -> str:
+    """What PostgreSQL stores for a SCRAM-SHA-256 password (RFC 5802, RFC 7677), in its format."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", hashlib.sha256).digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = [base64.b64encode(part).decode() for part in (salt, stored_key, server_key)]
+    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64[0]}${b64[1]}:{b64[2]}"
+
+
 class MetadataDatabases:
-    def __init__(self, settings: Settings, mlflow_version: str) -> None:
+    def __init__(self, settings: Settings, mlflow_version: str, secrets: SecretBox) -> None:
         self._settings = settings
         self._version = mlflow_version
+        self._secrets = secrets
         self._template_lock = asyncio.Lock()
 
     def uri_for(self, server_id: str) -> str:
+        """The URI the control plane stores: on PostgreSQL, the daemon's without its password."""
         if self._settings.uses_postgres:
-            return self._pg_url(f"mlfleet_ts_{server_id}")
+            # set() leaves a password given as None in place; the tuple's _replace does not.
+            url = self._pg(f"{TENANT_PREFIX}{server_id}")._replace(password=None)
+            return url.render_as_string(hide_password=False)
         return f"sqlite:///{self._settings.data_dir / 'servers' / server_id / 'mlflow.db'}"
+
+    def admin_uri(self, uri: str) -> str:
+        """A stored URI as the daemon connects to it."""
+        if uri.startswith("sqlite"):
+            return uri
+        return self._pg_url(make_url(uri).database or "")
+
+    def worker_uri(self, uri: str) -> str:
+        """A stored URI as the server's workers connect to it: on PostgreSQL, as their role."""
+        if uri.startswith("sqlite"):
+            return uri
+        role = make_url(uri).database or ""
+        url = self._pg(role).set(username=role, password=self._role_password(role))
+        return url.render_as_string(hide_password=False)
+
+    async def ensure_role(self, uri: str) -> None:
+        """Give a PostgreSQL server's workers their role, before they start: idempotent, so that
+        servers made before roles existed get theirs, and tables added since are granted."""
+        if uri.startswith("sqlite"):
+            return
+        database = make_url(uri).database or ""
+        try:
+            await asyncio.to_thread(self._pg_locked, lambda conn: self._admit(conn, database))
+        except DBAPIError as exc:
+            # The driver's message only: SQLAlchemy's would quote the statement.
+            raise ProvisioningError(
+                f"setting up the PostgreSQL role of database {database} failed: {exc.orig}"
+            ) from exc
 
     async def prepare(self) -> None:
         """Build this MLflow version's template now, so that the first create need not."""
@@ -67,8 +163,17 @@ class MetadataDatabases:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             return
-        name = make_url(uri).database
-        await asyncio.to_thread(self._pg_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        name = make_url(uri).database or ""
+
+        def work(conn: Connection) -> None:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            # Gone with the database: its objects and the grant to connect; DROP OWNED takes
+            # whatever else the role was given.
+            if _role_exists(conn, name):
+                conn.execute(text(f'DROP OWNED BY "{name}"'))
+                conn.execute(text(f'DROP ROLE "{name}"'))
+
+        await asyncio.to_thread(self._pg_locked, work)
 
     # SQLite ---------------------------------------------------------------------------------
 
@@ -108,11 +213,9 @@ class MetadataDatabases:
     # PostgreSQL -----------------------------------------------------------------------------
 
     def _pg_locked(self, work: Callable[[Connection], None]) -> None:
-        """Run ``work`` on an autocommit admin connection holding the fleet-wide template lock."""
-        admin_url = make_url(self._settings.control_db_url).set(
-            drivername="postgresql+psycopg", database="postgres"
-        )
-        engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        """Run ``work`` on an autocommit admin connection holding the fleet-wide lock (templates,
+        databases, roles)."""
+        engine = create_engine(self._pg("postgres"), isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_TEMPLATE_LOCK})
@@ -123,21 +226,23 @@ class MetadataDatabases:
         finally:
             engine.dispose()
 
-    def _pg_admin(self, statement: str) -> None:
-        self._pg_locked(lambda conn: conn.execute(text(statement)))
+    def _pg(self, database: str) -> URL:
+        base = make_url(self._settings.control_db_url)
+        return base.set(drivername="postgresql+psycopg", database=database)
 
     def _pg_url(self, database: str) -> str:
-        base = make_url(self._settings.control_db_url)
-        url = base.set(drivername="postgresql+psycopg", database=database)
-        return url.render_as_string(hide_password=False)
+        return self._pg(database).render_as_string(hide_password=False)
+
+    def _role_password(self, role: str) -> str:
+        return self._secrets.derive(f"postgres-role:{role}").hex()
 
     def _ensure_pg_template(self, conn: Connection) -> str:
         """The template database's name, built first if missing (under the template lock)."""
-        template = "mlfleet_tpl_" + self._version.replace(".", "_")
+        template = TEMPLATE_PREFIX + self._version.replace(".", "_")
         if not _pg_exists(conn, template):
             building = f"{template}_building"
             conn.execute(text(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{building}"'))
+            _create_closed(conn, building, "template0")
             migrate(self._pg_url(building))
             conn.execute(text(f'ALTER DATABASE "{building}" RENAME TO "{template}"'))
         return template
@@ -147,10 +252,65 @@ class MetadataDatabases:
 
         def work(conn: Connection) -> None:
             template = self._ensure_pg_template(conn)
-            if not _pg_exists(conn, name):
-                conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+            if _pg_exists(conn, name):
+                _close_to_public(conn, name)  # left half-made by a crash, perhaps
+            else:
+                _create_closed(conn, name, template)
 
         self._pg_locked(work)
 
     async def _create_postgres(self, uri: str) -> None:
         await asyncio.to_thread(self._create_postgres_sync, uri)
+
+    def _admit(self, conn: Connection, database: str) -> None:
+        role = database
+        if not _role_exists(conn, role):
+            conn.execute(text(f'CREATE ROLE "{role}"'))
+        # Every time: a role made before the master key changed gets the current password.
+        # Not through text(): the verifier's colons would read as bind parameters.
+        verifier = scram_verifier(self._role_password(role))
+        conn.exec_driver_sql(
+            f'ALTER ROLE "{role}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE'
+            f" PASSWORD '{verifier}'"
+        )
+        conn.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO "{role}"'))
+        self._lock_down(conn)
+        engine = create_engine(self._pg(database), poolclass=NullPool)
+        try:
+            with engine.begin() as tenant:
+                # Made here, as the daemon's, rather than by the worker: the daemon reads what a
+                # stopped worker left (stored_events) and the role needs no right to create.
+                PENDING.create(tenant, checkfirst=True)
+                tenant.execute(text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+                tenant.execute(text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
+                tenant.execute(
+                    text(
+                        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public"
+                        f' TO "{role}"'
+                    )
+                )
+                tenant.execute(
+                    text(
+                        f'GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO "{role}"'
+                    )
+                )
+        finally:
+            engine.dispose()
+
+    def _lock_down(self, conn: Connection) -> None:
+        """Take PUBLIC's CONNECT and TEMPORARY from the databases made before roles existed and
+        from the control plane's; refuse to go on if the control plane's stays open."""
+        control = make_url(self._settings.control_db_url).database
+        names = {"control": control, "tenant": TENANT_PREFIX, "template": TEMPLATE_PREFIX}
+        for database, ours in conn.execute(_OPEN_TO_PUBLIC, names).all():
+            if ours:
+                conn.execute(
+                    text(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
+                )
+            elif database == control:
+                raise ProvisioningError(
+                    f"every PostgreSQL role may connect to the control plane's database {control}, "
+                    "and the daemon's role may not change that: have its owner run REVOKE CONNECT, "
+                    f"TEMPORARY ON DATABASE {control} FROM PUBLIC"
+                )
+            # Else another daemon's, under another role: that daemon closes it.
