@@ -13,16 +13,17 @@ import http.client
 import json
 import sqlite3
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from conftest import Daemon
 from mlfleet.gateway.actions import required_action
-from mlfleet.gateway.proxy import ARN_HEADER, upstream_url
+from mlfleet.gateway.proxy import ARN_HEADER
+from mlfleet.runtime.sockets import socket_session, socket_url
 
 ADDRESSING = ["url", "arn"]  # TrackingServerUrl path prefix, or ARN header (sagemaker-mlflow)
 
@@ -201,29 +202,31 @@ def test_ordinary_routes_are_forwarded(
         "/static-files/%7Euser/./a%2Fb.js",
     ],
 )
-def test_the_upstream_url_is_sent_byte_for_byte(path: str) -> None:
-    # The gateway's own client must not resolve or re-quote what required_action checked.
-    async def round_trip() -> str:
+def test_the_upstream_url_is_sent_byte_for_byte(path: str, tmp_path: Path) -> None:
+    # The gateway's own client must not resolve or re-quote what required_action checked; it
+    # reaches the worker's Unix socket with MLflow's idea of a local Host.
+    async def round_trip() -> tuple[str, str]:
         async def echo(request: web.Request) -> web.Response:
-            return web.Response(text=request.raw_path)
+            return web.Response(text=f"{request.headers['Host']} {request.raw_path}")
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", echo)
         runner = web.AppRunner(app)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        (tmp_path / "s-test").mkdir()
+        site = web.UnixSite(runner, str(tmp_path / "s-test" / "w-0.sock"))
         await site.start()
-        port = runner.addresses[0][1]
         try:
             async with (
-                aiohttp.ClientSession() as client,
-                client.delete(upstream_url(port, path)) as response,
+                socket_session(tmp_path) as client,
+                client.delete(socket_url("s-test", "w-0", path)) as response,
             ):
-                return await response.text()
+                host, _, raw_path = (await response.text()).partition(" ")
+                return host, raw_path
         finally:
             await runner.cleanup()
 
-    assert asyncio.run(round_trip()) == path
+    assert asyncio.run(round_trip()) == ("localhost", path)
 
 
 @pytest.mark.parametrize(

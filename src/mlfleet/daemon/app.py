@@ -375,6 +375,7 @@ def run(settings: Settings, banner: bool = True) -> None:
             " (profile default)\n"
             f"  console:     {settings.endpoint_url}/console (`mlfleet console` prints a sign-in"
             " link)\n"
+            f"  sandbox:     {daemon.runtime.sandbox.summary()}\n"
             f"  try:         AWS_CONFIG_FILE={settings.data_dir / 'config'} "
             f"AWS_SHARED_CREDENTIALS_FILE={daemon.credentials_path} "
             f"aws sagemaker list-mlflow-tracking-servers",

@@ -290,11 +290,21 @@ class Sandbox:
             init_pid = None  # bubblewrap failed before starting it: its exit says why
         return Spawned(process, init_pid)
 
+    @property
+    def runs_as(self) -> str:
+        return SANDBOX_USER if self.owner else "the daemon's own user"
+
+    def summary(self) -> str:
+        """One line for the daemon's start banner."""
+        if self.confined:
+            return f"bubblewrap (each server and endpoint confined, as {self.runs_as})"
+        allowed = "deployed anyway" if self.allow_unconfined else "refused"
+        return f"NONE: processes run unconfined ({self.reason}); model code is {allowed}"
+
     def describe(self) -> dict[str, object]:
         """The sandbox as /health reports it."""
         if self.confined:
-            user = SANDBOX_USER if self.owner else "the daemon's own user"
-            return {"confined": True, "tool": "bubblewrap", "runsAs": user}
+            return {"confined": True, "tool": "bubblewrap", "runsAs": self.runs_as}
         return {
             "confined": False,
             "reason": self.reason,
