@@ -25,6 +25,7 @@ from mlfleet.deploy.deployer import Deployer, Variant
 from mlfleet.deploy.service import Deployments
 from mlfleet.iam.authorizer import Authorizer, RequestFacts
 from mlfleet.metrics import Recorder
+from mlfleet.protocol.awsjson import InputValidator, load_service_model
 from mlfleet.protocol.errors import AwsError
 from mlfleet.state.models import Endpoint, EndpointConfig, SageMakerModel
 
@@ -138,6 +139,7 @@ class Invocations:
     async def handle(self, request: web.Request) -> web.Response:
         try:
             body = await read_body(request)
+            _check_headers(request)
             principal = self._credentials.verify_sigv4(
                 request,
                 body,
@@ -239,3 +241,26 @@ class Invocations:
         if status >= 400:
             raise ModelError(status, answer.decode(errors="replace"))
         return Invoked(answer, answered_type, variant.name)
+
+
+_INVOKE_INPUT = (
+    load_service_model("sagemaker-runtime").operation_model("InvokeEndpoint").input_shape
+)
+_VALIDATOR = InputValidator()
+
+
+def _check_headers(request: web.Request) -> None:
+    """The request's header and path members, against InvokeEndpoint's model (lengths,
+    patterns): a header that is not ASCII would otherwise reach the model server."""
+    document: dict[str, Any] = {"Body": ""}  # the body is checked apart (read_body)
+    for name, member in _INVOKE_INPUT.members.items():
+        where, key = member.serialization.get("location"), member.serialization.get("name", name)
+        # The path has one member, the endpoint's name (the route's {name}).
+        value = request.match_info["name"] if where == "uri" else request.headers.get(key)
+        if where in ("uri", "header") and value is not None:
+            document[name] = value
+    try:
+        _VALIDATOR.validate(_INVOKE_INPUT, document)
+    except AwsError as exc:
+        # sagemaker-runtime names its validation error ValidationError.
+        raise AwsError("ValidationError", exc.message) from None
