@@ -118,6 +118,44 @@ def test_a_store_cannot_be_moved_outside_the_roots(daemon: Daemon, tmp_path: Pat
     sm.delete_mlflow_tracking_server(TrackingServerName=name)
 
 
+def test_a_store_cannot_hold_or_lie_in_another_servers(daemon: Daemon, tmp_path: Path) -> None:
+    """Another tenant's artifacts are not reachable by naming their folder (or its parent)."""
+    victim = unique("victim")
+    daemon.client().create_mlflow_tracking_server(
+        TrackingServerName=victim, ArtifactStoreUri=f"file://{tmp_path}/victim", RoleArn=ROLE
+    )
+    sm = fred(daemon)
+    (tmp_path / "link").symlink_to(tmp_path / "victim")
+    for uri in (
+        f"file://{tmp_path}/victim",
+        f"file://{tmp_path}",
+        f"file://{tmp_path}/victim/inner",
+        f"file://{tmp_path}/link",
+    ):
+        message = refusal(
+            sm.create_mlflow_tracking_server,
+            TrackingServerName=unique("fred-x"),
+            ArtifactStoreUri=uri,
+            RoleArn=ROLE,
+        )
+        assert "overlaps the artifact store of another tracking server" in message
+        assert victim not in message
+    name = unique("fred-own")
+    sm.create_mlflow_tracking_server(
+        TrackingServerName=name, ArtifactStoreUri=f"file://{tmp_path}/fred", RoleArn=ROLE
+    )
+    daemon.wait_status(name, "Created")
+    message = refusal(
+        sm.update_mlflow_tracking_server,
+        TrackingServerName=name,
+        ArtifactStoreUri=f"file://{tmp_path}/victim",
+    )
+    assert "overlaps" in message
+    sm.delete_mlflow_tracking_server(TrackingServerName=name)
+    daemon.wait_status(victim, "Created")
+    daemon.client().delete_mlflow_tracking_server(TrackingServerName=victim)
+
+
 def test_console_and_cli_refuse_them_too(daemon: Daemon) -> None:
     answer = ConsoleBrowser(daemon).post(
         "/servers",

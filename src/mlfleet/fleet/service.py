@@ -20,7 +20,7 @@ from mlfleet.api.paging import decode_token, encode_token
 from mlfleet.auth.identity import Principal
 from mlfleet.events.bus import Event
 from mlfleet.events.sources import lifecycle_event
-from mlfleet.fleet.stores import ArtifactRoots
+from mlfleet.fleet.stores import ArtifactRoots, local_folder, resolve
 from mlfleet.protocol.errors import AwsError
 from mlfleet.settings import Settings
 from mlfleet.state.models import PresignedToken, TrackingServer, UiSession
@@ -158,6 +158,7 @@ class FleetService:
                     f"Cannot create tracking server {name}: a tracking server with this name "
                     "already exists."
                 )
+            self._check_own_folder(session, req["ArtifactStoreUri"], server_id)
             row = TrackingServer(
                 id=server_id,
                 name=name,
@@ -217,6 +218,27 @@ class FleetService:
             "FailureReason": row.failure_reason,
         }
 
+    @staticmethod
+    def _check_own_folder(session: Session, uri: str, server_id: str) -> None:
+        """A local folder store is its server's own: MLflow serves all of it to that server's
+        users, so a folder that holds, or lies in, another server's store would hand them the
+        other server's artifacts. (The other server is not named: it may be none of the
+        caller's business.)"""
+        folder = local_folder(uri)
+        if folder is None:
+            return
+        mine = resolve(folder)
+        others = session.scalars(
+            select(TrackingServer.artifact_store_uri).where(TrackingServer.id != server_id)
+        )
+        for other in filter(None, map(local_folder, others)):
+            theirs = resolve(other)
+            if mine == theirs or mine in theirs.parents or theirs in mine.parents:
+                raise validation(
+                    f"ArtifactStoreUri '{uri}' overlaps the artifact store of another tracking "
+                    "server: a local folder store must not hold, or lie in, another server's."
+                )
+
     def update(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
         if "ArtifactStoreUri" in req:
             self.stores.check(req["ArtifactStoreUri"])
@@ -224,6 +246,8 @@ class FleetService:
             row = self._get(session, req["TrackingServerName"])
             if row.status not in UPDATABLE:
                 raise self._refuse(row, "updated")
+            if "ArtifactStoreUri" in req:
+                self._check_own_folder(session, req["ArtifactStoreUri"], row.id)
             for member, column in UPDATABLE_MEMBERS.items():
                 if member in req:
                     setattr(row, column, req[member])
