@@ -52,12 +52,20 @@ class Daemon:
 
     Its artifact stores may live under `artifact_root`, by default the folder ``artifacts``
     beside the data dir (the test's ``tmp_path / "artifacts"`` for ``Daemon(tmp_path / …)``).
+    A daemon that serves HTTPS is given `ca`, the CA file its certificate is checked with.
     """
 
-    def __init__(self, data_dir: Path, *extra: str, artifact_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        artifact_root: Path | None = None,
+        ca: Path | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca = ca
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         root = artifact_root or data_dir.parent / "artifacts"
         self.extra = ("--artifact-root", str(root), *extra)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -89,9 +97,14 @@ class Daemon:
             out = (self.data_dir / "daemon.out").read_text()[-3000:]
             raise AssertionError(f"mlfleet exited with {self.proc.returncode}:\n{out}")
         try:
-            return requests.get(f"{self.url}/health", timeout=1).status_code == 200
-        except requests.RequestException:
+            answer = requests.get(f"{self.url}/health", timeout=1, verify=self.verify)
+            return answer.status_code == 200
+        except (requests.RequestException, OSError):  # OSError: a CA file not written yet
             return False
+
+    @property
+    def verify(self) -> str | bool:
+        return str(self.ca) if self.ca else True
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -121,6 +134,7 @@ class Daemon:
             region_name="us-east-1",
             aws_access_key_id=kwargs.pop("key", key),
             aws_secret_access_key=kwargs.pop("secret", secret),
+            verify=kwargs.pop("verify", self.verify),
             **kwargs,
         )
 

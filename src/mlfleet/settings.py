@@ -7,6 +7,7 @@ names below. Every field can also be given as ``MLFLEET_<FIELD>`` in the environ
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -58,16 +59,40 @@ class Settings:
     # Folders that file: artifact stores may live under (none given: <data-dir>/artifacts).
     # In the environment, separated like PATH; in the config file, a list of strings.
     artifact_roots: tuple[Path, ...] = ()
+    # HTTPS: the certificate (chain) and its private key, PEM files. Neither given and the host
+    # beyond loopback: the daemon makes a certificate and a CA (<data-dir>/ca.pem) itself.
+    tls_cert: str = ""
+    tls_key: str = ""
     # Deploy model code even where processes cannot be confined (runtime.sandbox), where it
     # runs with the daemon's rights: its keys, its databases, every tenant's data.
     allow_unconfined_model_code: bool = False
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both, or neither")
+
+    @property
+    def tls(self) -> bool:
+        """HTTPS is served: with a certificate given, or to listen beyond loopback."""
+        return bool(self.tls_cert) or not _loopback(self.host)
+
+    @property
+    def makes_own_certificate(self) -> bool:
+        return self.tls and not self.tls_cert
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA of the certificate the daemon makes, for clients to trust."""
+        return self.data_dir / "ca.pem"
 
     @property
     def endpoint_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def master_key_path(self) -> Path:
@@ -84,7 +109,8 @@ class Settings:
     @property
     def secret_files(self) -> tuple[Path, ...]:
         """Files of mlfleet's secrets that no artifact store may reach, wherever they are."""
-        return (self.master_key_path,)
+        given_key = (Path(self.tls_key).expanduser(),) if self.tls_key else ()
+        return (self.master_key_path, *given_key)
 
     @property
     def control_db_url(self) -> str:
@@ -93,6 +119,15 @@ class Settings:
     @property
     def uses_postgres(self) -> bool:
         return self.control_db_url.startswith("postgresql")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every address)
 
 
 def _coerce(name: str, raw: Any) -> Any:

@@ -25,7 +25,7 @@ def test_precedence(tmp_path: Path) -> None:
 
 
 def test_defaults_and_public_url(tmp_path: Path) -> None:
-    settings = load_settings({"data_dir": tmp_path, "host": "0.0.0.0"}, environ={})
+    settings = load_settings({"data_dir": tmp_path}, environ={})
     assert settings.port == DEFAULT_PORT
     assert settings.endpoint_url == f"http://127.0.0.1:{DEFAULT_PORT}"
     public = load_settings(
@@ -64,3 +64,21 @@ def test_artifact_roots_from_flag_environment_and_file(tmp_path: Path) -> None:
     assert load_settings({}, environ=env).artifact_roots == (Path("/x"), Path("/y"))
     flag = load_settings({"artifact_roots": (Path("/z"),)}, environ=env)
     assert flag.artifact_roots == (Path("/z"),)
+
+
+def test_tls_beyond_loopback_or_with_a_certificate(tmp_path: Path) -> None:
+    for host in ["127.0.0.1", "::1", "localhost", "127.0.0.2"]:
+        assert not load_settings({"data_dir": tmp_path, "host": host}, environ={}).tls
+    anywhere = load_settings({"data_dir": tmp_path, "host": "0.0.0.0"}, environ={})
+    assert anywhere.tls and anywhere.makes_own_certificate
+    assert anywhere.endpoint_url == f"https://127.0.0.1:{DEFAULT_PORT}"
+    assert anywhere.ca_file == tmp_path / "ca.pem"
+    named = load_settings({"data_dir": tmp_path, "host": "mlfleet.example"}, environ={})
+    assert named.endpoint_url == f"https://mlfleet.example:{DEFAULT_PORT}"
+    given = {"data_dir": tmp_path, "tls_cert": "/etc/c.pem", "tls_key": "/etc/k.pem"}
+    settings = load_settings(given, environ={})
+    assert settings.tls and not settings.makes_own_certificate
+    assert settings.endpoint_url == f"https://127.0.0.1:{DEFAULT_PORT}"
+    assert Path("/etc/k.pem") in settings.secret_files
+    with pytest.raises(ValueError, match="tls_cert and tls_key go together"):
+        load_settings({"data_dir": tmp_path, "tls_cert": "/etc/c.pem"}, environ={})

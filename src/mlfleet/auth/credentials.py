@@ -76,6 +76,9 @@ class Credentials:
         data_dir = self._settings.data_dir
         creds = data_dir / "credentials"
         config = data_dir / "config"
+        # The AWS CLI and boto3 trust the CA of a certificate the daemon made through this line.
+        own = self._settings.makes_own_certificate
+        ca_bundle = f"ca_bundle = {self._settings.ca_file}\n" if own else ""
         for path, text in (
             (
                 creds,
@@ -84,7 +87,7 @@ class Credentials:
             (
                 config,
                 f"[default]\nregion = {self._settings.region}\n"
-                f"endpoint_url = {self._settings.endpoint_url}\n",
+                f"endpoint_url = {self._settings.endpoint_url}\n{ca_bundle}",
             ),
         ):
             tmp = path.with_suffix(".tmp")

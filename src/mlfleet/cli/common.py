@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import boto3
+import botocore.session
 import typer
 from botocore.client import BaseClient
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
@@ -37,10 +38,8 @@ EndpointUrl = Annotated[
 ]
 
 
-def daemon_session(
-    data_dir: Path | None, endpoint_url: str | None, region: str | None = None
-) -> tuple[boto3.Session, str]:
-    """A boto3 session with the data dir's credentials (else the environment's), and the URL."""
+def daemon_profile(data_dir: Path | None) -> dict[str, str]:
+    """The default profile of the data dir's ``credentials`` and ``config`` files, if any."""
     folder = (data_dir or Settings().data_dir).expanduser()
     profile: dict[str, str] = {}
     for name in ("credentials", "config"):
@@ -48,8 +47,21 @@ def daemon_session(
         parser.read(folder / name)
         if parser.has_section("default"):
             profile.update(parser["default"])
+    return profile
+
+
+def daemon_session(
+    data_dir: Path | None, endpoint_url: str | None, region: str | None = None
+) -> tuple[boto3.Session, str]:
+    """A boto3 session with the data dir's credentials (else the environment's), and the URL."""
+    profile = daemon_profile(data_dir)
     endpoint = endpoint_url or profile.get("endpoint_url") or f"http://127.0.0.1:{DEFAULT_PORT}"
+    core = botocore.session.get_session()
+    if profile.get("ca_bundle"):
+        # The CA of the certificate a daemon made, as the AWS CLI reads it from the same file.
+        core.set_config_variable("ca_bundle", profile["ca_bundle"])
     session = boto3.Session(
+        botocore_session=core,
         aws_access_key_id=profile.get("aws_access_key_id") or os.environ.get("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=profile.get("aws_secret_access_key")
         or os.environ.get("AWS_SECRET_ACCESS_KEY"),

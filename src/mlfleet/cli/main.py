@@ -22,6 +22,7 @@ from mlfleet.cli.common import (
     EndpointUrl,
     call,
     console,
+    daemon_profile,
     daemon_session,
     err,
     service_client,
@@ -72,6 +73,16 @@ def up(
     config: Annotated[
         Path | None, typer.Option(help="Settings file (default DATA_DIR/mlfleet.toml).")
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve HTTPS with this certificate (PEM, chain after it); with --tls-key. "
+            "Without one, a daemon listening beyond loopback makes its own."
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="The private key of --tls-cert (PEM).")
+    ] = None,
     artifact_root: Annotated[
         list[Path] | None,
         typer.Option(
@@ -90,6 +101,7 @@ def up(
 ) -> None:
     """Start the mlfleet daemon in the foreground."""
     from mlfleet.daemon.app import run
+    from mlfleet.daemon.tls import TlsError
 
     try:
         settings = load_settings(
@@ -102,6 +114,8 @@ def up(
                 "database_url": database_url,
                 "s3_endpoint_url": s3_endpoint_url,
                 "public_url": public_url,
+                "tls_cert": tls_cert,
+                "tls_key": tls_key,
                 "artifact_roots": tuple(artifact_root) if artifact_root else None,
                 "allow_unconfined_model_code": allow_unconfined_model_code,
             },
@@ -112,7 +126,11 @@ def up(
     except (ValueError, TypeError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    run(settings)
+    try:
+        run(settings)
+    except TlsError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
 
 
 # client side ---------------------------------------------------------------------------------
@@ -333,7 +351,13 @@ def console_link(
     request = AWSRequest(method="POST", url=f"{endpoint.rstrip('/')}/console/links", data=b"")
     SigV4Auth(credentials, "sagemaker", session.region_name or "us-east-1").add_auth(request)
     try:
-        answer = requests.post(request.url, headers=dict(request.headers), data=b"", timeout=30)
+        answer = requests.post(
+            request.url,
+            headers=dict(request.headers),
+            data=b"",
+            timeout=30,
+            verify=daemon_profile(data_dir).get("ca_bundle") or True,
+        )
     except requests.ConnectionError:
         err.print(f"[red]Cannot reach mlfleet at {endpoint}[/red]: is `mlfleet up` running?")
         raise typer.Exit(1) from None

@@ -27,6 +27,7 @@ from mlfleet.console.pages import ALL_PAGES as CONSOLE_PAGES
 from mlfleet.console.sessions import ConsoleSessions
 from mlfleet.daemon.control_plane import ControlPlane
 from mlfleet.daemon.private import make_private
+from mlfleet.daemon.tls import refuse_secrets_in_clear, serve_tls
 from mlfleet.deploy.deployer import Deployer
 from mlfleet.deploy.responses import Invocations, deploy_operations
 from mlfleet.deploy.service import Deployments
@@ -312,7 +313,10 @@ def build_daemon(settings: Settings) -> Daemon:
 def build_app(daemon: Daemon) -> web.Application:
     # Bodies read whole (control plane, MLflow API calls) are capped by the setting; artifact
     # transfers are streamed and not read whole.
-    app = web.Application(client_max_size=daemon.settings.max_api_body_bytes)
+    app = web.Application(
+        client_max_size=daemon.settings.max_api_body_bytes,
+        middlewares=[refuse_secrets_in_clear],
+    )
     sandbox = daemon.runtime.sandbox
 
     async def health(_request: web.Request) -> web.Response:
@@ -364,6 +368,10 @@ def run(settings: Settings, banner: bool = True) -> None:
     configure_logging(settings)
     if tightened:
         log.info("made %d entries of the data dir owner-only (it was open to others)", tightened)
+    # Before the daemon writes the AWS config file, which names the CA of a certificate it made.
+    tls = serve_tls(settings)
+    if tls:
+        log.info("serving HTTPS, certificate SHA-256 fingerprint %s", tls.fingerprint)
     daemon = build_daemon(settings)
     if banner:
         print(
@@ -376,6 +384,7 @@ def run(settings: Settings, banner: bool = True) -> None:
             f"  console:     {settings.endpoint_url}/console (`mlfleet console` prints a sign-in"
             " link)\n"
             f"  sandbox:     {daemon.runtime.sandbox.summary()}\n"
+            f"{tls.banner() if tls else ''}"
             f"  try:         AWS_CONFIG_FILE={settings.data_dir / 'config'} "
             f"AWS_SHARED_CREDENTIALS_FILE={daemon.credentials_path} "
             f"aws sagemaker list-mlflow-tracking-servers",
@@ -395,4 +404,5 @@ def run(settings: Settings, banner: bool = True) -> None:
         access_log=None,
         handle_signals=True,
         shutdown_timeout=15,
+        ssl_context=tls.context if tls else None,
     )

@@ -113,6 +113,8 @@ class Handover:
         transport = request.transport
         if (
             not self._settings.connection_handoff
+            # A TLS session's keys live in the daemon: its socket means nothing to a worker.
+            or request.secure
             or not authorization.startswith(("Basic ", sigv4.ALGORITHM))
             or not isinstance(response, web.Response)
             or response.prepared
