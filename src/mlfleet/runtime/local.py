@@ -73,7 +73,6 @@ class SupervisedProcess(ABC):
         self.socket_path = self.socket_dir / f"{name}.sock"
         self.healthy = False
         self._sandbox = sandbox
-        self._proc: asyncio.subprocess.Process | None = None
         self._spawned: Spawned | None = None
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -111,7 +110,7 @@ class SupervisedProcess(ABC):
             spawned = await self._sandbox.spawn(
                 self.command(), view, self.environment(), logfile.fileno(), self.inherited_fds()
             )
-        self._spawned, self._proc = spawned, spawned.process
+        self._spawned = spawned
 
     def log_tail(self, limit: int = 1500) -> str:
         try:
@@ -121,13 +120,14 @@ class SupervisedProcess(ABC):
         return data.decode(errors="replace").strip()
 
     async def _wait_healthy(self, http: aiohttp.ClientSession) -> None:
-        assert self._proc is not None
+        assert self._spawned is not None
+        proc = self._spawned.process
         deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
         url = self.url(self.health_path)
         while time.monotonic() < deadline:
-            if self._proc.returncode is not None:
+            if proc.returncode is not None:
                 raise StartError(
-                    f"{self.what} exited with code {self._proc.returncode}: {self.log_tail()}"
+                    f"{self.what} exited with code {proc.returncode}: {self.log_tail()}"
                 )
             if self.socket_path.exists():
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
@@ -151,9 +151,10 @@ class SupervisedProcess(ABC):
     async def _supervise(self, http: aiohttp.ClientSession) -> None:
         backoff = 1.0
         while True:
-            assert self._proc is not None
+            assert self._spawned is not None
+            proc = self._spawned.process
             started = time.monotonic()
-            code = await self._proc.wait()
+            code = await proc.wait()
             self.healthy = False
             if self._stopping:
                 return
@@ -164,7 +165,7 @@ class SupervisedProcess(ABC):
                 self.what,
                 self.folder,
                 self.name,
-                self._proc.pid,
+                proc.pid,
                 code,
                 backoff,
             )
@@ -181,9 +182,9 @@ class SupervisedProcess(ABC):
             self.healthy = True
 
     async def _terminate(self) -> None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None or self._spawned is None:
+        if self._spawned is None or self._spawned.process.returncode is not None:
             return
+        proc = self._spawned.process
         self._spawned.terminate()
         try:
             await asyncio.wait_for(proc.wait(), STOP_GRACE_SECONDS)
