@@ -362,7 +362,7 @@ def start_side(mode: str, data_dir: Path) -> Side:
     try:
         sm = daemon.sagemaker()
         key, secret = grant_with_iam(daemon.client("iam"))
-        created = create_server(sm, SERVER, data_dir / f"artifacts-{mode}", tags=SERVER_TAGS)
+        created = create_server(sm, SERVER, daemon.artifacts, tags=SERVER_TAGS)
         workers = wait_workers(daemon.data_dir, 1)
         target = Target(mode, tracking_url(sm, SERVER), basic_header(key, secret))
         run_id = create_run(target)

@@ -139,7 +139,7 @@ def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
         sm = daemon.sagemaker()
         sm.create_mlflow_tracking_server(
             TrackingServerName="bench",
-            ArtifactStoreUri=f"file://{data_dir / 'artifacts'}",
+            ArtifactStoreUri=f"file://{daemon.artifacts}",
             RoleArn=ROLE,
         )
         while sm.describe_mlflow_tracking_server(TrackingServerName="bench")[

@@ -732,7 +732,7 @@ def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
             daemon, receiver, destination, EventsPlan.make(quick)
         )
         results["gateway"] = gateway_benchmark(
-            daemon, receiver, destination, data_dir / "artifacts", gateway_plan(quick)
+            daemon, receiver, destination, daemon.artifacts, gateway_plan(quick)
         )
     except BaseException:
         print(f"benchmark failed; daemon log tail:\n{daemon.log_tail()}", file=sys.stderr)
