@@ -126,3 +126,23 @@ def test_stop_interrupted_by_daemon_crash_is_finished(tmp_path: Path) -> None:
         assert not [p for p in _worker_pids(daemon.data_dir) if _alive(p)]
     finally:
         daemon.stop()
+
+
+def test_large_servers_on_sqlite_start_without_racing_their_workers(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Four workers of one server once raced to create the table of stored data events
+    (CreateFailed: "table … already exists"); the daemon now creates it before they start."""
+    sm = daemon.client()
+    names = [f"large-{i}-{os.getpid()}" for i in range(3)]
+    for name in names:
+        sm.create_mlflow_tracking_server(
+            TrackingServerName=name,
+            ArtifactStoreUri=f"file://{tmp_path / name}",
+            RoleArn=ROLE,
+            TrackingServerSize="Large",
+        )
+    for name in names:
+        desc = daemon.wait_status(name, "Created", "CreateFailed")
+        assert desc["TrackingServerStatus"] == "Created", desc.get("FailureReason")
+        sm.delete_mlflow_tracking_server(TrackingServerName=name)

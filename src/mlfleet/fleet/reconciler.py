@@ -290,7 +290,7 @@ class Reconciler:
                     )
             elif row.status == "Updating":
                 await self._check_artifact_store(row.artifact_store_uri)
-            await self._databases.ensure_role(row.metadata_db_uri)
+            await self._databases.ready_for_workers(row.metadata_db_uri)
             await self._runtime.start(row.id, self.spec_for(row))
         except (StartError, ProvisioningError, ArtifactStoreError, OSError) as exc:
             if row.status in SERVING:

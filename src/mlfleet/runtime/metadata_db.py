@@ -89,6 +89,14 @@ def _close_to_public(conn: Connection, database: str) -> None:
     conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
 
 
+def _create_pending(uri: str) -> None:
+    engine = create_engine(uri)
+    try:
+        PENDING.create(engine, checkfirst=True)
+    finally:
+        engine.dispose()
+
+
 def scram_verifier(password: str) -> str:
     """What PostgreSQL stores for a SCRAM-SHA-256 password (RFC 5802, RFC 7677), in its format."""
     salt = os.urandom(16)
@@ -128,10 +136,13 @@ class MetadataDatabases:
         url = self._pg(role).set(username=role, password=self._role_password(role))
         return url.render_as_string(hide_password=False)
 
-    async def ensure_role(self, uri: str) -> None:
-        """Give a PostgreSQL server's workers their role, before they start: idempotent, so that
-        servers made before roles existed get theirs, and tables added since are granted."""
+    async def ready_for_workers(self, uri: str) -> None:
+        """What a server's database needs before its workers start, done once by the daemon
+        rather than raced by the workers: the table of stored data events (stored_events) and,
+        on PostgreSQL, the workers' role. Idempotent, so that servers made before either
+        existed get them, and tables added since are granted."""
         if uri.startswith("sqlite"):
+            await asyncio.to_thread(_create_pending, uri)
             return
         database = make_url(uri).database or ""
         try:
