@@ -26,7 +26,7 @@ from conftest import Daemon
 DATA_SCIENTIST = "arn:aws:iam::aws:policy/MlfleetDataScientistAccess"
 READ_ONLY = "arn:aws:iam::aws:policy/MlfleetReadOnlyAccess"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/mlfleet"
-ACTION_TABLE = Path(__file__).parents[1] / "src/mlfleet/gateway/action_table.json"
+ACTION_TABLE = Path(__file__).parents[1] / "src/mlfleet/mlflow_api/action_table.json"
 
 
 def new_user(daemon: Daemon, *policy_arns: str, inline: str | None = None) -> dict[str, Any]:

@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 
 from conftest import Daemon
-from mlfleet.gateway.actions import required_action
 from mlfleet.gateway.proxy import ARN_HEADER
+from mlfleet.mlflow_api.actions import required_action
 from mlfleet.runtime.sockets import socket_session, socket_url
 
 ADDRESSING = ["url", "arn"]  # TrackingServerUrl path prefix, or ARN header (sagemaker-mlflow)

@@ -14,8 +14,8 @@ from mlflow.server import app as flask_app
 from mlflow.server import handlers
 from starlette.exceptions import StarletteDeprecationWarning
 
-from mlfleet.gateway import action_table
-from mlfleet.gateway.actions import (
+from mlfleet.mlflow_api import action_table
+from mlfleet.mlflow_api.actions import (
     ACTIONS,
     TABLE_FILE,
     Kind,
@@ -145,7 +145,7 @@ def test_the_committed_table_is_what_the_installed_mlflow_generates() -> None:
     # An MLflow upgrade that adds, removes or changes a route fails here, not in production.
     assert json.loads(TABLE_FILE.read_text()) == action_table.build(), (
         f"{TABLE_FILE.name} is stale for the installed MLflow: regenerate it with "
-        "`python -m mlfleet.gateway.action_table`, review the diff and decide what any new "
+        "`python -m mlfleet.mlflow_api.action_table`, review the diff and decide what any new "
         "route needs (action_table.py), then commit the file"
     )
 
@@ -154,7 +154,7 @@ def test_the_daemon_never_imports_mlflow() -> None:
     # In a fresh interpreter: this test module has imported MLflow already.
     probe = (
         "import sys, mlfleet.daemon.app; "
-        "from mlfleet.gateway.actions import required_action; "
+        "from mlfleet.mlflow_api.actions import required_action; "
         "required_action('GET', '/'); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))"
     )

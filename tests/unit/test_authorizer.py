@@ -11,8 +11,8 @@ import pytest
 
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.secrets import SecretBox
-from mlfleet.iam.authorizer import Authorizer, RequestFacts
 from mlfleet.iam.store import IamStore
+from mlfleet.policy.authorizer import Authorizer, RequestFacts
 from mlfleet.state.db import open_database
 
 ACTION = "sagemaker-mlflow:LogMetric"

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from mlfleet.events.bus import Event, json_path, target_input
-from mlfleet.events.delivery import connection_headers, retry_limits, sign
+from mlfleet.events.delivery import sign
 from mlfleet.events.pattern import parse_pattern
 from mlfleet.events.sources import api_call_event, lifecycle_detail_type
 from mlfleet.events.store import CompiledRule
+from mlfleet.events.targets import connection_headers, retry_limits
 
 ENVELOPE = Event(
     source="aws.sagemaker",

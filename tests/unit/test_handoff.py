@@ -13,7 +13,7 @@ import pytest
 from multidict import CIMultiDict
 
 from mlfleet.auth import sigv4
-from mlfleet.gateway.actions import ACTIONS
+from mlfleet.mlflow_api.actions import ACTIONS
 from mlfleet.runtime.fast_lane import (
     BODY_LIMIT,
     HEAD_LIMIT,

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import StreamReader
 from aiohttp.test_utils import make_mocked_request
 
-from mlfleet.gateway.actions import path_segments
-from mlfleet.gateway.hardening import (
+from mlfleet.mlflow_api.actions import path_segments
+from mlfleet.mlflow_api.hardening import (
     MAX_DECODINGS,
     STRIPPED_REQUEST,
     Refusal,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mlfleet.iam.policy import (
+from mlfleet.policy.evaluation import (
     Decision,
     EvaluationResult,
     Policy,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from mlfleet.iam.policy import RequestContext, parse_policy
-from mlfleet.iam.trust import Trust, parse_trust
+from mlfleet.policy.evaluation import RequestContext, parse_policy
+from mlfleet.policy.trust import Trust, parse_trust
 from mlfleet.protocol.errors import AwsError
 
 ACCOUNT = "123456789012"

@@ -24,8 +24,8 @@ from botocore.model import OperationModel, Shape
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.sigv4 import claimed_credential
-from mlfleet.iam.authorizer import Authorizer, RequestFacts, Tags
-from mlfleet.iam.policy import ContextValue
+from mlfleet.policy.authorizer import Authorizer, RequestFacts, Tags
+from mlfleet.policy.evaluation import ContextValue
 from mlfleet.protocol.awsjson import JsonProtocol
 from mlfleet.protocol.awsquery import QueryProtocol, parse_form
 from mlfleet.protocol.errors import AwsError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlfleet.api.endpoint import Check, JsonEndpoint, Operation, Recorder
 from mlfleet.audit.trail import AuditTrail
 from mlfleet.auth.credentials import Credentials
-from mlfleet.iam.authorizer import Authorizer
+from mlfleet.policy.authorizer import Authorizer
 from mlfleet.protocol.awsjson import JsonProtocol, load_service_model
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.cli.common import DataDir, console
-from mlfleet.events.delivery import dead_letters, redrive
+from mlfleet.events.dead_letters import dead_letters, redrive
 from mlfleet.settings import load_settings
 from mlfleet.state.db import open_database
 from mlfleet.state.models import EventDelivery

@@ -32,7 +32,8 @@ from mlfleet.deploy.deployer import Deployer
 from mlfleet.deploy.responses import Invocations, deploy_operations
 from mlfleet.deploy.service import Deployments
 from mlfleet.events.bus import EventBus
-from mlfleet.events.delivery import DeliveryLog, DeliveryWorker
+from mlfleet.events.dead_letters import DeliveryLog
+from mlfleet.events.delivery import DeliveryWorker
 from mlfleet.events.egress import OwnAddress
 from mlfleet.events.responses import events_endpoint
 from mlfleet.events.sources import api_call_event
@@ -40,15 +41,15 @@ from mlfleet.events.store import EventStore
 from mlfleet.fleet.reconciler import Reconciler
 from mlfleet.fleet.responses import fleet_operations, sagemaker_endpoint
 from mlfleet.fleet.service import FleetService
-from mlfleet.gateway.actions import table_mlflow_version
 from mlfleet.gateway.handover import Handover
 from mlfleet.gateway.proxy import Gateway, ServerRecord
-from mlfleet.iam.authorizer import AUTHORIZATION_MODES, Authorizer
 from mlfleet.iam.responses import iam_api, sts_api
 from mlfleet.iam.simulator import Simulator
 from mlfleet.iam.store import IamStore
 from mlfleet.iam.sts import SecurityTokenService
 from mlfleet.metrics import Recorder
+from mlfleet.mlflow_api.actions import table_mlflow_version
+from mlfleet.policy.authorizer import AUTHORIZATION_MODES, Authorizer
 from mlfleet.registry.responses import registry_operations
 from mlfleet.registry.service import ModelRegistry
 from mlfleet.registry.sync import RegistrySync
@@ -111,7 +112,7 @@ def build_daemon(settings: Settings) -> Daemon:
         log.warning(
             "the gateway's route table was generated from MLflow %s but MLflow %s is installed: "
             "routes it does not list are refused and changed ones keep their old action; "
-            "regenerate it with python -m mlfleet.gateway.action_table",
+            "regenerate it with python -m mlfleet.mlflow_api.action_table",
             table_mlflow_version(),
             mlflow_version,
         )

@@ -23,8 +23,8 @@ from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.deploy.deployer import Deployer, Variant
 from mlfleet.deploy.service import Deployments
-from mlfleet.iam.authorizer import Authorizer, RequestFacts
 from mlfleet.metrics import Recorder
+from mlfleet.policy.authorizer import Authorizer, RequestFacts
 from mlfleet.protocol.awsjson import InputValidator, load_service_model
 from mlfleet.protocol.errors import AwsError
 from mlfleet.state.models import Endpoint, EndpointConfig, SageMakerModel

@@ -19,10 +19,10 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mlfleet.api.paging import fetch_page
+from mlfleet.common.paging import fetch_page
+from mlfleet.common.time import when
+from mlfleet.events.bus import Publish
 from mlfleet.events.sources import endpoint_event
-from mlfleet.fleet.service import Publish
-from mlfleet.iam.store import when
 from mlfleet.protocol.errors import ValidationException
 from mlfleet.registry.service import ModelRegistry
 from mlfleet.settings import Settings

@@ -67,6 +67,10 @@ class Event:
         }
 
 
+# Stores events with the deliveries they cause, in the given transaction (EventBus.publish).
+Publish = Callable[[list[Event], Session], int]
+
+
 # bus name -> its enabled rules, each with its targets' stored specs (EventStore).
 RuleSource = Callable[[str], Sequence[tuple[Rule, Sequence[Mapping[str, Any]]]]]
 

@@ -15,33 +15,24 @@ connection's secret (the API key value, or the Basic password).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import hmac
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mlfleet.auth.identity import Principal
 from mlfleet.events.egress import OwnAddress, guarded_connector
-from mlfleet.iam.authorizer import Authorizer, RequestFacts
+from mlfleet.events.targets import HttpTarget, TargetResolver
 from mlfleet.state.models import EventDelivery
-
-if TYPE_CHECKING:  # the store builds on this module
-    from mlfleet.events.store import EventStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RETRY_ATTEMPTS = 185
-DEFAULT_MAX_AGE_SECONDS = 86400
 FIRST_BACKOFF_SECONDS = 0.5
 REQUEST_TIMEOUT_SECONDS = 10
 SIGNATURE_HEADER = "X-Mlfleet-Signature"
@@ -50,51 +41,13 @@ IDLE_POLL_SECONDS = 2.0
 RUN_LENGTH = 100
 KEEP_DELIVERED_SECONDS = 3600.0
 PURGE_EVERY_SECONDS = 300.0
-# Deliveries the console shows of a rule: its newest, whatever their state.
-RECENT_DELIVERIES = 50
 # Statuses worth retrying: the receiver may answer differently later.
 _RETRYABLE_4XX = {408, 429}
-
-
-@dataclass(frozen=True)
-class HttpTarget:
-    """Where and how to send: the API destination and its connection's credentials."""
-
-    url: str
-    method: str
-    headers: Mapping[str, str]
-    signing_key: bytes
-    max_attempts: int
-    max_age_seconds: float
-
-
-# (bus, rule, target id, target ARN) -> how to reach the target, or why it cannot be reached.
-TargetResolver = Callable[[str, str, str, str], HttpTarget | str]
 
 
 def sign(key: bytes, body: bytes, moment: int) -> str:
     digest = hmac.new(key, f"{moment}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={moment},v1={digest}"
-
-
-def connection_headers(
-    authorization_type: str, auth: Mapping[str, Any]
-) -> tuple[dict[str, str], bytes]:
-    """Headers a connection adds, and the secret that signs its deliveries."""
-    headers: dict[str, str] = {}
-    secret = b""
-    if authorization_type == "BASIC":
-        basic = auth.get("BasicAuthParameters", {})
-        pair = f"{basic.get('Username', '')}:{basic.get('Password', '')}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        secret = str(basic.get("Password", "")).encode()
-    elif authorization_type == "API_KEY":
-        api_key = auth.get("ApiKeyAuthParameters", {})
-        headers[str(api_key.get("ApiKeyName", "x-api-key"))] = str(api_key.get("ApiKeyValue", ""))
-        secret = str(api_key.get("ApiKeyValue", "")).encode()
-    for parameter in auth.get("InvocationHttpParameters", {}).get("HeaderParameters", []):
-        headers[parameter["Key"]] = parameter["Value"]
-    return headers, secret
 
 
 class DeliveryWorker:
@@ -315,112 +268,3 @@ class DeliveryWorker:
             session.execute(
                 update(EventDelivery).where(EventDelivery.id == delivery_id).values(**values)
             )
-
-
-def retry_limits(spec: Mapping[str, Any] | None) -> tuple[int, float]:
-    policy = (spec or {}).get("RetryPolicy") or {}
-    return (
-        int(policy.get("MaximumRetryAttempts", DEFAULT_RETRY_ATTEMPTS)),
-        float(policy.get("MaximumEventAgeInSeconds", DEFAULT_MAX_AGE_SECONDS)),
-    )
-
-
-# --- the dead-letter store ------------------------------------------------------------------------
-
-
-def dead_letters(sessions: sessionmaker[Session], rule: str | None = None) -> list[EventDelivery]:
-    with sessions() as session:
-        query = select(EventDelivery).where(EventDelivery.state == "dead")
-        if rule is not None:
-            query = query.where(EventDelivery.rule == rule)
-        return list(session.scalars(query.order_by(EventDelivery.id)))
-
-
-def redrive(sessions: sessionmaker[Session], ids: list[int] | None = None) -> int:
-    """Put dead deliveries (these, or all) back in their queues; they keep their place."""
-    query = update(EventDelivery).where(EventDelivery.state == "dead")
-    if ids is not None:
-        query = query.where(EventDelivery.id.in_(ids))
-    now = time.time()
-    with sessions.begin() as session:
-        result = session.execute(
-            query.values(state="pending", attempts=0, next_attempt_at=now, created_at=now)
-        )
-    return int(result.rowcount or 0)
-
-
-def recent_deliveries(
-    sessions: sessionmaker[Session], rule: str, limit: int = RECENT_DELIVERIES
-) -> list[EventDelivery]:
-    """A rule's newest deliveries in every state (delivered ones are kept for an hour)."""
-    with sessions() as session:
-        query = select(EventDelivery).where(EventDelivery.rule == rule)
-        return list(session.scalars(query.order_by(EventDelivery.id.desc()).limit(limit)))
-
-
-def delivery_status(delivery: EventDelivery) -> str:
-    """pending, retrying (pending after a failed attempt), delivered or dead."""
-    if delivery.state == "pending" and delivery.attempts:
-        return "retrying"
-    return delivery.state
-
-
-class DeliveryLog:
-    """Deliveries and the dead-letter store as a signed-in principal may see and redrive them.
-
-    EventBridge's API has no operation for either (AWS keeps dead letters in SQS), so no IAM
-    action names them; the checks borrow the actions that grant the same thing. A rule's
-    deliveries are what events:DescribeRule on that rule covers: the rule's own record. Redriving
-    sends events onto the bus's targets again, which is what events:PutEvents on the bus allows;
-    it also needs DescribeRule on each rule involved, so no one redrives what they cannot see.
-    """
-
-    def __init__(
-        self, sessions: sessionmaker[Session], store: EventStore, authorizer: Authorizer
-    ) -> None:
-        self._sessions = sessions
-        self._store = store
-        self._authorizer = authorizer
-
-    def recent(
-        self, principal: Principal, rule: str, *, source_ip: str | None, secure_transport: bool
-    ) -> list[EventDelivery]:
-        facts = RequestFacts(source_ip=source_ip, secure_transport=secure_transport)
-        self._authorizer.require(principal, *self._describe_rule(rule, facts))
-        return recent_deliveries(self._sessions, rule)
-
-    def dead(
-        self, principal: Principal, *, source_ip: str | None, secure_transport: bool
-    ) -> list[EventDelivery]:
-        """The dead letters of the rules the principal may describe."""
-        facts = RequestFacts(source_ip=source_ip, secure_transport=secure_transport)
-        letters = dead_letters(self._sessions)
-        visible = {
-            rule
-            for rule in {letter.rule for letter in letters}
-            if self._authorizer.check(principal, *self._describe_rule(rule, facts)).allowed
-        }
-        return [letter for letter in letters if letter.rule in visible]
-
-    def redrive(
-        self,
-        principal: Principal,
-        ids: list[int],
-        *,
-        source_ip: str | None,
-        secure_transport: bool,
-    ) -> int:
-        """Redrive these dead letters (ids no longer dead are skipped); AccessDeniedException,
-        and none redriven, unless the principal may redrive every one."""
-        facts = RequestFacts(source_ip=source_ip, secure_transport=secure_transport)
-        wanted = set(ids)
-        letters = [letter for letter in dead_letters(self._sessions) if letter.id in wanted]
-        for rule in sorted({letter.rule for letter in letters}):
-            self._authorizer.require(principal, *self._describe_rule(rule, facts))
-        self._authorizer.require(principal, "events:PutEvents", self._store.bus_arn, facts)
-        return redrive(self._sessions, [letter.id for letter in letters])
-
-    def _describe_rule(self, rule: str, facts: RequestFacts) -> tuple[str, str, RequestFacts]:
-        """events:DescribeRule on the rule, with its tags, as the API checks it."""
-        tagged = replace(facts, resource_tags=self._store.rule_tags(rule))
-        return "events:DescribeRule", self._store.rule_arn(rule), tagged

@@ -16,7 +16,7 @@ from mlfleet.api.endpoint import Check, JsonEndpoint, Operation, Recorder
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.events.store import EventStore
-from mlfleet.iam.authorizer import Authorizer
+from mlfleet.policy.authorizer import Authorizer
 from mlfleet.protocol.awsjson import JsonProtocol, load_service_model
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]

@@ -26,7 +26,6 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -35,9 +34,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.secrets import SecretBox
-from mlfleet.events.delivery import HttpTarget, connection_headers, retry_limits
+from mlfleet.common.time import when
 from mlfleet.events.egress import OwnAddress
 from mlfleet.events.pattern import EventPattern, parse_pattern
+from mlfleet.events.targets import HttpTarget, connection_headers, retry_limits
 from mlfleet.protocol import jsontext
 from mlfleet.protocol.errors import AwsError
 from mlfleet.state.models import ApiDestination, EventConnection, EventRule, EventTarget
@@ -84,10 +84,6 @@ def invalid(message: str) -> AwsError:
 
 def limit_exceeded(message: str) -> AwsError:
     return AwsError("LimitExceededException", message)
-
-
-def when(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, UTC)
 
 
 # --- paging -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from mlfleet.auth.identity import Principal
 from mlfleet.auth.ui_sessions import new_token
 from mlfleet.fleet.service import FleetService
 from mlfleet.fleet.stores import local_folder
-from mlfleet.iam.authorizer import Authorizer
+from mlfleet.policy.authorizer import Authorizer
 from mlfleet.protocol.awsjson import JsonProtocol, load_service_model
 
 Handler = Callable[[dict[str, Any], Principal], dict[str, Any]]

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mlfleet.api.paging import decode_token, encode_token
 from mlfleet.auth.identity import Principal
-from mlfleet.events.bus import Event
+from mlfleet.common.paging import decode_token, encode_token
+from mlfleet.events.bus import Publish
 from mlfleet.events.sources import lifecycle_event
 from mlfleet.fleet.stores import ArtifactRoots, local_folder, resolve
 from mlfleet.protocol.errors import AwsError
@@ -58,8 +58,6 @@ def validation(message: str) -> AwsError:
     return AwsError("ValidationException", message)
 
 
-# Stores events with the deliveries they cause, in the given transaction (EventBus.publish).
-Publish = Callable[[list[Event], Session], int]
 # SageMaker's limit on tags per resource.
 MAX_TAGS = 50
 

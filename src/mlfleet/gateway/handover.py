@@ -38,10 +38,10 @@ from mlfleet.auth import sigv4
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.events.sources import MLFLOW_DETAIL_TYPES
-from mlfleet.gateway.actions import ACTIONS, SERVICE
 from mlfleet.gateway.data_events import AUDITED_BODY_LIMIT, data_event, keeps_body
-from mlfleet.iam.authorizer import Authorizer, RequestFacts
 from mlfleet.metrics import Recorder
+from mlfleet.mlflow_api.actions import ACTIONS, SERVICE
+from mlfleet.policy.authorizer import Authorizer, RequestFacts
 from mlfleet.protocol.errors import AwsError
 from mlfleet.runtime.handoff import SIGNED_SCOPE, Channel, Message, Ticket
 from mlfleet.runtime.local import LocalRuntime, Worker

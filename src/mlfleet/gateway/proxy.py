@@ -30,7 +30,6 @@ from mlfleet.auth.identity import Principal
 from mlfleet.auth.ui_sessions import COOKIE_NAME, UiSessions
 from mlfleet.events.bus import EventBus
 from mlfleet.events.sources import MLFLOW_DETAIL_TYPES, mlflow_event
-from mlfleet.gateway.actions import is_write, required_action
 from mlfleet.gateway.data_events import (
     data_event,
     data_events_on,
@@ -38,9 +37,10 @@ from mlfleet.gateway.data_events import (
     keeps_body,
 )
 from mlfleet.gateway.handover import Handover
-from mlfleet.gateway.hardening import ARN_HEADER, STRIPPED_REQUEST, STRIPPED_RESPONSE, screen
-from mlfleet.iam.authorizer import Authorizer, RequestFacts, denial_message
 from mlfleet.metrics import Recorder
+from mlfleet.mlflow_api.actions import is_write, required_action
+from mlfleet.mlflow_api.hardening import ARN_HEADER, STRIPPED_REQUEST, STRIPPED_RESPONSE, screen
+from mlfleet.policy.authorizer import Authorizer, RequestFacts, denial_message
 from mlfleet.protocol.errors import AwsError
 from mlfleet.registry.sync import RegistrySync
 from mlfleet.registry.sync import Server as SyncServer

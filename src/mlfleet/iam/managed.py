@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from mlfleet.iam.policy import Policy, parse_policy
+from mlfleet.policy.evaluation import Policy, parse_policy
 
 POLICY_DIR = Path(__file__).with_name("managed_policies")
 ARN_PREFIX = "arn:aws:iam::aws:policy/"

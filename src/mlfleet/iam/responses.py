@@ -13,11 +13,11 @@ from typing import Any
 from mlfleet.api.endpoint import Check, Operation, QueryEndpoint, Recorder
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
-from mlfleet.iam.authorizer import Authorizer, RequestFacts
-from mlfleet.iam.policy import ContextValue
 from mlfleet.iam.simulator import Simulator
 from mlfleet.iam.store import IamStore
 from mlfleet.iam.sts import SecurityTokenService
+from mlfleet.policy.authorizer import Authorizer, RequestFacts
+from mlfleet.policy.evaluation import ContextValue
 from mlfleet.protocol.awsjson import load_service_model
 from mlfleet.protocol.awsquery import QueryProtocol
 from mlfleet.protocol.errors import AwsError

@@ -12,9 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from mlfleet.auth.identity import Principal
-from mlfleet.iam.authorizer import Authorizer, RequestFacts
-from mlfleet.iam.policy import ContextValue, PolicyKind, parse_policy
-from mlfleet.iam.store import IamStore, SourcedPolicy, invalid_input, paginate
+from mlfleet.iam.store import IamStore, invalid_input, paginate
+from mlfleet.policy.authorizer import Authorizer, RequestFacts, SourcedPolicy
+from mlfleet.policy.evaluation import ContextValue, PolicyKind, parse_policy
 
 _CONVERTERS = {
     "string": str,

@@ -12,18 +12,19 @@ import base64
 import secrets
 import string
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.secrets import SecretBox
+from mlfleet.common.time import when
 from mlfleet.iam.managed import ADMINISTRATOR_ACCESS, aws_managed_policies
-from mlfleet.iam.policy import Policy, parse_new_policy, parse_policy
-from mlfleet.iam.trust import parse_trust
+from mlfleet.policy.authorizer import SourcedPolicy
+from mlfleet.policy.evaluation import parse_new_policy, parse_policy
+from mlfleet.policy.trust import parse_trust
 from mlfleet.protocol.errors import AwsError
 from mlfleet.state.models import (
     AccessKey,
@@ -60,10 +61,6 @@ def new_secret() -> str:
     return base64.b64encode(secrets.token_bytes(30)).decode()
 
 
-def when(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, UTC)
-
-
 def no_such_entity(message: str) -> AwsError:
     return AwsError("NoSuchEntity", message, 404)
 
@@ -78,15 +75,6 @@ def delete_conflict(message: str) -> AwsError:
 
 def invalid_input(message: str) -> AwsError:
     return AwsError("InvalidInput", message)
-
-
-@dataclass(frozen=True)
-class SourcedPolicy:
-    """A policy that applies to a principal, and where it came from (SimulatePrincipalPolicy)."""
-
-    source_id: str
-    source_type: str  # IAM's PolicySourceType: user, group, role, aws-managed, user-managed
-    policy: Policy
 
 
 @dataclass(frozen=True)
@@ -429,6 +417,13 @@ class IamStore:
     def get_role(self, name: str) -> Output:
         role = self.role_record(name)
         return {"Role": _described(_role(role), role.permissions_boundary)}
+
+    def principal_tags(self, kind: str, name: str) -> Sequence[Mapping[str, str]]:
+        if kind == "user":
+            return self.user_record(name).tags
+        if kind == "role":
+            return self.role_record(name).tags
+        return ()
 
     def role_record(self, name: str) -> IamRole:
         with self._sessions() as session:

@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from mlfleet.auth.credentials import token_hash
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.secrets import SecretBox
-from mlfleet.iam.authorizer import Authorizer, RequestFacts, denial_message, principal_keys
-from mlfleet.iam.policy import Decision, EvaluationResult, RequestContext
-from mlfleet.iam.store import IamStore, new_access_key_id, new_secret, when
-from mlfleet.iam.trust import Trust, parse_trust
+from mlfleet.common.time import when
+from mlfleet.iam.store import IamStore, new_access_key_id, new_secret
+from mlfleet.policy.authorizer import Authorizer, RequestFacts, denial_message, principal_keys
+from mlfleet.policy.evaluation import Decision, EvaluationResult, RequestContext
+from mlfleet.policy.trust import Trust, parse_trust
 from mlfleet.protocol.errors import AwsError
 from mlfleet.state.models import AccessKey
 

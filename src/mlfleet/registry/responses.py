@@ -13,7 +13,7 @@ from typing import Any
 
 from mlfleet.api.endpoint import Check, Operation
 from mlfleet.auth.identity import Principal
-from mlfleet.iam.policy import ContextValue
+from mlfleet.policy.evaluation import ContextValue
 from mlfleet.registry.service import ModelRegistry
 
 Handler = Callable[[dict[str, Any], Principal], dict[str, Any]]

@@ -22,11 +22,11 @@ from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
-from mlfleet.api.paging import fetch_page
 from mlfleet.auth.identity import Principal
+from mlfleet.common.paging import fetch_page
+from mlfleet.common.time import when
+from mlfleet.events.bus import Publish
 from mlfleet.events.sources import model_package_event
-from mlfleet.fleet.service import Publish
-from mlfleet.iam.store import when
 from mlfleet.protocol.errors import ConflictException, ValidationException
 from mlfleet.settings import Settings
 from mlfleet.state.models import ModelPackage, ModelPackageGroup

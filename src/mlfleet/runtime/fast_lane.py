@@ -13,7 +13,7 @@ request itself only when the ticket settles everything the gateway would decide 
   signature the ticket's signing key verifies, for the same key, session and day;
 * an action the ticket lists as allowed: the gateway evaluated the caller's policies for every
   action on this server, which it only does when no decision depends on the moment;
-* nothing the gateway's input checks refuse (mlfleet.gateway.hardening), and a small body;
+* nothing the gateway's input checks refuse (mlfleet.mlflow_api.hardening), and a small body;
 * no change since in IAM or in the server (``Generation``);
 * none of the calls the daemon follows up (MLflow events, automatic registration): those are
   not in ``allowed``.
@@ -50,8 +50,8 @@ from a2wsgi.wsgi import build_environ
 from multidict import CIMultiDict
 
 from mlfleet.auth import sigv4
-from mlfleet.gateway.actions import SERVICE, is_write, required_action
-from mlfleet.gateway.hardening import (
+from mlfleet.mlflow_api.actions import SERVICE, is_write, required_action
+from mlfleet.mlflow_api.hardening import (
     ARN_HEADER,
     STRIPPED_REQUEST,
     STRIPPED_RESPONSE,

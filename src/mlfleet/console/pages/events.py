@@ -14,7 +14,7 @@ from mlfleet.console.app import PREFIX, Page, PageRoute, Visit
 from mlfleet.console.deletion import Deletion, attempt, named_action
 from mlfleet.console.fields import field_errors
 from mlfleet.console.forms import enum_values
-from mlfleet.events.delivery import DeliveryLog, delivery_status
+from mlfleet.events.dead_letters import DeliveryLog, delivery_status
 from mlfleet.events.pattern import INVALID_PATTERN
 from mlfleet.protocol.errors import AwsError
 from mlfleet.state.models import EventDelivery

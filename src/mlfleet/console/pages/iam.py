@@ -19,9 +19,9 @@ from aiohttp import web
 from mlfleet.console.app import PREFIX, Page, PageRoute, Visit
 from mlfleet.console.deletion import Deletion
 from mlfleet.console.fields import field_errors
-from mlfleet.gateway.actions import ACTIONS, SERVICE
 from mlfleet.iam.managed import ARN_PREFIX as AWS_POLICY_PREFIX
-from mlfleet.iam.policy import MALFORMED_POLICY
+from mlfleet.mlflow_api.actions import ACTIONS, SERVICE
+from mlfleet.policy.evaluation import MALFORMED_POLICY
 from mlfleet.protocol.errors import AwsError
 
 _ROOT = f"{PREFIX}/iam"

@@ -11,7 +11,7 @@ refuses them at run time whatever the table says.
 Importing ``mlflow.server`` takes seconds and 100+ MB, so this runs when MLflow is upgraded, not
 in the daemon:
 
-    python -m mlfleet.gateway.action_table
+    python -m mlfleet.mlflow_api.action_table
 
 A unit test regenerates the table and fails while the committed file differs.
 """
@@ -24,7 +24,7 @@ import json
 from google.protobuf.message import Message
 from mlflow.server import handlers
 
-from mlfleet.gateway.actions import (
+from mlfleet.mlflow_api.actions import (
     ACTIONS,
     SERVICE,
     TABLE_FILE,

@@ -1,7 +1,7 @@
 """Role trust policies: who may assume a role (the resource policy that ``sts:AssumeRole`` reads).
 
 A trust statement is an identity-policy statement plus a ``Principal`` and minus ``Resource``
-(the role is the resource). The statement body is compiled by :mod:`mlfleet.iam.policy`, so
+(the role is the resource). The statement body is compiled by :mod:`mlfleet.policy.evaluation`, so
 actions and conditions mean exactly what they mean elsewhere; only principal matching is here.
 
 IAM's rule for a caller of the role's own account: a trust policy that names the caller's ARN
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from mlfleet.iam.policy import (
+from mlfleet.policy.evaluation import (
     MALFORMED_POLICY,
     Decision,
     Policy,

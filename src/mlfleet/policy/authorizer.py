@@ -14,18 +14,18 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from mlfleet.auth.identity import Principal
-from mlfleet.iam.policy import (
+from mlfleet.policy.evaluation import (
     ContextValue,
     Decision,
     EvaluationResult,
+    Policy,
     PolicyKind,
     RequestContext,
     evaluate_bounded,
 )
-from mlfleet.iam.store import IamStore, SourcedPolicy
 from mlfleet.protocol.errors import AwsError
 
 Tags = Sequence[Mapping[str, str]]
@@ -33,6 +33,28 @@ Tags = Sequence[Mapping[str, str]]
 DECISION_CACHE_LIMIT = 50_000
 AUTHORIZATION_MODES = ("iam", "authenticate-only")
 _NOT_ENFORCED = EvaluationResult(Decision.ALLOW, "authorization = authenticate-only")
+
+
+@dataclass(frozen=True)
+class SourcedPolicy:
+    """A policy that applies to a principal, and where it came from (SimulatePrincipalPolicy)."""
+
+    source_id: str
+    source_type: str  # IAM's PolicySourceType: user, group, role, aws-managed, user-managed
+    policy: Policy
+
+
+class PolicySource(Protocol):
+    """Where a principal's policies come from (mlfleet.iam's store)."""
+
+    def policies_of(self, kind: str, name: str) -> Sequence[SourcedPolicy]:
+        """Every identity policy that applies to a user (with its groups') or a role."""
+
+    def boundary_of(self, kind: str, name: str) -> Sequence[SourcedPolicy]:
+        """The permissions boundary of a user or a role; empty when there is none."""
+
+    def principal_tags(self, kind: str, name: str) -> Tags:
+        """The tags of a user or a role (aws:PrincipalTag); empty for anything else."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +93,7 @@ class _PrincipalPolicies:
 
 
 class Authorizer:
-    def __init__(self, store: IamStore, account_id: str, enforce: bool = True) -> None:
+    def __init__(self, store: PolicySource, account_id: str, enforce: bool = True) -> None:
         self._store = store
         self._account = account_id
         self._enforce = enforce
@@ -165,11 +187,7 @@ class Authorizer:
         return loaded
 
     def _principal_tags(self, principal: Principal) -> Tags:
-        if principal.kind == "user":
-            return self._store.user_record(principal.name).tags
-        if principal.kind == "role":
-            return self._store.role_record(principal.name).tags
-        return ()
+        return self._store.principal_tags(principal.kind, principal.name)
 
 
 def _decide(

@@ -33,7 +33,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 
 from aiohttp import web
 
-from mlfleet.gateway.actions import api_relative, path_segments
+from mlfleet.mlflow_api.actions import api_relative, path_segments
 
 INVALID = "INVALID_PARAMETER_VALUE"
 TOO_LARGE = "RESOURCE_LIMIT_EXCEEDED"

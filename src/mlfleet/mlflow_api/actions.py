@@ -1,7 +1,7 @@
 """Which ``sagemaker-mlflow:`` IAM action a data-plane request needs, failing closed.
 
 The route table is data: ``action_table.json``, generated from MLflow's own route list by
-``action_table.py`` (``python -m mlfleet.gateway.action_table``) and checked against the
+``action_table.py`` (``python -m mlfleet.mlflow_api.action_table``) and checked against the
 installed MLflow by the unit tests. Loading it, on first use, takes milliseconds and never
 imports MLflow, whose server module would cost the daemon seconds and 100+ MB. Written down
 here are the route
@@ -250,7 +250,7 @@ def encode_table(
     for _, template in routes:
         _compile(template)  # a converter the gateway cannot match fails here, not in the daemon
     return {
-        "generated_by": "python -m mlfleet.gateway.action_table: regenerate, do not edit",
+        "generated_by": "python -m mlfleet.mlflow_api.action_table: regenerate, do not edit",
         "mlflow_version": mlflow_version,
         "routes": {f"{method} {path}": need.to_json() for (method, path), need in routes.items()},
     }

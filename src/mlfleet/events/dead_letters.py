@@ -1,0 +1,115 @@
+"""Deliveries and the dead-letter store: list, inspect and redrive (console and CLI)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from mlfleet.auth.identity import Principal
+from mlfleet.events.store import EventStore
+from mlfleet.policy.authorizer import Authorizer, RequestFacts
+from mlfleet.state.models import EventDelivery
+
+# Deliveries the console shows of a rule: its newest, whatever their state.
+RECENT_DELIVERIES = 50
+
+
+def dead_letters(sessions: sessionmaker[Session], rule: str | None = None) -> list[EventDelivery]:
+    with sessions() as session:
+        query = select(EventDelivery).where(EventDelivery.state == "dead")
+        if rule is not None:
+            query = query.where(EventDelivery.rule == rule)
+        return list(session.scalars(query.order_by(EventDelivery.id)))
+
+
+def redrive(sessions: sessionmaker[Session], ids: list[int] | None = None) -> int:
+    """Put dead deliveries (these, or all) back in their queues; they keep their place."""
+    query = update(EventDelivery).where(EventDelivery.state == "dead")
+    if ids is not None:
+        query = query.where(EventDelivery.id.in_(ids))
+    now = time.time()
+    with sessions.begin() as session:
+        result = session.execute(
+            query.values(state="pending", attempts=0, next_attempt_at=now, created_at=now)
+        )
+    return int(result.rowcount or 0)
+
+
+def recent_deliveries(
+    sessions: sessionmaker[Session], rule: str, limit: int = RECENT_DELIVERIES
+) -> list[EventDelivery]:
+    """A rule's newest deliveries in every state (delivered ones are kept for an hour)."""
+    with sessions() as session:
+        query = select(EventDelivery).where(EventDelivery.rule == rule)
+        return list(session.scalars(query.order_by(EventDelivery.id.desc()).limit(limit)))
+
+
+def delivery_status(delivery: EventDelivery) -> str:
+    """pending, retrying (pending after a failed attempt), delivered or dead."""
+    if delivery.state == "pending" and delivery.attempts:
+        return "retrying"
+    return delivery.state
+
+
+class DeliveryLog:
+    """Deliveries and the dead-letter store as a signed-in principal may see and redrive them.
+
+    EventBridge's API has no operation for either (AWS keeps dead letters in SQS), so no IAM
+    action names them; the checks borrow the actions that grant the same thing. A rule's
+    deliveries are what events:DescribeRule on that rule covers: the rule's own record. Redriving
+    sends events onto the bus's targets again, which is what events:PutEvents on the bus allows;
+    it also needs DescribeRule on each rule involved, so no one redrives what they cannot see.
+    """
+
+    def __init__(
+        self, sessions: sessionmaker[Session], store: EventStore, authorizer: Authorizer
+    ) -> None:
+        self._sessions = sessions
+        self._store = store
+        self._authorizer = authorizer
+
+    def recent(
+        self, principal: Principal, rule: str, *, source_ip: str | None, secure_transport: bool
+    ) -> list[EventDelivery]:
+        facts = RequestFacts(source_ip=source_ip, secure_transport=secure_transport)
+        self._authorizer.require(principal, *self._describe_rule(rule, facts))
+        return recent_deliveries(self._sessions, rule)
+
+    def dead(
+        self, principal: Principal, *, source_ip: str | None, secure_transport: bool
+    ) -> list[EventDelivery]:
+        """The dead letters of the rules the principal may describe."""
+        facts = RequestFacts(source_ip=source_ip, secure_transport=secure_transport)
+        letters = dead_letters(self._sessions)
+        visible = {
+            rule
+            for rule in {letter.rule for letter in letters}
+            if self._authorizer.check(principal, *self._describe_rule(rule, facts)).allowed
+        }
+        return [letter for letter in letters if letter.rule in visible]
+
+    def redrive(
+        self,
+        principal: Principal,
+        ids: list[int],
+        *,
+        source_ip: str | None,
+        secure_transport: bool,
+    ) -> int:
+        """Redrive these dead letters (ids no longer dead are skipped); AccessDeniedException,
+        and none redriven, unless the principal may redrive every one."""
+        facts = RequestFacts(source_ip=source_ip, secure_transport=secure_transport)
+        wanted = set(ids)
+        letters = [letter for letter in dead_letters(self._sessions) if letter.id in wanted]
+        for rule in sorted({letter.rule for letter in letters}):
+            self._authorizer.require(principal, *self._describe_rule(rule, facts))
+        self._authorizer.require(principal, "events:PutEvents", self._store.bus_arn, facts)
+        return redrive(self._sessions, [letter.id for letter in letters])
+
+    def _describe_rule(self, rule: str, facts: RequestFacts) -> tuple[str, str, RequestFacts]:
+        """events:DescribeRule on the rule, with its tags, as the API checks it."""
+        tagged = replace(facts, resource_tags=self._store.rule_tags(rule))
+        return "events:DescribeRule", self._store.rule_arn(rule), tagged
