@@ -14,18 +14,16 @@ Run: ``.venv/bin/python bench/auth.py [--quick] [--out bench/results] [--keep]``
    log-metric and get-run at several concurrencies, policies on and off alternating round by
    round, medians of the rounds.
 
-The load generator, daemon handling and report helpers come from bench/run.py. Every loop is
-bounded; daemons, workers and the data dir go on any exit (unless ``--keep``).
+The daemon handling and report helpers come from bench/common.py, the load generator and the
+on/off matrix from bench/loadgen.py. Every loop is bounded; daemons, workers and the data dir go
+on any exit (unless ``--keep``).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,35 +31,33 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
-# bench/run.py: a script's own directory is first on sys.path.
-from run import (
+from common import (
     REQUEST_TIMEOUT,
     BenchDaemon,
     CpuProbe,
     Plan,
     Target,
-    _terminate_on_sigterm,
-    arguments,
     basic_header,
     create_run,
     create_server,
     errors_seen,
-    machine_info,
-    median,
+    finish_results,
+    header,
+    main_of,
+    new_results,
     percentile,
-    run_case,
+    span,
     tracking_url,
     wait_workers,
-    warm,
 )
+from loadgen import ON_OFF, Side, on_off_matrix, on_off_rows, on_off_table, warm
 
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.secrets import SecretBox
-from mlfleet.gateway.actions import required_action
-from mlfleet.iam.authorizer import Authorizer, RequestFacts
 from mlfleet.iam.store import IamStore
+from mlfleet.mlflow_api.actions import required_action
+from mlfleet.policy.authorizer import Authorizer, RequestFacts
 from mlfleet.settings import Settings
 from mlfleet.state.db import open_database
 
@@ -320,38 +316,20 @@ def micro_benchmark(setup: InProcess, plan: MicroPlan) -> dict[str, Any]:
 # 2. through the gateway, policies on vs off
 
 
+# The daemon's ``authorization`` setting on each side.
 MODES = {"on": "iam", "off": "authenticate-only"}
 
 
 def throughput_plan(quick: bool) -> Plan:
-    """bench/run.py's Plan; ``target_repeats`` is the number of on/off rounds per case."""
-    if quick:
-        return Plan(
-            cycles=0,
-            warmup=0.5,
-            duration=2.0,
-            concurrencies=(1, 8),
-            client_calls=0,
-            target_repeats=1,
-        )
+    """The cases through the gateway; ``target_repeats`` is the number of on/off rounds each."""
     return Plan(
         cycles=0,
-        warmup=1.0,
-        duration=5.0,
-        concurrencies=(1, 8, 32),
+        warmup=0.5 if quick else 1.0,
+        duration=2.0 if quick else 5.0,
+        concurrencies=(1, 8) if quick else (1, 8, 32),
         client_calls=0,
-        target_repeats=5,
+        target_repeats=1 if quick else 5,
     )
-
-
-@dataclass
-class Side:
-    mode: str
-    daemon: BenchDaemon
-    target: Target
-    run_id: str
-    probe: CpuProbe
-    enforcement: dict[str, Any]
 
 
 def start_side(mode: str, data_dir: Path) -> Side:
@@ -404,65 +382,13 @@ def enforcement_probe(target: Target, run_id: str) -> dict[str, Any]:
     }
 
 
-def gateway_matrix(
-    sides: dict[str, Side], plan: Plan, kinds: tuple[str, ...] = ("log-metric", "get-run")
-) -> list[dict[str, Any]]:
-    """Every (endpoint, concurrency): ``plan.target_repeats`` rounds of on and off, swapping
-    which goes first each round, so that drift on a shared machine hits both alike."""
-    cases: list[dict[str, Any]] = []
-    index = 0
-    for kind in kinds:
-        for concurrency in plan.concurrencies:
-            for repeat in range(1, plan.target_repeats + 1):
-                order = ("on", "off") if index % 2 == 0 else ("off", "on")
-                index += 1
-                for mode in order:
-                    side = sides[mode]
-                    case = run_case(kind, side.run_id, side.target, concurrency, plan, side.probe)
-                    case.repeat = repeat
-                    cases.append(asdict(case))
-    return cases
-
-
-def on_off_rows(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (endpoint, concurrency): medians of the rounds each way and the on/off ratios."""
-    rows = []
-    keys = dict.fromkeys((c["endpoint"], c["concurrency"]) for c in cases)
-    for endpoint, concurrency in keys:
-        mine = [c for c in cases if (c["endpoint"], c["concurrency"]) == (endpoint, concurrency)]
-        by_mode = {m: [c for c in mine if c["mode"] == m] for m in MODES}
-        row: dict[str, Any] = {"endpoint": endpoint, "concurrency": concurrency}
-        for mode, runs in by_mode.items():
-            row[mode] = {
-                "rps": median([c["rps"] for c in runs]),
-                "p50_ms": median([c["p50_ms"] for c in runs]),
-                "p99_ms": median([c["p99_ms"] for c in runs]),
-                "gateway_cpu_ms": median([c["cpu_ms_per_request"]["gateway"] for c in runs]),
-                "worker_cpu_ms": median([c["cpu_ms_per_request"]["worker"] for c in runs]),
-                "errors": sum(c["errors"] for c in runs),
-                "rounds_rps": [c["rps"] for c in runs],
-                "foreign_cores": median([c["foreign_cores"] for c in runs]),
-            }
-        on, off = row["on"], row["off"]
-        row["ratio"] = on["rps"] / off["rps"] if off["rps"] else math.nan
-        row["round_ratios"] = [
-            a / b if b else math.nan
-            for a, b in zip(on["rounds_rps"], off["rounds_rps"], strict=True)
-        ]
-        # Each round's on and off ran back to back: the median of their ratios is the least
-        # disturbed by drift over the run.
-        row["paired_ratio"] = median(row["round_ratios"])
-        rows.append(row)
-    return rows
-
-
 def gateway_benchmark(data_dir: Path, plan: Plan) -> dict[str, Any]:
     sides: dict[str, Side] = {}
     try:
-        for mode in MODES:
+        for mode in ON_OFF:
             sides[mode] = start_side(mode, data_dir)
         print("throughput, policies on vs off ...", flush=True)
-        cases = gateway_matrix(sides, plan)
+        cases = on_off_matrix(sides, plan)
     except BaseException:
         for side in sides.values():
             print(f"daemon log tail ({side.mode}):\n{side.daemon.log_tail()}", file=sys.stderr)
@@ -472,7 +398,7 @@ def gateway_benchmark(data_dir: Path, plan: Plan) -> dict[str, Any]:
             side.daemon.close()
     return {
         "plan": asdict(plan),
-        "setup": {mode: side.enforcement for mode, side in sides.items()},
+        "setup": {mode: side.setup for mode, side in sides.items()},
         "cases": cases,
         "rows": on_off_rows(cases),
     }
@@ -480,23 +406,6 @@ def gateway_benchmark(data_dir: Path, plan: Plan) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # report
-
-
-def header(title: str, results: dict[str, Any]) -> list[str]:
-    """The report's title, what ran when (and on which commit), and the machine."""
-    m = results["machine"]
-    return [
-        title,
-        "",
-        f"`{results['command']}` — {m['date']}, git {m['git_commit']}, "
-        f"{'quick' if results['quick'] else 'full'} run, {results['total_seconds']:.0f} s."
-        + (f" Uncommitted edits in: {', '.join(m['git_modified'])}." if m["git_modified"] else ""),
-        "",
-        f"Machine: {m['cpu_model']}, {m['nproc']} cores (nproc), {m['memory_gib']:.1f} GiB, "
-        f"kernel {m['kernel']}; Python {m['python']}, MLflow {m['mlflow']}, aiohttp "
-        f"{m['aiohttp']}. Load average at start / end: {' '.join(m['loadavg_at_start'])} / "
-        f"{' '.join(results['loadavg_at_end'])}.",
-    ]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -544,7 +453,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"policies {mode}: DeleteRun {s['delete_run_status']}, GetRun {s['get_run_status']}"
             for mode, s in gateway["setup"].items()
         )
-        + ". aiohttp closed loop with keep-alive (bench/run.py), "
+        + ". aiohttp closed loop with keep-alive (bench/loadgen.py), "
         f"{gp['warmup']:g} s warm-up + {gp['duration']:g} s per case, "
         f"{gp['target_repeats']} round(s) per case with on and off alternating (who goes first "
         "swaps every round); the figures are medians of the rounds. Only one daemon is loaded at "
@@ -569,30 +478,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def on_off_table(rows: list[dict[str, Any]]) -> list[str]:
-    """``on_off_rows`` as a table: medians of the rounds, the ratios, each round's ratio."""
-    lines = [
-        "| endpoint | c | on req/s | off req/s | on/off | of medians | each round "
-        "| on p50 / p99 ms | off p50 / p99 ms | gateway CPU/req on / off ms "
-        "| worker CPU/req on / off ms | errors on / off | other load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        on, off = r["on"], r["off"]
-        lines.append(
-            f"| {r['endpoint']} | {r['concurrency']} | {on['rps']:.1f} | {off['rps']:.1f} "
-            f"| **{r['paired_ratio']:.0%}** | {r['ratio']:.0%} "
-            f"| {', '.join(f'{x:.0%}' for x in r['round_ratios'])} "
-            f"| {on['p50_ms']:.1f} / {on['p99_ms']:.1f} "
-            f"| {off['p50_ms']:.1f} / {off['p99_ms']:.1f} "
-            f"| {on['gateway_cpu_ms']:.2f} / {off['gateway_cpu_ms']:.2f} "
-            f"| {on['worker_cpu_ms']:.1f} / {off['worker_cpu_ms']:.1f} "
-            f"| {on['errors']} / {off['errors']} "
-            f"| {on['foreign_cores']:.2f} / {off['foreign_cores']:.2f} |"
-        )
-    return lines
-
-
 def summary(results: dict[str, Any]) -> str:
     """The cached check set against the daemon's whole CPU per request, and the ratio range."""
     cached = [r["p50_us"] for r in results["micro"]["rows"] if r["scenario"] == "cached"]
@@ -601,55 +486,29 @@ def summary(results: dict[str, Any]) -> str:
     ratios = [r["paired_ratio"] for r in rows]
     extra = statistics.median(r["on"]["gateway_cpu_ms"] - r["off"]["gateway_cpu_ms"] for r in rows)
     return (
-        f"In short: a cached decision costs {_span(cached, '.1f')} µs (p50), "
-        f"{_span([max(cached) / c for c in cpu_us], '.2%')} of the daemon's "
-        f"{_span([c / 1000 for c in cpu_us], '.2f')} ms of CPU per request with policies on. "
-        f"Through the gateway, policies on vs off: {_span(ratios, '.0%')} of the throughput "
+        f"In short: a cached decision costs {span(cached, '.1f')} µs (p50), "
+        f"{span([max(cached) / c for c in cpu_us], '.2%')} of the daemon's "
+        f"{span([c / 1000 for c in cpu_us], '.2f')} ms of CPU per request with policies on. "
+        f"Through the gateway, policies on vs off: {span(ratios, '.0%')} of the throughput "
         "across the cases (median of round ratios; the spread between rounds is in the 'each "
         "round' column), and the daemon's CPU per request differed by "
         f"{extra * 1000:+.0f} µs (median over the cases of on - off)."
     )
 
 
-def _span(values: list[float], fmt: str) -> str:
-    low, high = format(min(values), fmt), format(max(values), fmt)
-    return low if low == high else f"{low}-{high}"
-
-
-def write_results(out_dir: Path, results: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "auth-latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out_dir / "auth-latest.md").write_text(markdown(results))
+def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
+    results = new_results("bench/auth.py", quick)
+    results["policy_set"] = POLICY_SET
+    started = time.perf_counter()
+    print("Authorizer.check in process ...", flush=True)
+    results["micro"] = micro_benchmark(in_process(data_dir / "in-process"), MicroPlan.make(quick))
+    results["gateway"] = gateway_benchmark(data_dir, throughput_plan(quick))
+    finish_results(results, started)
+    return results
 
 
 def main() -> None:
-    args = arguments(__doc__, "a smoke run: fewer, shorter cases")
-
-    _terminate_on_sigterm()
-    data_dir = Path(tempfile.mkdtemp(prefix="mlfleet-bench-auth-"))
-    started = time.perf_counter()
-    results: dict[str, Any] = {
-        "command": " ".join([".venv/bin/python", "bench/auth.py", *sys.argv[1:]]),
-        "quick": args.quick,
-        "machine": machine_info(),
-        "policy_set": POLICY_SET,
-    }
-    try:
-        print("Authorizer.check in process ...", flush=True)
-        results["micro"] = micro_benchmark(
-            in_process(data_dir / "in-process"), MicroPlan.make(args.quick)
-        )
-        results["gateway"] = gateway_benchmark(data_dir, throughput_plan(args.quick))
-    finally:
-        if args.keep:
-            print(f"data dir kept: {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    results["total_seconds"] = time.perf_counter() - started
-    write_results(args.out, results)
-    print()
-    print(markdown(results))
+    main_of(__doc__, "a smoke run: fewer, shorter cases", "auth", run_benchmark, markdown)
 
 
 if __name__ == "__main__":

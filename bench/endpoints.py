@@ -12,30 +12,20 @@ scikit-learn LogisticRegression logged and registered through the gateway. Measu
    client per thread, a 5-row JSON payload, at concurrency 1 and 8, against the one-instance
    and the two-instance endpoint: throughput, p50 and p99 (client-side, boto3 included).
 
-Daemon handling, the options and the machine description come from bench/run.py.
+Daemon handling, the options and the machine description come from bench/common.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-# bench/run.py: a script's own directory is first on sys.path.
-from run import (
-    NO_TELEMETRY,
-    BenchDaemon,
-    _terminate_on_sigterm,
-    arguments,
-    in_temp_dir,
-    machine_info,
-)
+from common import BenchDaemon, loadavg, machine_info, main_of
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
 FEATURES = np.array([[0.1, 1.0], [2.0, -1.0], [0.5, 0.5], [-3.0, 2.0], [1.5, 0.2]])
@@ -133,8 +123,7 @@ def load(daemon: BenchDaemon, endpoint: str, concurrency: int, seconds: float) -
 def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
     rounds, seconds = (1, 3.0) if quick else (3, 15.0)
     results: dict[str, Any] = {"quick": quick, "machine": machine_info()}
-    daemon = BenchDaemon(data_dir / "daemon", NO_TELEMETRY)
-    try:
+    with BenchDaemon(data_dir / "daemon") as daemon:
         daemon.start()
         sm = daemon.sagemaker()
         sm.create_mlflow_tracking_server(
@@ -160,12 +149,7 @@ def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
             for instances in (1, 2)
             for c in (1, 8)
         ]
-    except BaseException:
-        print(f"benchmark failed; daemon log tail:\n{daemon.log_tail()}", file=sys.stderr)
-        raise
-    finally:
-        daemon.close()
-    results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    results["loadavg_at_end"] = loadavg()
     return results
 
 
@@ -199,15 +183,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    args = arguments(__doc__, "a smoke run: one round, 3-second load cases")
-    _terminate_on_sigterm()
-    results = in_temp_dir(
-        "mlfleet-bench-endpoints-", args.keep, lambda d: run_benchmark(d, args.quick)
+    main_of(
+        __doc__, "a smoke run: one round, 3-second load cases", "endpoints", run_benchmark, markdown
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "endpoints-latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "endpoints-latest.md").write_text(markdown(results))
-    print(markdown(results))
 
 
 if __name__ == "__main__":

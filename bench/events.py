@@ -16,19 +16,19 @@ on 127.0.0.1 (its own thread and uvloop event loop) that the rules' API destinat
    keeps data events on (the default) and has a rule routing its MLflow events to the receiver;
    "off" is tagged mlfleet:data-events=off and no rule matches it. Closed-loop create-run (a data
    event and an EventBridge event) and log-metric (a data event only) at c=1 and c=8, on and off
-   alternating round by round (bench/auth.py's matrix), medians of the rounds. An "on" case
-   ends only once the receiver has every event it caused, so delivery is inside its figures.
+   alternating round by round (bench/loadgen.py's on/off matrix), medians of the rounds. An
+   "on" case ends only once the receiver has every event it caused, so delivery is inside its
+   figures.
 
-The load generator, daemon handling and report helpers come from bench/run.py and bench/auth.py.
-Every wait is bounded; the daemon, its workers and the data dir go on any exit (unless
-``--keep``).
+The daemon handling and report helpers come from bench/common.py, the load generator and the
+on/off matrix from bench/loadgen.py. Every wait is bounded; the daemon, its workers and the
+data dir go on any exit (unless ``--keep``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
 import uuid
@@ -39,32 +39,29 @@ from typing import Any
 
 import requests
 from aiohttp import web
-
-# bench/run.py and bench/auth.py: a script's own directory is first on sys.path.
-from auth import Side, _span, gateway_matrix, header, on_off_rows, on_off_table
 from botocore.exceptions import BotoCoreError, ClientError
-from run import (
+from common import (
     REQUEST_TIMEOUT,
     BenchDaemon,
     CpuProbe,
     Plan,
     Target,
-    _terminate_on_sigterm,
-    arguments,
     basic_header,
     create_run,
     create_server,
     errors_seen,
+    finish_results,
     free_port,
-    in_temp_dir,
-    machine_info,
+    header,
+    main_of,
     median,
+    new_results,
     percentile,
-    run_async,
+    span,
     tracking_url,
     wait_workers,
-    warm,
 )
+from loadgen import Side, on_off_matrix, on_off_rows, on_off_table, run_async, warm
 
 SOURCE = "mlfleet.bench"
 API_KEY = "bench-receiver-key-0123456789"
@@ -90,7 +87,7 @@ class EventsPlan:
 
 
 def gateway_plan(quick: bool) -> Plan:
-    """bench/run.py's Plan; ``target_repeats`` is the number of on/off rounds per case."""
+    """The cases through the gateway; ``target_repeats`` is the number of on/off rounds each."""
     return Plan(
         cycles=0,
         warmup=0.5 if quick else 1.0,
@@ -497,7 +494,7 @@ def gateway_benchmark(
 ) -> dict[str, Any]:
     sides, setup = start_sides(daemon, receiver, destination, artifacts)
     print("throughput, audit and events on vs off ...", flush=True)
-    cases = gateway_matrix(sides, plan, kinds=("create-run", "log-metric"))
+    cases = on_off_matrix(sides, plan, kinds=("create-run", "log-metric"))
     for mode, side in sides.items():
         assert isinstance(side.probe, SettlingProbe)
         mine = [c for c in cases if c["mode"] == mode]
@@ -511,7 +508,7 @@ def gateway_benchmark(
         row["off"]["events"] = sum(c["events"]["events"] for c in mine if c["mode"] == "off")
     return {
         "plan": asdict(plan),
-        "setup": {**setup, "create_s": {m: s.enforcement["create_s"] for m, s in sides.items()}},
+        "setup": {**setup, "create_s": {m: s.setup["create_s"] for m, s in sides.items()}},
         "cases": cases,
         "rows": rows,
     }
@@ -633,7 +630,7 @@ def gateway_markdown(part: dict[str, Any]) -> list[str]:
         f"{'yes' if checked['off']['create_run_delivered'] else 'no'}.",
         "",
         "create-run (`runs/create`): one data event and one event delivered to the receiver; "
-        "log-metric: one data event only. aiohttp closed loop with keep-alive (bench/run.py), "
+        "log-metric: one data event only. aiohttp closed loop with keep-alive (bench/loadgen.py), "
         "HTTP Basic with the admin's key, "
         f"{plan['warmup']:g} s warm-up + {plan['duration']:g} s per case, "
         f"{plan['target_repeats']} round(s) per case with on and off alternating (who goes "
@@ -702,59 +699,36 @@ def in_short(rows: list[dict[str, Any]]) -> str:
         cpu = [added(r, "gateway_cpu_ms") for r in mine]
         p50 = [added(r, "p50_ms") for r in mine]
         parts.append(
-            f"{endpoint} ({what}) keeps {_span(ratios, '.0%')} of its off throughput at c=1/8, "
-            f"costs the daemon {_span(cpu, '.2f')} ms more CPU per call and adds "
-            f"{_span(p50, '.1f')} ms at p50"
+            f"{endpoint} ({what}) keeps {span(ratios, '.0%')} of its off throughput at c=1/8, "
+            f"costs the daemon {span(cpu, '.2f')} ms more CPU per call and adds "
+            f"{span(p50, '.1f')} ms at p50"
         )
     return "In short: " + "; ".join(parts) + "."
 
 
-def write_results(out_dir: Path, results: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "events-latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out_dir / "events-latest.md").write_text(markdown(results))
-
-
 def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
-    results: dict[str, Any] = {
-        "command": " ".join([".venv/bin/python", "bench/events.py", *sys.argv[1:]]),
-        "quick": quick,
-        "machine": machine_info(),
-    }
+    results = new_results("bench/events.py", quick)
     started = time.perf_counter()
     receiver = Receiver().start()
-    daemon = BenchDaemon(data_dir / "daemon")
     try:
-        print(f"starting mlfleet in {daemon.data_dir} ...", flush=True)
-        daemon.start()
-        destination = api_destination(daemon.client("events"), receiver)
-        results["put_events"] = put_events_benchmark(
-            daemon, receiver, destination, EventsPlan.make(quick)
-        )
-        results["gateway"] = gateway_benchmark(
-            daemon, receiver, destination, daemon.artifacts, gateway_plan(quick)
-        )
-    except BaseException:
-        print(f"benchmark failed; daemon log tail:\n{daemon.log_tail()}", file=sys.stderr)
-        raise
+        with BenchDaemon(data_dir / "daemon") as daemon:
+            print(f"starting mlfleet in {daemon.data_dir} ...", flush=True)
+            daemon.start()
+            destination = api_destination(daemon.client("events"), receiver)
+            results["put_events"] = put_events_benchmark(
+                daemon, receiver, destination, EventsPlan.make(quick)
+            )
+            results["gateway"] = gateway_benchmark(
+                daemon, receiver, destination, daemon.artifacts, gateway_plan(quick)
+            )
     finally:
-        daemon.close()
         receiver.stop()
-    results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    results["total_seconds"] = time.perf_counter() - started
+    finish_results(results, started)
     return results
 
 
 def main() -> None:
-    args = arguments(__doc__, "a smoke run: fewer, shorter cases")
-
-    _terminate_on_sigterm()
-    results = in_temp_dir(
-        "mlfleet-bench-events-", args.keep, lambda data_dir: run_benchmark(data_dir, args.quick)
-    )
-    write_results(args.out, results)
-    print()
-    print(markdown(results))
+    main_of(__doc__, "a smoke run: fewer, shorter cases", "events", run_benchmark, markdown)
 
 
 if __name__ == "__main__":

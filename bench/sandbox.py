@@ -1,16 +1,17 @@
-"""What the sandbox costs: two daemons built the same way (copies of one data dir, so they share
-the admin key), one confining its MLflow workers with bubblewrap and one whose PATH lacks
-``bwrap`` (so it runs them unconfined, which its /health must say), measured taking turns;
-writes bench/results/sandbox-latest.{json,md}.
+"""Benchmark what the sandbox costs and write bench/results/sandbox-latest.{json,md}.
 
 Run: ``.venv/bin/python bench/sandbox.py [--quick] [--out bench/results] [--keep]``
+
+Two daemons built the same way (copies of one data dir, so they share the admin key), one
+confining its MLflow workers with bubblewrap and one whose PATH lacks ``bwrap`` (so it runs them
+unconfined, which its /health must say), measured taking turns:
 
 1. CreateMlflowTrackingServer -> Created of a Small server with a file: store (Describe polled
    every 50 ms), then Delete, and wait until its worker is gone; the first create of each daemon
    (right after it started) is reported apart;
 2. the real MLflow client logging one metric per call through the gateway (HTTP Basic with the
-   admin key), bench/run.py's training-loop process, a fresh one per run, taking turns between
-   the two daemons call by call;
+   admin key), bench/clients.py's training-loop process, a fresh one per run, taking turns
+   between the two daemons call by call;
 3. log-metric at concurrency 8 through the gateway on a Medium server (2 workers).
 
 Each round measures both daemons back to back, the order swapped every round, and the verdicts
@@ -31,33 +32,31 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
-# bench/run.py: a script's own directory is first on sys.path.
-from run import (
+from clients import client_summary, mlflow_client_run
+from common import (
     BenchDaemon,
     CpuProbe,
     Plan,
     Target,
-    _each,
-    _terminate_on_sigterm,
-    arguments,
     basic_header,
-    client_summary,
     create_run,
     create_server,
     delete_server,
+    each,
     errors_seen,
-    in_temp_dir,
-    machine_info,
+    finish_results,
+    header,
+    loadavg,
+    main_of,
     median,
-    mlflow_client_run,
+    new_results,
     percentile,
-    run_case,
+    targets_table,
     tracking_url,
     verdict,
     wait_workers,
-    warm,
 )
+from loadgen import run_case, warm
 
 SIDES = ("confined", "unconfined")
 # The issue's bar: the sandbox costs the training-loop client and Create -> Created at most 5 %.
@@ -67,22 +66,13 @@ MAX_COST = 0.05
 def make_plan(quick: bool) -> Plan:
     """``cycles``: creates per daemon after its first; ``target_repeats``: rounds of the client
     loop and of the Medium case."""
-    if quick:
-        return Plan(
-            cycles=2,
-            warmup=1.0,
-            duration=3.0,
-            concurrencies=(8,),
-            client_calls=100,
-            target_repeats=1,
-        )
     return Plan(
-        cycles=11,
+        cycles=2 if quick else 11,
         warmup=1.0,
-        duration=10.0,
+        duration=3.0 if quick else 10.0,
         concurrencies=(8,),
-        client_calls=500,
-        target_repeats=7,
+        client_calls=100 if quick else 500,
+        target_repeats=1 if quick else 7,
     )
 
 
@@ -155,7 +145,7 @@ def create_rounds(daemons: dict[str, BenchDaemon], plan: Plan) -> dict[str, Any]
     clients = {side: daemon.sagemaker() for side, daemon in daemons.items()}
     rounds: list[dict[str, Any]] = []
     for index in range(plan.cycles + 1):
-        row: dict[str, Any] = {"loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0])}
+        row: dict[str, Any] = {"loadavg_1m": float(loadavg()[0])}
         for side in turn(index):
             daemon, name = daemons[side], f"sbx-create-{index}"
             row[side] = create_server(clients[side], name, daemon.artifacts)
@@ -295,13 +285,9 @@ def on_servers(
 # the run and its report
 
 
-def run_benchmark(plan: Plan, data_dir: Path, quick: bool) -> dict[str, Any]:
-    results: dict[str, Any] = {
-        "command": " ".join([".venv/bin/python", "bench/sandbox.py", *sys.argv[1:]]),
-        "quick": quick,
-        "plan": asdict(plan),
-        "machine": machine_info(),
-    }
+def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
+    plan = make_plan(quick)
+    results = new_results("bench/sandbox.py", quick, plan)
     started = time.perf_counter()
     daemons = prepare_daemons(data_dir)
     try:
@@ -329,8 +315,7 @@ def run_benchmark(plan: Plan, data_dir: Path, quick: bool) -> dict[str, Any]:
     finally:
         for daemon in daemons.values():
             daemon.close()
-    results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    results["total_seconds"] = time.perf_counter() - started
+    finish_results(results, started)
     results["targets"] = targets(results)
     return results
 
@@ -365,24 +350,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    m, create, client, medium = (
-        results["machine"],
-        results["create"],
-        results["client"],
-        results["medium"],
-    )
+    create, client, medium = results["create"], results["client"], results["medium"]
     health = results["daemons"]
     lines = [
-        "# mlfleet: what the sandbox costs",
-        "",
-        f"`{results['command']}` — {m['date']}, git {m['git_commit']}, "
-        f"{'quick' if results['quick'] else 'full'} run, {results['total_seconds']:.0f} s."
-        + (f" Uncommitted edits in: {', '.join(m['git_modified'])}." if m["git_modified"] else ""),
-        "",
-        f"Machine: {m['cpu_model']}, {m['nproc']} cores (nproc), {m['memory_gib']:.1f} GiB, "
-        f"kernel {m['kernel']}; Python {m['python']}, MLflow {m['mlflow']}, aiohttp "
-        f"{m['aiohttp']}. Load average at start / end: {' '.join(m['loadavg_at_start'])} / "
-        f"{' '.join(results['loadavg_at_end'])}.",
+        *header("# mlfleet: what the sandbox costs", results),
         "",
         "Two daemons built the same way (SQLite, loopback, each in a copy of one data dir that "
         "a daemon started in, so they share the admin key and the schema template), both up "
@@ -396,11 +367,7 @@ def markdown(results: dict[str, Any]) -> str:
         "the median of the rounds' ratios, which the machine's drift between minutes touches "
         "less than the medians of each side.",
         "",
-        "## Targets",
-        "",
-        "| target | value | |",
-        "|---|---|---|",
-        *(f"| {t['target']} | {t['value']} | {t['verdict']} |" for t in results["targets"]),
+        *targets_table(results),
         "",
         "## Create → Created (Small, file: store; Describe polled every 50 ms)",
         "",
@@ -416,7 +383,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Cost per round (first excluded): {_ratios(create['ratios'])}; median "
         f"**{_cost(create['ratio'])}**. Load average (1 min) at each round: "
-        f"{_each(create['rounds'], 'loadavg_1m')}.",
+        f"{each(create['rounds'], 'loadavg_1m')}.",
         "",
         f"## MLflow client, one `log_metric` call at a time through the gateway "
         f"({results['plan']['client_calls']} calls per run after 5 warm-up calls)",
@@ -433,10 +400,10 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
         *(
             f"| {side} | {c['calls_per_s']:.1f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} "
-            f"| {_each(c['rounds'], 'calls_per_s')} "
-            f"| {_each(c['rounds'], 'worker_cpu_ms_per_call')} "
-            f"| {_each(c['rounds'], 'gateway_cpu_ms_per_call')} "
-            f"| {_each(c['rounds'], 'foreign_cores')} |"
+            f"| {each(c['rounds'], 'calls_per_s')} "
+            f"| {each(c['rounds'], 'worker_cpu_ms_per_call')} "
+            f"| {each(c['rounds'], 'gateway_cpu_ms_per_call')} "
+            f"| {each(c['rounds'], 'foreign_cores')} |"
             for side, c in client["modes"].items()
         ),
         "",
@@ -467,24 +434,8 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(out_dir: Path, results: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sandbox-latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out_dir / "sandbox-latest.md").write_text(markdown(results))
-
-
 def main() -> None:
-    args = arguments(__doc__, "a smoke run: 3 creates and 1 round each")
-    _terminate_on_sigterm()
-    plan = make_plan(args.quick)
-    results = in_temp_dir(
-        "mlfleet-bench-sandbox-",
-        args.keep,
-        lambda data_dir: run_benchmark(plan, data_dir, args.quick),
-    )
-    write_results(args.out, results)
-    print()
-    print(markdown(results))
+    main_of(__doc__, "a smoke run: 3 creates and 1 round each", "sandbox", run_benchmark, markdown)
 
 
 if __name__ == "__main__":
