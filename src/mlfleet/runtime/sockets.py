@@ -20,9 +20,11 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
+from aiohttp.client_exceptions import UnixClientConnectorError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.helpers import ceil_timeout
+from aiohttp.tracing import Trace
 from yarl import URL
 
 # sun_path holds 108 bytes with its terminating NUL.
@@ -66,7 +68,7 @@ class SocketConnector(aiohttp.BaseConnector):
         return str(self._run_dir / folder / f"{process}.sock")
 
     async def _create_connection(
-        self, req: ClientRequest, traces: list[object], timeout: aiohttp.ClientTimeout
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
     ) -> ResponseHandler:
         path = self.path_of(req.url.raw_host or "")
         try:
@@ -75,7 +77,7 @@ class SocketConnector(aiohttp.BaseConnector):
         except OSError as exc:
             if exc.errno is None and isinstance(exc, TimeoutError):
                 raise
-            raise aiohttp.UnixClientConnectorError(path, req.connection_key, exc) from exc
+            raise UnixClientConnectorError(path, req.connection_key, exc) from exc
         return proto
 
 
