@@ -180,7 +180,8 @@ def verify(
         raise InvalidSignatureException(_SIGNATURE_MISMATCH)
 
 
-class _ReceivedRequestSigner(SigV4Auth):
+# botocore has no type information, so SigV4Auth is Any to mypy.
+class _ReceivedRequestSigner(SigV4Auth):  # type: ignore[misc]
     """botocore's signer, canonicalizing exactly the headers the client says it signed.
 
     botocore picks the headers to sign itself (all but a blacklist, plus a synthesized Host);
@@ -192,7 +193,8 @@ class _ReceivedRequestSigner(SigV4Auth):
         return request.headers
 
     def payload(self, request: AWSRequest) -> str:
-        return request.context["payload_hash"]
+        payload_hash: str = request.context["payload_hash"]
+        return payload_hash
 
 
 @functools.lru_cache(maxsize=64)

@@ -426,7 +426,8 @@ def _attach_or_detach(
     kind, name = _target(*targets)
     client = _iam(data_dir, endpoint_url)
     arn = _resolve_policy(client, policy)
-    call(client, f"{verb}_{kind.lower()}_policy", **{f"{kind}Name": name}, PolicyArn=arn)
+    params: dict[str, Any] = {f"{kind}Name": name, "PolicyArn": arn}
+    call(client, f"{verb}_{kind.lower()}_policy", **params)
     done = "attached to" if verb == "attach" else "detached from"
     console.print(f"{escape(arn)} {done} {kind.lower()} {escape(name)}", highlight=False)
 

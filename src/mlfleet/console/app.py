@@ -53,7 +53,7 @@ class Visit:
     request: web.Request
     signed_in: SignedIn
     console: Console
-    form: MultiDictProxy[str | bytes | web.FileField] | None = None
+    form: MultiDictProxy[str | bytes | bytearray | web.FileField] | None = None
 
     @property
     def principal(self) -> Any:

@@ -209,7 +209,7 @@ def _nice_ceiling(value: float) -> float:
     """The smallest 1, 2 or 5 times a power of ten at or above ``value`` (1 for nothing)."""
     if value <= 0:
         return 1
-    power = 10 ** math.floor(math.log10(value))
+    power: float = 10 ** math.floor(math.log10(value))
     return next(step * power for step in (1, 2, 5, 10) if step * power >= value)
 
 

@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.deploy.service import DELETING
@@ -191,7 +191,8 @@ class Deployer:
                 await self._stop(name)
                 return
             status, config, variants = row.status, row.config_name, list(row.variants)
-            pending = (row.pending_config_name, list(row.pending_variants or []))
+            pending_config = row.pending_config_name
+            pending_variants = list(row.pending_variants or [])
         if status == DELETING:
             await self._stop(name)
             shutil.rmtree(self._dir / name.lower(), ignore_errors=True)
@@ -210,8 +211,8 @@ class Deployer:
             except (StartError, OSError) as exc:
                 self._settle(name, "Failed", str(exc))
                 return
-        if status == "Updating" and pending[0] is not None:
-            await self._switch(name, config, *pending)
+        if status == "Updating" and pending_config is not None:
+            await self._switch(name, config, pending_config, pending_variants)
         elif status != "InService":
             self._settle(name, "InService", None)
 
@@ -294,10 +295,14 @@ class Deployer:
                 values["variants"] = Endpoint.pending_variants
             values["pending_config_name"] = values["pending_variants"] = None
         with self._sessions.begin() as session:
-            changed = session.execute(
-                update(Endpoint)
-                .where(Endpoint.name == name, Endpoint.status != DELETING)
-                .values(**values)
+            # An UPDATE's result is a CursorResult, which Session.execute's typing does not say.
+            changed = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(Endpoint)
+                    .where(Endpoint.name == name, Endpoint.status != DELETING)
+                    .values(**values)
+                ),
             )
             if changed.rowcount:
                 self._announce(session, name)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.identity import Principal
@@ -32,8 +33,12 @@ def redrive(sessions: sessionmaker[Session], ids: list[int] | None = None) -> in
         query = query.where(EventDelivery.id.in_(ids))
     now = time.time()
     with sessions.begin() as session:
-        result = session.execute(
-            query.values(state="pending", attempts=0, next_attempt_at=now, created_at=now)
+        # An UPDATE's result is a CursorResult, which Session.execute's typing does not say.
+        result = cast(
+            CursorResult[Any],
+            session.execute(
+                query.values(state="pending", attempts=0, next_attempt_at=now, created_at=now)
+            ),
         )
     return int(result.rowcount or 0)
 

@@ -38,8 +38,13 @@ class OwnAddress:
     def __init__(self, host: str, port: int) -> None:
         self.port = port
         self._wildcard = host in WILDCARDS
-        self._listening = (
-            set() if self._wildcard else {info[4][0] for info in socket.getaddrinfo(host, port)}
+        # The host's IPv4 and IPv6 addresses (the only families a host name resolves to).
+        self._listening: set[str] = (
+            set()
+            if self._wildcard
+            else {
+                info[4][0] for info in socket.getaddrinfo(host, port) if isinstance(info[4][0], str)
+            }
         )
 
     def is_own(self, address: str, port: int) -> bool:

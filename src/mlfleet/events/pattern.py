@@ -39,7 +39,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, Final, NoReturn, Protocol
+from typing import Any, Final, NoReturn, Protocol, TypeGuard
 
 from mlfleet.protocol import jsontext
 from mlfleet.protocol.errors import AwsError
@@ -194,7 +194,7 @@ def _read_json(text: str) -> Any:
         raise _Invalid(error.msg, location=where) from None
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | Decimal]:
     return isinstance(value, int | Decimal) and not isinstance(value, bool)
 
 
@@ -527,12 +527,13 @@ def _parse_anything_but_operator(operand: _JsonObject, path: _Path) -> _Anything
     where = (*path, name)
     if not isinstance(value, list | str) and not _is_number(value):
         _fail("Value of anything-but must be an array or single string/number value.", where)
-    values = value if isinstance(value, list) else [value]
-    for index, item in enumerate(values):
+    values: list[str] = []
+    for index, item in enumerate(value if isinstance(value, list) else [value]):
         if not isinstance(item, str):
             _fail(_NOT_A_STRING[name], (*where, index) if isinstance(value, list) else where)
         if not item and name in ("prefix", "suffix"):
             _fail("Null prefix/suffix not allowed", where)
+        values.append(item)
     if len(operand) > 1:
         _fail("Too many elements in numeric expression", path)
     if name == "prefix":
@@ -861,7 +862,7 @@ class _Object:
     ) -> None:
         self.fields = fields
         self.alternatives = alternatives
-        self.absence_only = all(node.absence_only for _, node in fields) and all(
+        self.absence_only: bool = all(node.absence_only for _, node in fields) and all(
             alternative.absence_only for group in alternatives for alternative in group
         )
 

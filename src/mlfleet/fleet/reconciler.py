@@ -11,12 +11,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy import make_url, select, update
+from sqlalchemy import CursorResult, make_url, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.fleet.service import SERVING, FleetService
@@ -201,10 +202,14 @@ class Reconciler:
         self, row: TrackingServer, status: str, failure: str | None = None, **columns: object
     ) -> None:
         with self._sessions.begin() as session:
-            changed = session.execute(
-                update(TrackingServer)
-                .where(TrackingServer.id == row.id, TrackingServer.generation == row.generation)
-                .values(status=status, failure_reason=failure, **columns)
+            # An UPDATE's result is a CursorResult, which Session.execute's typing does not say.
+            changed = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(TrackingServer)
+                    .where(TrackingServer.id == row.id, TrackingServer.generation == row.generation)
+                    .values(status=status, failure_reason=failure, **columns)
+                ),
             )
             current = session.get(TrackingServer, row.id) if changed.rowcount else None
             # A failure note on an unchanged status (a restart that is retried) is no event.

@@ -8,15 +8,16 @@ PermissionsBoundaryPolicyInputList, which takes its place), so what it says is w
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from mlfleet.auth.identity import Principal
 from mlfleet.iam.store import IamStore, invalid_input, paginate
 from mlfleet.policy.authorizer import Authorizer, RequestFacts, SourcedPolicy
-from mlfleet.policy.evaluation import ContextValue, PolicyKind, parse_policy
+from mlfleet.policy.evaluation import ContextScalar, ContextValue, PolicyKind, parse_policy
 
-_CONVERTERS = {
+_CONVERTERS: dict[str, Callable[[str], ContextScalar]] = {
     "string": str,
     "numeric": float,
     "boolean": lambda text: text.lower() == "true",

@@ -129,7 +129,7 @@ class IamStore:
         sessions: sessionmaker[Session],
         account_id: str,
         box: SecretBox,
-        on_change: Callable[[], None],
+        on_change: Callable[[], object],
     ) -> None:
         self._sessions = sessions
         self._account = account_id
@@ -696,6 +696,8 @@ class IamStore:
                 .group_by(model.permissions_boundary)
             ).all()
             for arn, count in bounded:
+                if arn is None:  # the query leaves these out already
+                    continue
                 known = usage.get(arn, _Usage())
                 usage[arn] = _Usage(known.attachments, known.boundaries + count)
         return usage

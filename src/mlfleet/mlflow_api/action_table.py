@@ -84,7 +84,7 @@ _NEAREST_ACTION = {
 # GenAI data families stored in the tracking database, by the path segments after /api/<v>/:
 # (action to read, action to write). Evaluation datasets belong to experiments and are what
 # runs log as inputs; issues, label schemas and review queues are human review of traces.
-_GENAI_FAMILIES = {
+_GENAI_FAMILIES: dict[tuple[str, ...], tuple[str, str]] = {
     ("mlflow", "datasets"): ("GetExperiment", "LogInputs"),
     ("mlflow", "issues"): ("SearchTraces", "SetTraceTag"),
     ("mlflow", "label-schemas"): ("SearchTraces", "SetTraceTag"),

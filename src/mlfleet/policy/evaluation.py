@@ -61,7 +61,7 @@ _SID_RULE = (
 _ARN_RESOURCE_SEGMENT = 5
 
 ContextScalar = str | bool | int | float | datetime | bytes
-ContextValue = ContextScalar | list[str] | tuple[str, ...]
+ContextValue = ContextScalar | list[ContextScalar] | tuple[ContextScalar, ...]
 _PolicyScalar = str | bool | int | float
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -161,7 +161,7 @@ class InputValidator:
     def validate(self, shape: Shape, document: Any) -> dict[str, Any]:
         """The parameters of `document`, converted; every violated constraint in one error."""
         errors: list[str] = []
-        params = self._read(shape, document, "", errors)
+        params: dict[str, Any] = self._read(shape, document, "", errors)
         if errors:
             count = len(errors)
             plural = "s" if count > 1 else ""
@@ -402,9 +402,8 @@ def _java_to_python(pattern: str) -> str:
 def _dump(shape: Shape | None, value: Any) -> Any:
     """`value` as JSON types, following `shape` where it knows the members."""
     if isinstance(value, Mapping):
-        kind = shape.type_name if shape is not None else None
-        members = shape.members if kind == "structure" else {}
-        entries = shape.value if kind == "map" else None
+        members = shape.members if shape is not None and shape.type_name == "structure" else {}
+        entries = shape.value if shape is not None and shape.type_name == "map" else None
         out = {}
         for key, item in value.items():
             if item is None:

@@ -264,12 +264,13 @@ class ModelRegistry:
             ).first()
         if row is None:
             return None
-        if row.request_digest != digest:
+        arn, request_digest = row
+        if request_digest != digest:
             raise ConflictException(
                 f"ClientToken {token} was already used by a different CreateModelPackage "
-                f"request (which created {row.arn})."
+                f"request (which created {arn})."
             )
-        return row.arn
+        return arn
 
     def _new_package(
         self, session: Session, req: Mapping[str, Any], principal: Principal

@@ -47,6 +47,7 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 from a2wsgi.wsgi import build_environ
+from a2wsgi.wsgi_typing import Environ
 from multidict import CIMultiDict
 
 from mlfleet.auth import sigv4
@@ -413,7 +414,7 @@ class Lane:
         )
         return ack
 
-    def _environ(self, head: Head, body: bytes, upstream: str) -> dict[str, Any]:
+    def _environ(self, head: Head, body: bytes, upstream: str) -> Environ:
         # The request as the gateway forwards it: its headers minus credentials and routing,
         # and the Host of the worker itself.
         path, _, query = upstream.partition("?")
@@ -436,10 +437,12 @@ class Lane:
             "server": (WORKER_HOST, 80),
             "client": ("127.0.0.1", 0),
         }
+        # A plain dict for its HTTPScope (no "asgi" key, which it does not read) and a file for
+        # its Body (which it only hands on as wsgi.input).
         return build_environ(scope, io.BytesIO(body))  # type: ignore[arg-type]
 
     def _call_mlflow(
-        self, environ: dict[str, Any], record: Message | None
+        self, environ: Environ, record: Message | None
     ) -> tuple[int, list[tuple[str, str]], bytes, bytes | None]:
         """MLflow's answer, and ``record`` as stored with its write (None if it was not)."""
         stored = self._stored if record is not None else None
@@ -454,11 +457,13 @@ class Lane:
             taken = stored is not None and stored.taken()  # never left for a later call
         return status, headers, answer, encoded.encode() if taken else None
 
-    def _call_flask(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _call_flask(self, environ: Environ) -> tuple[int, list[tuple[str, str]], bytes]:
         started: list[Any] = []
         chunks: list[bytes] = []
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None):
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], None]:
             started[:] = [status, headers]
             return chunks.append
 

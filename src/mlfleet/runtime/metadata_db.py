@@ -223,7 +223,7 @@ class MetadataDatabases:
 
     # PostgreSQL -----------------------------------------------------------------------------
 
-    def _pg_locked(self, work: Callable[[Connection], None]) -> None:
+    def _pg_locked(self, work: Callable[[Connection], object]) -> None:
         """Run ``work`` on an autocommit admin connection holding the fleet-wide lock (templates,
         databases, roles)."""
         engine = create_engine(self._pg("postgres"), isolation_level="AUTOCOMMIT")
@@ -259,7 +259,7 @@ class MetadataDatabases:
         return template
 
     def _create_postgres_sync(self, uri: str) -> None:
-        name = make_url(uri).database
+        name = make_url(uri).database or ""
 
         def work(conn: Connection) -> None:
             template = self._ensure_pg_template(conn)

@@ -22,7 +22,7 @@ import asyncio
 import functools
 import os
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -41,7 +41,8 @@ class FlaskRoutesDirect:
 
         self._fastapi_app: ASGIApp = fastapi_app
         self.flask_app = flask_app
-        self._flask_app: ASGIApp = WSGIMiddleware(flask_app)
+        # An ASGI app: a2wsgi types its scope and messages as TypedDicts, Starlette as mappings.
+        self._flask_app = cast(ASGIApp, WSGIMiddleware(flask_app))
         native_routes = [r for r in fastapi_app.routes if not isinstance(r, Mount)]
 
         # Remembered per path: matching walks every native route, and a training loop sends

@@ -46,13 +46,14 @@ async def server_list(visit: Visit) -> web.StreamResponse:
 def _with_details(visit: Visit, summary: dict[str, Any]) -> dict[str, Any]:
     """The summary plus size and URL, which only Describe returns (and may deny: then blank)."""
     try:
-        return visit.call(
+        details: dict[str, Any] = visit.call(
             "sagemaker",
             "DescribeMlflowTrackingServer",
             {"TrackingServerName": summary["TrackingServerName"]},
         )
     except AwsError:
         return summary
+    return details
 
 
 def _create_form(visit: Visit, error: AwsError | None, status: int) -> web.Response:
