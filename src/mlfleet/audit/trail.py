@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.api.endpoint import ApiCall
@@ -222,7 +222,9 @@ class AuditTrail:
         self._head_fd: int | None = None
         # Compiled once for the database's dialect: compiling (or finding the compiled form in
         # SQLAlchemy's cache) on every append cost more CPU than the insert itself.
-        compiled = insert(AuditRecord.__table__).compile(dialect=self._engine.dialect)
+        # A declarative class's __table__ is typed as any FromClause; a mapped table it is.
+        table = cast(Table, AuditRecord.__table__)
+        compiled = insert(table).compile(dialect=self._engine.dialect)
         self._insert_sql = str(compiled)
         self._insert_order = compiled.positiontup  # None where parameters go by name
         with sessions() as session:
@@ -546,7 +548,7 @@ def log_file(records: Iterable[Mapping[str, Any]]) -> bytes:
 
 
 def _columns_disagree(row: AuditRecord) -> bool:
-    document = json.loads(row.document)
+    document: dict[str, Any] = json.loads(row.document)
     return (
         document.get("eventID") != row.event_id
         or document.get("eventName") != row.event_name
