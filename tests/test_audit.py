@@ -17,9 +17,12 @@ import requests
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from test_iam import ACCOUNT, as_key, error_of, unique
 
-from conftest import Daemon, wait_for
+from support.audit import data_events, logged_metric
+from support.aws import ACCOUNT, error_of, unique
+from support.daemon import Daemon
+from support.iam import as_key
+from support.waiting import wait_for
 
 HIDDEN = "HIDDEN_DUE_TO_SECURITY_REASONS"
 
@@ -286,23 +289,6 @@ def test_audit_events_command(daemon: Daemon) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "sagemaker:ListMlflowTrackingServers" in shown.stdout
     assert "admin" in shown.stdout
-
-
-def data_events(daemon: Daemon, action: str, server_arn: str) -> list[dict[str, Any]]:
-    found = daemon.client("cloudtrail").lookup_events(
-        LookupAttributes=[{"AttributeKey": "EventName", "AttributeValue": action}], MaxResults=50
-    )["Events"]
-    records = [json.loads(e["CloudTrailEvent"]) for e in found]
-    return [r for r in records if r["resources"][0]["ARN"] == server_arn]
-
-
-def logged_metric(daemon: Daemon, arn: str, metric: str) -> list[dict[str, Any]]:
-    """The LogMetric data events of this metric on that server."""
-    return [
-        r
-        for r in data_events(daemon, "LogMetric", arn)
-        if (r["requestParameters"].get("body") or {}).get("key") == metric
-    ]
 
 
 def test_mlflow_writes_are_data_events_and_reads_are_not(

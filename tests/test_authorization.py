@@ -19,27 +19,13 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from test_iam import ACCOUNT, as_key, error_of, policy, trust_of, unique
 
-from conftest import Daemon
+from support.aws import ACCOUNT, error_of, unique
+from support.daemon import Daemon
+from support.iam import DATA_SCIENTIST, READ_ONLY, as_key, new_user, policy, trust_of
 
-DATA_SCIENTIST = "arn:aws:iam::aws:policy/MlfleetDataScientistAccess"
-READ_ONLY = "arn:aws:iam::aws:policy/MlfleetReadOnlyAccess"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/mlfleet"
 ACTION_TABLE = Path(__file__).parents[1] / "src/mlfleet/mlflow_api/action_table.json"
-
-
-def new_user(daemon: Daemon, *policy_arns: str, inline: str | None = None) -> dict[str, Any]:
-    """A user with the given policies and an access key: {"Arn", "AccessKeyId", ...}."""
-    iam = daemon.client("iam")
-    name = unique("user")
-    arn = iam.create_user(UserName=name)["User"]["Arn"]
-    for policy_arn in policy_arns:
-        iam.attach_user_policy(UserName=name, PolicyArn=policy_arn)
-    if inline is not None:
-        iam.put_user_policy(UserName=name, PolicyName="inline", PolicyDocument=inline)
-    key = iam.create_access_key(UserName=name)["AccessKey"]
-    return {**key, "Arn": arn}
 
 
 def mlflow_as(monkeypatch: pytest.MonkeyPatch, user: dict[str, Any], url: str) -> MlflowClient:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from conftest import Daemon
-from console_support import SCREENSHOTS, launch, needs_chromium
+from support.console import SCREENSHOTS, launch, needs_chromium
+from support.daemon import Daemon
 
 pytestmark = needs_chromium
 

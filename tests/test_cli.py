@@ -8,23 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Daemon
-
-AWS = [sys.executable, "-m", "awscli"]
-
-
-def aws(
-    daemon: Daemon, *args: str, check: bool = True, service: str = "sagemaker"
-) -> subprocess.CompletedProcess[str]:
-    """`aws <service> ...` using only the files mlfleet wrote (no --endpoint-url needed)."""
-    return subprocess.run(
-        [*AWS, service, *args, "--output", "json"],
-        env=daemon.cli_env(),
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=120,
-    )
+from support.aws import aws
+from support.daemon import Daemon
 
 
 def mlfleet(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import Daemon
+from support.daemon import Daemon
 
 READ_ONLY = "arn:aws:iam::aws:policy/MlfleetReadOnlyAccess"
 

@@ -15,8 +15,9 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import Daemon, wait_for
-from console_support import ConsoleBrowser, launch, needs_chromium, screenshot, sign_in_page
+from support.console import ConsoleBrowser, launch, needs_chromium, screenshot, sign_in_page
+from support.daemon import Daemon
+from support.waiting import wait_for
 
 
 def _new_user(daemon: Daemon, *policies: str) -> tuple[str, str, str]:

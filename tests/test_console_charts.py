@@ -11,23 +11,20 @@ import aiohttp
 import pytest
 from mlflow import MlflowClient
 
-from conftest import Daemon, wait_for
-from console_support import ConsoleBrowser, launch, needs_chromium, screenshot, sign_in_page
+from support.console import (
+    ConsoleBrowser,
+    charted,
+    launch,
+    needs_chromium,
+    screenshot,
+    sign_in_page,
+)
+from support.daemon import Daemon
+from support.waiting import wait_for
 
 # A Small server has one worker taking max_inflight_per_worker (2) API requests at a time: more
 # at once must wait for a slot, which is what the chart calls throttled.
 CONCURRENT = 24
-
-
-def charted(browser: ConsoleBrowser, series: str) -> int:
-    """The total a server page's request chart states for `series` (in its aria-label)."""
-    page = browser.get("/servers/shared")
-    assert page.status_code == 200
-    found = re.search(
-        rf'aria-label="Requests per minute[^"]*{re.escape(series)}: (\d+) in all', page.text
-    )
-    assert found, f"no {series} total in the chart's label"
-    return int(found[1])
 
 
 async def _at_once(url: str, key: str, secret: str) -> list[int]:

@@ -10,27 +10,21 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import test_endpoints
-import test_events
-from test_authorization import READ_ONLY, new_user
-from test_endpoints import FEATURES, log_model, wait_endpoint
-from test_events import Receiver, route_to, wait_received
-from test_iam import policy, unique
-from test_registry import new_group, new_versions
 
-from conftest import Daemon, wait_for
-from console_support import ConsoleBrowser, launch, needs_chromium, screenshot, sign_in_page
-
-# Fixtures of other modules, made again for this one: a tracking server with automatic model
-# registration, and an HTTP receiver of events.
-server = test_endpoints.server
-receiver = test_events.receiver
+from support.aws import unique
+from support.console import ConsoleBrowser, launch, needs_chromium, screenshot, sign_in_page
+from support.daemon import Daemon
+from support.events import Receiver, route_to, wait_received
+from support.iam import READ_ONLY, new_user, policy
+from support.registry import new_group, new_versions
+from support.serving import FEATURES, log_model, wait_endpoint
+from support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
-def registered(daemon: Daemon, server: str) -> tuple[str, Any]:
+def registered(daemon: Daemon, serving_server: str) -> tuple[str, Any]:
     """An MLflow model version registered as a package (PendingManualApproval), and the model."""
-    return log_model(daemon, server, [0, 1, 0, 1, 1])
+    return log_model(daemon, serving_server, [0, 1, 0, 1, 1])
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +180,7 @@ def test_a_dead_letter_is_listed_and_redriven(daemon: Daemon, receiver: Receiver
 
 
 def test_approve_and_reject_a_registered_model(
-    daemon: Daemon, server: str, registered: tuple[str, Any]
+    daemon: Daemon, serving_server: str, registered: tuple[str, Any]
 ) -> None:
     sm = daemon.client()
     arn = registered[0]
@@ -197,7 +191,7 @@ def test_approve_and_reject_a_registered_model(
     assert f'href="/console/registry/{group}"' in console.get("/registry").text
     page = console.get(f"/registry/{group}").text
     assert 'class="status s-pendingmanualapproval"' in page
-    assert f"models:/{model_name}/1 on tracking server {server}" in page
+    assert f"models:/{model_name}/1 on tracking server {serving_server}" in page
 
     rejected = console.post(
         f"/registry/{group}/approval",

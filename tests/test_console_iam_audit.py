@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from conftest import Daemon
-from console_support import ConsoleBrowser, launch, needs_chromium, screenshot, sign_in_page
+from support.console import ConsoleBrowser, launch, needs_chromium, screenshot, sign_in_page
+from support.daemon import Daemon
 
 _MALFORMED = json.dumps(
     {

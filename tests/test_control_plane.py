@@ -15,7 +15,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from conftest import Daemon
+from support.daemon import Daemon
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
 

@@ -13,80 +13,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mlflow
-import numpy as np
 import pytest
 from botocore.exceptions import ClientError
-from mlflow import MlflowClient
-from sklearn.linear_model import LogisticRegression
-from test_authorization import DATA_SCIENTIST, new_user
-from test_events import Receiver, route_to, wait_received
-from test_iam import error_of, unique
 
-from conftest import Daemon, wait_for
+from support.aws import error_of, unique
+from support.daemon import Daemon
+from support.events import Receiver, route_to, wait_received
+from support.iam import DATA_SCIENTIST, new_user
+from support.serving import FEATURES, log_model, train_and_log, wait_endpoint
+from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
-TAG = "sagemaker.model_package_arn"
-FEATURES = np.array([[0.1, 1.0], [2.0, -1.0], [0.5, 0.5], [-3.0, 2.0], [1.5, 0.2]])
 
 
 @pytest.fixture(scope="module")
-def server(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    name = unique("serving")
-    sm = daemon.client()
-    sm.create_mlflow_tracking_server(
-        TrackingServerName=name,
-        ArtifactStoreUri=f"file://{tmp_path_factory.mktemp('serving')}",
-        RoleArn=ROLE,
-        AutomaticModelRegistration=True,
-    )
-    assert daemon.wait_status(name, "Created", "CreateFailed")["TrackingServerStatus"] == "Created"
-    yield name
-    sm.delete_mlflow_tracking_server(TrackingServerName=name)
-
-
-def train_and_log(daemon: Daemon, server: str, labels: list[int]) -> tuple[str, Any]:
-    """Train a classifier, log and register it through the gateway: its name (version 1)."""
-    key, secret = daemon.credentials
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_USERNAME", key)
-        env.setenv("MLFLOW_TRACKING_PASSWORD", secret)
-        mlflow.set_tracking_uri(f"{daemon.url}/mlflow/{server}")
-        mlflow.set_experiment(unique("deploy"))
-        model = LogisticRegression().fit(FEATURES, labels)
-        name = unique("iris")
-        with mlflow.start_run():
-            mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
-        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
-    return name, model
-
-
-def log_model(daemon: Daemon, server: str, labels: list[int]) -> tuple[str, Any]:
-    """train_and_log on a server with automatic registration: the version's package ARN."""
-    name, model = train_and_log(daemon, server, labels)
-    key, secret = daemon.credentials
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_USERNAME", key)
-        env.setenv("MLFLOW_TRACKING_PASSWORD", secret)
-        client = MlflowClient(tracking_uri=f"{daemon.url}/mlflow/{server}")
-        return str(client.get_model_version(name, "1").tags[TAG]), model
-
-
-@pytest.fixture(scope="module")
-def approved(daemon: Daemon, server: str) -> tuple[str, Any]:
-    arn, model = log_model(daemon, server, [0, 1, 0, 1, 1])
+def approved(daemon: Daemon, serving_server: str) -> tuple[str, Any]:
+    arn, model = log_model(daemon, serving_server, [0, 1, 0, 1, 1])
     daemon.client().update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
     return arn, model
-
-
-def wait_endpoint(daemon: Daemon, name: str) -> dict[str, Any]:
-    sm = daemon.client()
-
-    def settled() -> dict[str, Any] | None:
-        desc = sm.describe_endpoint(EndpointName=name)
-        return desc if desc["EndpointStatus"] in ("InService", "Failed") else None
-
-    return wait_for(settled, 180, 0.2, f"endpoint {name} to settle")
 
 
 @pytest.fixture(scope="module")
@@ -189,9 +133,9 @@ def test_an_unknown_endpoint_is_a_validation_error(daemon: Daemon) -> None:
     assert message.startswith("Could not find endpoint")
 
 
-def test_a_rejected_package_does_not_deploy(daemon: Daemon, server: str) -> None:
+def test_a_rejected_package_does_not_deploy(daemon: Daemon, serving_server: str) -> None:
     sm = daemon.client()
-    arn, _ = log_model(daemon, server, [1, 0, 1, 0, 0])
+    arn, _ = log_model(daemon, serving_server, [1, 0, 1, 0, 0])
     sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Rejected")
     with pytest.raises(ClientError) as exc:
         sm.create_model(ModelName=unique("rejected"), PrimaryContainer={"ModelPackageName": arn})
@@ -212,14 +156,16 @@ def test_a_rejected_package_does_not_deploy(daemon: Daemon, server: str) -> None
     assert error_of(gone)[1].startswith("Could not find model")
 
 
-def test_a_model_that_cannot_be_fetched_fails_the_endpoint(daemon: Daemon, server: str) -> None:
+def test_a_model_that_cannot_be_fetched_fails_the_endpoint(
+    daemon: Daemon, serving_server: str
+) -> None:
     sm = daemon.client()
     model, config, name = unique("ghost"), unique("ghost"), unique("ghost")
     sm.create_model(
         ModelName=model,
         PrimaryContainer={
             "ModelDataUrl": "models:/no-such-model/1",
-            "Environment": {"MLFLEET_TRACKING_SERVER": server},
+            "Environment": {"MLFLEET_TRACKING_SERVER": serving_server},
         },
     )
     sm.create_endpoint_config(
@@ -280,7 +226,7 @@ def mlfleet_deploy(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[st
 
 
 def test_mlfleet_deploy_creates_then_updates_without_downtime(
-    daemon: Daemon, server: str, approved: tuple[str, Any]
+    daemon: Daemon, serving_server: str, approved: tuple[str, Any]
 ) -> None:
     sm = daemon.client()
     name = unique("cli")
@@ -308,7 +254,9 @@ def test_mlfleet_deploy_creates_then_updates_without_downtime(
     try:
         # The same model by its MLflow URI (the extension), as a new config of the endpoint.
         uri = sm.describe_model_package(ModelPackageName=approved[0])["SourceUri"]
-        updated = mlfleet_deploy(daemon, uri, "--tracking-server", server, "--endpoint", name)
+        updated = mlfleet_deploy(
+            daemon, uri, "--tracking-server", serving_server, "--endpoint", name
+        )
     finally:
         stop.set()
         caller.join()
@@ -326,16 +274,18 @@ def test_mlfleet_deploy_creates_then_updates_without_downtime(
     sm.delete_endpoint(EndpointName=name)
 
 
-def test_mlfleet_deploy_refuses_an_unapproved_package(daemon: Daemon, server: str) -> None:
-    arn, _ = log_model(daemon, server, [0, 0, 1, 1, 0])
+def test_mlfleet_deploy_refuses_an_unapproved_package(daemon: Daemon, serving_server: str) -> None:
+    arn, _ = log_model(daemon, serving_server, [0, 0, 1, 1, 0])
     refused = mlfleet_deploy(daemon, arn, "--endpoint", unique("pending"))
     assert refused.returncode == 1
     assert "PendingManualApproval" in refused.stderr
 
 
-def test_a_package_rejected_after_create_model_does_not_deploy(daemon: Daemon, server: str) -> None:
+def test_a_package_rejected_after_create_model_does_not_deploy(
+    daemon: Daemon, serving_server: str
+) -> None:
     sm = daemon.client()
-    arn, _ = log_model(daemon, server, [0, 1, 1, 0, 1])
+    arn, _ = log_model(daemon, serving_server, [0, 1, 1, 0, 1])
     sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
     model, config = unique("revoked"), unique("revoked")
     sm.create_model(ModelName=model, PrimaryContainer={"ModelPackageName": arn})

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from test_iam import as_key, error_of, policy, unique
 
-from conftest import Daemon
+from support.aws import error_of, unique
+from support.daemon import Daemon
+from support.iam import as_key, policy
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import pytest
 from aiohttp import web
 
-from conftest import Daemon
 from mlfleet.gateway.proxy import ARN_HEADER
 from mlfleet.mlflow_api.actions import required_action
 from mlfleet.runtime.sockets import socket_session, socket_url
+from support.daemon import Daemon
 
 ADDRESSING = ["url", "arn"]  # TrackingServerUrl path prefix, or ARN header (sagemaker-mlflow)
 

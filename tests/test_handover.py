@@ -25,13 +25,13 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
-from test_audit import logged_metric
-from test_authorization import DATA_SCIENTIST, READ_ONLY, new_user
-from test_console_charts import charted
-from test_iam import policy, unique
 
-from conftest import Daemon, wait_for
-from console_support import ConsoleBrowser
+from support.audit import logged_metric
+from support.aws import unique
+from support.console import ConsoleBrowser, charted
+from support.daemon import Daemon
+from support.iam import DATA_SCIENTIST, READ_ONLY, new_user, policy
+from support.waiting import wait_for
 
 
 def socket_inode(local_port: int, remote_port: int) -> str | None:

@@ -21,10 +21,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from conftest import Daemon
 from mlfleet.gateway.proxy import ARN_HEADER
 from mlfleet.mlflow_api.actions import path_segments
 from mlfleet.mlflow_api.hardening import Refusal, body_problem, url_problem
+from support.daemon import Daemon
 
 MiB = 1024 * 1024
 LIMIT = 16 * MiB  # Settings.max_api_body_bytes, the daemon's default

@@ -3,43 +3,15 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from test_cli import aws
 
-from conftest import Daemon
-
-ACCOUNT = "123456789012"
-READ_ONLY = "arn:aws:iam::aws:policy/MlfleetReadOnlyAccess"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def error_of(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, str]:
-    err = exc.value.response["Error"]
-    return err["Code"], err["Message"]
-
-
-def policy(*statements: dict[str, Any]) -> str:
-    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
-
-
-def as_key(daemon: Daemon, service: str, key: dict[str, Any], **kwargs: Any):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        service,
-        endpoint_url=daemon.url,
-        region_name="us-east-1",
-        aws_access_key_id=key["AccessKeyId"],
-        aws_secret_access_key=key["SecretAccessKey"],
-        aws_session_token=key.get("SessionToken"),
-        **kwargs,
-    )
+from support.aws import ACCOUNT, aws, error_of, unique
+from support.daemon import Daemon
+from support.iam import READ_ONLY, as_key, policy, trust_of
 
 
 def test_user_lifecycle_and_errors(daemon: Daemon) -> None:
@@ -245,12 +217,6 @@ def test_managed_policies(daemon: Daemon) -> None:
     with pytest.raises(ClientError) as exc:
         iam.get_policy(PolicyArn=arn)
     assert error_of(exc)[0] == "NoSuchEntity"
-
-
-def trust_of(*principals: str) -> str:
-    return policy(
-        {"Effect": "Allow", "Principal": {"AWS": list(principals)}, "Action": "sts:AssumeRole"}
-    )
 
 
 def test_roles(daemon: Daemon) -> None:

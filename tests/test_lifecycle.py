@@ -10,7 +10,8 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import PG_URL, Daemon, wait_for
+from support.daemon import PG_URL, Daemon
+from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
 

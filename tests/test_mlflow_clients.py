@@ -14,7 +14,8 @@ import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from conftest import Daemon, wait_for
+from support.daemon import Daemon
+from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
 

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from test_authorization import READ_ONLY, new_user
-from test_events import Receiver, route_to, wait_received
-from test_iam import ACCOUNT, as_key, error_of, policy, unique
 
-from conftest import Daemon
+from support.aws import ACCOUNT, error_of, unique
+from support.daemon import Daemon
+from support.events import Receiver, route_to, wait_received
+from support.iam import READ_ONLY, as_key, new_user, policy
+from support.registry import new_group, new_versions
 
 PREFIX = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}"
 SPEC = {
@@ -32,19 +33,6 @@ SPEC = {
 def content(answer: dict[str, Any]) -> dict[str, Any]:
     """An answer without its ResponseMetadata, which differs from call to call."""
     return {key: value for key, value in answer.items() if key != "ResponseMetadata"}
-
-
-def new_group(sm: Any, **kwargs: Any) -> str:
-    name = unique("Group")
-    sm.create_model_package_group(ModelPackageGroupName=name, **kwargs)
-    return name
-
-
-def new_versions(sm: Any, group: str, count: int, **kwargs: Any) -> list[str]:
-    return [
-        sm.create_model_package(ModelPackageGroupName=group, **kwargs)["ModelPackageArn"]
-        for _ in range(count)
-    ]
 
 
 def test_group_lifecycle(daemon: Daemon) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from mlflow import MlflowClient
-from test_iam import unique
 
-from conftest import Daemon, wait_for
+from support.aws import unique
+from support.daemon import Daemon
+from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
 TAG = "sagemaker.model_package_arn"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import Daemon, wait_for
+from support.daemon import Daemon
+from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
 

@@ -10,8 +10,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine
 
-from conftest import Daemon
 from mlfleet.state.db import MIGRATIONS
+from support.daemon import Daemon
 
 KEY_ID = "AKIAOLDADMINKEY00001"
 SECRET = "old/plaintext+secret0123456789abcdefghij"

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import Daemon, wait_for
-from console_support import ConsoleBrowser
 from mlfleet.cli.common import service_client
+from support.console import ConsoleBrowser
+from support.daemon import Daemon
+from support.waiting import wait_for
 
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/mlfleet"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import Daemon
 from mlfleet.events.egress import OwnAddress
+from support.daemon import Daemon
 
 
 def test_an_api_destination_on_the_daemons_own_address_is_refused(daemon: Daemon) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import Daemon
+from support.daemon import Daemon
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
 

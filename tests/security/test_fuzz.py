@@ -41,8 +41,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.model import OperationModel, ServiceModel, Shape
 
-from conftest import Daemon
 from mlfleet.protocol.awsjson import InputValidator
+from support.daemon import Daemon
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"

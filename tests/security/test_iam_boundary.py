@@ -19,7 +19,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from conftest import Daemon
+from support.daemon import Daemon
 
 ACCOUNT = "123456789012"
 SERVER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/mlfleet"

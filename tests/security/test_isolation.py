@@ -21,7 +21,8 @@ import mlflow
 import pytest
 import requests
 
-from conftest import Daemon, wait_for
+from support.daemon import Daemon
+from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
 SANDBOX_USER_TOOL = "/usr/bin/setpriv"

@@ -22,8 +22,9 @@ import pytest
 from mlflow import MlflowClient
 from sqlalchemy import make_url
 
-from conftest import PG_URL, Daemon, wait_for
 from mlfleet.runtime.mlflow_worker import BACKEND_STORE_ENV
+from support.daemon import PG_URL, Daemon
+from support.waiting import wait_for
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/mlfleet"
 WORKER_MODULE = ["-m", "mlfleet.runtime.mlflow_worker"]

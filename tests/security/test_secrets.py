@@ -36,8 +36,8 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from conftest import Daemon
-from console_support import ConsoleBrowser
+from support.console import ConsoleBrowser
+from support.daemon import Daemon
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import Daemon
+from support.daemon import Daemon
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
 

@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from mlflow import MlflowClient
 
-from conftest import Daemon
 from mlfleet.daemon.tls import serve_tls
 from mlfleet.settings import Settings
+from support.daemon import Daemon
 
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/mlfleet"

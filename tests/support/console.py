@@ -1,5 +1,5 @@
 """Driving Debian's Chromium from tests, and signing in to the web console (in Chromium or
-with ``requests``)."""
+with ``requests``) and reading its pages."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import Daemon
+from support.daemon import Daemon
 
 CHROMIUM = shutil.which("chromium")
-SCREENSHOTS = Path(__file__).parent / "screenshots"
+SCREENSHOTS = Path(__file__).parents[1] / "screenshots"
 
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test installs it)"
@@ -87,3 +87,14 @@ class ConsoleBrowser:
         self, path: str, data: dict[str, Any] | None = None, **kwargs: Any
     ) -> requests.Response:
         return self.http.post(self.base + path, data={"csrf": self.csrf, **(data or {})}, **kwargs)
+
+
+def charted(browser: ConsoleBrowser, series: str) -> int:
+    """The total a server page's request chart states for `series` (in its aria-label)."""
+    page = browser.get("/servers/shared")
+    assert page.status_code == 200
+    found = re.search(
+        rf'aria-label="Requests per minute[^"]*{re.escape(series)}: (\d+) in all', page.text
+    )
+    assert found, f"no {series} total in the chart's label"
+    return int(found[1])
