@@ -602,3 +602,41 @@ def test_a_user_without_policies_may_not_manage_rules(daemon: Daemon) -> None:
         theirs.put_rule(Name=unique("other"), EventPattern=PATTERN)
     assert error_of(exc)[0] == "AccessDeniedException"
     theirs.delete_rule(Name=rule)
+
+
+def test_describe_event_bus(daemon: Daemon) -> None:
+    events = daemon.client("events")
+    bus_arn = f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/default"
+    for named in ({}, {"Name": "default"}, {"Name": bus_arn}):
+        described = events.describe_event_bus(**named)
+        assert (described["Name"], described["Arn"]) == ("default", bus_arn)
+    with pytest.raises(ClientError) as exc:
+        events.describe_event_bus(Name="orders")
+    assert error_of(exc) == ("ResourceNotFoundException", "Event bus orders does not exist.")
+
+    # Authorized as events:DescribeEventBus on the bus, and audited as a read.
+    iam = daemon.client("iam")
+    user = unique("bus-reader")
+    iam.create_user(UserName=user)
+    theirs = as_key(daemon, "events", iam.create_access_key(UserName=user)["AccessKey"])
+    with pytest.raises(ClientError) as exc:
+        theirs.describe_event_bus()
+    assert f"events:DescribeEventBus on resource: {bus_arn}" in error_of(exc)[1]
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="see-the-bus",
+        PolicyDocument=policy(
+            {"Effect": "Allow", "Action": "events:DescribeEventBus", "Resource": bus_arn}
+        ),
+    )
+    assert theirs.describe_event_bus()["Arn"] == bus_arn
+    trail = daemon.client("cloudtrail")
+    record = json.loads(
+        trail.lookup_events(
+            LookupAttributes=[{"AttributeKey": "Username", "AttributeValue": user}]
+        )["Events"][0]["CloudTrailEvent"]
+    )
+    assert (record["eventName"], record["readOnly"]) == ("DescribeEventBus", True)
+    assert record["resources"] == [
+        {"accountId": ACCOUNT, "type": "AWS::Events::EventBus", "ARN": bus_arn}
+    ]

@@ -2,9 +2,9 @@
 
 Every control-plane service (SageMaker, IAM, STS, CloudTrail) goes through the same steps; only
 the wire format differs (:class:`JsonEndpoint` for AWS JSON 1.1, :class:`QueryEndpoint` for the
-query protocol). A service supplies a table of :class:`Operation`: what each one runs and which
-permissions it needs. Each call, allowed or refused, is handed to the audit trail as an
-:class:`ApiCall` before its answer leaves.
+query protocol). A service supplies its operations as declared in
+:mod:`mlfleet.api.operations`: what each one runs and which permissions it needs. Each call,
+allowed or refused, is handed to the audit trail as an :class:`ApiCall` before its answer leaves.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from urllib.parse import quote
 from aiohttp import web
 from botocore.model import OperationModel, Shape
 
+from mlfleet.api.operations import Bound, Call
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.sigv4 import claimed_credential
-from mlfleet.policy.authorizer import Authorizer, RequestFacts, Tags
-from mlfleet.policy.evaluation import ContextValue
+from mlfleet.policy.authorizer import Authorizer, RequestFacts
 from mlfleet.protocol.awsjson import JsonProtocol
 from mlfleet.protocol.awsquery import QueryProtocol, parse_form
 from mlfleet.protocol.errors import AwsError
@@ -35,26 +35,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Check:
-    """One permission an operation needs: ``action`` on ``resource``."""
-
-    action: str
-    resource: str
-    resource_tags: Tags = ()
-    request_tags: Tags | None = None
-    extra: Mapping[str, ContextValue] = field(default_factory=dict)
-
-
-Run = Callable[[dict[str, Any], Principal, RequestFacts], dict[str, Any]]
-# The permissions a call needs, from its parameters; None: the operation decides itself
-# (sts:AssumeRole weighs a trust policy) or needs none (sts:GetCallerIdentity).
-Checks = Callable[[dict[str, Any], Principal], Sequence[Check]] | None
-
-
-@dataclass(frozen=True)
-class Operation:
-    run: Run
-    checks: Checks
+class AuditedResource:
+    arn: str
+    type: str | None
 
 
 @dataclass
@@ -72,7 +55,8 @@ class ApiCall:
     parameters: dict[str, Any] | None = None
     response: dict[str, Any] | None = None
     error: AwsError | None = None
-    resources: list[str] = field(default_factory=list)
+    resources: list[AuditedResource] = field(default_factory=list)
+    read_only: bool = False
 
 
 Recorder = Callable[[ApiCall], None]
@@ -102,7 +86,7 @@ class Endpoint(ABC):
         service_name: str,
         credentials: Credentials,
         authorizer: Authorizer,
-        operations: Mapping[str, Operation],
+        operations: Mapping[str, Bound],
         recorder: Recorder,
         accepted_regions: Sequence[str],
         denied_code: str,
@@ -206,24 +190,25 @@ class Endpoint(ABC):
         operation = self._operations.get(model.name)
         if operation is None:
             raise self.not_implemented(model.name)
-        params = parse()
-        call.parameters = params
-        if operation.checks is not None:
-            for check in operation.checks(params, principal):
-                call.resources.append(check.resource)
-                self._authorizer.require(
-                    principal,
-                    check.action,
-                    check.resource,
-                    replace(
-                        facts,
-                        resource_tags=check.resource_tags,
-                        request_tags=check.request_tags,
-                        extra=check.extra,
-                    ),
-                    code=self._denied_code,
-                )
-        result = operation.run(params, principal, facts)
+        call.read_only = operation.operation.access.read_only
+        request = Call(model.name, parse(), principal, facts)
+        call.parameters = request.params
+        for check in operation.checks(request) or ():
+            target = check.target
+            call.resources.append(AuditedResource(target.arn, check.resource_type))
+            self._authorizer.require(
+                principal,
+                check.action,
+                target.arn,
+                replace(
+                    facts,
+                    resource_tags=target.tags,
+                    request_tags=target.request_tags,
+                    extra=target.keys,
+                ),
+                code=self._denied_code,
+            )
+        result = operation.run(request)
         call.response = result
         return result
 

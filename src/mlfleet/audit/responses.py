@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from mlfleet.api.endpoint import Check, JsonEndpoint, Operation, Recorder
+from mlfleet.api.endpoint import JsonEndpoint, Recorder
+from mlfleet.api.operations import ADMINISTRATORS, Access, Call, OperationTable, Result, anywhere
 from mlfleet.audit.trail import AuditTrail
 from mlfleet.auth.credentials import Credentials
 from mlfleet.policy.authorizer import Authorizer
 from mlfleet.protocol.awsjson import JsonProtocol, load_service_model
+
+OPERATIONS: OperationTable[AuditTrail] = OperationTable("cloudtrail")
+
+
+@OPERATIONS.declare(Access.READ, ADMINISTRATORS, resource=anywhere)
+def lookup_events(trail: AuditTrail, call: Call) -> Result:
+    return trail.lookup(call.params)
 
 
 def cloudtrail_endpoint(
@@ -16,18 +24,12 @@ def cloudtrail_endpoint(
     recorder: Recorder,
     region: str,
 ) -> JsonEndpoint:
-    operations = {
-        "LookupEvents": Operation(
-            run=lambda req, _principal, _facts: trail.lookup(req),
-            checks=lambda _req, _principal: [Check("cloudtrail:LookupEvents", "*")],
-        )
-    }
     return JsonEndpoint(
         JsonProtocol(load_service_model("cloudtrail")),
         service_name="cloudtrail",
         credentials=credentials,
         authorizer=authorizer,
-        operations=operations,
+        operations=OPERATIONS.bind(trail),
         recorder=recorder,
         accepted_regions=(region,),
     )

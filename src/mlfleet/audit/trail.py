@@ -50,16 +50,8 @@ GENESIS = "0" * 64
 SECRET_MEMBERS = frozenset(
     {"SecretAccessKey", "SessionToken", "AuthorizedUrl", "Password", "PrivateKey"}
 )
-_READ_ONLY_PREFIXES = ("Describe", "List", "Get", "Lookup", "Simulate")
-_RESOURCE_TYPES = {
-    ("sagemaker", "mlflow-tracking-server"): "AWS::SageMaker::MlflowTrackingServer",
-    ("sagemaker", "model-package-group"): "AWS::SageMaker::ModelPackageGroup",
-    ("sagemaker", "model-package"): "AWS::SageMaker::ModelPackage",
-    ("iam", "user"): "AWS::IAM::User",
-    ("iam", "group"): "AWS::IAM::Group",
-    ("iam", "role"): "AWS::IAM::Role",
-    ("iam", "policy"): "AWS::IAM::Policy",
-}
+# Data events are calls to a tracking server's MLflow API.
+TRACKING_SERVER_TYPE = "AWS::SageMaker::MlflowTrackingServer"
 LOOKUP_COLUMNS = {
     "EventId": AuditRecord.event_id,
     "EventName": AuditRecord.event_name,
@@ -100,14 +92,6 @@ def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
 def _epoch(iso: str) -> float:
     # fromisoformat is ~10x cheaper than strptime, on every record of a busy gateway.
     return datetime.fromisoformat(iso).timestamp()
-
-
-def resource_type(arn: str) -> str | None:
-    parts = arn.split(":", 5)
-    if len(parts) < 6:
-        return None
-    kind = parts[5].split("/", 1)[0]
-    return _RESOURCE_TYPES.get((parts[2], kind))
 
 
 def redact(value: Any, member: str = "") -> Any:
@@ -248,11 +232,11 @@ class AuditTrail:
             "responseElements": redact(call.response) if call.response else None,
             "requestID": call.request_id,
             "eventID": str(uuid.uuid4()),
-            "readOnly": (call.operation or "").startswith(_READ_ONLY_PREFIXES),
+            "readOnly": call.read_only,
             "resources": [
-                {"accountId": self._account, "type": resource_type(arn), "ARN": arn}
-                for arn in dict.fromkeys(call.resources)
-                if arn != "*"
+                {"accountId": self._account, "type": resource.type, "ARN": resource.arn}
+                for resource in dict.fromkeys(call.resources)
+                if resource.arn != "*"
             ],
             "eventType": "AwsApiCall",
             "managementEvent": True,
@@ -297,7 +281,7 @@ class AuditTrail:
             "resources": [
                 {
                     "accountId": self._account,
-                    "type": resource_type(event.resource),
+                    "type": TRACKING_SERVER_TYPE,
                     "ARN": event.resource,
                 }
             ],

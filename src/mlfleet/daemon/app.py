@@ -26,31 +26,31 @@ from mlfleet.console.charts import endpoint_charts, server_charts
 from mlfleet.console.pages import ALL_PAGES as CONSOLE_PAGES
 from mlfleet.console.sessions import ConsoleSessions
 from mlfleet.daemon.control_plane import ControlPlane
+from mlfleet.daemon.operations import DEPLOYMENT, MODEL_REGISTRY, TRACKING_SERVERS
 from mlfleet.daemon.private import make_private
 from mlfleet.daemon.tls import refuse_secrets_in_clear, serve_tls
 from mlfleet.deploy.deployer import Deployer
-from mlfleet.deploy.responses import Invocations, deploy_operations
+from mlfleet.deploy.responses import Invocations
 from mlfleet.deploy.service import Deployments
 from mlfleet.events.bus import EventBus
 from mlfleet.events.dead_letters import DeliveryLog
 from mlfleet.events.delivery import DeliveryWorker
 from mlfleet.events.egress import OwnAddress
-from mlfleet.events.responses import events_endpoint
+from mlfleet.events.responses import EventBridge, events_endpoint
 from mlfleet.events.sources import api_call_event
 from mlfleet.events.store import EventStore
 from mlfleet.fleet.reconciler import Reconciler
-from mlfleet.fleet.responses import fleet_operations, sagemaker_endpoint
+from mlfleet.fleet.responses import sagemaker_endpoint
 from mlfleet.fleet.service import FleetService
 from mlfleet.gateway.handover import Handover
 from mlfleet.gateway.proxy import Gateway, ServerRecord
-from mlfleet.iam.responses import iam_api, sts_api
+from mlfleet.iam.responses import Identities, iam_api, sts_api
 from mlfleet.iam.simulator import Simulator
 from mlfleet.iam.store import IamStore
 from mlfleet.iam.sts import SecurityTokenService
 from mlfleet.metrics import Recorder
 from mlfleet.mlflow_api.actions import table_mlflow_version
 from mlfleet.policy.authorizer import AUTHORIZATION_MODES, Authorizer
-from mlfleet.registry.responses import registry_operations
 from mlfleet.registry.service import ModelRegistry
 from mlfleet.registry.sync import RegistrySync
 from mlfleet.runtime.local import LocalRuntime
@@ -246,9 +246,9 @@ def build_daemon(settings: Settings) -> Daemon:
             bus.publish([event])
 
     sagemaker_operations = {
-        **fleet_operations(fleet),
-        **registry_operations(registry),
-        **deploy_operations(deployments),
+        **TRACKING_SERVERS.bind(fleet),
+        **MODEL_REGISTRY.bind(registry),
+        **DEPLOYMENT.bind(deployments),
     }
     services: dict[str, Endpoint] = {
         "sagemaker": sagemaker_endpoint(
@@ -259,12 +259,12 @@ def build_daemon(settings: Settings) -> Daemon:
             settings.region,
         ),
         "iam": iam_api(
-            store,
-            Simulator(store, authorizer, settings.account_id),
+            Identities(
+                store, Simulator(store, authorizer, settings.account_id), settings.account_id
+            ),
             credentials,
             authorizer,
             record,
-            settings.account_id,
         ),
         "sts": sts_api(
             sts,
@@ -276,7 +276,11 @@ def build_daemon(settings: Settings) -> Daemon:
         ),
         "cloudtrail": cloudtrail_endpoint(trail, credentials, authorizer, record, settings.region),
         "events": events_endpoint(
-            event_store, bus.put_events, credentials, authorizer, record, settings.region
+            EventBridge(event_store, bus.put_events),
+            credentials,
+            authorizer,
+            record,
+            settings.region,
         ),
     }
     console = Console(

@@ -11,14 +11,23 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from mlfleet.api.endpoint import Check, Operation, read_body
+from mlfleet.api.endpoint import read_body
+from mlfleet.api.operations import (
+    OPERATORS,
+    READERS,
+    Access,
+    Call,
+    OperationTable,
+    Result,
+    Target,
+    anywhere,
+)
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.deploy.deployer import Deployer, Variant
@@ -29,55 +38,99 @@ from mlfleet.protocol.awsjson import InputValidator, load_service_model
 from mlfleet.protocol.errors import AwsError
 from mlfleet.state.models import Endpoint, EndpointConfig, SageMakerModel
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
-Kind = tuple[type[SageMakerModel | EndpointConfig | Endpoint], str, str]
-MODEL: Kind = (SageMakerModel, "model", "ModelName")
-CONFIG: Kind = (EndpointConfig, "endpoint-config", "EndpointConfigName")
-ENDPOINT: Kind = (Endpoint, "endpoint", "EndpointName")
 VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
+OPERATIONS: OperationTable[Deployments] = OperationTable("sagemaker")
+declare = OPERATIONS.declare
 
 
-def deploy_operations(deployments: Deployments) -> dict[str, Operation]:
-    """The model, endpoint config and endpoint operations of SageMaker's API."""
+@dataclass(frozen=True)
+class _Kind:
+    """One kind of deployment resource: its table, ARN kind, naming member and audit type."""
 
-    def operation(name: str, handler: Handler, kind: Kind | None, create: bool) -> Operation:
-        action = f"sagemaker:{name}"
+    table: type[SageMakerModel | EndpointConfig | Endpoint]
+    arn_kind: str
+    member: str
+    type: str
 
-        def checks(req: dict[str, Any], _principal: Any) -> list[Check]:
-            if kind is None:
-                return [Check(action, "*")]
-            model, arn_kind, member = kind
-            arn = deployments.arn(arn_kind, req[member])
-            if create:
-                return [Check(action, arn, request_tags=req.get("Tags", []))]
-            return [Check(action, arn, resource_tags=deployments.tags(model, arn))]
+    def existing(self, deployments: Deployments, call: Call) -> Target:
+        arn = deployments.arn(self.arn_kind, call.params[self.member])
+        return Target(arn, deployments.tags(self.table, arn))
 
-        return Operation(run=lambda req, _p, _f: handler(req), checks=checks)
+    def new(self, deployments: Deployments, call: Call) -> Target:
+        arn = deployments.arn(self.arn_kind, call.params[self.member])
+        return Target(arn, request_tags=call.params.get("Tags", []))
 
-    d = deployments
-    return {
-        "CreateModel": operation("CreateModel", d.create_model, MODEL, True),
-        "DescribeModel": operation("DescribeModel", d.describe_model, MODEL, False),
-        "DeleteModel": operation("DeleteModel", d.delete_model, MODEL, False),
-        "ListModels": operation("ListModels", d.list_models, None, False),
-        "CreateEndpointConfig": operation(
-            "CreateEndpointConfig", d.create_endpoint_config, CONFIG, True
-        ),
-        "DescribeEndpointConfig": operation(
-            "DescribeEndpointConfig", d.describe_endpoint_config, CONFIG, False
-        ),
-        "ListEndpointConfigs": operation(
-            "ListEndpointConfigs", d.list_endpoint_configs, None, False
-        ),
-        "DeleteEndpointConfig": operation(
-            "DeleteEndpointConfig", d.delete_endpoint_config, CONFIG, False
-        ),
-        "CreateEndpoint": operation("CreateEndpoint", d.create_endpoint, ENDPOINT, True),
-        "DescribeEndpoint": operation("DescribeEndpoint", d.describe_endpoint, ENDPOINT, False),
-        "UpdateEndpoint": operation("UpdateEndpoint", d.update_endpoint, ENDPOINT, False),
-        "ListEndpoints": operation("ListEndpoints", d.list_endpoints, None, False),
-        "DeleteEndpoint": operation("DeleteEndpoint", d.delete_endpoint, ENDPOINT, False),
-    }
+
+MODEL = _Kind(SageMakerModel, "model", "ModelName", "AWS::SageMaker::Model")
+CONFIG = _Kind(
+    EndpointConfig, "endpoint-config", "EndpointConfigName", "AWS::SageMaker::EndpointConfig"
+)
+ENDPOINT = _Kind(Endpoint, "endpoint", "EndpointName", "AWS::SageMaker::Endpoint")
+
+
+@declare(Access.WRITE, OPERATORS, resource=MODEL.new, resource_type=MODEL.type)
+def create_model(deployments: Deployments, call: Call) -> Result:
+    return deployments.create_model(call.params)
+
+
+@declare(Access.READ, READERS, resource=MODEL.existing, resource_type=MODEL.type)
+def describe_model(deployments: Deployments, call: Call) -> Result:
+    return deployments.describe_model(call.params)
+
+
+@declare(Access.WRITE, OPERATORS, resource=MODEL.existing, resource_type=MODEL.type)
+def delete_model(deployments: Deployments, call: Call) -> Result:
+    return deployments.delete_model(call.params)
+
+
+@declare(Access.LIST, READERS, resource=anywhere)
+def list_models(deployments: Deployments, call: Call) -> Result:
+    return deployments.list_models(call.params)
+
+
+@declare(Access.WRITE, OPERATORS, resource=CONFIG.new, resource_type=CONFIG.type)
+def create_endpoint_config(deployments: Deployments, call: Call) -> Result:
+    return deployments.create_endpoint_config(call.params)
+
+
+@declare(Access.READ, READERS, resource=CONFIG.existing, resource_type=CONFIG.type)
+def describe_endpoint_config(deployments: Deployments, call: Call) -> Result:
+    return deployments.describe_endpoint_config(call.params)
+
+
+@declare(Access.LIST, READERS, resource=anywhere)
+def list_endpoint_configs(deployments: Deployments, call: Call) -> Result:
+    return deployments.list_endpoint_configs(call.params)
+
+
+@declare(Access.WRITE, OPERATORS, resource=CONFIG.existing, resource_type=CONFIG.type)
+def delete_endpoint_config(deployments: Deployments, call: Call) -> Result:
+    return deployments.delete_endpoint_config(call.params)
+
+
+@declare(Access.WRITE, OPERATORS, resource=ENDPOINT.new, resource_type=ENDPOINT.type)
+def create_endpoint(deployments: Deployments, call: Call) -> Result:
+    return deployments.create_endpoint(call.params)
+
+
+@declare(Access.READ, READERS, resource=ENDPOINT.existing, resource_type=ENDPOINT.type)
+def describe_endpoint(deployments: Deployments, call: Call) -> Result:
+    return deployments.describe_endpoint(call.params)
+
+
+@declare(Access.WRITE, OPERATORS, resource=ENDPOINT.existing, resource_type=ENDPOINT.type)
+def update_endpoint(deployments: Deployments, call: Call) -> Result:
+    return deployments.update_endpoint(call.params)
+
+
+@declare(Access.LIST, READERS, resource=anywhere)
+def list_endpoints(deployments: Deployments, call: Call) -> Result:
+    return deployments.list_endpoints(call.params)
+
+
+@declare(Access.WRITE, OPERATORS, resource=ENDPOINT.existing, resource_type=ENDPOINT.type)
+def delete_endpoint(deployments: Deployments, call: Call) -> Result:
+    return deployments.delete_endpoint(call.params)
 
 
 def runtime_error(error: AwsError, **members: Any) -> web.Response:

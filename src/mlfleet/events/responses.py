@@ -10,113 +10,246 @@ TestEventPattern. A role handed to a rule or target also needs ``iam:PassRole``,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
-from mlfleet.api.endpoint import Check, JsonEndpoint, Operation, Recorder
+from mlfleet.api.endpoint import JsonEndpoint, Recorder
+from mlfleet.api.operations import (
+    ADMINISTRATORS,
+    Access,
+    Call,
+    OperationTable,
+    Params,
+    Result,
+    Target,
+    anywhere,
+)
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.events.store import EventStore
 from mlfleet.policy.authorizer import Authorizer
 from mlfleet.protocol.awsjson import JsonProtocol, load_service_model
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
-PutEvents = Callable[[dict[str, Any], Principal], dict[str, Any]]
-Checks = Callable[[dict[str, Any], Principal], list[Check]]
+PutEvents = Callable[[Params, Principal], Result]
+RULE_TYPE = "AWS::Events::Rule"
+CONNECTION_TYPE = "AWS::Events::Connection"
+DESTINATION_TYPE = "AWS::Events::ApiDestination"
+BUS_TYPE = "AWS::Events::EventBus"
 
-ACCOUNT_WIDE = ("ListRules", "ListConnections", "ListApiDestinations", "TestEventPattern")
+
+@dataclass(frozen=True)
+class EventBridge:
+    """What EventBridge's operations run on: the rule store, and the bus for PutEvents."""
+
+    store: EventStore
+    put_events: PutEvents
+
+
+OPERATIONS: OperationTable[EventBridge] = OperationTable("events")
+declare = OPERATIONS.declare
+
+
+def _bus(events: EventBridge, _call: Call) -> Target:
+    return Target(events.store.bus_arn)
+
+
+def _rule(events: EventBridge, call: Call) -> Target:
+    name = call.params.get("Name") or call.params["Rule"]
+    return Target(events.store.rule_arn(name), events.store.rule_tags(name))
+
+
+def _new_rule(events: EventBridge, call: Call) -> Target:
+    name = call.params["Name"]
+    return Target(
+        events.store.rule_arn(name),
+        events.store.rule_tags(name),
+        request_tags=call.params.get("Tags"),
+    )
+
+
+def _connection(events: EventBridge, call: Call) -> Target:
+    return Target(events.store.connection_arn_for(call.params["Name"]))
+
+
+def _destination(events: EventBridge, call: Call) -> Target:
+    return Target(events.store.api_destination_arn_for(call.params["Name"]))
+
+
+def _passed_roles(params: Params) -> list[str | None]:
+    """Roles a rule or its targets would act as are passed to EventBridge."""
+    return [params.get("RoleArn")] + [t.get("RoleArn") for t in params.get("Targets", [])]
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_bus, resource_type=BUS_TYPE)
+def put_events(events: EventBridge, call: Call) -> Result:
+    return events.put_events(call.params, call.principal)
+
+
+@declare(Access.READ, ADMINISTRATORS, resource=_bus, resource_type=BUS_TYPE)
+def describe_event_bus(events: EventBridge, call: Call) -> Result:
+    return events.store.describe_event_bus(call.params)
+
+
+@declare(
+    Access.WRITE,
+    ADMINISTRATORS,
+    resource=_new_rule,
+    resource_type=RULE_TYPE,
+    passes_roles=_passed_roles,
+)
+def put_rule(events: EventBridge, call: Call) -> Result:
+    return events.store.put_rule(call.params)
+
+
+@declare(
+    Access.READ,
+    ADMINISTRATORS,
+    resource=_rule,
+    resource_type=RULE_TYPE,
+    passes_roles=_passed_roles,
+)
+def describe_rule(events: EventBridge, call: Call) -> Result:
+    return events.store.describe_rule(call.params)
+
+
+@declare(
+    Access.WRITE,
+    ADMINISTRATORS,
+    resource=_rule,
+    resource_type=RULE_TYPE,
+    passes_roles=_passed_roles,
+)
+def enable_rule(events: EventBridge, call: Call) -> Result:
+    return events.store.enable_rule(call.params)
+
+
+@declare(
+    Access.WRITE,
+    ADMINISTRATORS,
+    resource=_rule,
+    resource_type=RULE_TYPE,
+    passes_roles=_passed_roles,
+)
+def disable_rule(events: EventBridge, call: Call) -> Result:
+    return events.store.disable_rule(call.params)
+
+
+@declare(
+    Access.WRITE,
+    ADMINISTRATORS,
+    resource=_rule,
+    resource_type=RULE_TYPE,
+    passes_roles=_passed_roles,
+)
+def delete_rule(events: EventBridge, call: Call) -> Result:
+    return events.store.delete_rule(call.params)
+
+
+@declare(
+    Access.WRITE,
+    ADMINISTRATORS,
+    resource=_rule,
+    resource_type=RULE_TYPE,
+    passes_roles=_passed_roles,
+)
+def put_targets(events: EventBridge, call: Call) -> Result:
+    return events.store.put_targets(call.params)
+
+
+@declare(
+    Access.WRITE,
+    ADMINISTRATORS,
+    resource=_rule,
+    resource_type=RULE_TYPE,
+    passes_roles=_passed_roles,
+)
+def remove_targets(events: EventBridge, call: Call) -> Result:
+    return events.store.remove_targets(call.params)
+
+
+@declare(
+    Access.LIST,
+    ADMINISTRATORS,
+    resource=_rule,
+    resource_type=RULE_TYPE,
+    passes_roles=_passed_roles,
+)
+def list_targets_by_rule(events: EventBridge, call: Call) -> Result:
+    return events.store.list_targets_by_rule(call.params)
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_connection, resource_type=CONNECTION_TYPE)
+def create_connection(events: EventBridge, call: Call) -> Result:
+    return events.store.create_connection(call.params)
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_connection, resource_type=CONNECTION_TYPE)
+def update_connection(events: EventBridge, call: Call) -> Result:
+    return events.store.update_connection(call.params)
+
+
+@declare(Access.READ, ADMINISTRATORS, resource=_connection, resource_type=CONNECTION_TYPE)
+def describe_connection(events: EventBridge, call: Call) -> Result:
+    return events.store.describe_connection(call.params)
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_connection, resource_type=CONNECTION_TYPE)
+def delete_connection(events: EventBridge, call: Call) -> Result:
+    return events.store.delete_connection(call.params)
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_destination, resource_type=DESTINATION_TYPE)
+def create_api_destination(events: EventBridge, call: Call) -> Result:
+    return events.store.create_api_destination(call.params)
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_destination, resource_type=DESTINATION_TYPE)
+def update_api_destination(events: EventBridge, call: Call) -> Result:
+    return events.store.update_api_destination(call.params)
+
+
+@declare(Access.READ, ADMINISTRATORS, resource=_destination, resource_type=DESTINATION_TYPE)
+def describe_api_destination(events: EventBridge, call: Call) -> Result:
+    return events.store.describe_api_destination(call.params)
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_destination, resource_type=DESTINATION_TYPE)
+def delete_api_destination(events: EventBridge, call: Call) -> Result:
+    return events.store.delete_api_destination(call.params)
+
+
+@declare(Access.LIST, ADMINISTRATORS, resource=anywhere)
+def list_rules(events: EventBridge, call: Call) -> Result:
+    return events.store.list_rules(call.params)
+
+
+@declare(Access.LIST, ADMINISTRATORS, resource=anywhere)
+def list_connections(events: EventBridge, call: Call) -> Result:
+    return events.store.list_connections(call.params)
+
+
+@declare(Access.LIST, ADMINISTRATORS, resource=anywhere)
+def list_api_destinations(events: EventBridge, call: Call) -> Result:
+    return events.store.list_api_destinations(call.params)
+
+
+@declare(Access.READ, ADMINISTRATORS, resource=anywhere)
+def test_event_pattern(events: EventBridge, call: Call) -> Result:
+    return events.store.test_event_pattern(call.params)
 
 
 def events_endpoint(
-    store: EventStore,
-    put_events: PutEvents,
+    events: EventBridge,
     credentials: Credentials,
     authorizer: Authorizer,
     recorder: Recorder,
     region: str,
 ) -> JsonEndpoint:
-    rule_handlers: dict[str, Handler] = {
-        "PutRule": store.put_rule,
-        "DescribeRule": store.describe_rule,
-        "EnableRule": store.enable_rule,
-        "DisableRule": store.disable_rule,
-        "DeleteRule": store.delete_rule,
-        "PutTargets": store.put_targets,
-        "RemoveTargets": store.remove_targets,
-        "ListTargetsByRule": store.list_targets_by_rule,
-    }
-    connection_handlers: dict[str, Handler] = {
-        "CreateConnection": store.create_connection,
-        "UpdateConnection": store.update_connection,
-        "DescribeConnection": store.describe_connection,
-        "DeleteConnection": store.delete_connection,
-    }
-    destination_handlers: dict[str, Handler] = {
-        "CreateApiDestination": store.create_api_destination,
-        "UpdateApiDestination": store.update_api_destination,
-        "DescribeApiDestination": store.describe_api_destination,
-        "DeleteApiDestination": store.delete_api_destination,
-    }
-    account_handlers: dict[str, Handler] = {
-        "ListRules": store.list_rules,
-        "ListConnections": store.list_connections,
-        "ListApiDestinations": store.list_api_destinations,
-        "TestEventPattern": store.test_event_pattern,
-    }
-
-    operations: dict[str, Operation] = {
-        "PutEvents": Operation(
-            run=lambda req, principal, _facts: put_events(req, principal),
-            checks=lambda _req, _p: [Check("events:PutEvents", store.bus_arn)],
-        )
-    }
-    for name, handler in rule_handlers.items():
-        operations[name] = _operation(handler, _rule_checks(store, name))
-    for name, handler in connection_handlers.items():
-        operations[name] = _operation(handler, _named_checks(name, store.connection_arn_for))
-    for name, handler in destination_handlers.items():
-        operations[name] = _operation(handler, _named_checks(name, store.api_destination_arn_for))
-    for name, handler in account_handlers.items():
-        operations[name] = _operation(
-            handler, lambda _req, _p, action=f"events:{name}": [Check(action, "*")]
-        )
-
-    model = load_service_model("events")
     return JsonEndpoint(
-        JsonProtocol(model),
+        JsonProtocol(load_service_model("events")),
         service_name="events",
         credentials=credentials,
         authorizer=authorizer,
-        operations=operations,
+        operations=OPERATIONS.bind(events),
         recorder=recorder,
         accepted_regions=(region,),
     )
-
-
-def _operation(handler: Handler, checks: Checks) -> Operation:
-    return Operation(run=lambda req, _principal, _facts: handler(req), checks=checks)
-
-
-def _rule_checks(store: EventStore, operation: str) -> Checks:
-    action = f"events:{operation}"
-
-    def checks(req: dict[str, Any], _principal: Principal) -> list[Check]:
-        name = req.get("Name") or req["Rule"]
-        found = [
-            Check(
-                action,
-                store.rule_arn(name),
-                resource_tags=store.rule_tags(name),
-                request_tags=req.get("Tags") if operation == "PutRule" else None,
-            )
-        ]
-        # Roles a rule or its targets would act as are passed to EventBridge.
-        roles = [req.get("RoleArn")] + [t.get("RoleArn") for t in req.get("Targets", [])]
-        found += [Check("iam:PassRole", role) for role in dict.fromkeys(roles) if role]
-        return found
-
-    return checks
-
-
-def _named_checks(operation: str, arn_for: Callable[[str], str]) -> Checks:
-    action = f"events:{operation}"
-    return lambda req, _principal: [Check(action, arn_for(req["Name"]))]

@@ -270,6 +270,11 @@ class EventStore:
             rule = self._rule(session, bus, req["Name"])
         return {**_rule(rule), "CreatedBy": rule.created_by}
 
+    def describe_event_bus(self, req: dict[str, Any]) -> Output:
+        """Only the default bus exists, with no resource policy of its own."""
+        self._bus({"EventBusName": req.get("Name", DEFAULT_BUS)})
+        return {"Name": DEFAULT_BUS, "Arn": self.bus_arn}
+
     def list_rules(self, req: dict[str, Any]) -> Output:
         bus, prefix = self._bus(req), req.get("NamePrefix", "")
         with self._sessions() as session:

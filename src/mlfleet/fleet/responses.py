@@ -7,78 +7,112 @@ authorized as ``sagemaker:<Operation>`` on the tracking server's ARN, with its t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
-from mlfleet.api.endpoint import Check, JsonEndpoint, Operation, Recorder
+from mlfleet.api.endpoint import JsonEndpoint, Recorder
+from mlfleet.api.operations import (
+    OPERATORS,
+    READERS,
+    Access,
+    Bound,
+    Call,
+    OperationTable,
+    Result,
+    Target,
+    anywhere,
+)
 from mlfleet.auth.credentials import Credentials
-from mlfleet.auth.identity import Principal
 from mlfleet.auth.ui_sessions import new_token
 from mlfleet.fleet.service import FleetService
 from mlfleet.fleet.stores import local_folder
 from mlfleet.policy.authorizer import Authorizer
 from mlfleet.protocol.awsjson import JsonProtocol, load_service_model
 
-Handler = Callable[[dict[str, Any], Principal], dict[str, Any]]
+TRACKING_SERVER_TYPE = "AWS::SageMaker::MlflowTrackingServer"
+OPERATIONS: OperationTable[FleetService] = OperationTable("sagemaker", TRACKING_SERVER_TYPE)
+declare = OPERATIONS.declare
 
 
-def fleet_operations(fleet: FleetService) -> dict[str, Operation]:
-    """The tracking-server operations of SageMaker's API, and their tags."""
+def _server(fleet: FleetService, call: Call) -> Target:
+    name = call.params["TrackingServerName"]
+    return Target(fleet.arn_for(name), fleet.tags_of(name))
 
-    def presigned_url(req: dict[str, Any], principal: Principal) -> dict[str, Any]:
-        token, token_hash = new_token()
-        return fleet.create_presigned_url(req, principal, token, token_hash)
 
-    handlers: dict[str, Handler] = {
-        "CreateMlflowTrackingServer": fleet.create,
-        "DescribeMlflowTrackingServer": lambda req, _p: fleet.describe(req),
-        "UpdateMlflowTrackingServer": fleet.update,
-        "DeleteMlflowTrackingServer": fleet.delete,
-        "ListMlflowTrackingServers": lambda req, _p: fleet.list(req),
-        "StartMlflowTrackingServer": fleet.start,
-        "StopMlflowTrackingServer": fleet.stop,
-        "CreatePresignedMlflowTrackingServerUrl": presigned_url,
-        "AddTags": lambda req, _p: fleet.add_tags(req),
-        "DeleteTags": lambda req, _p: fleet.delete_tags(req),
-        "ListTags": lambda req, _p: fleet.list_tags(req),
-    }
+def _new_server(fleet: FleetService, call: Call) -> Target:
+    name = call.params["TrackingServerName"]
+    return Target(fleet.arn_for(name), request_tags=call.params.get("Tags", []))
 
-    def checks_for(operation: str) -> Callable[[dict[str, Any], Principal], list[Check]]:
-        action = f"sagemaker:{operation}"
 
-        def checks(req: dict[str, Any], _principal: Principal) -> list[Check]:
-            if "ResourceArn" in req:  # the tag operations
-                arn = req["ResourceArn"]
-                tags = fleet.tags_of(fleet.name_of(arn))
-                if "TagKeys" in req:
-                    removed = {"aws:TagKeys": list(req["TagKeys"])}
-                    return [Check(action, arn, resource_tags=tags, extra=removed)]
-                return [Check(action, arn, resource_tags=tags, request_tags=req.get("Tags"))]
-            name = req.get("TrackingServerName")
-            if name is None:
-                return [Check(action, "*")]
-            arn = fleet.arn_for(name)
-            if operation == "CreateMlflowTrackingServer":
-                # A create also passes its role to the server, as in AWS.
-                return [
-                    Check(action, arn, request_tags=req.get("Tags", [])),
-                    Check("iam:PassRole", req["RoleArn"]),
-                ]
-            return [Check(action, arn, resource_tags=fleet.tags_of(name))]
+def _tagged(fleet: FleetService, call: Call) -> Target:
+    arn = call.params["ResourceArn"]
+    return Target(arn, fleet.tags_of(fleet.name_of(arn)), request_tags=call.params.get("Tags"))
 
-        return checks
 
-    return {
-        name: Operation(
-            run=lambda req, principal, _facts, handler=handler: handler(req, principal),
-            checks=checks_for(name),
-        )
-        for name, handler in handlers.items()
-    }
+def _untagged(fleet: FleetService, call: Call) -> Target:
+    arn = call.params["ResourceArn"]
+    removed = {"aws:TagKeys": list(call.params["TagKeys"])}
+    return Target(arn, fleet.tags_of(fleet.name_of(arn)), keys=removed)
+
+
+# A create also passes its role to the server, as in AWS.
+@declare(Access.WRITE, OPERATORS, resource=_new_server, passes_roles=lambda p: [p["RoleArn"]])
+def create_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+    return fleet.create(call.params, call.principal)
+
+
+@declare(Access.READ, READERS, resource=_server)
+def describe_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+    return fleet.describe(call.params)
+
+
+@declare(Access.WRITE, OPERATORS, resource=_server)
+def update_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+    return fleet.update(call.params, call.principal)
+
+
+@declare(Access.WRITE, OPERATORS, resource=_server)
+def delete_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+    return fleet.delete(call.params, call.principal)
+
+
+@declare(Access.LIST, READERS, resource=anywhere)
+def list_mlflow_tracking_servers(fleet: FleetService, call: Call) -> Result:
+    return fleet.list(call.params)
+
+
+@declare(Access.WRITE, OPERATORS, resource=_server)
+def start_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+    return fleet.start(call.params, call.principal)
+
+
+@declare(Access.WRITE, OPERATORS, resource=_server)
+def stop_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+    return fleet.stop(call.params, call.principal)
+
+
+@declare(Access.WRITE, READERS, resource=_server)
+def create_presigned_mlflow_tracking_server_url(fleet: FleetService, call: Call) -> Result:
+    token, token_hash = new_token()
+    return fleet.create_presigned_url(call.params, call.principal, token, token_hash)
+
+
+@declare(Access.TAGGING, OPERATORS, resource=_tagged)
+def add_tags(fleet: FleetService, call: Call) -> Result:
+    return fleet.add_tags(call.params)
+
+
+@declare(Access.TAGGING, OPERATORS, resource=_untagged)
+def delete_tags(fleet: FleetService, call: Call) -> Result:
+    return fleet.delete_tags(call.params)
+
+
+@declare(Access.READ, READERS, resource=_tagged)
+def list_tags(fleet: FleetService, call: Call) -> Result:
+    return fleet.list_tags(call.params)
 
 
 def sagemaker_endpoint(
-    operations: Mapping[str, Operation],
+    operations: Mapping[str, Bound],
     credentials: Credentials,
     authorizer: Authorizer,
     recorder: Recorder,

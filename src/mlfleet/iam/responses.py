@@ -8,26 +8,35 @@ operation is authorized as the IAM action of its name on the resource it names.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
 
-from mlfleet.api.endpoint import Check, Operation, QueryEndpoint, Recorder
+from mlfleet.api.endpoint import QueryEndpoint, Recorder
+from mlfleet.api.operations import (
+    ADMINISTRATORS,
+    NO_PERMISSION_NEEDED,
+    OPERATORS,
+    Access,
+    Call,
+    OperationTable,
+    Params,
+    Result,
+    Target,
+    anywhere,
+)
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.iam.simulator import Simulator
 from mlfleet.iam.store import IamStore
 from mlfleet.iam.sts import SecurityTokenService
-from mlfleet.policy.authorizer import Authorizer, RequestFacts
+from mlfleet.policy.authorizer import Authorizer
 from mlfleet.policy.evaluation import ContextValue
 from mlfleet.protocol.awsjson import load_service_model
 from mlfleet.protocol.awsquery import QueryProtocol
 from mlfleet.protocol.errors import AwsError
 
-Run = Callable[[dict[str, Any], Principal, RequestFacts], dict[str, Any]]
-# The resource an IAM operation acts on: it needs iam:<Operation> there.
-Resource = Callable[[dict[str, Any], Principal], str]
-# The condition keys an IAM operation's authorization sees beyond the usual ones.
-ContextKeys = Callable[[str, dict[str, Any]], Mapping[str, ContextValue]]
 _KINDS = ("User", "Group", "Role")
+_TYPES = {"user": "AWS::IAM::User", "group": "AWS::IAM::Group", "role": "AWS::IAM::Role"}
+POLICY_TYPE = "AWS::IAM::Policy"
 _BOUNDARY_KEY = "iam:PermissionsBoundary"
 # The operations IAM gives iam:PermissionsBoundary: those that set a boundary, and those that
 # change what a user or role may do, so a policy can say "only within this boundary".
@@ -44,26 +53,50 @@ _BOUNDARY_KEYED = frozenset(
 )
 
 
-def _authorized_as_named(
-    operations: Mapping[str, tuple[Run, Resource]], context_keys: ContextKeys
-) -> dict[str, Operation]:
-    """Each IAM operation needs the action of its name on the resource it names."""
+@dataclass(frozen=True)
+class Identities:
+    """What IAM's operations run on: the store, and the simulator."""
 
-    def checks(name: str, resource: Resource) -> Callable[..., list[Check]]:
-        action = f"iam:{name}"
-        return lambda params, principal: [
-            Check(action, resource(params, principal), extra=context_keys(name, params))
-        ]
+    store: IamStore
+    simulator: Simulator
+    account_id: str
 
-    return {
-        name: Operation(run, checks(name, resource)) for name, (run, resource) in operations.items()
-    }
+    def entity(self, kind: str, name: str, call: Call) -> Target:
+        """The user, group or role a call names, with its path when it exists (or the path the
+        call gives it), and the iam:PermissionsBoundary the call sees."""
+        path = call.params.get("Path")
+        arn = None
+        if path is None:
+            try:
+                arn = str(getattr(self.store, f"{kind}_record")(name).arn)
+            except AwsError:
+                path = "/"
+        if arn is None:
+            arn = f"arn:aws:iam::{self.account_id}:{kind}{path}{name}"
+        keys = self.boundary_key(call.operation, call.params)
+        return Target(arn, keys=keys, type=_TYPES[kind])
+
+    def boundary_key(self, operation: str, params: Params) -> Mapping[str, ContextValue]:
+        """iam:PermissionsBoundary: the boundary a request sets, else its user's or role's."""
+        if operation not in _BOUNDARY_KEYED:
+            return {}
+        arn = params.get("PermissionsBoundary")
+        if arn is None and not operation.startswith("Create"):
+            kind = "user" if "UserName" in params else "role"
+            try:
+                record = getattr(self.store, f"{kind}_record")(params[f"{kind.title()}Name"])
+            except AwsError:
+                return {}  # the operation itself says the entity does not exist
+            arn = record.permissions_boundary
+        return {} if arn is None else {_BOUNDARY_KEY: arn}
 
 
+OPERATIONS: OperationTable[Identities] = OperationTable("iam")
+declare = OPERATIONS.declare
 # --- IAM ---------------------------------------------------------------------------------------
 
 
-def _caller_user(params: dict[str, Any], principal: Principal) -> str:
+def _caller_user(params: Params, principal: Principal) -> str:
     """UserName, or the calling user's own name when the operation allows leaving it out."""
     name = params.get("UserName")
     if name is not None:
@@ -75,208 +108,269 @@ def _caller_user(params: dict[str, Any], principal: Principal) -> str:
     return principal.name
 
 
+def _user(iam: Identities, call: Call) -> Target:
+    return iam.entity("user", _caller_user(call.params, call.principal), call)
+
+
+def _group(iam: Identities, call: Call) -> Target:
+    return iam.entity("group", call.params["GroupName"], call)
+
+
+def _role(iam: Identities, call: Call) -> Target:
+    return iam.entity("role", call.params["RoleName"], call)
+
+
+def _policy(iam: Identities, call: Call) -> Target:
+    params = call.params
+    if "PolicyArn" in params:
+        return Target(str(params["PolicyArn"]), type=POLICY_TYPE)
+    path = params.get("Path", "/")
+    return Target(
+        f"arn:aws:iam::{iam.account_id}:policy{path}{params['PolicyName']}", type=POLICY_TYPE
+    )
+
+
+def _simulated(_iam: Identities, call: Call) -> Target:
+    arn = str(call.params["PolicySourceArn"])
+    kind = arn.split(":", 5)[5].split("/", 1)[0] if arn.count(":") >= 5 else ""
+    return Target(arn, type=_TYPES.get(kind))
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_user)
+def create_user(iam: Identities, call: Call) -> Result:
+    return iam.store.create_user(call.params)
+
+
+@declare(Access.READ, OPERATORS, resource=_user)
+def get_user(iam: Identities, call: Call) -> Result:
+    return iam.store.get_user(_caller_user(call.params, call.principal))
+
+
+@declare(Access.LIST, ADMINISTRATORS, resource=anywhere)
+def list_users(iam: Identities, call: Call) -> Result:
+    return iam.store.list_users(call.params)
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_user)
+def delete_user(iam: Identities, call: Call) -> Result:
+    return iam.store.delete_user(call.params["UserName"])
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_user)
+def create_access_key(iam: Identities, call: Call) -> Result:
+    return iam.store.create_access_key(_caller_user(call.params, call.principal))
+
+
+@declare(Access.LIST, OPERATORS, resource=_user)
+def list_access_keys(iam: Identities, call: Call) -> Result:
+    return iam.store.list_access_keys(_caller_user(call.params, call.principal), call.params)
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_user)
+def update_access_key(iam: Identities, call: Call) -> Result:
+    user = _caller_user(call.params, call.principal)
+    return iam.store.update_access_key(user, call.params["AccessKeyId"], call.params["Status"])
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_user)
+def delete_access_key(iam: Identities, call: Call) -> Result:
+    user = _caller_user(call.params, call.principal)
+    return iam.store.delete_access_key(user, call.params["AccessKeyId"])
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_group)
+def create_group(iam: Identities, call: Call) -> Result:
+    return iam.store.create_group(call.params)
+
+
+@declare(Access.READ, ADMINISTRATORS, resource=_group)
+def get_group(iam: Identities, call: Call) -> Result:
+    return iam.store.get_group(call.params)
+
+
+@declare(Access.LIST, ADMINISTRATORS, resource=anywhere)
+def list_groups(iam: Identities, call: Call) -> Result:
+    return iam.store.list_groups(call.params)
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_group)
+def delete_group(iam: Identities, call: Call) -> Result:
+    return iam.store.delete_group(call.params["GroupName"])
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_group)
+def add_user_to_group(iam: Identities, call: Call) -> Result:
+    return iam.store.add_user_to_group(call.params["GroupName"], call.params["UserName"])
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_group)
+def remove_user_from_group(iam: Identities, call: Call) -> Result:
+    return iam.store.remove_user_from_group(call.params["GroupName"], call.params["UserName"])
+
+
+@declare(Access.LIST, ADMINISTRATORS, resource=_user)
+def list_groups_for_user(iam: Identities, call: Call) -> Result:
+    return iam.store.list_groups_for_user(call.params)
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_role)
+def create_role(iam: Identities, call: Call) -> Result:
+    return iam.store.create_role(call.params)
+
+
+@declare(Access.READ, ADMINISTRATORS, resource=_role)
+def get_role(iam: Identities, call: Call) -> Result:
+    return iam.store.get_role(call.params["RoleName"])
+
+
+@declare(Access.LIST, ADMINISTRATORS, resource=anywhere)
+def list_roles(iam: Identities, call: Call) -> Result:
+    return iam.store.list_roles(call.params)
+
+
+@declare(Access.WRITE, ADMINISTRATORS, resource=_role)
+def delete_role(iam: Identities, call: Call) -> Result:
+    return iam.store.delete_role(call.params["RoleName"])
+
+
+@declare(Access.PERMISSIONS, ADMINISTRATORS, resource=_role)
+def update_assume_role_policy(iam: Identities, call: Call) -> Result:
+    params = call.params
+    return iam.store.update_assume_role_policy(params["RoleName"], params["PolicyDocument"])
+
+
+@declare(Access.PERMISSIONS, ADMINISTRATORS, resource=_policy)
+def create_policy(iam: Identities, call: Call) -> Result:
+    return iam.store.create_policy(call.params)
+
+
+@declare(Access.READ, ADMINISTRATORS, resource=_policy)
+def get_policy(iam: Identities, call: Call) -> Result:
+    return iam.store.get_policy(call.params["PolicyArn"])
+
+
+@declare(Access.READ, ADMINISTRATORS, resource=_policy)
+def get_policy_version(iam: Identities, call: Call) -> Result:
+    return iam.store.get_policy_version(call.params["PolicyArn"], call.params["VersionId"])
+
+
+@declare(Access.LIST, ADMINISTRATORS, resource=anywhere)
+def list_policies(iam: Identities, call: Call) -> Result:
+    return iam.store.list_policies(call.params)
+
+
+@declare(Access.PERMISSIONS, ADMINISTRATORS, resource=_policy)
+def delete_policy(iam: Identities, call: Call) -> Result:
+    return iam.store.delete_policy(call.params["PolicyArn"])
+
+
+@declare(Access.READ, ADMINISTRATORS, resource=_simulated)
+def simulate_principal_policy(iam: Identities, call: Call) -> Result:
+    return iam.simulator.simulate_principal_policy(call.params)
+
+
+def _declare_policy_operations(kind: str, locate: Callable[[Identities, Call], Target]) -> None:
+    """Put/Get/Delete/List{Kind}Policy and Attach/Detach/ListAttached{Kind}Policies."""
+    owner_member, lower = f"{kind}Name", kind.lower()
+
+    def owner(call: Call) -> str:
+        return str(call.params[owner_member])
+
+    @declare(Access.PERMISSIONS, ADMINISTRATORS, resource=locate, name=f"Put{kind}Policy")
+    def put_policy(iam: Identities, call: Call) -> Result:
+        params = call.params
+        return iam.store.put_inline_policy(
+            lower, owner(call), params["PolicyName"], params["PolicyDocument"]
+        )
+
+    @declare(Access.READ, ADMINISTRATORS, resource=locate, name=f"Get{kind}Policy")
+    def get_policy(iam: Identities, call: Call) -> Result:
+        return iam.store.get_inline_policy(lower, owner(call), call.params["PolicyName"])
+
+    @declare(Access.PERMISSIONS, ADMINISTRATORS, resource=locate, name=f"Delete{kind}Policy")
+    def delete_policy(iam: Identities, call: Call) -> Result:
+        return iam.store.delete_inline_policy(lower, owner(call), call.params["PolicyName"])
+
+    @declare(Access.LIST, ADMINISTRATORS, resource=locate, name=f"List{kind}Policies")
+    def list_policies(iam: Identities, call: Call) -> Result:
+        return iam.store.list_inline_policies(lower, owner(call), call.params)
+
+    @declare(Access.PERMISSIONS, ADMINISTRATORS, resource=locate, name=f"Attach{kind}Policy")
+    def attach_policy(iam: Identities, call: Call) -> Result:
+        return iam.store.attach_policy(lower, owner(call), call.params["PolicyArn"])
+
+    @declare(Access.PERMISSIONS, ADMINISTRATORS, resource=locate, name=f"Detach{kind}Policy")
+    def detach_policy(iam: Identities, call: Call) -> Result:
+        return iam.store.detach_policy(lower, owner(call), call.params["PolicyArn"])
+
+    @declare(Access.LIST, ADMINISTRATORS, resource=locate, name=f"ListAttached{kind}Policies")
+    def list_attached_policies(iam: Identities, call: Call) -> Result:
+        return iam.store.list_attached_policies(lower, owner(call), call.params)
+
+
+def _declare_boundary_operations(kind: str, locate: Callable[[Identities, Call], Target]) -> None:
+    """Put/Delete{Kind}PermissionsBoundary."""
+    owner_member, lower = f"{kind}Name", kind.lower()
+
+    @declare(
+        Access.PERMISSIONS, ADMINISTRATORS, resource=locate, name=f"Put{kind}PermissionsBoundary"
+    )
+    def put_boundary(iam: Identities, call: Call) -> Result:
+        params = call.params
+        return iam.store.put_permissions_boundary(
+            lower, params[owner_member], params["PermissionsBoundary"]
+        )
+
+    @declare(
+        Access.PERMISSIONS,
+        ADMINISTRATORS,
+        resource=locate,
+        name=f"Delete{kind}PermissionsBoundary",
+    )
+    def delete_boundary(iam: Identities, call: Call) -> Result:
+        return iam.store.delete_permissions_boundary(lower, call.params[owner_member])
+
+
+_declare_policy_operations("User", _user)
+_declare_policy_operations("Group", _group)
+_declare_policy_operations("Role", _role)
+_declare_boundary_operations("User", _user)
+_declare_boundary_operations("Role", _role)
+
+
 def iam_api(
-    store: IamStore,
-    simulator: Simulator,
+    identities: Identities,
     credentials: Credentials,
     authorizer: Authorizer,
     recorder: Recorder,
-    account_id: str,
 ) -> QueryEndpoint:
-    arns = _IamArns(store, account_id)
-    ops: dict[str, tuple[Run, Resource]] = {
-        "CreateUser": (lambda p, _c, _f: store.create_user(p), arns.user),
-        "GetUser": (lambda p, c, _f: store.get_user(_caller_user(p, c)), arns.user),
-        "ListUsers": (lambda p, _c, _f: store.list_users(p), arns.anything),
-        "DeleteUser": (lambda p, _c, _f: store.delete_user(p["UserName"]), arns.user),
-        "CreateAccessKey": (
-            lambda p, c, _f: store.create_access_key(_caller_user(p, c)),
-            arns.user,
-        ),
-        "ListAccessKeys": (
-            lambda p, c, _f: store.list_access_keys(_caller_user(p, c), p),
-            arns.user,
-        ),
-        "UpdateAccessKey": (
-            lambda p, c, _f: store.update_access_key(
-                _caller_user(p, c), p["AccessKeyId"], p["Status"]
-            ),
-            arns.user,
-        ),
-        "DeleteAccessKey": (
-            lambda p, c, _f: store.delete_access_key(_caller_user(p, c), p["AccessKeyId"]),
-            arns.user,
-        ),
-        "CreateGroup": (lambda p, _c, _f: store.create_group(p), arns.group),
-        "GetGroup": (lambda p, _c, _f: store.get_group(p), arns.group),
-        "ListGroups": (lambda p, _c, _f: store.list_groups(p), arns.anything),
-        "DeleteGroup": (lambda p, _c, _f: store.delete_group(p["GroupName"]), arns.group),
-        "AddUserToGroup": (
-            lambda p, _c, _f: store.add_user_to_group(p["GroupName"], p["UserName"]),
-            arns.group,
-        ),
-        "RemoveUserFromGroup": (
-            lambda p, _c, _f: store.remove_user_from_group(p["GroupName"], p["UserName"]),
-            arns.group,
-        ),
-        "ListGroupsForUser": (lambda p, _c, _f: store.list_groups_for_user(p), arns.user),
-        "CreateRole": (lambda p, _c, _f: store.create_role(p), arns.role),
-        "GetRole": (lambda p, _c, _f: store.get_role(p["RoleName"]), arns.role),
-        "ListRoles": (lambda p, _c, _f: store.list_roles(p), arns.anything),
-        "DeleteRole": (lambda p, _c, _f: store.delete_role(p["RoleName"]), arns.role),
-        "UpdateAssumeRolePolicy": (
-            lambda p, _c, _f: store.update_assume_role_policy(p["RoleName"], p["PolicyDocument"]),
-            arns.role,
-        ),
-        "CreatePolicy": (lambda p, _c, _f: store.create_policy(p), arns.policy),
-        "GetPolicy": (lambda p, _c, _f: store.get_policy(p["PolicyArn"]), arns.policy),
-        "GetPolicyVersion": (
-            lambda p, _c, _f: store.get_policy_version(p["PolicyArn"], p["VersionId"]),
-            arns.policy,
-        ),
-        "ListPolicies": (lambda p, _c, _f: store.list_policies(p), arns.anything),
-        "DeletePolicy": (lambda p, _c, _f: store.delete_policy(p["PolicyArn"]), arns.policy),
-        "SimulatePrincipalPolicy": (
-            lambda p, _c, _f: simulator.simulate_principal_policy(p),
-            lambda p, _c: str(p["PolicySourceArn"]),
-        ),
-    }
-    for kind in _KINDS:
-        ops.update(_policy_operations(store, kind, arns))
-    for kind in ("User", "Role"):
-        ops.update(_boundary_operations(store, kind, arns))
     return QueryEndpoint(
         QueryProtocol(load_service_model("iam")),
         service_name="iam",
         credentials=credentials,
         authorizer=authorizer,
-        operations=_authorized_as_named(ops, _BoundaryKey(store)),
+        operations=OPERATIONS.bind(identities),
         recorder=recorder,
         # IAM is global: AWS signs it for us-east-1 whatever the client's region.
         accepted_regions=("us-east-1",),
     )
 
 
-def _policy_operations(
-    store: IamStore, kind: str, arns: _IamArns
-) -> dict[str, tuple[Run, Resource]]:
-    """Put/Get/Delete/List{Kind}Policy and Attach/Detach/ListAttached{Kind}Policies."""
-    owner_member, lower = f"{kind}Name", kind.lower()
-    resource = getattr(arns, lower)
-
-    def owner(params: dict[str, Any]) -> str:
-        return str(params[owner_member])
-
-    return {
-        f"Put{kind}Policy": (
-            lambda p, _c, _f: store.put_inline_policy(
-                lower, owner(p), p["PolicyName"], p["PolicyDocument"]
-            ),
-            resource,
-        ),
-        f"Get{kind}Policy": (
-            lambda p, _c, _f: store.get_inline_policy(lower, owner(p), p["PolicyName"]),
-            resource,
-        ),
-        f"Delete{kind}Policy": (
-            lambda p, _c, _f: store.delete_inline_policy(lower, owner(p), p["PolicyName"]),
-            resource,
-        ),
-        f"List{kind}Policies": (
-            lambda p, _c, _f: store.list_inline_policies(lower, owner(p), p),
-            resource,
-        ),
-        f"Attach{kind}Policy": (
-            lambda p, _c, _f: store.attach_policy(lower, owner(p), p["PolicyArn"]),
-            resource,
-        ),
-        f"Detach{kind}Policy": (
-            lambda p, _c, _f: store.detach_policy(lower, owner(p), p["PolicyArn"]),
-            resource,
-        ),
-        f"ListAttached{kind}Policies": (
-            lambda p, _c, _f: store.list_attached_policies(lower, owner(p), p),
-            resource,
-        ),
-    }
-
-
-def _boundary_operations(
-    store: IamStore, kind: str, arns: _IamArns
-) -> dict[str, tuple[Run, Resource]]:
-    """Put/Delete{Kind}PermissionsBoundary."""
-    owner_member, lower = f"{kind}Name", kind.lower()
-    resource = getattr(arns, lower)
-    return {
-        f"Put{kind}PermissionsBoundary": (
-            lambda p, _c, _f: store.put_permissions_boundary(
-                lower, p[owner_member], p["PermissionsBoundary"]
-            ),
-            resource,
-        ),
-        f"Delete{kind}PermissionsBoundary": (
-            lambda p, _c, _f: store.delete_permissions_boundary(lower, p[owner_member]),
-            resource,
-        ),
-    }
-
-
-class _BoundaryKey:
-    """iam:PermissionsBoundary: the boundary a request sets, else the one its user or role has."""
-
-    def __init__(self, store: IamStore) -> None:
-        self._store = store
-
-    def __call__(self, operation: str, params: dict[str, Any]) -> Mapping[str, ContextValue]:
-        if operation not in _BOUNDARY_KEYED:
-            return {}
-        arn = params.get("PermissionsBoundary")
-        if arn is None and not operation.startswith("Create"):
-            kind = "user" if "UserName" in params else "role"
-            try:
-                record = getattr(self._store, f"{kind}_record")(params[f"{kind.title()}Name"])
-            except AwsError:
-                return {}  # the operation itself says the entity does not exist
-            arn = record.permissions_boundary
-        return {} if arn is None else {_BOUNDARY_KEY: arn}
-
-
-class _IamArns:
-    """The ARN an IAM operation acts on: the entity it names, with its path when it exists."""
-
-    def __init__(self, store: IamStore, account_id: str) -> None:
-        self._store = store
-        self._prefix = f"arn:aws:iam::{account_id}:"
-
-    def _named(self, kind: str, name: str, path: str | None) -> str:
-        if path is None:
-            try:
-                record = getattr(self._store, f"{kind}_record")(name)
-                return str(record.arn)
-            except AwsError:
-                path = "/"
-        return f"{self._prefix}{kind}{path}{name}"
-
-    def user(self, params: dict[str, Any], principal: Principal) -> str:
-        return self._named("user", _caller_user(params, principal), params.get("Path"))
-
-    def role(self, params: dict[str, Any], _principal: Principal) -> str:
-        return self._named("role", params["RoleName"], params.get("Path"))
-
-    def group(self, params: dict[str, Any], _principal: Principal) -> str:
-        return self._named("group", params["GroupName"], params.get("Path"))
-
-    def policy(self, params: dict[str, Any], _principal: Principal) -> str:
-        if "PolicyArn" in params:
-            return str(params["PolicyArn"])
-        return f"{self._prefix}policy{params.get('Path', '/')}{params['PolicyName']}"
-
-    @staticmethod
-    def anything(_params: dict[str, Any], _principal: Principal) -> str:
-        return "*"
-
-
 # --- STS ---------------------------------------------------------------------------------------
+
+STS_OPERATIONS: OperationTable[SecurityTokenService] = OperationTable("sts")
+
+
+# Anyone may ask who they are; AWS does not authorize GetCallerIdentity.
+@STS_OPERATIONS.declare(Access.READ, NO_PERMISSION_NEEDED, resource=None)
+def get_caller_identity(sts: SecurityTokenService, call: Call) -> Result:
+    return sts.get_caller_identity(call.principal)
+
+
+# AssumeRole weighs the trust policy with the identity's policies itself.
+@STS_OPERATIONS.declare(Access.WRITE, ADMINISTRATORS, resource=None)
+def assume_role(sts: SecurityTokenService, call: Call) -> Result:
+    return sts.assume_role(call.params, call.principal, call.facts)
 
 
 def sts_api(
@@ -287,12 +381,6 @@ def sts_api(
     region: str,
     min_duration_seconds: int,
 ) -> QueryEndpoint:
-    ops = {
-        # Anyone may ask who they are; AWS does not authorize GetCallerIdentity.
-        "GetCallerIdentity": Operation(lambda _p, c, _f: sts.get_caller_identity(c), None),
-        # AssumeRole weighs the trust policy with the identity's policies itself.
-        "AssumeRole": Operation(lambda p, c, f: sts.assume_role(p, c, f), None),
-    }
     return QueryEndpoint(
         QueryProtocol(
             load_service_model("sts"),
@@ -301,7 +389,7 @@ def sts_api(
         service_name="sts",
         credentials=credentials,
         authorizer=authorizer,
-        operations=ops,
+        operations=STS_OPERATIONS.bind(sts),
         recorder=recorder,
         accepted_regions=(region, "us-east-1"),
     )

@@ -11,81 +11,114 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mlfleet.api.endpoint import Check, Operation
-from mlfleet.auth.identity import Principal
+from mlfleet.api.operations import (
+    OPERATORS,
+    READERS,
+    Access,
+    Call,
+    OperationTable,
+    Result,
+    Target,
+    anywhere,
+)
 from mlfleet.policy.evaluation import ContextValue
 from mlfleet.registry.service import ModelRegistry
 
-Handler = Callable[[dict[str, Any], Principal], dict[str, Any]]
-CheckFor = Callable[[str, dict[str, Any]], list[Check]]
+GROUP_TYPE = "AWS::SageMaker::ModelPackageGroup"
+PACKAGE_TYPE = "AWS::SageMaker::ModelPackage"
+OPERATIONS: OperationTable[ModelRegistry] = OperationTable("sagemaker")
+declare = OPERATIONS.declare
 
 
-def registry_operations(registry: ModelRegistry) -> dict[str, Operation]:
-    """The model package group and model package operations of SageMaker's API."""
-
-    def create_group_check(action: str, req: dict[str, Any]) -> list[Check]:
-        arn = registry.group_arn(req["ModelPackageGroupName"])
-        return [Check(action, arn, request_tags=req.get("Tags", []))]
-
-    def group_check(action: str, req: dict[str, Any]) -> list[Check]:
-        arn = registry.group_arn(req["ModelPackageGroupName"])
-        return [Check(action, arn, resource_tags=registry.group_tags(arn))]
-
-    def package_check(member: str) -> CheckFor:
-        def check(action: str, req: dict[str, Any]) -> list[Check]:
-            arn = registry.package_arn(req[member])
-            tags = registry.package_tags(arn)
-            return [Check(action, arn, resource_tags=tags, extra=_condition_keys(req))]
-
-        return check
-
-    def create_package_check(action: str, req: dict[str, Any]) -> list[Check]:
-        group = req.get("ModelPackageGroupName")
-        if group is not None:
-            arn = registry.next_package_arn(group)
-            tags = registry.group_tags(registry.group_arn(group))
-        elif "ModelPackageName" in req:
-            arn, tags = registry.package_arn(req["ModelPackageName"]), []
-        else:  # refused by the operation itself, with the reason
-            arn, tags = "*", []
-        return [
-            Check(
-                action,
-                arn,
-                resource_tags=tags,
-                request_tags=req.get("Tags", []),
-                extra=_condition_keys(req),
-            )
-        ]
-
-    def anything(action: str, _req: dict[str, Any]) -> list[Check]:
-        return [Check(action, "*")]
-
-    table: dict[str, tuple[Handler, CheckFor]] = {
-        "CreateModelPackageGroup": (registry.create_group, create_group_check),
-        "DescribeModelPackageGroup": (lambda req, _p: registry.describe_group(req), group_check),
-        "ListModelPackageGroups": (lambda req, _p: registry.list_groups(req), anything),
-        "DeleteModelPackageGroup": (lambda req, _p: registry.delete_group(req), group_check),
-        "CreateModelPackage": (registry.create_package, create_package_check),
-        "DescribeModelPackage": (
-            lambda req, _p: registry.describe_package(req),
-            package_check("ModelPackageName"),
-        ),
-        "ListModelPackages": (lambda req, _p: registry.list_packages(req), anything),
-        "UpdateModelPackage": (registry.update_package, package_check("ModelPackageArn")),
-        "DeleteModelPackage": (
-            lambda req, _p: registry.delete_package(req),
-            package_check("ModelPackageName"),
-        ),
-    }
-    return {name: _operation(f"sagemaker:{name}", *entry) for name, entry in table.items()}
+def _new_group(registry: ModelRegistry, call: Call) -> Target:
+    arn = registry.group_arn(call.params["ModelPackageGroupName"])
+    return Target(arn, request_tags=call.params.get("Tags", []))
 
 
-def _operation(action: str, handler: Handler, check: CheckFor) -> Operation:
-    return Operation(
-        run=lambda req, principal, _facts: handler(req, principal),
-        checks=lambda req, _principal: check(action, req),
-    )
+def _group(registry: ModelRegistry, call: Call) -> Target:
+    arn = registry.group_arn(call.params["ModelPackageGroupName"])
+    return Target(arn, registry.group_tags(arn))
+
+
+def _package_named_by(member: str) -> Callable[[ModelRegistry, Call], Target]:
+    def locate(registry: ModelRegistry, call: Call) -> Target:
+        arn = registry.package_arn(call.params[member])
+        return Target(arn, registry.package_tags(arn), keys=_condition_keys(call.params))
+
+    return locate
+
+
+def _new_package(registry: ModelRegistry, call: Call) -> Target:
+    req = call.params
+    group = req.get("ModelPackageGroupName")
+    if group is not None:
+        arn = registry.next_package_arn(group)
+        tags = registry.group_tags(registry.group_arn(group))
+    elif "ModelPackageName" in req:
+        arn, tags = registry.package_arn(req["ModelPackageName"]), []
+    else:  # refused by the operation itself, with the reason
+        arn, tags = "*", []
+    return Target(arn, tags, request_tags=req.get("Tags", []), keys=_condition_keys(req))
+
+
+@declare(Access.WRITE, OPERATORS, resource=_new_group, resource_type=GROUP_TYPE)
+def create_model_package_group(registry: ModelRegistry, call: Call) -> Result:
+    return registry.create_group(call.params, call.principal)
+
+
+@declare(Access.READ, READERS, resource=_group, resource_type=GROUP_TYPE)
+def describe_model_package_group(registry: ModelRegistry, call: Call) -> Result:
+    return registry.describe_group(call.params)
+
+
+@declare(Access.LIST, READERS, resource=anywhere)
+def list_model_package_groups(registry: ModelRegistry, call: Call) -> Result:
+    return registry.list_groups(call.params)
+
+
+@declare(Access.WRITE, OPERATORS, resource=_group, resource_type=GROUP_TYPE)
+def delete_model_package_group(registry: ModelRegistry, call: Call) -> Result:
+    return registry.delete_group(call.params)
+
+
+@declare(Access.WRITE, OPERATORS, resource=_new_package, resource_type=PACKAGE_TYPE)
+def create_model_package(registry: ModelRegistry, call: Call) -> Result:
+    return registry.create_package(call.params, call.principal)
+
+
+@declare(
+    Access.READ,
+    READERS,
+    resource=_package_named_by("ModelPackageName"),
+    resource_type=PACKAGE_TYPE,
+)
+def describe_model_package(registry: ModelRegistry, call: Call) -> Result:
+    return registry.describe_package(call.params)
+
+
+@declare(Access.LIST, READERS, resource=anywhere)
+def list_model_packages(registry: ModelRegistry, call: Call) -> Result:
+    return registry.list_packages(call.params)
+
+
+@declare(
+    Access.WRITE,
+    OPERATORS,
+    resource=_package_named_by("ModelPackageArn"),
+    resource_type=PACKAGE_TYPE,
+)
+def update_model_package(registry: ModelRegistry, call: Call) -> Result:
+    return registry.update_package(call.params, call.principal)
+
+
+@declare(
+    Access.WRITE,
+    OPERATORS,
+    resource=_package_named_by("ModelPackageName"),
+    resource_type=PACKAGE_TYPE,
+)
+def delete_model_package(registry: ModelRegistry, call: Call) -> Result:
+    return registry.delete_package(call.params)
 
 
 def _condition_keys(req: Mapping[str, Any]) -> dict[str, ContextValue]:

@@ -1,0 +1,36 @@
+"""Every operation mlfleet implements, one table per part: what the endpoints serve, what the
+console's simulator lists, and what the managed policies must cover."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlfleet.api.operations import OperationTable
+from mlfleet.audit.responses import OPERATIONS as CLOUDTRAIL
+from mlfleet.deploy.responses import OPERATIONS as DEPLOYMENT
+from mlfleet.events.responses import OPERATIONS as EVENTBRIDGE
+from mlfleet.fleet.responses import OPERATIONS as TRACKING_SERVERS
+from mlfleet.iam.responses import OPERATIONS as IAM
+from mlfleet.iam.responses import STS_OPERATIONS as STS
+from mlfleet.registry.responses import OPERATIONS as MODEL_REGISTRY
+
+OPERATION_TABLES: tuple[OperationTable[Any], ...] = (
+    TRACKING_SERVERS,
+    MODEL_REGISTRY,
+    DEPLOYMENT,
+    EVENTBRIDGE,
+    IAM,
+    STS,
+    CLOUDTRAIL,
+)
+
+__all__ = [
+    "CLOUDTRAIL",
+    "DEPLOYMENT",
+    "EVENTBRIDGE",
+    "IAM",
+    "MODEL_REGISTRY",
+    "OPERATION_TABLES",
+    "STS",
+    "TRACKING_SERVERS",
+]
