@@ -22,7 +22,16 @@ import requests
 from support.aws import ACCOUNT, unique
 from support.daemon import PG_URL, Daemon, free_port, postgres_reachable
 from support.events import Receiver
+from support.slices import slices_of
 from support.waiting import wait_for
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the slices it belongs to (unit, daemon, browser, postgres, chaos),
+    so ``-m`` can select them; support/slices.py says how each is found."""
+    for item in items:
+        for name in sorted(slices_of(item)):
+            item.add_marker(name)
 
 
 @pytest.fixture(scope="session")
