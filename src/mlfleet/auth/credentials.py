@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mlfleet.auth import sigv4
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.secrets import SecretBox, is_sealed
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import ExpiredTokenException, UnrecognizedClientException
 from mlfleet.settings import Settings
 from mlfleet.state.models import AccessKey, IamRole
 
@@ -147,18 +147,14 @@ class Credentials:
         """The key's record if it is usable with this session token (AWS's checks and words)."""
         record = self.lookup(key_id)
         if record is None:
-            raise AwsError("UnrecognizedClientException", _INVALID_TOKEN, 403)
+            raise UnrecognizedClientException(_INVALID_TOKEN)
         if record.session_token_hash is not None:
             if token is None or not hmac.compare_digest(
                 record.session_token_hash, token_hash(token)
             ):
-                raise AwsError("UnrecognizedClientException", _INVALID_TOKEN, 403)
+                raise UnrecognizedClientException(_INVALID_TOKEN)
             if record.expires_at is not None and record.expires_at <= time.time():
-                raise AwsError(
-                    "ExpiredTokenException",
-                    "The security token included in the request is expired",
-                    403,
-                )
+                raise ExpiredTokenException("The security token included in the request is expired")
         return record
 
     def verify_sigv4(

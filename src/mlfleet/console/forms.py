@@ -6,7 +6,7 @@ import functools
 from typing import Any
 
 from mlfleet.protocol.awsjson import load_service_model
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import ValidationException
 
 
 @functools.cache
@@ -23,8 +23,7 @@ def parse_tags(text: str) -> list[dict[str, str]]:
             continue
         key, sep, value = line.partition("=")
         if not sep:
-            raise AwsError(
-                "ValidationException",
+            raise ValidationException(
                 f"Value '{line.strip()}' at 'tags' failed to satisfy constraint: "
                 f"line {number} must read key=value",
             )

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.ui_sessions import digest, new_token
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import AccessDeniedException, InvalidSignatureException
 from mlfleet.state.models import ConsoleLink, ConsoleSession
 
 COOKIE_NAME = "mlfleet_console"
@@ -46,15 +46,13 @@ class ConsoleSessions:
         """Check an access key pair; open a session and return its cookie value."""
         record = self._credentials.usable(key_id, session_token)
         if not hmac.compare_digest(record.secret, secret):
-            raise AwsError(
-                "InvalidSignatureException", "The secret access key does not match.", 403
-            )
+            raise InvalidSignatureException("The secret access key does not match.")
         return self._open(key_id, record.expires_at)
 
     def create_link(self, principal: Principal) -> tuple[str, float]:
         """A single-use sign-in token for `principal`'s key, and when it expires."""
         if principal.access_key_id is None:
-            raise AwsError("AccessDeniedException", "Only an access key can be signed in.", 403)
+            raise AccessDeniedException("Only an access key can be signed in.")
         token, token_hash = new_token()
         expires_at = time.time() + LINK_SECONDS
         with self._sessions.begin() as session:

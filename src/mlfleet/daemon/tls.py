@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mlfleet.gateway.proxy import mlflow_error
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import AccessDeniedException
 from mlfleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ async def refuse_secrets_in_clear(request: web.Request, handler: Handler) -> web
     message = _required("an access key's secret (HTTP Basic)")
     if _GATEWAY.match(path):
         return mlflow_error(403, "PERMISSION_DENIED", message)
-    refused = AwsError("AccessDeniedException", message, 403)
+    refused = AccessDeniedException(message)
     return web.Response(status=403, body=refused.body(), content_type="application/x-amz-json-1.1")
 
 

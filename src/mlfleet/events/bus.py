@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.protocol import jsontext
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import ValidationException
 from mlfleet.state.models import EventDelivery
 
 DEFAULT_BUS = "default"
@@ -198,7 +198,7 @@ _PLACEHOLDER = re.compile(r"<([A-Za-z0-9_.\-]+)>")
 def json_path(document: Any, path: str) -> Any:
     """The value at a JSONPath of EventBridge's simple form ($, $.a.b, $.a[0]); None if absent."""
     if not path.startswith("$"):
-        raise AwsError("ValidationException", f"InputPath {path} must start with $.")
+        raise ValidationException(f"InputPath {path} must start with $.")
     value = document
     for match in _PATH_STEP.finditer(path[1:]):
         key, index = match.groups()

@@ -42,14 +42,25 @@ from types import MappingProxyType
 from typing import Any, Final, NoReturn, Protocol, TypeGuard
 
 from mlfleet.protocol import jsontext
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import NamedAwsError
 
-__all__ = ["INVALID_PATTERN", "MAX_PATTERN_LENGTH", "EventPattern", "parse_pattern"]
+__all__ = [
+    "INVALID_PATTERN",
+    "MAX_PATTERN_LENGTH",
+    "EventPattern",
+    "InvalidEventPatternException",
+    "parse_pattern",
+]
 
 INVALID_PATTERN: Final = "InvalidEventPatternException"
 # The "Event pattern" quota: 2048 characters by default (adjustable on AWS, hence the parameter).
 MAX_PATTERN_LENGTH: Final = 2048
 _REASON: Final = "Event pattern is not valid. Reason: "
+
+
+class InvalidEventPatternException(NamedAwsError):
+    """EventBridge's refusal of an event pattern (its code is INVALID_PATTERN)."""
+
 
 # Ruler keeps numbers as fixed-point strings: operands must lie within +/-5e9 with at most six
 # decimals, and an event number outside the bounds is not numeric to it at all.
@@ -102,13 +113,13 @@ class EventPattern:
 def parse_pattern(text: str, *, max_length: int = MAX_PATTERN_LENGTH) -> EventPattern:
     """Validate `text` as EventBridge does and compile it.
 
-    Raises ``AwsError("InvalidEventPatternException", "Event pattern is not valid. Reason: ...")``
+    Raises ``InvalidEventPatternException("Event pattern is not valid. Reason: ...")``
     naming what is wrong and, for a problem inside the pattern, where (``at [path: detail.x]``).
     """
     try:
         return EventPattern(_compile_pattern(text, max_length), text)
     except _Invalid as problem:
-        raise AwsError(INVALID_PATTERN, _REASON + problem.reason + problem.location) from None
+        raise InvalidEventPatternException(_REASON + problem.reason + problem.location) from None
 
 
 # --- refusals -------------------------------------------------------------------------------------

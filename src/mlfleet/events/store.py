@@ -39,7 +39,7 @@ from mlfleet.events.egress import OwnAddress
 from mlfleet.events.pattern import EventPattern, parse_pattern
 from mlfleet.events.targets import HttpTarget, connection_headers, retry_limits
 from mlfleet.protocol import jsontext
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import AwsError, NamedAwsError, ValidationException
 from mlfleet.state.models import ApiDestination, EventConnection, EventRule, EventTarget
 
 log = logging.getLogger(__name__)
@@ -67,23 +67,23 @@ Output = dict[str, Any]
 T = TypeVar("T")
 
 
-# --- errors, as EventBridge names them ------------------------------------------------------------
+# --- errors, as EventBridge names them (and ValidationException, shared with SageMaker) ----------
 
 
-def not_found(message: str) -> AwsError:
-    return AwsError("ResourceNotFoundException", message)
+class ResourceNotFoundException(NamedAwsError):
+    pass
 
 
-def already_exists(message: str) -> AwsError:
-    return AwsError("ResourceAlreadyExistsException", message)
+class ResourceAlreadyExistsException(NamedAwsError):
+    pass
 
 
-def invalid(message: str) -> AwsError:
-    return AwsError("ValidationException", message)
+class LimitExceededException(NamedAwsError):
+    pass
 
 
-def limit_exceeded(message: str) -> AwsError:
-    return AwsError("LimitExceededException", message)
+class ConcurrentModificationException(NamedAwsError):
+    pass
 
 
 # --- paging -------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def _decode_token(token: str) -> str:
     try:
         return base64.urlsafe_b64decode(token.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise invalid("The NextToken is not valid.") from None
+        raise ValidationException("The NextToken is not valid.") from None
 
 
 # --- what the bus and the delivery worker read ---------------------------------------------
@@ -192,7 +192,9 @@ class EventStore:
         given = req.get("EventBusName", DEFAULT_BUS)
         if given in (DEFAULT_BUS, self.bus_arn):
             return DEFAULT_BUS
-        raise not_found(f"Event bus {given.rsplit('event-bus/', 1)[-1]} does not exist.")
+        raise ResourceNotFoundException(
+            f"Event bus {given.rsplit('event-bus/', 1)[-1]} does not exist."
+        )
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -207,8 +209,7 @@ class EventStore:
             with self._sessions.begin() as session:
                 yield session
         except IntegrityError:
-            raise AwsError(
-                "ConcurrentModificationException",
+            raise ConcurrentModificationException(
                 "Another request changed this resource at the same time; retry.",
             ) from None
         finally:
@@ -227,13 +228,13 @@ class EventStore:
         """Create the rule, or replace it whole (its targets and tags stay), as AWS does."""
         bus, name = self._bus(req), req["Name"]
         if "ScheduleExpression" in req:
-            raise invalid(
+            raise ValidationException(
                 "Scheduled rules (ScheduleExpression) are not supported by mlfleet: "
                 "give the rule an EventPattern."
             )
         text = req.get("EventPattern")
         if text is None:
-            raise invalid("Parameter(s) EventPattern must be specified.")
+            raise ValidationException("Parameter(s) EventPattern must be specified.")
         compiled(text)  # refuses a bad pattern with InvalidEventPatternException
         with self._writing() as session:
             rule = session.get(EventRule, (bus, name))
@@ -259,7 +260,7 @@ class EventStore:
             select(func.count()).select_from(EventRule).where(EventRule.bus == bus)
         )
         if (count or 0) >= MAX_RULES_PER_BUS:
-            raise limit_exceeded(
+            raise LimitExceededException(
                 f"The requested resource exceeds the maximum number allowed: an event bus can "
                 f"have at most {MAX_RULES_PER_BUS} rules."
             )
@@ -306,7 +307,7 @@ class EventStore:
                 return {}
             targets = self._targets(session, bus, name)
             if targets and not req.get("Force", False):
-                raise invalid("Rule can't be deleted since it has targets.")
+                raise ValidationException("Rule can't be deleted since it has targets.")
             for target in targets:
                 session.delete(target)
             session.delete(rule)
@@ -321,7 +322,7 @@ class EventStore:
     def _rule(self, session: Session, bus: str, name: str) -> EventRule:
         rule = session.get(EventRule, (bus, name))
         if rule is None:
-            raise not_found(f"Rule {name} does not exist on EventBus {bus}.")
+            raise ResourceNotFoundException(f"Rule {name} does not exist on EventBus {bus}.")
         return rule
 
     # --- targets -----------------------------------------------------------------------------
@@ -332,7 +333,7 @@ class EventStore:
         entries = req["Targets"]
         ids = [entry["Id"] for entry in entries]
         if len(set(ids)) != len(ids):
-            raise invalid("Target ids must be unique within one PutTargets request.")
+            raise ValidationException("Target ids must be unique within one PutTargets request.")
         failed: list[Output] = []
         with self._writing() as session:
             self._rule(session, bus, name)
@@ -348,7 +349,7 @@ class EventStore:
                     )
             existing = {t.target_id: t for t in self._targets(session, bus, name)}
             if len(existing.keys() | {entry["Id"] for entry in accepted}) > MAX_TARGETS_PER_RULE:
-                raise limit_exceeded(
+                raise LimitExceededException(
                     f"The requested resource exceeds the maximum number allowed: a rule can "
                     f"have at most {MAX_TARGETS_PER_RULE} targets."
                 )
@@ -414,7 +415,7 @@ class EventStore:
         now = time.time()
         with self._writing() as session:
             if session.get(EventConnection, name) is not None:
-                raise already_exists(f"Connection {name} already exists.")
+                raise ResourceAlreadyExistsException(f"Connection {name} already exists.")
             connection = EventConnection(
                 name=name,
                 arn=self._arn(f"connection/{name}/{uuid.uuid4()}"),
@@ -479,7 +480,7 @@ class EventStore:
     def _connection(self, session: Session, name: str) -> EventConnection:
         connection = session.get(EventConnection, name)
         if connection is None:
-            raise not_found(
+            raise ResourceNotFoundException(
                 f"Failed to describe the connection(s). Connection '{name}' does not exist."
             )
         return connection
@@ -499,12 +500,12 @@ class EventStore:
         except ValueError:  # a malformed port or IPv6 host
             usable = False
         if not usable:
-            raise invalid(
+            raise ValidationException(
                 f"InvocationEndpoint {url} is not valid: it must be an http:// or https:// URL "
                 "with a host."
             )
         if self._own.names_me(url):
-            raise invalid(
+            raise ValidationException(
                 f"InvocationEndpoint {url} is not valid: it is this mlfleet's own address, and "
                 "events are not delivered to mlfleet itself."
             )
@@ -516,7 +517,7 @@ class EventStore:
         now = time.time()
         with self._writing() as session:
             if session.get(ApiDestination, name) is not None:
-                raise already_exists(f"An api-destination '{name}' already exists.")
+                raise ResourceAlreadyExistsException(f"An api-destination '{name}' already exists.")
             self._require_connection(session, req["ConnectionArn"])
             destination = ApiDestination(
                 name=name,
@@ -577,7 +578,7 @@ class EventStore:
     def _api_destination(self, session: Session, name: str) -> ApiDestination:
         destination = session.get(ApiDestination, name)
         if destination is None:
-            raise not_found(
+            raise ResourceNotFoundException(
                 "Failed to describe the api-destination(s). "
                 f"An api-destination '{name}' does not exist."
             )
@@ -586,7 +587,7 @@ class EventStore:
     def _require_connection(self, session: Session, arn: str) -> None:
         if self._connection_by_arn(session, arn) is None:
             name = arn.split("connection/", 1)[-1].split("/", 1)[0]
-            raise not_found(
+            raise ResourceNotFoundException(
                 f"Failed to describe the connection(s). Connection '{name}' does not exist."
             )
 
@@ -597,12 +598,12 @@ class EventStore:
         try:
             event = jsontext.loads(req["Event"])
         except ValueError:
-            raise invalid("Parameter Event is not valid: it is not JSON.") from None
+            raise ValidationException("Parameter Event is not valid: it is not JSON.") from None
         if not isinstance(event, dict):
-            raise invalid("Parameter Event is not valid: it must be a JSON object.")
+            raise ValidationException("Parameter Event is not valid: it must be a JSON object.")
         missing = [member for member in REQUIRED_EVENT_MEMBERS if member not in event]
         if missing:
-            raise invalid(
+            raise ValidationException(
                 f"Parameter Event is not valid: it lacks the member(s) {', '.join(missing)}."
             )
         return {"Result": bool(pattern.matches(event))}
@@ -769,22 +770,24 @@ def _input_problem(entry: dict[str, Any]) -> tuple[str, str] | None:
 def _refuse_unsupported_connection(req: dict[str, Any]) -> None:
     """Refuse what mlfleet cannot honour, rather than store it and ignore it."""
     if req.get("AuthorizationType") == OAUTH or "OAuthParameters" in req.get("AuthParameters", {}):
-        raise invalid(
+        raise ValidationException(
             f"AuthorizationType {OAUTH} is not supported by mlfleet yet: use BASIC or API_KEY."
         )
     if "InvocationConnectivityParameters" in req or "ConnectivityParameters" in req.get(
         "AuthParameters", {}
     ):
-        raise invalid("Private connectivity (ConnectivityParameters) is not supported by mlfleet.")
+        raise ValidationException(
+            "Private connectivity (ConnectivityParameters) is not supported by mlfleet."
+        )
     if "KmsKeyIdentifier" in req:
-        raise invalid(
+        raise ValidationException(
             "KmsKeyIdentifier is not supported by mlfleet: connection secrets are encrypted "
             "with the daemon's master key."
         )
     http = req.get("AuthParameters", {}).get("InvocationHttpParameters", {})
     extra = sorted(set(http) - {"HeaderParameters"})
     if extra:
-        raise invalid(
+        raise ValidationException(
             f"InvocationHttpParameters.{extra[0]} is not supported by mlfleet: only "
             "HeaderParameters are sent with deliveries."
         )
@@ -795,13 +798,15 @@ def _check_auth(kind: str, auth: dict[str, Any]) -> None:
     member, fields = AUTH_MEMBERS.get(kind, (None, ()))
     for other, _ in AUTH_MEMBERS.values():
         if other != member and other in auth:
-            raise invalid(f"AuthParameters.{other} does not go with AuthorizationType {kind}.")
+            raise ValidationException(
+                f"AuthParameters.{other} does not go with AuthorizationType {kind}."
+            )
     if member is None:
         return
     given = auth.get(member, {})
     missing = [field for field in fields if not given.get(field)]
     if missing:
-        raise invalid(
+        raise ValidationException(
             f"AuthorizationType {kind} needs AuthParameters.{member} with {' and '.join(missing)}."
         )
 

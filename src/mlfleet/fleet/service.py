@@ -21,7 +21,7 @@ from mlfleet.common.paging import decode_token, encode_token
 from mlfleet.events.bus import Publish
 from mlfleet.events.sources import lifecycle_event
 from mlfleet.fleet.stores import ArtifactRoots, local_folder, resolve
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import ResourceNotFound, ValidationException
 from mlfleet.settings import Settings
 from mlfleet.state.models import PresignedToken, TrackingServer, UiSession
 
@@ -52,10 +52,6 @@ SORT_COLUMNS = {
 def status_word(status: str) -> str:
     """SageMaker's messages spell statuses UPPER_SNAKE (``UpdateFailed`` -> ``UPDATE_FAILED``)."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", status).upper()
-
-
-def validation(message: str) -> AwsError:
-    return AwsError("ValidationException", message)
 
 
 # SageMaker's limit on tags per resource.
@@ -104,11 +100,12 @@ class FleetService:
     def _get(self, session: Session, name: str) -> TrackingServer:
         row = session.scalars(select(TrackingServer).where(TrackingServer.name == name)).first()
         if row is None:
-            raise AwsError("ResourceNotFound", f"Tracking Server with name {name} does not exist.")
+            raise ResourceNotFound(f"Tracking Server with name {name} does not exist.")
         return row
 
-    def _refuse(self, row: TrackingServer, verb: str) -> AwsError:
-        return validation(
+    @staticmethod
+    def _status_forbids(row: TrackingServer, verb: str) -> str:
+        return (
             f"Tracking Server with ARN {row.arn} is currently in status "
             f"{status_word(row.status)}, can't be {verb}."
         )
@@ -137,7 +134,7 @@ class FleetService:
         major_minor = ".".join(installed.split(".")[:2])
         if requested == major_minor:
             return installed
-        raise validation(
+        raise ValidationException(
             f"MlflowVersion {requested} is not available: this mlfleet serves MLflow {installed}."
         )
 
@@ -152,7 +149,7 @@ class FleetService:
         with self._sessions.begin() as session:
             taken = session.scalars(select(TrackingServer.id).where(TrackingServer.name == name))
             if taken.first() is not None:
-                raise validation(
+                raise ValidationException(
                     f"Cannot create tracking server {name}: a tracking server with this name "
                     "already exists."
                 )
@@ -232,7 +229,7 @@ class FleetService:
         for other in filter(None, map(local_folder, others)):
             theirs = resolve(other)
             if mine == theirs or mine in theirs.parents or theirs in mine.parents:
-                raise validation(
+                raise ValidationException(
                     f"ArtifactStoreUri '{uri}' overlaps the artifact store of another tracking "
                     "server: a local folder store must not hold, or lie in, another server's."
                 )
@@ -243,7 +240,7 @@ class FleetService:
         with self._sessions.begin() as session:
             row = self._get(session, req["TrackingServerName"])
             if row.status not in UPDATABLE:
-                raise self._refuse(row, "updated")
+                raise ValidationException(self._status_forbids(row, "updated"))
             if "ArtifactStoreUri" in req:
                 self._check_own_folder(session, req["ArtifactStoreUri"], row.id)
             for member, column in UPDATABLE_MEMBERS.items():
@@ -267,7 +264,7 @@ class FleetService:
         with self._sessions.begin() as session:
             row = self._get(session, name)
             if row.status not in allowed:
-                raise self._refuse(row, verb)
+                raise ValidationException(self._status_forbids(row, verb))
             self._touch(row, principal, status)
             row.desired_state = desired
             server_id, arn = row.id, row.arn
@@ -288,7 +285,7 @@ class FleetService:
         with self._sessions.begin() as session:
             row = self._get(session, req["TrackingServerName"])
             if row.status in TRANSITIONAL:
-                raise validation(
+                raise ValidationException(
                     f"Tracking Server is in un-deletable state ({status_word(row.status)}), "
                     "so it cannot be deleted."
                 )
@@ -339,9 +336,7 @@ class FleetService:
     def name_of(self, arn: str) -> str:
         prefix = self.arn_for("")
         if not arn.startswith(prefix) or len(arn) == len(prefix):
-            raise AwsError(
-                "ResourceNotFound", f"Resource {arn} not found: tags are kept for tracking servers."
-            )
+            raise ResourceNotFound(f"Resource {arn} not found: tags are kept for tracking servers.")
         return arn[len(prefix) :]
 
     def add_tags(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -351,7 +346,7 @@ class FleetService:
             merged = {t["Key"]: t for t in row.tags}
             merged.update({t["Key"]: t for t in req["Tags"]})
             if len(merged) > MAX_TAGS:
-                raise validation(f"A resource can have at most {MAX_TAGS} tags.")
+                raise ValidationException(f"A resource can have at most {MAX_TAGS} tags.")
             row.tags = list(merged.values())
         self._server_changed(name)
         return {"Tags": req["Tags"]}

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import ValidationException
 from mlfleet.settings import Settings
 
 # mlfleet extension: a local folder as artifact store. ``file:/srv/art`` is accepted beside
@@ -82,16 +82,14 @@ class ArtifactRoots:
             return
         folder = local_folder(uri)
         if folder is None:
-            raise AwsError(
-                "ValidationException",
+            raise ValidationException(
                 f"ArtifactStoreUri '{uri}' is not supported: use s3://bucket[/prefix] "
                 "(AWS S3 or the S3-compatible endpoint mlfleet is configured with) or, as an "
                 "mlfleet extension, file:///absolute/path (file:/absolute/path with the AWS CLI) "
                 "for a local folder.",
             )
         if self.outside(folder):
-            raise AwsError(
-                "ValidationException",
+            raise ValidationException(
                 f"1 validation error detected: Value '{uri}' at 'artifactStoreUri' failed to "
                 "satisfy constraint: Member must be a folder inside one of the artifact roots "
                 f"this mlfleet allows ({self.describe()}), symbolic links followed",

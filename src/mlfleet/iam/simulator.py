@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from mlfleet.auth.identity import Principal
-from mlfleet.iam.store import IamStore, invalid_input, paginate
+from mlfleet.iam.store import IamStore, InvalidInput, paginate
 from mlfleet.policy.authorizer import Authorizer, RequestFacts, SourcedPolicy
 from mlfleet.policy.evaluation import ContextScalar, ContextValue, PolicyKind, parse_policy
 
@@ -89,7 +89,7 @@ class Simulator:
             group = self._store.get_group({"GroupName": name})["Group"]
             principal = Principal(group["Arn"], group["GroupId"], name, kind="group")
         else:
-            raise invalid_input(
+            raise InvalidInput(
                 f"Invalid PolicySourceArn {arn}: expected a user, group or role of this account."
             )
         return principal, self._store.policies_of(kind, name), self._store.boundary_of(kind, name)
@@ -110,7 +110,7 @@ def _context(entries: list[dict[str, Any]]) -> dict[str, ContextValue]:
         try:
             values = [convert(v) for v in entry.get("ContextKeyValues", [])]
         except ValueError as exc:
-            raise invalid_input(
+            raise InvalidInput(
                 f"ContextKeyValues of {entry.get('ContextKeyName')} are not {kind}: {exc}"
             ) from None
         name = entry["ContextKeyName"]

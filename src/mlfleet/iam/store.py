@@ -25,7 +25,7 @@ from mlfleet.iam.managed import ADMINISTRATOR_ACCESS, aws_managed_policies
 from mlfleet.policy.authorizer import SourcedPolicy
 from mlfleet.policy.evaluation import parse_new_policy, parse_policy
 from mlfleet.policy.trust import parse_trust
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import NamedAwsError
 from mlfleet.state.models import (
     AccessKey,
     IamAttachment,
@@ -61,20 +61,27 @@ def new_secret() -> str:
     return base64.b64encode(secrets.token_bytes(30)).decode()
 
 
-def no_such_entity(message: str) -> AwsError:
-    return AwsError("NoSuchEntity", message, 404)
+# --- errors, as IAM names them (MalformedPolicyDocument is the policy language's) -----------------
 
 
-def already_exists(message: str) -> AwsError:
-    return AwsError("EntityAlreadyExists", message, 409)
+class NoSuchEntity(NamedAwsError):
+    http_status = 404
 
 
-def delete_conflict(message: str) -> AwsError:
-    return AwsError("DeleteConflict", message, 409)
+class EntityAlreadyExists(NamedAwsError):
+    http_status = 409
 
 
-def invalid_input(message: str) -> AwsError:
-    return AwsError("InvalidInput", message)
+class DeleteConflict(NamedAwsError):
+    http_status = 409
+
+
+class LimitExceeded(NamedAwsError):
+    http_status = 409
+
+
+class InvalidInput(NamedAwsError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -170,7 +177,7 @@ class IamStore:
         name, path = req["UserName"], req.get("Path", "/")
         with self._sessions.begin() as session:
             if _exists(session, IamUser, name):
-                raise already_exists(f"User with name {name} already exists.")
+                raise EntityAlreadyExists(f"User with name {name} already exists.")
             user = IamUser(
                 name=name,
                 user_id=new_id("AIDA"),
@@ -206,7 +213,7 @@ class IamStore:
                 (IamGroupMember, "must remove user from all groups first"),
             ):
                 if session.scalars(select(model).where(model.user_name == name)).first():
-                    raise delete_conflict(f"Cannot delete entity, {what}.")
+                    raise DeleteConflict(f"Cannot delete entity, {what}.")
             self._refuse_if_has_policies(session, "user", name)
             session.delete(user)
         self._changed()
@@ -215,7 +222,7 @@ class IamStore:
     def _user(self, session: Session, name: str) -> IamUser:
         user = session.get(IamUser, name)
         if user is None:
-            raise no_such_entity(f"The user with name {name} cannot be found.")
+            raise NoSuchEntity(f"The user with name {name} cannot be found.")
         return user
 
     def _refuse_if_has_policies(self, session: Session, kind: str, name: str) -> None:
@@ -223,12 +230,12 @@ class IamStore:
             IamInlinePolicy.owner_kind == kind, IamInlinePolicy.owner_name == name
         )
         if session.scalars(inline).first():
-            raise delete_conflict("Cannot delete entity, must delete policies first.")
+            raise DeleteConflict("Cannot delete entity, must delete policies first.")
         attached = select(IamAttachment).where(
             IamAttachment.owner_kind == kind, IamAttachment.owner_name == name
         )
         if session.scalars(attached).first():
-            raise delete_conflict("Cannot delete entity, must detach all policies first.")
+            raise DeleteConflict("Cannot delete entity, must detach all policies first.")
 
     # --- access keys -------------------------------------------------------------------------
 
@@ -242,10 +249,8 @@ class IamStore:
                 .where(AccessKey.user_name == user_name, AccessKey.owner_kind == "user")
             )
             if (count or 0) >= ACCESS_KEYS_PER_USER:
-                raise AwsError(
-                    "LimitExceeded",
-                    f"Cannot exceed quota for AccessKeysPerUser: {ACCESS_KEYS_PER_USER}",
-                    409,
+                raise LimitExceeded(
+                    f"Cannot exceed quota for AccessKeysPerUser: {ACCESS_KEYS_PER_USER}"
                 )
             key = AccessKey(
                 access_key_id=new_access_key_id(),
@@ -289,7 +294,7 @@ class IamStore:
         self._user(session, user_name)
         key = session.get(AccessKey, key_id)
         if key is None or key.owner_kind != "user" or key.user_name != user_name:
-            raise no_such_entity(f"The Access Key with id {key_id} cannot be found.")
+            raise NoSuchEntity(f"The Access Key with id {key_id} cannot be found.")
         return key
 
     # --- groups ------------------------------------------------------------------------------
@@ -298,7 +303,7 @@ class IamStore:
         name, path = req["GroupName"], req.get("Path", "/")
         with self._sessions.begin() as session:
             if _exists(session, IamGroup, name):
-                raise already_exists(f"Group with name {name} already exists.")
+                raise EntityAlreadyExists(f"Group with name {name} already exists.")
             group = IamGroup(
                 name=name,
                 group_id=new_id("AGPA"),
@@ -346,7 +351,7 @@ class IamStore:
             group = self._group(session, name)
             members = select(IamGroupMember).where(IamGroupMember.group_name == name)
             if session.scalars(members).first():
-                raise delete_conflict("Cannot delete entity, must remove users from group first.")
+                raise DeleteConflict("Cannot delete entity, must remove users from group first.")
             self._refuse_if_has_policies(session, "group", name)
             session.delete(group)
         self._changed()
@@ -367,7 +372,7 @@ class IamStore:
             self._user(session, user_name)
             membership = session.get(IamGroupMember, (group_name, user_name))
             if membership is None:
-                raise no_such_entity(f"User {user_name} is not in group {group_name}.")
+                raise NoSuchEntity(f"User {user_name} is not in group {group_name}.")
             session.delete(membership)
         self._changed()
         return {}
@@ -379,7 +384,7 @@ class IamStore:
     def _group(self, session: Session, name: str) -> IamGroup:
         group = session.get(IamGroup, name)
         if group is None:
-            raise no_such_entity(f"The group with name {name} cannot be found.")
+            raise NoSuchEntity(f"The group with name {name} cannot be found.")
         return group
 
     def _groups_of(self, session: Session, user_name: str) -> Sequence[IamGroup]:
@@ -398,7 +403,7 @@ class IamStore:
         parse_trust(trust)
         with self._sessions.begin() as session:
             if _exists(session, IamRole, name):
-                raise already_exists(f"Role with name {name} already exists.")
+                raise EntityAlreadyExists(f"Role with name {name} already exists.")
             role = IamRole(
                 name=name,
                 role_id=new_id("AROA"),
@@ -457,7 +462,7 @@ class IamStore:
     def _role(self, session: Session, name: str) -> IamRole:
         role = session.get(IamRole, name)
         if role is None:
-            raise no_such_entity(f"The role with name {name} cannot be found.")
+            raise NoSuchEntity(f"The role with name {name} cannot be found.")
         return role
 
     # --- permissions boundaries --------------------------------------------------------------
@@ -486,11 +491,7 @@ class IamStore:
         parse_new_policy(document)
         limit = INLINE_POLICY_LIMITS[kind]
         if policy_size(document) > limit:
-            raise AwsError(
-                "LimitExceeded",
-                f"Maximum policy size of {limit} bytes exceeded for {kind} {owner}",
-                409,
-            )
+            raise LimitExceeded(f"Maximum policy size of {limit} bytes exceeded for {kind} {owner}")
         with self._sessions.begin() as session:
             self._owner(session, kind, owner)
             row = session.get(IamInlinePolicy, (kind, owner, policy_name))
@@ -538,7 +539,7 @@ class IamStore:
     def _inline(self, session: Session, kind: str, owner: str, name: str) -> IamInlinePolicy:
         row = session.get(IamInlinePolicy, (kind, owner, name))
         if row is None:
-            raise no_such_entity(f"The {kind} policy with name {name} cannot be found.")
+            raise NoSuchEntity(f"The {kind} policy with name {name} cannot be found.")
         return row
 
     def _owner(self, session: Session, kind: str, name: str) -> None:
@@ -550,15 +551,11 @@ class IamStore:
         name, path, document = req["PolicyName"], req.get("Path", "/"), req["PolicyDocument"]
         parse_new_policy(document)
         if policy_size(document) > MANAGED_POLICY_LIMIT:
-            raise AwsError(
-                "LimitExceeded",
-                f"Cannot exceed quota for PolicySize: {MANAGED_POLICY_LIMIT}",
-                409,
-            )
+            raise LimitExceeded(f"Cannot exceed quota for PolicySize: {MANAGED_POLICY_LIMIT}")
         now = time.time()
         with self._sessions.begin() as session:
             if _exists(session, IamManagedPolicy, name):
-                raise already_exists(
+                raise EntityAlreadyExists(
                     f"A policy called {name} already exists. Duplicate names are not allowed."
                 )
             row = IamManagedPolicy(
@@ -583,7 +580,7 @@ class IamStore:
         with self._sessions() as session:
             policy = self._policy_description(session, arn)
         if version_id != policy["DefaultVersionId"]:
-            raise no_such_entity(f"Policy {arn} version {version_id} does not exist.")
+            raise NoSuchEntity(f"Policy {arn} version {version_id} does not exist.")
         return {
             "PolicyVersion": {
                 "Document": self.managed_document(arn),
@@ -617,12 +614,12 @@ class IamStore:
             row = session.get(IamManagedPolicy, arn)
             if row is None:
                 if arn in aws_managed_policies():
-                    raise invalid_input(
+                    raise InvalidInput(
                         f"Policy {arn} is an AWS managed policy: it cannot be deleted."
                     )
-                raise no_such_entity(f"Policy {arn} was not found.")
+                raise NoSuchEntity(f"Policy {arn} was not found.")
             if self._usage(session).get(arn, _Usage()).in_use:
-                raise delete_conflict("Cannot delete a policy attached to entities.")
+                raise DeleteConflict("Cannot delete a policy attached to entities.")
             session.delete(row)
         self._changed()
         return {}
@@ -631,7 +628,7 @@ class IamStore:
         with self._sessions.begin() as session:
             self._owner(session, kind, owner)
             if arn not in aws_managed_policies() and session.get(IamManagedPolicy, arn) is None:
-                raise no_such_entity(f"Policy {arn} does not exist or is not attachable.")
+                raise NoSuchEntity(f"Policy {arn} does not exist or is not attachable.")
             if session.get(IamAttachment, (kind, owner, arn)) is None:
                 session.add(IamAttachment(owner_kind=kind, owner_name=owner, policy_arn=arn))
         self._changed()
@@ -642,7 +639,7 @@ class IamStore:
             self._owner(session, kind, owner)
             row = session.get(IamAttachment, (kind, owner, arn))
             if row is None:
-                raise no_such_entity(f"Policy {arn} was not found.")
+                raise NoSuchEntity(f"Policy {arn} was not found.")
             session.delete(row)
         self._changed()
         return {}
@@ -670,7 +667,7 @@ class IamStore:
         with self._sessions() as session:
             row = session.get(IamManagedPolicy, arn)
             if row is None:
-                raise no_such_entity(f"Policy {arn} was not found.")
+                raise NoSuchEntity(f"Policy {arn} was not found.")
             return row.document
 
     def _policy_description(self, session: Session, arn: str) -> Output:
@@ -680,7 +677,7 @@ class IamStore:
             return _aws_policy_output(shipped, usage)
         row = session.get(IamManagedPolicy, arn)
         if row is None:
-            raise no_such_entity(f"Policy {arn} was not found.")
+            raise NoSuchEntity(f"Policy {arn} was not found.")
         return self._policy_output(row, usage)
 
     @staticmethod
@@ -789,7 +786,7 @@ def _boundary(session: Session, arn: str | None) -> str | None:
     """A permissions boundary to set: the ARN of a managed policy that exists, or None."""
     known = arn is None or arn in aws_managed_policies()
     if not known and session.get(IamManagedPolicy, arn) is None:
-        raise no_such_entity(f"Scope ARN: {arn} does not exist or is not attachable.")
+        raise NoSuchEntity(f"Scope ARN: {arn} does not exist or is not attachable.")
     return arn
 
 

@@ -17,11 +17,17 @@ from mlfleet.iam.store import IamStore, new_access_key_id, new_secret
 from mlfleet.policy.authorizer import Authorizer, RequestFacts, denial_message, principal_keys
 from mlfleet.policy.evaluation import Decision, EvaluationResult, RequestContext
 from mlfleet.policy.trust import Trust, parse_trust
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import AwsError, NamedAwsError, ValidationError
 from mlfleet.state.models import AccessKey
 
 ASSUME_ROLE = "sts:AssumeRole"
 DEFAULT_DURATION = 3600
+
+
+class AccessDenied(NamedAwsError):
+    """STS's refusal of an AssumeRole: the caller may not, or the role does not trust it."""
+
+    http_status = 403
 
 
 class SecurityTokenService:
@@ -46,28 +52,23 @@ class SecurityTokenService:
         self, req: dict[str, Any], principal: Principal, facts: RequestFacts
     ) -> dict[str, Any]:
         role_arn, session_name = req["RoleArn"], req["RoleSessionName"]
-        denied = AwsError(
-            "AccessDenied",
+        denied = AccessDenied(
             denial_message(
                 principal, ASSUME_ROLE, role_arn, EvaluationResult(Decision.IMPLICIT_DENY)
-            ),
-            403,
+            )
         )
         role = self._role_for(role_arn)
         if role is None:
             raise denied
         duration = req.get("DurationSeconds", DEFAULT_DURATION)
         if duration > role.max_session_duration:
-            raise AwsError(
-                "ValidationError",
+            raise ValidationError(
                 f"The requested DurationSeconds exceeds the MaxSessionDuration set for this "
                 f"role ({role.max_session_duration}).",
             )
         identity = self._authorizer.check(principal, ASSUME_ROLE, role_arn, facts)
         if identity.decision is Decision.EXPLICIT_DENY:
-            raise AwsError(
-                "AccessDenied", denial_message(principal, ASSUME_ROLE, role_arn, identity), 403
-            )
+            raise AccessDenied(denial_message(principal, ASSUME_ROLE, role_arn, identity))
         ctx = RequestContext(
             ASSUME_ROLE,
             role_arn,

@@ -26,8 +26,9 @@ from datetime import UTC, datetime
 from functools import lru_cache, partial
 from typing import Any, Literal, TypeVar
 
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import NamedAwsError
 
+# The code of MalformedPolicyDocument (the console places such errors beside the document).
 MALFORMED_POLICY = "MalformedPolicyDocument"
 VERSIONS = ("2012-10-17", "2008-10-17")
 # IAM treats a document without Version as the 2008 grammar, which predates policy variables.
@@ -72,8 +73,8 @@ class _Invalid(Exception):
     """Why a statement is malformed; :func:`parse_policy` adds which statement it is."""
 
 
-def _malformed(message: str) -> AwsError:
-    return AwsError(MALFORMED_POLICY, message)
+class MalformedPolicyDocument(NamedAwsError):
+    """IAM's refusal of a policy document (identity or trust policy), saying what is wrong."""
 
 
 # --- Request side -----------------------------------------------------------------------------
@@ -681,9 +682,13 @@ def _load(text: str) -> Any:
         return json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as error:
         where = f"line {error.lineno}, column {error.colno}"
-        raise _malformed(f"Syntax errors in policy: invalid JSON at {where}.") from None
+        raise MalformedPolicyDocument(
+            f"Syntax errors in policy: invalid JSON at {where}."
+        ) from None
     except RecursionError:
-        raise _malformed("Syntax errors in policy: the document is nested too deeply.") from None
+        raise MalformedPolicyDocument(
+            "Syntax errors in policy: the document is nested too deeply."
+        ) from None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -691,18 +696,18 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
-            raise _malformed(f'Syntax errors in policy: duplicate key "{key}".')
+            raise MalformedPolicyDocument(f'Syntax errors in policy: duplicate key "{key}".')
         seen[key] = value
     return seen
 
 
 def _statement_list(value: Any) -> list[Any]:
     if value is None:
-        raise _malformed("Syntax errors in policy: Statement is required.")
+        raise MalformedPolicyDocument("Syntax errors in policy: Statement is required.")
     if isinstance(value, Mapping):
         return [value]
     if not isinstance(value, list | tuple) or not value:
-        raise _malformed(
+        raise MalformedPolicyDocument(
             "Syntax errors in policy: Statement must be an object or a non-empty list of objects."
         )
     return list(value)
@@ -712,7 +717,7 @@ def _numbered_statement(number: int, raw: Any, variables: bool) -> Statement:
     try:
         return _parse_statement(raw, variables)
     except _Invalid as reason:
-        raise _malformed(f"Statement {number}: {reason}.") from None
+        raise MalformedPolicyDocument(f"Statement {number}: {reason}.") from None
 
 
 def parse_new_policy(document: str) -> Policy:
@@ -727,29 +732,33 @@ def parse_new_policy(document: str) -> Policy:
     """
     raw = _load(document)
     if isinstance(raw, Mapping) and raw.get("Version", _LEGACY_VERSION) == _LEGACY_VERSION:
-        raise _malformed(f"Policy document must be version {_VARIABLES_VERSION} or greater.")
+        raise MalformedPolicyDocument(
+            f"Policy document must be version {_VARIABLES_VERSION} or greater."
+        )
     return parse_policy(raw)
 
 
 def parse_policy(document: str | Mapping[str, Any]) -> Policy:
     """Validate and compile an identity-based policy document (JSON text or already decoded).
 
-    Raises AwsError("MalformedPolicyDocument") saying what is wrong, as IAM would.
+    Raises MalformedPolicyDocument saying what is wrong, as IAM would.
     """
     raw = _load(document) if isinstance(document, str) else document
     if not isinstance(raw, Mapping):
-        raise _malformed("Syntax errors in policy: the document must be a JSON object.")
+        raise MalformedPolicyDocument(
+            "Syntax errors in policy: the document must be a JSON object."
+        )
     unknown = [key for key in raw if key not in _POLICY_ELEMENTS]
     if unknown:
-        raise _malformed(f'Syntax errors in policy: unknown element "{unknown[0]}".')
+        raise MalformedPolicyDocument(f'Syntax errors in policy: unknown element "{unknown[0]}".')
     version = raw.get("Version", _LEGACY_VERSION)
     if version not in VERSIONS:
-        raise _malformed(
+        raise MalformedPolicyDocument(
             'The policy failed legacy parsing: Version must be "2012-10-17" or "2008-10-17".'
         )
     policy_id = raw.get("Id")
     if policy_id is not None and not isinstance(policy_id, str):
-        raise _malformed("Syntax errors in policy: Id must be a string.")
+        raise MalformedPolicyDocument("Syntax errors in policy: Id must be a string.")
     variables = version == _VARIABLES_VERSION
     statements = tuple(
         _numbered_statement(number, statement, variables)
@@ -757,7 +766,7 @@ def parse_policy(document: str | Mapping[str, Any]) -> Policy:
     )
     sids = [s.sid for s in statements if s.sid]
     if len(sids) != len(set(sids)):
-        raise _malformed("Statement IDs (SID) in a single policy must be unique.")
+        raise MalformedPolicyDocument("Statement IDs (SID) in a single policy must be unique.")
     text = json.dumps(raw, default=str).lower()
     time_dependent = any(key in text for key in _TIME_KEYS)
     return Policy(version, statements, policy_id, time_dependent)

@@ -18,15 +18,14 @@ from functools import lru_cache
 from typing import Any
 
 from mlfleet.policy.evaluation import (
-    MALFORMED_POLICY,
     Decision,
+    MalformedPolicyDocument,
     Policy,
     RequestContext,
     evaluate,
     parse_policy,
 )
 from mlfleet.protocol import jsontext
-from mlfleet.protocol.errors import AwsError
 
 _PRINCIPAL_TYPES = frozenset({"AWS", "Service", "Federated", "CanonicalUser"})
 
@@ -78,26 +77,26 @@ def _principal_match(statement: _TrustStatement, arns: tuple[str, ...], account:
     return found
 
 
-def _malformed(message: str) -> AwsError:
-    return AwsError(MALFORMED_POLICY, message)
-
-
 def _principals(value: Any, element: str) -> tuple[str, ...]:
     if value == "*":
         return ("*",)
     if not isinstance(value, Mapping) or not value:
-        raise _malformed(f'{element} must be "*" or an object such as {{"AWS": "<arn>"}}.')
+        raise MalformedPolicyDocument(
+            f'{element} must be "*" or an object such as {{"AWS": "<arn>"}}.'
+        )
     found: list[str] = []
     for kind, entries in value.items():
         if kind not in _PRINCIPAL_TYPES:
-            raise _malformed(f'Invalid principal type "{kind}" in {element}.')
+            raise MalformedPolicyDocument(f'Invalid principal type "{kind}" in {element}.')
         values = [entries] if isinstance(entries, str) else entries
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise _malformed(f"{element}.{kind} must be a string or a list of strings.")
+            raise MalformedPolicyDocument(
+                f"{element}.{kind} must be a string or a list of strings."
+            )
         if kind == "AWS":
             for entry in values:
                 if entry != "*" and not entry.isdigit() and not entry.startswith("arn:"):
-                    raise _malformed(f'Invalid principal in policy: "AWS":"{entry}"')
+                    raise MalformedPolicyDocument(f'Invalid principal in policy: "AWS":"{entry}"')
             found += values
         # Service, federated and canonical principals never call as an mlfleet identity.
     return tuple(found)
@@ -109,22 +108,26 @@ def parse_trust(document: str) -> TrustPolicy:
     try:
         raw = jsontext.loads(document)
     except ValueError as exc:
-        raise _malformed(f"Syntax errors in policy: {exc}.") from None
+        raise MalformedPolicyDocument(f"Syntax errors in policy: {exc}.") from None
     if not isinstance(raw, Mapping):
-        raise _malformed("Syntax errors in policy: the document must be a JSON object.")
+        raise MalformedPolicyDocument(
+            "Syntax errors in policy: the document must be a JSON object."
+        )
     listed = raw.get("Statement")
     statements_raw = [listed] if isinstance(listed, Mapping) else listed
     if not isinstance(statements_raw, list) or not statements_raw:
-        raise _malformed("Syntax errors in policy: Statement is required.")
+        raise MalformedPolicyDocument("Syntax errors in policy: Statement is required.")
     statements = []
     for number, statement in enumerate(statements_raw, start=1):
         if not isinstance(statement, Mapping):
-            raise _malformed(f"Statement {number}: a statement must be a JSON object.")
+            raise MalformedPolicyDocument(f"Statement {number}: a statement must be a JSON object.")
         present = [key for key in ("Principal", "NotPrincipal") if key in statement]
         if len(present) != 1:
-            raise _malformed("AssumeRolepolicy contained an invalid principal element.")
+            raise MalformedPolicyDocument(
+                "AssumeRolepolicy contained an invalid principal element."
+            )
         if "Resource" in statement or "NotResource" in statement:
-            raise _malformed("Has prohibited field Resource.")
+            raise MalformedPolicyDocument("Has prohibited field Resource.")
         body = {k: v for k, v in statement.items() if k not in present}
         compiled = parse_policy(
             {k: v for k, v in raw.items() if k != "Statement"}

@@ -20,7 +20,7 @@ from xml.etree import ElementTree
 from botocore.model import OperationModel, ServiceModel, Shape
 
 from mlfleet.protocol.awsjson import InputValidator, iso8601
-from mlfleet.protocol.errors import AwsError, ValidationException
+from mlfleet.protocol.errors import AwsError, InvalidAction, ValidationError, ValidationException
 
 # The version AWS names in InvalidAction messages for a request that gives none.
 _NO_VERSION = "NO_VERSION_SPECIFIED"
@@ -65,9 +65,7 @@ class QueryProtocol:
         action = form.get("Action", "")
         version = form.get("Version", _NO_VERSION)
         if version != self._version or action not in self._operation_names:
-            raise AwsError(
-                "InvalidAction", f"Could not find operation {action} for version {version}"
-            )
+            raise InvalidAction(f"Could not find operation {action} for version {version}")
         return self.service_model.operation_model(action)
 
     def operation_named(self, name: str) -> OperationModel:
@@ -87,7 +85,7 @@ class QueryProtocol:
             return self._validator.validate(shape, document)
         except ValidationException as exc:
             # Same check, same message; query services name the error ValidationError.
-            raise AwsError("ValidationError", exc.message) from None
+            raise ValidationError(exc.message) from None
 
     def serialize_output(
         self, operation: OperationModel, data: Mapping[str, Any], request_id: str

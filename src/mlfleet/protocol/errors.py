@@ -1,8 +1,13 @@
 """Errors answered to clients in the AWS JSON error shape (``{"__type": ..., "Message": ...}``).
 
-Raise :class:`AwsError` directly for a one-off code, or one of the subclasses below: each is
-named after the AWS error code it produces, so ``ValidationException("...")`` reads like the
-error a client will see.
+A refusal is raised as an exception class named after the AWS error code it produces, with the
+HTTP status fixed by the class, so ``raise ValidationException("...")`` reads like the error a
+client will see. Classes shared by several services live here; one service's own codes (IAM's
+``NoSuchEntity``, EventBridge's ``ResourceNotFoundException``...) subclass :class:`NamedAwsError`
+in that service's module (the policy language's ``MalformedPolicyDocument`` in
+``mlfleet.policy.evaluation``). :class:`AwsError` itself takes any code and status: it is what
+every refusal is caught as, and is built directly only where the code is computed (the denial
+code of a protocol, an error rewritten for the wire).
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ class AwsError(Exception):
         return json.dumps({"__type": self.code, "Message": self.message}).encode()
 
 
-class _NamedAwsError(AwsError):
-    """An AwsError whose code is the class name and whose status is fixed per class."""
+class NamedAwsError(AwsError):
+    """An AwsError whose code is the class name and whose status is fixed per class: subclass
+    it once per code, setting `http_status` when it is not 400."""
 
     http_status: ClassVar[int] = 400
 
@@ -31,49 +37,61 @@ class _NamedAwsError(AwsError):
         super().__init__(type(self).__name__, message, self.http_status)
 
 
-class ValidationException(_NamedAwsError):
+class ValidationException(NamedAwsError):
+    """A request the JSON services (SageMaker, EventBridge) refuse as invalid."""
+
+
+class ValidationError(NamedAwsError):
+    """A request the query services (IAM, STS) refuse as invalid."""
+
+
+class InvalidAction(NamedAwsError):
+    """An Action (or Version) the query services do not know."""
+
+
+class ResourceNotFound(NamedAwsError):
     pass
 
 
-class ResourceNotFound(_NamedAwsError):
+class ResourceLimitExceeded(NamedAwsError):
     pass
 
 
-class ResourceLimitExceeded(_NamedAwsError):
+class ConflictException(NamedAwsError):
     pass
 
 
-class ConflictException(_NamedAwsError):
+class UnknownOperationException(NamedAwsError):
     pass
 
 
-class UnknownOperationException(_NamedAwsError):
+class SerializationException(NamedAwsError):
     pass
 
 
-class SerializationException(_NamedAwsError):
+class IncompleteSignatureException(NamedAwsError):
     pass
 
 
-class IncompleteSignatureException(_NamedAwsError):
-    pass
-
-
-class AccessDeniedException(_NamedAwsError):
-    pass
-
-
-class MissingAuthenticationToken(_NamedAwsError):
+class AccessDeniedException(NamedAwsError):
     http_status = 403
 
 
-class UnrecognizedClientException(_NamedAwsError):
+class MissingAuthenticationToken(NamedAwsError):
     http_status = 403
 
 
-class InvalidSignatureException(_NamedAwsError):
+class UnrecognizedClientException(NamedAwsError):
     http_status = 403
 
 
-class InternalFailure(_NamedAwsError):
+class ExpiredTokenException(NamedAwsError):
+    http_status = 403
+
+
+class InvalidSignatureException(NamedAwsError):
+    http_status = 403
+
+
+class InternalFailure(NamedAwsError):
     http_status = 500

@@ -37,6 +37,8 @@ PACKAGE = "model-package"
 # Nothing is validated or scanned asynchronously: a group or package is complete once created.
 COMPLETED = "Completed"
 DEFAULT_APPROVAL = "PendingManualApproval"
+# SageMaker's words for a group that does not exist (a ValidationException, not a 404).
+_NO_GROUP = "ModelPackageGroup {} does not exist."
 
 # CreateModelPackage / UpdateModelPackage members kept in columns of their own.
 PACKAGE_COLUMNS = {
@@ -192,7 +194,7 @@ class ModelRegistry:
         arn = self.group_arn(req["ModelPackageGroupName"])
         with self._sessions.begin() as session:
             if _claim_group(session, arn, step=0) is None:
-                raise self._no_group(arn)
+                raise ValidationException(_NO_GROUP.format(arn))
             row = self._group(session, arn)
             held = session.scalar(select(func.count()).where(ModelPackage.group_name == row.name))
             if held:
@@ -219,12 +221,8 @@ class ModelRegistry:
         arn = self.group_arn(ref)
         row = session.scalar(select(ModelPackageGroup).where(ModelPackageGroup.arn == arn))
         if row is None:
-            raise self._no_group(arn)
+            raise ValidationException(_NO_GROUP.format(arn))
         return row
-
-    @staticmethod
-    def _no_group(arn: str) -> ValidationException:
-        return ValidationException(f"ModelPackageGroup {arn} does not exist.")
 
     # model packages ----------------------------------------------------------------------------
 

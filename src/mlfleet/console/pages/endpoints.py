@@ -11,7 +11,7 @@ from mlfleet.console.app import PREFIX, PageRoute, Visit
 from mlfleet.console.deletion import Deletion
 from mlfleet.console.pages.registry import newest_first
 from mlfleet.deploy.responses import Invocations, Invoked
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import AwsError, ValidationError
 
 _LIST = f"{PREFIX}/endpoints"
 # Statuses that change by themselves: the page refreshes until they settle.
@@ -109,9 +109,7 @@ async def invoke(visit: Visit) -> web.StreamResponse:
     invocations: Invocations = visit.console.context["invocations"]
     try:
         if form["ContentType"] not in CONTENT_TYPES:
-            raise AwsError(
-                "ValidationError", f"Content type must be one of {', '.join(CONTENT_TYPES)}."
-            )
+            raise ValidationError(f"Content type must be one of {', '.join(CONTENT_TYPES)}.")
         answer = await invocations.invoke(
             visit.principal,
             name,
