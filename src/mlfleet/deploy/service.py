@@ -19,7 +19,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mlfleet.common.paging import fetch_page
+from mlfleet.common.paging import SAGEMAKER, page_of_query
 from mlfleet.common.time import when
 from mlfleet.events.bus import Publish
 from mlfleet.events.sources import endpoint_event
@@ -384,7 +384,8 @@ class Deployments:
         )
         descending = req.get("SortOrder", "Descending") == "Descending"
         query = query.order_by(column.desc() if descending else column.asc(), model.name)
-        return fetch_page(self._sessions, query, req, key, summarize)
+        page, token = page_of_query(self._sessions, query, req, SAGEMAKER, summarize)
+        return {key: page} if token is None else {key: page, "NextToken": token}
 
     def delete_endpoint(self, req: Mapping[str, Any]) -> Output:
         with self._sessions.begin() as session:

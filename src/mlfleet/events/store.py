@@ -14,8 +14,6 @@ of compiled patterns that every rule or target write drops.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
 import logging
@@ -23,10 +21,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from sqlalchemy import func, select
@@ -34,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.secrets import SecretBox
+from mlfleet.common.paging import EVENTBRIDGE, page_by_key
 from mlfleet.common.time import when
 from mlfleet.events.egress import OwnAddress
 from mlfleet.events.pattern import EventPattern, parse_pattern
@@ -48,7 +47,6 @@ DEFAULT_BUS = "default"
 # EventBridge's quotas: targets per rule (fixed), rules per bus (the default quota).
 MAX_TARGETS_PER_RULE = 5
 MAX_RULES_PER_BUS = 300
-DEFAULT_LIMIT = 100
 # What AWS gives an API destination that does not say.
 DEFAULT_RATE_LIMIT_PER_SECOND = 300
 ENABLED_STATES = frozenset({"ENABLED", "ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS"})
@@ -64,7 +62,6 @@ PUBLIC_AUTH_FIELDS = {"BasicAuthParameters": "Username", "ApiKeyAuthParameters":
 OAUTH = "OAUTH_CLIENT_CREDENTIALS"
 
 Output = dict[str, Any]
-T = TypeVar("T")
 
 
 # --- errors, as EventBridge names them (and ValidationException, shared with SageMaker) ----------
@@ -84,35 +81,6 @@ class LimitExceededException(NamedAwsError):
 
 class ConcurrentModificationException(NamedAwsError):
     pass
-
-
-# --- paging -------------------------------------------------------------------------------------
-
-
-def paginate(
-    items: Sequence[T], req: dict[str, Any], key: Callable[[T], str]
-) -> tuple[list[T], str | None]:
-    """EventBridge's NextToken/Limit paging over items sorted by `key`; the token names the next
-    key, so a page stays right when items before it come and go."""
-    start = 0
-    token = req.get("NextToken")
-    if token is not None:
-        after = _decode_token(token)
-        start = next((i for i, item in enumerate(items) if key(item) >= after), len(items))
-    limit = req.get("Limit", DEFAULT_LIMIT)
-    page, rest = list(items[start : start + limit]), items[start + limit :]
-    return page, _encode_token(key(rest[0])) if rest else None
-
-
-def _encode_token(key: str) -> str:
-    return base64.urlsafe_b64encode(key.encode()).decode()
-
-
-def _decode_token(token: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValidationException("The NextToken is not valid.") from None
 
 
 # --- what the bus and the delivery worker read ---------------------------------------------
@@ -282,7 +250,9 @@ class EventStore:
             rules = session.scalars(
                 select(EventRule).where(EventRule.bus == bus).order_by(EventRule.name)
             ).all()
-        page, token = paginate([r for r in rules if r.name.startswith(prefix)], req, _name)
+        page, token = page_by_key(
+            [r for r in rules if r.name.startswith(prefix)], req, EVENTBRIDGE, _name
+        )
         return {"Rules": [_rule(r) for r in page], "NextToken": token}
 
     def enable_rule(self, req: dict[str, Any]) -> Output:
@@ -393,7 +363,7 @@ class EventStore:
         with self._sessions() as session:
             self._rule(session, bus, name)
             targets = self._targets(session, bus, name)
-        page, token = paginate(targets, req, lambda t: t.target_id)
+        page, token = page_by_key(targets, req, EVENTBRIDGE, lambda t: t.target_id)
         return {"Targets": [dict(t.spec) for t in page], "NextToken": token}
 
     def _targets(self, session: Session, bus: str, rule: str) -> list[EventTarget]:
@@ -466,7 +436,7 @@ class EventStore:
         with self._sessions() as session:
             rows = session.scalars(select(EventConnection).order_by(EventConnection.name)).all()
         chosen = [c for c in rows if c.name.startswith(prefix) and state in (None, c.state)]
-        page, token = paginate(chosen, req, _name)
+        page, token = page_by_key(chosen, req, EVENTBRIDGE, _name)
         return {"Connections": [_connection(c) for c in page], "NextToken": token}
 
     def delete_connection(self, req: dict[str, Any]) -> Output:
@@ -565,7 +535,7 @@ class EventStore:
         chosen = [
             d for d in rows if d.name.startswith(prefix) and connection in (None, d.connection_arn)
         ]
-        page, token = paginate(chosen, req, _name)
+        page, token = page_by_key(chosen, req, EVENTBRIDGE, _name)
         return {"ApiDestinations": [_destination(d) for d in page], "NextToken": token}
 
     def delete_api_destination(self, req: dict[str, Any]) -> Output:

@@ -10,6 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.identity import Principal
-from mlfleet.common.paging import decode_token, encode_token
+from mlfleet.common.paging import SAGEMAKER, page_by_offset, page_of_query
 from mlfleet.events.bus import Publish
 from mlfleet.events.sources import lifecycle_event
 from mlfleet.fleet.stores import ArtifactRoots, local_folder, resolve
@@ -54,8 +55,9 @@ def status_word(status: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", status).upper()
 
 
-# SageMaker's limit on tags per resource.
+# SageMaker's limit on tags per resource; ListTags pages hold all of them by default.
 MAX_TAGS = 50
+TAG_PAGING = replace(SAGEMAKER, default_size=MAX_TAGS)
 
 
 class FleetService:
@@ -308,28 +310,20 @@ class FleetService:
         column = SORT_COLUMNS[req.get("SortBy", "CreationTime")]
         descending = req.get("SortOrder", "Descending") == "Descending"
         query = query.order_by(column.desc() if descending else column.asc(), TrackingServer.id)
-        limit = req.get("MaxResults", 100)
-        offset = decode_token(req.get("NextToken"))
-        with self._sessions() as session:
-            rows = session.scalars(query.offset(offset).limit(limit + 1)).all()
-        page = rows[:limit]
-        result: dict[str, Any] = {
-            "TrackingServerSummaries": [
-                {
-                    "TrackingServerArn": row.arn,
-                    "TrackingServerName": row.name,
-                    "CreationTime": datetime.fromtimestamp(row.created_at).astimezone(),
-                    "LastModifiedTime": datetime.fromtimestamp(row.last_modified_at).astimezone(),
-                    "TrackingServerStatus": row.status,
-                    "IsActive": "Active" if self._is_serving(row.id) else "Inactive",
-                    "MlflowVersion": row.mlflow_version,
-                }
-                for row in page
-            ]
+        page, token = page_of_query(self._sessions, query, req, SAGEMAKER, self._summary)
+        summaries = {"TrackingServerSummaries": page}
+        return summaries if token is None else {**summaries, "NextToken": token}
+
+    def _summary(self, row: TrackingServer) -> dict[str, Any]:
+        return {
+            "TrackingServerArn": row.arn,
+            "TrackingServerName": row.name,
+            "CreationTime": datetime.fromtimestamp(row.created_at).astimezone(),
+            "LastModifiedTime": datetime.fromtimestamp(row.last_modified_at).astimezone(),
+            "TrackingServerStatus": row.status,
+            "IsActive": "Active" if self._is_serving(row.id) else "Inactive",
+            "MlflowVersion": row.mlflow_version,
         }
-        if len(rows) > limit:
-            result["NextToken"] = encode_token(offset + limit)
-        return result
 
     # tags (AddTags, DeleteTags, ListTags on a tracking server's ARN) -------------------------
 
@@ -363,12 +357,8 @@ class FleetService:
         name = self.name_of(req["ResourceArn"])
         with self._sessions() as session:
             tags = list(self._get(session, name).tags)
-        offset = decode_token(req.get("NextToken"))
-        limit = req.get("MaxResults", MAX_TAGS)
-        out: dict[str, Any] = {"Tags": tags[offset : offset + limit]}
-        if offset + limit < len(tags):
-            out["NextToken"] = encode_token(offset + limit)
-        return out
+        page, token = page_by_offset(tags, req, TAG_PAGING)
+        return {"Tags": page} if token is None else {"Tags": page, "NextToken": token}
 
     def create_presigned_url(
         self, req: dict[str, Any], principal: Principal, token: str, token_hash: str

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from mlfleet.auth.identity import Principal
-from mlfleet.iam.store import IamStore, InvalidInput, paginate
+from mlfleet.iam.store import IamStore, InvalidInput, listing
 from mlfleet.policy.authorizer import Authorizer, RequestFacts, SourcedPolicy
 from mlfleet.policy.evaluation import ContextScalar, ContextValue, PolicyKind, parse_policy
 
@@ -63,8 +63,9 @@ class Simulator:
                     }
                 results.append(evaluation)
         numbered = [(f"{n:08d}", result) for n, result in enumerate(results)]
-        page = paginate(numbered, req, key=lambda pair: pair[0])
-        return {**page.output("EvaluationResults"), "EvaluationResults": [r for _, r in page.items]}
+        return listing(
+            "EvaluationResults", numbered, req, lambda pair: pair[0], lambda pair: pair[1]
+        )
 
     def _source(self, arn: str) -> tuple[Principal, list[SourcedPolicy], list[SourcedPolicy]]:
         prefix = f"arn:aws:iam::{self._account}:"

@@ -14,12 +14,13 @@ import string
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.secrets import SecretBox
+from mlfleet.common.paging import IAM, page_by_key
 from mlfleet.common.time import when
 from mlfleet.iam.managed import ADMINISTRATOR_ACCESS, aws_managed_policies
 from mlfleet.policy.authorizer import SourcedPolicy
@@ -42,9 +43,9 @@ ACCESS_KEYS_PER_USER = 2
 # IAM's quotas on a policy document's size, whitespace not counted.
 INLINE_POLICY_LIMITS = {"user": 2048, "group": 5120, "role": 10240}
 MANAGED_POLICY_LIMIT = 6144
-DEFAULT_MAX_ITEMS = 100
 
 Output = dict[str, Any]
+T = TypeVar("T")
 
 
 def new_id(prefix: str, length: int = 21) -> str:
@@ -96,29 +97,23 @@ class _Usage:
         return bool(self.attachments or self.boundaries)
 
 
-@dataclass(frozen=True)
-class Page:
-    items: list[Any]
-    is_truncated: bool
-    marker: str | None
-
-    def output(self, member: str) -> Output:
-        out: Output = {member: self.items, "IsTruncated": self.is_truncated}
-        if self.marker is not None:
-            out["Marker"] = self.marker
-        return out
-
-
-def paginate(items: Sequence[Any], request: dict[str, Any], key: Callable[[Any], str]) -> Page:
-    """IAM's Marker/MaxItems paging over items sorted by `key`; the marker is the next key."""
-    marker = request.get("Marker")
-    start = 0
+def listing(
+    member: str,
+    items: Sequence[T],
+    req: Mapping[str, Any],
+    key: Callable[[T], str],
+    show: Callable[[T], Any] | None = None,
+) -> Output:
+    """IAM's answer to a List call: the page of `items` (sorted by `key`) that Marker and MaxItems
+    ask for, each shown by `show`, as `member`; IsTruncated, and the Marker of the next page."""
+    page, marker = page_by_key(items, req, IAM, key)
+    out: Output = {
+        member: page if show is None else [show(item) for item in page],
+        "IsTruncated": marker is not None,
+    }
     if marker is not None:
-        start = next((i for i, item in enumerate(items) if key(item) >= marker), len(items))
-    size = request.get("MaxItems", DEFAULT_MAX_ITEMS)
-    page = list(items[start : start + size])
-    rest = items[start + size :]
-    return Page(page, bool(rest), key(rest[0]) if rest else None)
+        out["Marker"] = marker
+    return out
 
 
 def policy_size(document: str) -> int:
@@ -202,8 +197,7 @@ class IamStore:
     def list_users(self, req: dict[str, Any]) -> Output:
         with self._sessions() as session:
             users = session.scalars(select(IamUser).order_by(IamUser.name)).all()
-        page = paginate(check_path_prefix(users, req), req, key=lambda u: u.name)
-        return Page([_user(u) for u in page.items], page.is_truncated, page.marker).output("Users")
+        return listing("Users", check_path_prefix(users, req), req, lambda u: u.name, _user)
 
     def delete_user(self, name: str) -> Output:
         with self._sessions.begin() as session:
@@ -273,10 +267,7 @@ class IamStore:
                 .where(AccessKey.user_name == user_name, AccessKey.owner_kind == "user")
                 .order_by(AccessKey.access_key_id)
             ).all()
-        page = paginate(keys, req, key=lambda k: k.access_key_id)
-        return Page([_key(k) for k in page.items], page.is_truncated, page.marker).output(
-            "AccessKeyMetadata"
-        )
+        return listing("AccessKeyMetadata", keys, req, lambda k: k.access_key_id, _key)
 
     def update_access_key(self, user_name: str, key_id: str, status: str) -> Output:
         with self._sessions.begin() as session:
@@ -324,27 +315,19 @@ class IamStore:
                 .where(IamGroupMember.group_name == name)
                 .order_by(IamUser.name)
             ).all()
-        page = paginate(users, req, key=lambda u: u.name)
-        out = Page([_user(u) for u in page.items], page.is_truncated, page.marker).output("Users")
-        return {"Group": _group(group), **out}
+        return {"Group": _group(group), **listing("Users", users, req, lambda u: u.name, _user)}
 
     def list_groups(self, req: dict[str, Any]) -> Output:
         with self._sessions() as session:
             groups = session.scalars(select(IamGroup).order_by(IamGroup.name)).all()
-        page = paginate(check_path_prefix(groups, req), req, key=lambda g: g.name)
-        return Page([_group(g) for g in page.items], page.is_truncated, page.marker).output(
-            "Groups"
-        )
+        return listing("Groups", check_path_prefix(groups, req), req, lambda g: g.name, _group)
 
     def list_groups_for_user(self, req: dict[str, Any]) -> Output:
         name = req["UserName"]
         with self._sessions() as session:
             self._user(session, name)
             groups = self._groups_of(session, name)
-        page = paginate(groups, req, key=lambda g: g.name)
-        return Page([_group(g) for g in page.items], page.is_truncated, page.marker).output(
-            "Groups"
-        )
+        return listing("Groups", groups, req, lambda g: g.name, _group)
 
     def delete_group(self, name: str) -> Output:
         with self._sessions.begin() as session:
@@ -437,8 +420,7 @@ class IamStore:
     def list_roles(self, req: dict[str, Any]) -> Output:
         with self._sessions() as session:
             roles = session.scalars(select(IamRole).order_by(IamRole.name)).all()
-        page = paginate(check_path_prefix(roles, req), req, key=lambda r: r.name)
-        return Page([_role(r) for r in page.items], page.is_truncated, page.marker).output("Roles")
+        return listing("Roles", check_path_prefix(roles, req), req, lambda r: r.name, _role)
 
     def update_assume_role_policy(self, name: str, document: str) -> Output:
         parse_trust(document)
@@ -534,7 +516,7 @@ class IamStore:
                 .where(IamInlinePolicy.owner_kind == kind, IamInlinePolicy.owner_name == owner)
                 .order_by(IamInlinePolicy.policy_name)
             ).all()
-        return paginate(names, req, key=str).output("PolicyNames")
+        return listing("PolicyNames", names, req, str)
 
     def _inline(self, session: Session, kind: str, owner: str, name: str) -> IamInlinePolicy:
         row = session.get(IamInlinePolicy, (kind, owner, name))
@@ -607,7 +589,7 @@ class IamStore:
             policies = [p for p in policies if p["AttachmentCount"]]
         prefix = req.get("PathPrefix", "/")
         policies = sorted((p for p in policies if p["Path"].startswith(prefix)), key=_by_arn)
-        return paginate(policies, req, key=_by_arn).output("Policies")
+        return listing("Policies", policies, req, _by_arn)
 
     def delete_policy(self, arn: str) -> Output:
         with self._sessions.begin() as session:
@@ -658,7 +640,7 @@ class IamStore:
             for arn in arns
             if _policy_path(arn).startswith(prefix)
         ]
-        return paginate(attached, req, key=lambda p: p["PolicyArn"]).output("AttachedPolicies")
+        return listing("AttachedPolicies", attached, req, lambda p: p["PolicyArn"])
 
     def managed_document(self, arn: str) -> str:
         shipped = aws_managed_policies().get(arn)

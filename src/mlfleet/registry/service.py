@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from mlfleet.auth.identity import Principal
-from mlfleet.common.paging import fetch_page
+from mlfleet.common.paging import SAGEMAKER, page_of_query
 from mlfleet.common.time import when
 from mlfleet.events.bus import Publish
 from mlfleet.events.sources import model_package_event
@@ -433,7 +433,8 @@ class ModelRegistry:
         descending = req.get("SortOrder", "Ascending") == "Descending"
         columns = orders[req.get("SortBy", "CreationTime")]
         query = query.order_by(*(c.desc() if descending else c.asc() for c in columns))
-        return fetch_page(self._sessions, query, req, key, summarize)
+        page, token = page_of_query(self._sessions, query, req, SAGEMAKER, summarize)
+        return {key: page} if token is None else {key: page, "NextToken": token}
 
 
 def _check_addressing(req: Mapping[str, Any]) -> None:
