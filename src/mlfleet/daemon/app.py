@@ -42,8 +42,13 @@ from mlfleet.events.store import EventStore
 from mlfleet.fleet.reconciler import Reconciler
 from mlfleet.fleet.responses import sagemaker_endpoint
 from mlfleet.fleet.service import FleetService
+from mlfleet.gateway.admission import Admission
+from mlfleet.gateway.authentication import Authentication
+from mlfleet.gateway.forwarding import Forwarding
 from mlfleet.gateway.handover import Handover
-from mlfleet.gateway.proxy import Gateway, ServerRecord
+from mlfleet.gateway.proxy import Gateway
+from mlfleet.gateway.recording import Recording
+from mlfleet.gateway.routing import Routing, ServerRecord
 from mlfleet.iam.responses import Identities, iam_api, sts_api
 from mlfleet.iam.simulator import Simulator
 from mlfleet.iam.store import IamStore
@@ -187,17 +192,14 @@ def build_daemon(settings: Settings) -> Daemon:
         return ServerRecord(row[0], row[1], row[2], tuple(row[3]), row[4], row[5])
 
     gateway = Gateway(
-        settings,
-        runtime,
-        credentials,
-        authorizer,
-        UiSessions(sessions),
-        lookup,
-        trail,
-        bus,
-        registry_sync,
-        server_metrics,
-        handover,
+        settings=settings,
+        routing=Routing(settings, runtime, lookup),
+        authentication=Authentication(settings, credentials, UiSessions(sessions)),
+        authorizer=authorizer,
+        admission=Admission(settings, runtime, lookup, server_metrics),
+        forwarding=Forwarding(runtime.sandbox.run_dir),
+        recording=Recording(trail, bus, registry_sync, server_metrics),
+        handover=handover,
     )
     gateway_ref.append(gateway)
 
