@@ -32,6 +32,8 @@ from mlfleet.policy.authorizer import Authorizer, RequestFacts, denial_message
 from mlfleet.protocol.errors import AwsError
 from mlfleet.settings import Settings
 
+# What others import from the gateway: the composition, the record its lookup returns, the
+# error shape and the ARN header (defined in routing, errors and mlflow_api.hardening).
 __all__ = ["ARN_HEADER", "Gateway", "ServerRecord", "mlflow_error"]
 
 
