@@ -175,6 +175,27 @@ def test_a_dead_letter_is_listed_and_redriven(daemon: Daemon, receiver: Receiver
     )
     assert source not in console.get("/events/dead-letters").text
 
+    # Each redrive, refused or done, is in the audit trail like an EventBridge call.
+    def redrives() -> list[dict[str, Any]] | None:
+        found = daemon.client("cloudtrail").lookup_events(
+            LookupAttributes=[{"AttributeKey": "EventName", "AttributeValue": "RedriveDeadLetters"}]
+        )["Events"]
+        records = [json.loads(e["CloudTrailEvent"]) for e in found]
+        mine = [r for r in records if r["requestParameters"] == {"ids": [delivery]}]
+        return mine if len(mine) == 3 else None
+
+    records = wait_for(redrives, 10, what="three RedriveDeadLetters records")
+    by_user = {r["userIdentity"].get("userName"): r for r in records}
+    assert by_user[onlooker["UserName"]]["errorCode"] == "AccessDeniedException"
+    assert by_user[stranger["UserName"]]["errorCode"] == "AccessDeniedException"
+    done = next(r for r in records if "errorCode" not in r)
+    assert done["eventSource"] == "events.amazonaws.com"
+    assert done["readOnly"] is False
+    assert done["responseElements"] == {"redriven": 1}
+    assert {"accountId": "123456789012", "type": "AWS::Events::Rule", "ARN": arn} in done[
+        "resources"
+    ]
+
 
 # --- model registry ------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ def test_every_implemented_operation_is_declared_once() -> None:
 
 @pytest.mark.parametrize("operation", OPERATIONS, ids=_id)
 def test_operation_is_one_of_its_service_model(operation: Operation[Any]) -> None:
-    assert operation.name in load_service_model(operation.service).operation_names
+    assert operation.name in load_service_model(operation.model).operation_names
 
 
 def _allows(policy_name: str, action: str) -> bool:
@@ -69,5 +69,5 @@ def test_read_only_operations_are_reads() -> None:
     for operation in OPERATIONS:
         if operation.access.read_only:
             assert operation.name.startswith(
-                ("Describe", "List", "Get", "Lookup", "Simulate", "Test")
+                ("Describe", "List", "Get", "Lookup", "Simulate", "Test", "Invoke")
             ), operation.action

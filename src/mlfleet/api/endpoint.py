@@ -3,18 +3,17 @@
 Every control-plane service (SageMaker, IAM, STS, CloudTrail) goes through the same steps; only
 the wire format differs (:class:`JsonEndpoint` for AWS JSON 1.1, :class:`QueryEndpoint` for the
 query protocol). A service supplies its operations as declared in
-:mod:`mlfleet.api.operations`: what each one runs and which permissions it needs. Each call,
-allowed or refused, is handed to the audit trail as an :class:`ApiCall` before its answer leaves.
+:mod:`mlfleet.api.operations`; authorization and audit are the :class:`~mlfleet.api.pipeline.
+Pipeline`'s, shared with every other entrance. Each call, allowed or refused, is handed to the
+audit trail before its answer leaves.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -22,10 +21,11 @@ from aiohttp import web
 from botocore.model import OperationModel, Shape
 
 from mlfleet.api.operations import Bound, Call
+from mlfleet.api.pipeline import ApiCall, Pipeline
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.sigv4 import claimed_credential
-from mlfleet.policy.authorizer import Authorizer, RequestFacts
+from mlfleet.policy.authorizer import RequestFacts
 from mlfleet.protocol.awsjson import JsonProtocol
 from mlfleet.protocol.awsquery import QueryProtocol, parse_form
 from mlfleet.protocol.errors import AwsError
@@ -33,33 +33,6 @@ from mlfleet.protocol.sensitive import error_without_secrets, without_secrets
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class AuditedResource:
-    arn: str
-    type: str | None
-
-
-@dataclass
-class ApiCall:
-    """What the audit trail records of one call; filled in as the call proceeds."""
-
-    service: str
-    request_id: str
-    time: float
-    source_ip: str | None
-    user_agent: str
-    access_key_id: str | None = None
-    operation: str | None = None
-    principal: Principal | None = None
-    parameters: dict[str, Any] | None = None
-    response: dict[str, Any] | None = None
-    error: AwsError | None = None
-    resources: list[AuditedResource] = field(default_factory=list)
-    read_only: bool = False
-
-
-Recorder = Callable[[ApiCall], None]
 
 # AWS's JSON services name an oversized request this way (Lambda's Invoke answers 413
 # RequestEntityTooLargeException); SageMaker's API documents no code of its own for it.
@@ -85,26 +58,22 @@ class Endpoint(ABC):
         self,
         service_name: str,
         credentials: Credentials,
-        authorizer: Authorizer,
+        pipeline: Pipeline,
         operations: Mapping[str, Bound],
-        recorder: Recorder,
         accepted_regions: Sequence[str],
         denied_code: str,
     ) -> None:
         self.service_name = service_name
         self._credentials = credentials
-        self._authorizer = authorizer
+        self._pipeline = pipeline
         self._operations = operations
-        self._record = recorder
         self._regions = tuple(accepted_regions)
         self._denied_code = denied_code
 
     async def handle(self, request: web.Request, signed_region: str) -> web.Response:
         claimed = claimed_credential(request.headers.get("Authorization", ""))
-        call = ApiCall(
-            service=self.service_name,
-            request_id=str(uuid.uuid4()),
-            time=time.time(),
+        call = ApiCall.begin(
+            self.service_name,
             source_ip=request.remote,
             user_agent=request.headers.get("User-Agent", ""),
             # Who the caller claims to be, recorded even when the signature then fails.
@@ -128,7 +97,7 @@ class Endpoint(ABC):
             call.error = self._failure(call, exc)
             return self.refuse(call.error, call.request_id)
         finally:
-            self._record(_without_secrets(call, model))
+            self._pipeline.finish(_without_secrets(call, model))
 
     def invoke(
         self,
@@ -146,14 +115,8 @@ class Endpoint(ABC):
         are validated against the API model, the call is authorized and audited, and a refusal
         raises the :class:`AwsError` a client would have received.
         """
-        call = ApiCall(
-            service=self.service_name,
-            request_id=str(uuid.uuid4()),
-            time=time.time(),
-            source_ip=source_ip,
-            user_agent=user_agent,
-            access_key_id=principal.access_key_id,
-            principal=principal,
+        call = ApiCall.begin(
+            self.service_name, source_ip=source_ip, user_agent=user_agent, principal=principal
         )
         model: OperationModel | None = None
         try:
@@ -167,7 +130,7 @@ class Endpoint(ABC):
             call.error = self._failure(call, exc)
             raise call.error from None
         finally:
-            self._record(_without_secrets(call, model))
+            self._pipeline.finish(_without_secrets(call, model))
 
     def _failure(self, call: ApiCall, exc: Exception) -> AwsError:
         """The error a failed call answers: its own, or (a bug) a logged InternalFailure."""
@@ -190,25 +153,9 @@ class Endpoint(ABC):
         operation = self._operations.get(model.name)
         if operation is None:
             raise self.not_implemented(model.name)
-        call.read_only = operation.operation.access.read_only
         request = Call(model.name, parse(), principal, facts)
-        call.parameters = request.params
-        for check in operation.checks(request) or ():
-            target = check.target
-            call.resources.append(AuditedResource(target.arn, check.resource_type))
-            self._authorizer.require(
-                principal,
-                check.action,
-                target.arn,
-                replace(
-                    facts,
-                    resource_tags=target.tags,
-                    request_tags=target.request_tags,
-                    extra=target.keys,
-                ),
-                code=self._denied_code,
-            )
-        result = operation.run(request)
+        self._pipeline.authorize(call, operation, request, self._denied_code)
+        result: dict[str, Any] = operation.run(request)
         call.response = result
         return result
 

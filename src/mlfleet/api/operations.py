@@ -5,10 +5,13 @@ A service declares its operations on an :class:`OperationTable`, one decorator e
     operations: OperationTable[FleetService] = OperationTable("sagemaker")
 
     @operations.declare(Access.READ, READERS, resource=tracking_server)
-    def describe_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+    def describe_mlflow_tracking_server(
+        fleet: FleetService, call: Call[DescribeMlflowTrackingServerRequest]
+    ) -> DescribeMlflowTrackingServerResponse:
         return fleet.describe(call.params)
 
-The function's name, in CamelCase, is the operation's name (``name=`` when it is generated).
+The function's name, in CamelCase, is the operation's name (``name=`` when it is generated);
+its input and output are typed by the operation's shapes (:mod:`mlfleet.protocol.shapes`).
 From the declaration the endpoint builds dispatch, the authorization checks
 (``<service>:<Operation>`` on the resource, with its tags and condition keys, plus ``iam:PassRole``
 on every role the call hands over), the audit record (its resources and their types, whether it
@@ -30,6 +33,8 @@ from mlfleet.policy.evaluation import ContextValue
 Params = dict[str, Any]
 Result = dict[str, Any]
 Service = TypeVar("Service")
+# An operation's input: its TypedDict from mlfleet.protocol.shapes (plain Call is Call[Any]).
+Input = TypeVar("Input")
 
 
 class Access(Enum):
@@ -65,11 +70,11 @@ ROLE_TYPE = "AWS::IAM::Role"
 
 
 @dataclass(frozen=True)
-class Call:
+class Call(Generic[Input]):
     """One call as an operation sees it: validated parameters, who asks, and how."""
 
     operation: str
-    params: Params
+    params: Input
     principal: Principal
     facts: RequestFacts
 
@@ -99,9 +104,10 @@ class Check:
     resource_type: str | None
 
 
-Run = Callable[[Service, Call], Result]
-Locate = Callable[[Service, Call], Target]
-Roles = Callable[[Params], Iterable[str | None]]
+# Control-plane operations return their output members; InvokeEndpoint's run is a coroutine.
+Run = Callable[[Service, Call[Any]], Any]
+Locate = Callable[[Service, Call[Any]], Target]
+Roles = Callable[[Any], Iterable[str | None]]
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,9 @@ class Operation(Generic[Service]):
 
     service: str
     name: str
+    # The botocore service model that defines it (sagemaker-runtime's InvokeEndpoint is
+    # authorized as a sagemaker action).
+    model: str
     access: Access
     granted_to: frozenset[str] | None
     run: Run[Service]
@@ -135,7 +144,7 @@ class Bound:
     def name(self) -> str:
         return self.operation.name
 
-    def checks(self, call: Call) -> Sequence[Check] | None:
+    def checks(self, call: Call[Any]) -> Sequence[Check] | None:
         """The permissions the call needs; None when the operation decides itself."""
         operation = self.operation
         if operation.resource is None:
@@ -147,7 +156,7 @@ class Bound:
             found += [Check(PASS_ROLE, Target(role), ROLE_TYPE) for role in roles]
         return found
 
-    def run(self, call: Call) -> Result:
+    def run(self, call: Call[Any]) -> Any:
         return self.operation.run(self.implementation, call)
 
 
@@ -158,8 +167,11 @@ def camel_case(function_name: str) -> str:
 class OperationTable(Generic[Service]):
     """The operations one part of mlfleet implements of one AWS service."""
 
-    def __init__(self, service: str, resource_type: str | None = None) -> None:
+    def __init__(
+        self, service: str, resource_type: str | None = None, model: str | None = None
+    ) -> None:
         self.service = service
+        self._model = model or service
         self._resource_type = resource_type
         self._operations: dict[str, Operation[Service]] = {}
 
@@ -187,6 +199,7 @@ class OperationTable(Generic[Service]):
                 Operation(
                     service=self.service,
                     name=name or camel_case(run.__name__),
+                    model=self._model,
                     access=access,
                     granted_to=granted_to,
                     run=run,
@@ -213,6 +226,6 @@ class OperationTable(Generic[Service]):
         return {name: Bound(op, implementation) for name, op in self._operations.items()}
 
 
-def anywhere(_service: object, _call: Call) -> Target:
+def anywhere(_service: object, _call: Call[Any]) -> Target:
     """Account-wide operations (List*, ...) act on ``*``."""
     return ANYWHERE

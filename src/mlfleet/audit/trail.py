@@ -31,11 +31,12 @@ from typing import Any, cast
 from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mlfleet.api.endpoint import ApiCall
+from mlfleet.api.pipeline import ApiCall
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.protocol.errors import AwsError
 from mlfleet.protocol.sensitive import HIDDEN
+from mlfleet.protocol.shapes import cloudtrail as shapes
 from mlfleet.settings import Settings
 from mlfleet.state.models import AuditRecord
 
@@ -420,7 +421,7 @@ class AuditTrail:
             ).first()
         return found is not None
 
-    def lookup(self, req: Mapping[str, Any]) -> dict[str, Any]:
+    def lookup(self, req: shapes.LookupEventsRequest) -> shapes.LookupEventsResponse:
         """LookupEvents: newest first, one lookup attribute, a time range, paging."""
         query = select(AuditRecord).order_by(AuditRecord.seq.desc())
         attributes = req.get("LookupAttributes", [])
@@ -454,7 +455,7 @@ class AuditTrail:
         limit = req.get("MaxResults", DEFAULT_LOOKUP_RESULTS)
         with self._sessions() as session:
             rows = session.scalars(query.limit(limit + 1)).all()
-        out: dict[str, Any] = {"Events": [_lookup_event(row) for row in rows[:limit]]}
+        out: shapes.LookupEventsResponse = {"Events": [_lookup_event(row) for row in rows[:limit]]}
         if len(rows) > limit:
             out["NextToken"] = str(rows[limit - 1].seq)
         return out
@@ -542,8 +543,8 @@ def _columns_disagree(row: AuditRecord) -> bool:
     )
 
 
-def _lookup_event(row: AuditRecord) -> dict[str, Any]:
-    event: dict[str, Any] = {
+def _lookup_event(row: AuditRecord) -> shapes.Event:
+    event: shapes.Event = {
         "EventId": row.event_id,
         "EventName": row.event_name,
         "ReadOnly": "true" if row.read_only else "false",

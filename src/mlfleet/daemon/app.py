@@ -14,7 +14,8 @@ from aiohttp import web
 from markupsafe import Markup
 from sqlalchemy import select
 
-from mlfleet.api.endpoint import ApiCall, Endpoint
+from mlfleet.api.endpoint import Endpoint
+from mlfleet.api.pipeline import ApiCall, Pipeline
 from mlfleet.audit.responses import cloudtrail_endpoint
 from mlfleet.audit.trail import open_trail
 from mlfleet.auth.credentials import ADMIN_USER, Credentials
@@ -26,7 +27,12 @@ from mlfleet.console.charts import endpoint_charts, server_charts
 from mlfleet.console.pages import ALL_PAGES as CONSOLE_PAGES
 from mlfleet.console.sessions import ConsoleSessions
 from mlfleet.daemon.control_plane import ControlPlane
-from mlfleet.daemon.operations import DEPLOYMENT, MODEL_REGISTRY, TRACKING_SERVERS
+from mlfleet.daemon.operations import (
+    DEPLOYMENT,
+    MODEL_REGISTRY,
+    SAGEMAKER_ACTIONS,
+    TRACKING_SERVERS,
+)
 from mlfleet.daemon.private import make_private
 from mlfleet.daemon.tls import refuse_secrets_in_clear, serve_tls
 from mlfleet.deploy.deployer import Deployer
@@ -160,6 +166,14 @@ def build_daemon(settings: Settings) -> Daemon:
         registry, lambda *call: gateway_ref[0].call_mlflow(*call), settings.account_id
     )
     trail = open_trail(settings, sessions, box)
+
+    def record(call: ApiCall) -> None:
+        # Calls that change something also reach EventBridge, as CloudTrail sends them.
+        event = api_call_event(trail.record_api_call(call))
+        if event is not None:
+            bus.publish([event])
+
+    pipeline = Pipeline(authorizer, record)
     # Traffic of the last hour, for the console's charts: servers by id, endpoints by name.
     server_metrics, endpoint_metrics = Recorder(), Recorder()
     handover = Handover(settings, runtime, credentials, authorizer, trail, server_metrics)
@@ -195,7 +209,7 @@ def build_daemon(settings: Settings) -> Daemon:
         settings=settings,
         routing=Routing(settings, runtime, lookup),
         authentication=Authentication(settings, credentials, UiSessions(sessions)),
-        authorizer=authorizer,
+        pipeline=pipeline,
         admission=Admission(settings, runtime, lookup, server_metrics),
         forwarding=Forwarding(runtime.sandbox.run_dir),
         recording=Recording(trail, bus, registry_sync, server_metrics),
@@ -229,7 +243,7 @@ def build_daemon(settings: Settings) -> Daemon:
         deployments,
         deployer,
         credentials,
-        authorizer,
+        pipeline,
         settings.region,
         settings.account_id,
         endpoint_metrics,
@@ -241,12 +255,6 @@ def build_daemon(settings: Settings) -> Daemon:
 
     sts = SecurityTokenService(sessions, store, authorizer, box, settings.account_id)
 
-    def record(call: ApiCall) -> None:
-        # Calls that change something also reach EventBridge, as CloudTrail sends them.
-        event = api_call_event(trail.record_api_call(call))
-        if event is not None:
-            bus.publish([event])
-
     sagemaker_operations = {
         **TRACKING_SERVERS.bind(fleet),
         **MODEL_REGISTRY.bind(registry),
@@ -254,35 +262,25 @@ def build_daemon(settings: Settings) -> Daemon:
     }
     services: dict[str, Endpoint] = {
         "sagemaker": sagemaker_endpoint(
-            sagemaker_operations,
-            credentials,
-            authorizer,
-            record,
-            settings.region,
+            sagemaker_operations, credentials, pipeline, settings.region
         ),
         "iam": iam_api(
             Identities(
                 store, Simulator(store, authorizer, settings.account_id), settings.account_id
             ),
             credentials,
-            authorizer,
-            record,
+            pipeline,
         ),
         "sts": sts_api(
             sts,
             credentials,
-            authorizer,
-            record,
+            pipeline,
             settings.region,
             settings.sts_min_duration_seconds,
         ),
-        "cloudtrail": cloudtrail_endpoint(trail, credentials, authorizer, record, settings.region),
+        "cloudtrail": cloudtrail_endpoint(trail, credentials, pipeline, settings.region),
         "events": events_endpoint(
-            EventBridge(event_store, bus.put_events),
-            credentials,
-            authorizer,
-            record,
-            settings.region,
+            EventBridge(event_store, bus.put_events), credentials, pipeline, settings.region
         ),
     }
     console = Console(
@@ -290,16 +288,12 @@ def build_daemon(settings: Settings) -> Daemon:
         credentials,
         services,
         context={
-            # What the IAM pages simulate: each operation needs the action of its name, and
-            # InvokeEndpoint (served beside the API) needs its own.
-            "sagemaker_actions": sorted(
-                f"sagemaker:{name}" for name in [*sagemaker_operations, "InvokeEndpoint"]
-            ),
+            "sagemaker_actions": SAGEMAKER_ACTIONS,
             "default_role_arn": f"arn:aws:iam::{settings.account_id}:role/mlfleet",
             "server_charts": charts_of_server,
             "endpoint_charts": lambda name: endpoint_charts(endpoint_metrics.window(name)),
             # Not API operations: the outbox and dead letters, and InvokeEndpoint (runtime).
-            "deliveries": DeliveryLog(sessions, event_store, authorizer),
+            "deliveries": DeliveryLog(sessions, event_store, pipeline),
             "invocations": invocations,
         },
     )

@@ -8,6 +8,7 @@ from typing import Any
 from mlfleet.api.operations import OperationTable
 from mlfleet.audit.responses import OPERATIONS as CLOUDTRAIL
 from mlfleet.deploy.responses import OPERATIONS as DEPLOYMENT
+from mlfleet.deploy.responses import RUNTIME_OPERATIONS as SAGEMAKER_RUNTIME
 from mlfleet.events.responses import OPERATIONS as EVENTBRIDGE
 from mlfleet.fleet.responses import OPERATIONS as TRACKING_SERVERS
 from mlfleet.iam.responses import OPERATIONS as IAM
@@ -18,10 +19,18 @@ OPERATION_TABLES: tuple[OperationTable[Any], ...] = (
     TRACKING_SERVERS,
     MODEL_REGISTRY,
     DEPLOYMENT,
+    SAGEMAKER_RUNTIME,
     EVENTBRIDGE,
     IAM,
     STS,
     CLOUDTRAIL,
+)
+# What the console's policy simulator offers for SageMaker: every sagemaker: action mlfleet serves.
+SAGEMAKER_ACTIONS = sorted(
+    op.action
+    for table in OPERATION_TABLES
+    if table.service == "sagemaker"
+    for op in table.operations
 )
 
 __all__ = [
@@ -31,6 +40,8 @@ __all__ = [
     "IAM",
     "MODEL_REGISTRY",
     "OPERATION_TABLES",
+    "SAGEMAKER_ACTIONS",
+    "SAGEMAKER_RUNTIME",
     "STS",
     "TRACKING_SERVERS",
 ]

@@ -21,6 +21,7 @@ from mlfleet.api.endpoint import read_body
 from mlfleet.api.operations import (
     OPERATORS,
     READERS,
+    USERS,
     Access,
     Call,
     OperationTable,
@@ -28,14 +29,16 @@ from mlfleet.api.operations import (
     Target,
     anywhere,
 )
+from mlfleet.api.pipeline import ApiCall, Pipeline
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.deploy.deployer import Deployer, Variant
 from mlfleet.deploy.service import Deployments
 from mlfleet.metrics import Recorder
-from mlfleet.policy.authorizer import Authorizer, RequestFacts
+from mlfleet.policy.authorizer import RequestFacts
 from mlfleet.protocol.awsjson import InputValidator, load_service_model
 from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.shapes import sagemaker as shapes
 from mlfleet.state.models import Endpoint, EndpointConfig, SageMakerModel
 
 VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
@@ -52,11 +55,11 @@ class _Kind:
     member: str
     type: str
 
-    def existing(self, deployments: Deployments, call: Call) -> Target:
+    def existing(self, deployments: Deployments, call: Call[Any]) -> Target:
         arn = deployments.arn(self.arn_kind, call.params[self.member])
         return Target(arn, deployments.tags(self.table, arn))
 
-    def new(self, deployments: Deployments, call: Call) -> Target:
+    def new(self, deployments: Deployments, call: Call[Any]) -> Target:
         arn = deployments.arn(self.arn_kind, call.params[self.member])
         return Target(arn, request_tags=call.params.get("Tags", []))
 
@@ -69,68 +72,111 @@ ENDPOINT = _Kind(Endpoint, "endpoint", "EndpointName", "AWS::SageMaker::Endpoint
 
 
 @declare(Access.WRITE, OPERATORS, resource=MODEL.new, resource_type=MODEL.type)
-def create_model(deployments: Deployments, call: Call) -> Result:
+def create_model(
+    deployments: Deployments, call: Call[shapes.CreateModelInput]
+) -> shapes.CreateModelOutput:
     return deployments.create_model(call.params)
 
 
 @declare(Access.READ, READERS, resource=MODEL.existing, resource_type=MODEL.type)
-def describe_model(deployments: Deployments, call: Call) -> Result:
+def describe_model(
+    deployments: Deployments, call: Call[shapes.DescribeModelInput]
+) -> shapes.DescribeModelOutput:
     return deployments.describe_model(call.params)
 
 
 @declare(Access.WRITE, OPERATORS, resource=MODEL.existing, resource_type=MODEL.type)
-def delete_model(deployments: Deployments, call: Call) -> Result:
+def delete_model(deployments: Deployments, call: Call[shapes.DeleteModelInput]) -> Result:
     return deployments.delete_model(call.params)
 
 
 @declare(Access.LIST, READERS, resource=anywhere)
-def list_models(deployments: Deployments, call: Call) -> Result:
+def list_models(
+    deployments: Deployments, call: Call[shapes.ListModelsInput]
+) -> shapes.ListModelsOutput:
     return deployments.list_models(call.params)
 
 
 @declare(Access.WRITE, OPERATORS, resource=CONFIG.new, resource_type=CONFIG.type)
-def create_endpoint_config(deployments: Deployments, call: Call) -> Result:
+def create_endpoint_config(
+    deployments: Deployments, call: Call[shapes.CreateEndpointConfigInput]
+) -> shapes.CreateEndpointConfigOutput:
     return deployments.create_endpoint_config(call.params)
 
 
 @declare(Access.READ, READERS, resource=CONFIG.existing, resource_type=CONFIG.type)
-def describe_endpoint_config(deployments: Deployments, call: Call) -> Result:
+def describe_endpoint_config(
+    deployments: Deployments, call: Call[shapes.DescribeEndpointConfigInput]
+) -> shapes.DescribeEndpointConfigOutput:
     return deployments.describe_endpoint_config(call.params)
 
 
 @declare(Access.LIST, READERS, resource=anywhere)
-def list_endpoint_configs(deployments: Deployments, call: Call) -> Result:
+def list_endpoint_configs(
+    deployments: Deployments, call: Call[shapes.ListEndpointConfigsInput]
+) -> shapes.ListEndpointConfigsOutput:
     return deployments.list_endpoint_configs(call.params)
 
 
 @declare(Access.WRITE, OPERATORS, resource=CONFIG.existing, resource_type=CONFIG.type)
-def delete_endpoint_config(deployments: Deployments, call: Call) -> Result:
+def delete_endpoint_config(
+    deployments: Deployments, call: Call[shapes.DeleteEndpointConfigInput]
+) -> Result:
     return deployments.delete_endpoint_config(call.params)
 
 
 @declare(Access.WRITE, OPERATORS, resource=ENDPOINT.new, resource_type=ENDPOINT.type)
-def create_endpoint(deployments: Deployments, call: Call) -> Result:
+def create_endpoint(
+    deployments: Deployments, call: Call[shapes.CreateEndpointInput]
+) -> shapes.CreateEndpointOutput:
     return deployments.create_endpoint(call.params)
 
 
 @declare(Access.READ, READERS, resource=ENDPOINT.existing, resource_type=ENDPOINT.type)
-def describe_endpoint(deployments: Deployments, call: Call) -> Result:
+def describe_endpoint(
+    deployments: Deployments, call: Call[shapes.DescribeEndpointInput]
+) -> shapes.DescribeEndpointOutput:
     return deployments.describe_endpoint(call.params)
 
 
 @declare(Access.WRITE, OPERATORS, resource=ENDPOINT.existing, resource_type=ENDPOINT.type)
-def update_endpoint(deployments: Deployments, call: Call) -> Result:
+def update_endpoint(
+    deployments: Deployments, call: Call[shapes.UpdateEndpointInput]
+) -> shapes.UpdateEndpointOutput:
     return deployments.update_endpoint(call.params)
 
 
 @declare(Access.LIST, READERS, resource=anywhere)
-def list_endpoints(deployments: Deployments, call: Call) -> Result:
+def list_endpoints(
+    deployments: Deployments, call: Call[shapes.ListEndpointsInput]
+) -> shapes.ListEndpointsOutput:
     return deployments.list_endpoints(call.params)
 
 
 @declare(Access.WRITE, OPERATORS, resource=ENDPOINT.existing, resource_type=ENDPOINT.type)
-def delete_endpoint(deployments: Deployments, call: Call) -> Result:
+def delete_endpoint(deployments: Deployments, call: Call[shapes.DeleteEndpointInput]) -> Result:
     return deployments.delete_endpoint(call.params)
+
+
+# sagemaker-runtime's one operation, authorized as a sagemaker action; invocations are data
+# events, which the audit trail does not keep (as in SageMaker).
+RUNTIME_OPERATIONS: OperationTable[Invocations] = OperationTable(
+    "sagemaker", ENDPOINT.type, model="sagemaker-runtime"
+)
+
+
+def _invoked(invocations: Invocations, call: Call[Any]) -> Target:
+    return ENDPOINT.existing(invocations.deployments, call)
+
+
+@RUNTIME_OPERATIONS.declare(Access.READ, USERS, resource=_invoked, audited=False)
+async def invoke_endpoint(invocations: Invocations, call: Call[Any]) -> Invoked:
+    params = call.params
+    name = params["EndpointName"]
+    variant = invocations.choose_variant(name, params["TargetVariant"])
+    return await invocations.forward(
+        name, variant, params["Body"], params["ContentType"], params["Accept"]
+    )
 
 
 def runtime_error(error: AwsError, **members: Any) -> web.Response:
@@ -175,15 +221,16 @@ class Invocations:
         deployments: Deployments,
         deployer: Deployer,
         credentials: Credentials,
-        authorizer: Authorizer,
+        pipeline: Pipeline,
         region: str,
         account_id: str,
         metrics: Recorder,
     ) -> None:
-        self._deployments = deployments
+        self.deployments = deployments
         self._deployer = deployer
         self._credentials = credentials
-        self._authorizer = authorizer
+        self._pipeline = pipeline
+        self._operation = RUNTIME_OPERATIONS.bind(self)["InvokeEndpoint"]
         self._region = region
         self._account = account_id
         # Invocations and latency per endpoint name, for the console's charts.
@@ -209,6 +256,7 @@ class Invocations:
                 target_variant=request.headers.get("X-Amzn-SageMaker-Target-Variant"),
                 source_ip=request.remote,
                 secure_transport=request.secure,
+                user_agent=request.headers.get("User-Agent", ""),
             )
         except ModelError as exc:
             return runtime_error(
@@ -234,21 +282,37 @@ class Invocations:
         target_variant: str | None = None,
         source_ip: str | None,
         secure_transport: bool,
+        user_agent: str = "",
     ) -> Invoked:
         """InvokeEndpoint for an authenticated principal: the signed request's path and the web
         console's. A refusal, or the model's own error (:class:`ModelError`), raises the
         AwsError a client would receive."""
-        arn = self._deployments.arn("endpoint", name)
-        facts = RequestFacts(
-            source_ip=source_ip,
-            secure_transport=secure_transport,
-            resource_tags=tuple(self._deployments.tags(Endpoint, arn)),
+        call = Call(
+            "InvokeEndpoint",
+            {
+                "EndpointName": name,
+                "Body": body,
+                "ContentType": content_type,
+                "Accept": accept,
+                "TargetVariant": target_variant,
+            },
+            principal,
+            RequestFacts(source_ip=source_ip, secure_transport=secure_transport),
         )
-        self._authorizer.require(principal, "sagemaker:InvokeEndpoint", arn, facts)
-        variant = self._choose(name, target_variant)
-        return await self._forward(name, variant, body, content_type, accept)
+        record = ApiCall.begin(
+            "sagemaker", source_ip=source_ip, user_agent=user_agent, principal=principal
+        )
+        try:
+            self._pipeline.authorize(record, self._operation, call)
+            invoked: Invoked = await self._operation.run(call)
+            return invoked
+        except AwsError as exc:
+            record.error = exc
+            raise
+        finally:
+            self._pipeline.finish(record)
 
-    def _choose(self, name: str, target: str | None) -> Variant:
+    def choose_variant(self, name: str, target: str | None) -> Variant:
         variants = self._deployer.variants(name)
         if variants is None:
             raise AwsError(
@@ -270,7 +334,7 @@ class Invocations:
             )
         return random.choices(weighted, weights=[v.weight or 1.0 for v in weighted])[0]
 
-    async def _forward(
+    async def forward(
         self, name: str, variant: Variant, body: bytes, content_type: str, accept: str | None
     ) -> Invoked:
         instance = random.choice([w for w in variant.instances if w.healthy])

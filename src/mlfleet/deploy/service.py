@@ -12,8 +12,8 @@ ARNs hold names lowercased, as SageMaker writes them, so names are unique regard
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +24,7 @@ from mlfleet.common.time import when
 from mlfleet.events.bus import Publish
 from mlfleet.events.sources import endpoint_event
 from mlfleet.protocol.errors import ValidationException
+from mlfleet.protocol.shapes import sagemaker as shapes
 from mlfleet.registry.service import ModelRegistry
 from mlfleet.settings import Settings
 from mlfleet.state.models import Endpoint, EndpointConfig, SageMakerModel, TrackingServer
@@ -37,6 +38,7 @@ TRACKING_SERVER_ENV = "MLFLEET_TRACKING_SERVER"
 SERVER_ARN_PROPERTY = "mlflow.tracking_server_arn"
 DELETING = "Deleting"
 Row = TypeVar("Row", SageMakerModel, EndpointConfig, Endpoint)
+Summary = TypeVar("Summary")
 
 
 def _now() -> float:
@@ -75,7 +77,7 @@ class Deployments:
 
     # models ------------------------------------------------------------------------------------
 
-    def create_model(self, req: Mapping[str, Any]) -> Output:
+    def create_model(self, req: shapes.CreateModelInput) -> shapes.CreateModelOutput:
         name = req["ModelName"]
         containers = req.get("Containers") or []
         container = req.get("PrimaryContainer") or (containers[0] if containers else None)
@@ -104,7 +106,9 @@ class Deployments:
             raise ValidationException(f'Cannot create already existing model "{arn}".') from None
         return {"ModelArn": arn}
 
-    def _resolve(self, container: Mapping[str, Any], tags: list[dict[str, str]]) -> tuple[str, str]:
+    def _resolve(
+        self, container: Mapping[str, Any], tags: Sequence[Mapping[str, Any]]
+    ) -> tuple[str, str]:
         """The MLflow model URI and tracking server name a container deploys."""
         if "ModelPackageName" in container:
             package = self._approved(container["ModelPackageName"], tags)
@@ -131,7 +135,9 @@ class Deployments:
                 return uri, server
         raise ValidationException(f"Tracking server {server} of model {uri} does not exist.")
 
-    def _approved(self, package_ref: str, tags: list[dict[str, str]]) -> Output:
+    def _approved(
+        self, package_ref: str, tags: Sequence[Mapping[str, Any]]
+    ) -> shapes.DescribeModelPackageOutput:
         """The package, if it may deploy: Approved, or the model carries the override tag."""
         package = self._registry.package(package_ref)
         approval = package.get("ModelApprovalStatus")
@@ -146,27 +152,34 @@ class Deployments:
             )
         return package
 
-    def describe_model(self, req: Mapping[str, Any]) -> Output:
+    def describe_model(self, req: shapes.DescribeModelInput) -> shapes.DescribeModelOutput:
         with self._sessions() as session:
             row = self._get(session, SageMakerModel, "model", "model", req["ModelName"])
-            return _without_none(
-                {
-                    "ModelName": row.name,
-                    "ModelArn": row.arn,
-                    "PrimaryContainer": row.primary_container,
-                    "ExecutionRoleArn": row.execution_role_arn,
-                    "CreationTime": when(row.created_at),
-                }
+            # Without its None members, the dict is the shape: primary_container holds the
+            # ContainerDefinition CreateModel was given.
+            return cast(
+                shapes.DescribeModelOutput,
+                _without_none(
+                    {
+                        "ModelName": row.name,
+                        "ModelArn": row.arn,
+                        "PrimaryContainer": row.primary_container,
+                        "ExecutionRoleArn": row.execution_role_arn,
+                        "CreationTime": when(row.created_at),
+                    }
+                ),
             )
 
-    def delete_model(self, req: Mapping[str, Any]) -> Output:
+    def delete_model(self, req: shapes.DeleteModelInput) -> Output:
         with self._sessions.begin() as session:
             session.delete(self._get(session, SageMakerModel, "model", "model", req["ModelName"]))
         return {}
 
     # endpoint configs ----------------------------------------------------------------------------
 
-    def create_endpoint_config(self, req: Mapping[str, Any]) -> Output:
+    def create_endpoint_config(
+        self, req: shapes.CreateEndpointConfigInput
+    ) -> shapes.CreateEndpointConfigOutput:
         name = req["EndpointConfigName"]
         variants = req["ProductionVariants"]
         names = [v["VariantName"] for v in variants]
@@ -199,17 +212,21 @@ class Deployments:
                 ) from None
         return {"EndpointConfigArn": arn}
 
-    def describe_endpoint_config(self, req: Mapping[str, Any]) -> Output:
+    def describe_endpoint_config(
+        self, req: shapes.DescribeEndpointConfigInput
+    ) -> shapes.DescribeEndpointConfigOutput:
         with self._sessions() as session:
             row = self._config(session, req["EndpointConfigName"])
+            # The column holds the ProductionVariants CreateEndpointConfig was given.
+            variants = cast(list[shapes.ProductionVariant], row.production_variants)
             return {
                 "EndpointConfigName": row.name,
                 "EndpointConfigArn": row.arn,
-                "ProductionVariants": row.production_variants,
+                "ProductionVariants": variants,
                 "CreationTime": when(row.created_at),
             }
 
-    def delete_endpoint_config(self, req: Mapping[str, Any]) -> Output:
+    def delete_endpoint_config(self, req: shapes.DeleteEndpointConfigInput) -> Output:
         with self._sessions.begin() as session:
             session.delete(self._config(session, req["EndpointConfigName"]))
         return {}
@@ -219,7 +236,7 @@ class Deployments:
 
     # endpoints ---------------------------------------------------------------------------------
 
-    def create_endpoint(self, req: Mapping[str, Any]) -> Output:
+    def create_endpoint(self, req: shapes.CreateEndpointInput) -> shapes.CreateEndpointOutput:
         name = req["EndpointName"]
         arn = self.arn("endpoint", name)
         with self._sessions.begin() as session:
@@ -269,7 +286,7 @@ class Deployments:
             )
         return variants
 
-    def update_endpoint(self, req: Mapping[str, Any]) -> Output:
+    def update_endpoint(self, req: shapes.UpdateEndpointInput) -> shapes.UpdateEndpointOutput:
         """Switch an endpoint to another config: its instances start beside the running ones,
         which keep serving until every new instance does (the deployer swaps them)."""
         with self._sessions.begin() as session:
@@ -296,7 +313,7 @@ class Deployments:
         self._kick(name)
         return {"EndpointArn": arn}
 
-    def describe_endpoint(self, req: Mapping[str, Any]) -> Output:
+    def describe_endpoint(self, req: shapes.DescribeEndpointInput) -> shapes.DescribeEndpointOutput:
         with self._sessions() as session:
             return self._description(self._endpoint(session, req["EndpointName"]))
 
@@ -305,69 +322,81 @@ class Deployments:
         row = self._endpoint(session, name)
         self._publish([endpoint_event(self._description(row))], session)
 
-    def _description(self, row: Endpoint) -> Output:
-        return _without_none(
-            {
-                **self._endpoint_summary(row),
-                "EndpointConfigName": row.config_name,
-                "FailureReason": row.failure_reason,
-                "ProductionVariants": [
-                    {
-                        "VariantName": v["VariantName"],
-                        "CurrentWeight": v["Weight"],
-                        "DesiredWeight": v["Weight"],
-                        "CurrentInstanceCount": v["InstanceCount"]
-                        if row.status == "InService"
-                        else 0,
-                        "DesiredInstanceCount": v["InstanceCount"],
-                    }
-                    for v in row.variants
-                ],
-            }
+    def _description(self, row: Endpoint) -> shapes.DescribeEndpointOutput:
+        # Without its None members (FailureReason, when nothing failed), the dict is the shape.
+        return cast(
+            shapes.DescribeEndpointOutput,
+            _without_none(
+                {
+                    **self._endpoint_summary(row),
+                    "EndpointConfigName": row.config_name,
+                    "FailureReason": row.failure_reason,
+                    "ProductionVariants": [
+                        {
+                            "VariantName": v["VariantName"],
+                            "CurrentWeight": v["Weight"],
+                            "DesiredWeight": v["Weight"],
+                            "CurrentInstanceCount": v["InstanceCount"]
+                            if row.status == "InService"
+                            else 0,
+                            "DesiredInstanceCount": v["InstanceCount"],
+                        }
+                        for v in row.variants
+                    ],
+                }
+            ),
         )
 
-    def list_endpoints(self, req: Mapping[str, Any]) -> Output:
+    def list_endpoints(self, req: shapes.ListEndpointsInput) -> shapes.ListEndpointsOutput:
         query = select(Endpoint)
         if "StatusEquals" in req:
             query = query.where(Endpoint.status == req["StatusEquals"])
+        members: Mapping[str, Any] = req
         for member, after in (("LastModifiedTimeAfter", True), ("LastModifiedTimeBefore", False)):
-            if member in req:
-                bound = req[member].timestamp()
+            if member in members:
+                bound = members[member].timestamp()
                 column = Endpoint.last_modified_at
                 query = query.where(column > bound if after else column < bound)
-        return self._list(query, Endpoint, req, "Endpoints", self._endpoint_summary)
+        page, token = self._list(query, Endpoint, req, self._endpoint_summary)
+        return {"Endpoints": page} if token is None else {"Endpoints": page, "NextToken": token}
 
-    def list_models(self, req: Mapping[str, Any]) -> Output:
-        def summary(row: SageMakerModel) -> Output:
+    def list_models(self, req: shapes.ListModelsInput) -> shapes.ListModelsOutput:
+        def summary(row: SageMakerModel) -> shapes.ModelSummary:
             return {
                 "ModelName": row.name,
                 "ModelArn": row.arn,
                 "CreationTime": when(row.created_at),
             }
 
-        return self._list(select(SageMakerModel), SageMakerModel, req, "Models", summary)
+        page, token = self._list(select(SageMakerModel), SageMakerModel, req, summary)
+        return {"Models": page} if token is None else {"Models": page, "NextToken": token}
 
-    def list_endpoint_configs(self, req: Mapping[str, Any]) -> Output:
-        def summary(row: EndpointConfig) -> Output:
+    def list_endpoint_configs(
+        self, req: shapes.ListEndpointConfigsInput
+    ) -> shapes.ListEndpointConfigsOutput:
+        def summary(row: EndpointConfig) -> shapes.EndpointConfigSummary:
             return {
                 "EndpointConfigName": row.name,
                 "EndpointConfigArn": row.arn,
                 "CreationTime": when(row.created_at),
             }
 
-        return self._list(select(EndpointConfig), EndpointConfig, req, "EndpointConfigs", summary)
+        page, token = self._list(select(EndpointConfig), EndpointConfig, req, summary)
+        if token is None:
+            return {"EndpointConfigs": page}
+        return {"EndpointConfigs": page, "NextToken": token}
 
     def _list(
         self,
         query: Select[Any],
         model: type[Row],
         req: Mapping[str, Any],
-        key: str,
-        summarize: Callable[[Any], Output],
-    ) -> Output:
+        summarize: Callable[[Any], Summary],
+    ) -> tuple[list[Summary], str | None]:
         """What the three List operations share: NameContains, the creation-time window,
         SortBy (Name, CreationTime; Status for endpoints), SortOrder (newest first by default)
-        and paging."""
+        and paging: the page of summaries, and the NextToken of the next page (None on the
+        last)."""
         if "NameContains" in req:
             query = query.where(model.name.contains(req["NameContains"], autoescape=True))
         if "CreationTimeAfter" in req:
@@ -384,10 +413,9 @@ class Deployments:
         )
         descending = req.get("SortOrder", "Descending") == "Descending"
         query = query.order_by(column.desc() if descending else column.asc(), model.name)
-        page, token = page_of_query(self._sessions, query, req, SAGEMAKER, summarize)
-        return {key: page} if token is None else {key: page, "NextToken": token}
+        return page_of_query(self._sessions, query, req, SAGEMAKER, summarize)
 
-    def delete_endpoint(self, req: Mapping[str, Any]) -> Output:
+    def delete_endpoint(self, req: shapes.DeleteEndpointInput) -> Output:
         with self._sessions.begin() as session:
             row = self._endpoint(session, req["EndpointName"])
             row.status, row.last_modified_at = DELETING, _now()
@@ -398,7 +426,7 @@ class Deployments:
         return {}
 
     @staticmethod
-    def _endpoint_summary(row: Endpoint) -> Output:
+    def _endpoint_summary(row: Endpoint) -> shapes.EndpointSummary:
         return {
             "EndpointName": row.name,
             "EndpointArn": row.arn,

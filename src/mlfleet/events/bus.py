@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.protocol import jsontext
 from mlfleet.protocol.errors import ValidationException
+from mlfleet.protocol.shapes import events as shapes
 from mlfleet.state.models import EventDelivery
 
 DEFAULT_BUS = "default"
@@ -138,9 +139,11 @@ class EventBus:
 
     # --- PutEvents -----------------------------------------------------------------------------
 
-    def put_events(self, req: Mapping[str, Any], _principal: Any = None) -> dict[str, Any]:
+    def put_events(
+        self, req: shapes.PutEventsRequest, _principal: Any = None
+    ) -> shapes.PutEventsResponse:
         """Custom events; each entry is refused on its own (FailedEntryCount), as AWS does."""
-        results: list[dict[str, Any]] = []
+        results: list[shapes.PutEventsResultEntry] = []
         accepted: list[Event] = []
         for entry in req["Entries"]:
             problem = _entry_problem(entry)

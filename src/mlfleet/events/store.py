@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode, urlsplit
 
 from sqlalchemy import func, select
@@ -39,6 +39,7 @@ from mlfleet.events.pattern import EventPattern, parse_pattern
 from mlfleet.events.targets import HttpTarget, connection_headers, retry_limits
 from mlfleet.protocol import jsontext
 from mlfleet.protocol.errors import AwsError, NamedAwsError, ValidationException
+from mlfleet.protocol.shapes import events as shapes
 from mlfleet.state.models import ApiDestination, EventConnection, EventRule, EventTarget
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class EventStore:
             row = session.get(ApiDestination, name)
         return row.arn if row is not None else self._arn(f"api-destination/{name}/*")
 
-    def _bus(self, req: dict[str, Any]) -> str:
+    def _bus(self, req: Mapping[str, Any]) -> str:
         """The bus a request names (by name or ARN): only "default" exists."""
         given = req.get("EventBusName", DEFAULT_BUS)
         if given in (DEFAULT_BUS, self.bus_arn):
@@ -192,7 +193,7 @@ class EventStore:
 
     # --- rules -------------------------------------------------------------------------------
 
-    def put_rule(self, req: dict[str, Any]) -> Output:
+    def put_rule(self, req: shapes.PutRuleRequest) -> shapes.PutRuleResponse:
         """Create the rule, or replace it whole (its targets and tags stay), as AWS does."""
         bus, name = self._bus(req), req["Name"]
         if "ScheduleExpression" in req:
@@ -233,18 +234,20 @@ class EventStore:
                 f"have at most {MAX_RULES_PER_BUS} rules."
             )
 
-    def describe_rule(self, req: dict[str, Any]) -> Output:
+    def describe_rule(self, req: shapes.DescribeRuleRequest) -> shapes.DescribeRuleResponse:
         bus = self._bus(req)
         with self._sessions() as session:
             rule = self._rule(session, bus, req["Name"])
         return {**_rule(rule), "CreatedBy": rule.created_by}
 
-    def describe_event_bus(self, req: dict[str, Any]) -> Output:
+    def describe_event_bus(
+        self, req: shapes.DescribeEventBusRequest
+    ) -> shapes.DescribeEventBusResponse:
         """Only the default bus exists, with no resource policy of its own."""
         self._bus({"EventBusName": req.get("Name", DEFAULT_BUS)})
         return {"Name": DEFAULT_BUS, "Arn": self.bus_arn}
 
-    def list_rules(self, req: dict[str, Any]) -> Output:
+    def list_rules(self, req: shapes.ListRulesRequest) -> shapes.ListRulesResponse:
         bus, prefix = self._bus(req), req.get("NamePrefix", "")
         with self._sessions() as session:
             rules = session.scalars(
@@ -253,21 +256,22 @@ class EventStore:
         page, token = page_by_key(
             [r for r in rules if r.name.startswith(prefix)], req, EVENTBRIDGE, _name
         )
-        return {"Rules": [_rule(r) for r in page], "NextToken": token}
+        # NextToken is None on the last page (left out of the answer, null in its audit record).
+        return {"Rules": [_rule(r) for r in page], "NextToken": token}  # type: ignore[typeddict-item]
 
-    def enable_rule(self, req: dict[str, Any]) -> Output:
+    def enable_rule(self, req: shapes.EnableRuleRequest) -> Output:
         return self._set_state(req, "ENABLED")
 
-    def disable_rule(self, req: dict[str, Any]) -> Output:
+    def disable_rule(self, req: shapes.DisableRuleRequest) -> Output:
         return self._set_state(req, "DISABLED")
 
-    def _set_state(self, req: dict[str, Any], state: str) -> Output:
+    def _set_state(self, req: Mapping[str, Any], state: str) -> Output:
         bus = self._bus(req)
         with self._writing() as session:
             self._rule(session, bus, req["Name"]).state = state
         return {}
 
-    def delete_rule(self, req: dict[str, Any]) -> Output:
+    def delete_rule(self, req: shapes.DeleteRuleRequest) -> Output:
         """Deleting a rule that does not exist succeeds, as in AWS. One with targets is refused
         unless Force, which here also removes its targets."""
         bus, name = self._bus(req), req["Name"]
@@ -297,14 +301,14 @@ class EventStore:
 
     # --- targets -----------------------------------------------------------------------------
 
-    def put_targets(self, req: dict[str, Any]) -> Output:
+    def put_targets(self, req: shapes.PutTargetsRequest) -> shapes.PutTargetsResponse:
         """Add or replace targets; a bad entry fails alone (FailedEntries), as in AWS."""
         bus, name = self._bus(req), req["Rule"]
         entries = req["Targets"]
         ids = [entry["Id"] for entry in entries]
         if len(set(ids)) != len(ids):
             raise ValidationException("Target ids must be unique within one PutTargets request.")
-        failed: list[Output] = []
+        failed: list[shapes.PutTargetsResultEntry] = []
         with self._writing() as session:
             self._rule(session, bus, name)
             accepted = []
@@ -329,10 +333,10 @@ class EventStore:
                     target = EventTarget(bus=bus, rule=name, target_id=entry["Id"])
                     session.add(target)
                 target.arn = entry["Arn"]
-                target.spec = entry
+                target.spec = dict(entry)
         return {"FailedEntryCount": len(failed), "FailedEntries": failed}
 
-    def _target_problem(self, session: Session, entry: dict[str, Any]) -> tuple[str, str] | None:
+    def _target_problem(self, session: Session, entry: Mapping[str, Any]) -> tuple[str, str] | None:
         """Why mlfleet cannot take this target (error code, message), or None."""
         arn = entry["Arn"]
         pattern = re.escape(self._arn("api-destination/")) + r"([.\-_A-Za-z0-9]+)/[\-A-Za-z0-9]+"
@@ -348,7 +352,7 @@ class EventStore:
             return "ResourceNotFoundException", f"API destination {arn} does not exist."
         return _input_problem(entry)
 
-    def remove_targets(self, req: dict[str, Any]) -> Output:
+    def remove_targets(self, req: shapes.RemoveTargetsRequest) -> shapes.RemoveTargetsResponse:
         """Remove these targets; ids the rule does not have are ignored."""
         bus, name = self._bus(req), req["Rule"]
         with self._writing() as session:
@@ -358,13 +362,17 @@ class EventStore:
                     session.delete(target)
         return {"FailedEntryCount": 0, "FailedEntries": []}
 
-    def list_targets_by_rule(self, req: dict[str, Any]) -> Output:
+    def list_targets_by_rule(
+        self, req: shapes.ListTargetsByRuleRequest
+    ) -> shapes.ListTargetsByRuleResponse:
         bus, name = self._bus(req), req["Rule"]
         with self._sessions() as session:
             self._rule(session, bus, name)
             targets = self._targets(session, bus, name)
         page, token = page_by_key(targets, req, EVENTBRIDGE, lambda t: t.target_id)
-        return {"Targets": [dict(t.spec) for t in page], "NextToken": token}
+        # A spec is the Target PutTargets stored; NextToken is as in list_rules.
+        specs = [cast(shapes.Target, dict(t.spec)) for t in page]
+        return {"Targets": specs, "NextToken": token}  # type: ignore[typeddict-item]
 
     def _targets(self, session: Session, bus: str, rule: str) -> list[EventTarget]:
         return list(
@@ -377,7 +385,9 @@ class EventStore:
 
     # --- connections -------------------------------------------------------------------------
 
-    def create_connection(self, req: dict[str, Any]) -> Output:
+    def create_connection(
+        self, req: shapes.CreateConnectionRequest
+    ) -> shapes.CreateConnectionResponse:
         name, kind = req["Name"], req["AuthorizationType"]
         _refuse_unsupported_connection(req)
         auth = req["AuthParameters"]
@@ -400,7 +410,9 @@ class EventStore:
             session.add(connection)
         return _connection_times(connection)
 
-    def update_connection(self, req: dict[str, Any]) -> Output:
+    def update_connection(
+        self, req: shapes.UpdateConnectionRequest
+    ) -> shapes.UpdateConnectionResponse:
         """Change the description, authorization type or parameters; the parameters given are
         merged into the stored ones (AWS keeps a secret that an update leaves out)."""
         name = req["Name"]
@@ -421,25 +433,39 @@ class EventStore:
             connection.updated_at = time.time()
         return _connection_times(connection)
 
-    def describe_connection(self, req: dict[str, Any]) -> Output:
+    def describe_connection(
+        self, req: shapes.DescribeConnectionRequest
+    ) -> shapes.DescribeConnectionResponse:
         with self._sessions() as session:
             connection = self._connection(session, req["Name"])
         auth = json.loads(self._box.open(connection.auth_parameters))
+        # Member by member: unpacking a Connection would leave the answer's other optional
+        # members (StateReason, SecretArn, ...) unaccounted for.
         return {
-            **_connection(connection),
-            "Description": connection.description,
+            "ConnectionArn": connection.arn,
+            "ConnectionState": connection.state,
+            "CreationTime": when(connection.created_at),
+            "LastModifiedTime": when(connection.updated_at),
+            "LastAuthorizedTime": when(connection.updated_at),
+            "Name": connection.name,
+            "AuthorizationType": connection.authorization_type,
+            "Description": connection.description,  # type: ignore[typeddict-item]
             "AuthParameters": _public_auth(auth),
         }
 
-    def list_connections(self, req: dict[str, Any]) -> Output:
+    def list_connections(
+        self, req: shapes.ListConnectionsRequest
+    ) -> shapes.ListConnectionsResponse:
         prefix, state = req.get("NamePrefix", ""), req.get("ConnectionState")
         with self._sessions() as session:
             rows = session.scalars(select(EventConnection).order_by(EventConnection.name)).all()
         chosen = [c for c in rows if c.name.startswith(prefix) and state in (None, c.state)]
         page, token = page_by_key(chosen, req, EVENTBRIDGE, _name)
-        return {"Connections": [_connection(c) for c in page], "NextToken": token}
+        return {"Connections": [_connection(c) for c in page], "NextToken": token}  # type: ignore[typeddict-item]
 
-    def delete_connection(self, req: dict[str, Any]) -> Output:
+    def delete_connection(
+        self, req: shapes.DeleteConnectionRequest
+    ) -> shapes.DeleteConnectionResponse:
         """Delete it; API destinations that use it fail their deliveries until pointed at
         another connection (as in AWS, nothing refuses the delete)."""
         with self._writing() as session:
@@ -481,7 +507,9 @@ class EventStore:
             )
         return url
 
-    def create_api_destination(self, req: dict[str, Any]) -> Output:
+    def create_api_destination(
+        self, req: shapes.CreateApiDestinationRequest
+    ) -> shapes.CreateApiDestinationResponse:
         name = req["Name"]
         endpoint = self._checked_endpoint(req["InvocationEndpoint"])
         now = time.time()
@@ -506,7 +534,9 @@ class EventStore:
             session.add(destination)
         return _destination_times(destination)
 
-    def update_api_destination(self, req: dict[str, Any]) -> Output:
+    def update_api_destination(
+        self, req: shapes.UpdateApiDestinationRequest
+    ) -> shapes.UpdateApiDestinationResponse:
         with self._writing() as session:
             destination = self._api_destination(session, req["Name"])
             if "ConnectionArn" in req:
@@ -523,12 +553,16 @@ class EventStore:
             destination.updated_at = time.time()
         return _destination_times(destination)
 
-    def describe_api_destination(self, req: dict[str, Any]) -> Output:
+    def describe_api_destination(
+        self, req: shapes.DescribeApiDestinationRequest
+    ) -> shapes.DescribeApiDestinationResponse:
         with self._sessions() as session:
             destination = self._api_destination(session, req["Name"])
-        return {**_destination(destination), "Description": destination.description}
+        return {**_destination(destination), "Description": destination.description}  # type: ignore[typeddict-item]
 
-    def list_api_destinations(self, req: dict[str, Any]) -> Output:
+    def list_api_destinations(
+        self, req: shapes.ListApiDestinationsRequest
+    ) -> shapes.ListApiDestinationsResponse:
         prefix, connection = req.get("NamePrefix", ""), req.get("ConnectionArn")
         with self._sessions() as session:
             rows = session.scalars(select(ApiDestination).order_by(ApiDestination.name)).all()
@@ -536,9 +570,11 @@ class EventStore:
             d for d in rows if d.name.startswith(prefix) and connection in (None, d.connection_arn)
         ]
         page, token = page_by_key(chosen, req, EVENTBRIDGE, _name)
-        return {"ApiDestinations": [_destination(d) for d in page], "NextToken": token}
+        return {"ApiDestinations": [_destination(d) for d in page], "NextToken": token}  # type: ignore[typeddict-item]
 
-    def delete_api_destination(self, req: dict[str, Any]) -> Output:
+    def delete_api_destination(
+        self, req: shapes.DeleteApiDestinationRequest
+    ) -> shapes.DeleteApiDestinationResponse:
         """Delete it; targets that name it dead-letter their deliveries (as in AWS, nothing
         refuses the delete)."""
         with self._writing() as session:
@@ -563,7 +599,9 @@ class EventStore:
 
     # --- TestEventPattern --------------------------------------------------------------------
 
-    def test_event_pattern(self, req: dict[str, Any]) -> Output:
+    def test_event_pattern(
+        self, req: shapes.TestEventPatternRequest
+    ) -> shapes.TestEventPatternResponse:
         pattern = compiled(req["EventPattern"])
         try:
             event = jsontext.loads(req["Event"])
@@ -703,19 +741,22 @@ def _name(row: Any) -> str:
     return str(row.name)
 
 
-def _rule(rule: EventRule) -> Output:
+def _rule(rule: EventRule) -> shapes.Rule:
+    # What the rule lacks is None: left out of the answer, null in its audit record. So are a
+    # connection's and a destination's missing members and the NextToken of a last page, hence
+    # the ignores: the shapes have no None.
     return {
         "Name": rule.name,
         "Arn": rule.arn,
-        "EventPattern": rule.event_pattern,
+        "EventPattern": rule.event_pattern,  # type: ignore[typeddict-item]
         "State": rule.state,
-        "Description": rule.description,
-        "RoleArn": rule.role_arn,
+        "Description": rule.description,  # type: ignore[typeddict-item]
+        "RoleArn": rule.role_arn,  # type: ignore[typeddict-item]
         "EventBusName": rule.bus,
     }
 
 
-def _input_problem(entry: dict[str, Any]) -> tuple[str, str] | None:
+def _input_problem(entry: Mapping[str, Any]) -> tuple[str, str] | None:
     """What is wrong with a target's Input / InputPath / InputTransformer, if anything."""
     given = [member for member in ("Input", "InputPath", "InputTransformer") if member in entry]
     if len(given) > 1:
@@ -737,7 +778,7 @@ def _input_problem(entry: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _refuse_unsupported_connection(req: dict[str, Any]) -> None:
+def _refuse_unsupported_connection(req: Mapping[str, Any]) -> None:
     """Refuse what mlfleet cannot honour, rather than store it and ignore it."""
     if req.get("AuthorizationType") == OAUTH or "OAuthParameters" in req.get("AuthParameters", {}):
         raise ValidationException(
@@ -763,7 +804,7 @@ def _refuse_unsupported_connection(req: dict[str, Any]) -> None:
         )
 
 
-def _check_auth(kind: str, auth: dict[str, Any]) -> None:
+def _check_auth(kind: str, auth: Mapping[str, Any]) -> None:
     """The AuthParameters carry the credentials of `kind`, complete, and no others."""
     member, fields = AUTH_MEMBERS.get(kind, (None, ()))
     for other, _ in AUTH_MEMBERS.values():
@@ -781,7 +822,7 @@ def _check_auth(kind: str, auth: dict[str, Any]) -> None:
         )
 
 
-def _merged_auth(stored: dict[str, Any], update: dict[str, Any], kind: str) -> dict[str, Any]:
+def _merged_auth(stored: Mapping[str, Any], update: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """UpdateConnection's parameters over the stored ones: credentials field by field (only if
     still of the same kind), InvocationHttpParameters whole."""
     member = AUTH_MEMBERS.get(kind, ("", ()))[0]
@@ -800,7 +841,7 @@ def _merged_auth(stored: dict[str, Any], update: dict[str, Any], kind: str) -> d
     return merged
 
 
-def _public_auth(auth: dict[str, Any]) -> Output:
+def _public_auth(auth: Mapping[str, Any]) -> shapes.ConnectionAuthResponseParameters:
     """AuthParameters as DescribeConnection shows them: no passwords, keys or secret values."""
     shown: Output = {
         member: {field: auth[member][field]}
@@ -816,18 +857,23 @@ def _public_auth(auth: dict[str, Any]) -> Output:
             ]
             for kind, parameters in http.items()
         }
-    return shown
+    # Built from the AuthParameters CreateConnection/UpdateConnection validated: the shape.
+    return cast(shapes.ConnectionAuthResponseParameters, shown)
 
 
-def _connection(connection: EventConnection) -> Output:
+def _connection(connection: EventConnection) -> shapes.Connection:
     return {
-        **_connection_times(connection),
+        "ConnectionArn": connection.arn,
+        "ConnectionState": connection.state,
+        "CreationTime": when(connection.created_at),
+        "LastModifiedTime": when(connection.updated_at),
+        "LastAuthorizedTime": when(connection.updated_at),
         "Name": connection.name,
         "AuthorizationType": connection.authorization_type,
     }
 
 
-def _connection_times(connection: EventConnection) -> Output:
+def _connection_times(connection: EventConnection) -> shapes.UpdateConnectionResponse:
     return {
         "ConnectionArn": connection.arn,
         "ConnectionState": connection.state,
@@ -837,18 +883,18 @@ def _connection_times(connection: EventConnection) -> Output:
     }
 
 
-def _destination(destination: ApiDestination) -> Output:
+def _destination(destination: ApiDestination) -> shapes.ApiDestination:
     return {
         **_destination_times(destination),
         "Name": destination.name,
         "ConnectionArn": destination.connection_arn,
         "InvocationEndpoint": destination.invocation_endpoint,
         "HttpMethod": destination.http_method,
-        "InvocationRateLimitPerSecond": destination.rate_limit_per_second,
+        "InvocationRateLimitPerSecond": destination.rate_limit_per_second,  # type: ignore[typeddict-item]
     }
 
 
-def _destination_times(destination: ApiDestination) -> Output:
+def _destination_times(destination: ApiDestination) -> shapes.UpdateApiDestinationResponse:
     return {
         "ApiDestinationArn": destination.arn,
         "ApiDestinationState": destination.state,

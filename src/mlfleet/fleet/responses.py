@@ -8,8 +8,9 @@ authorized as ``sagemaker:<Operation>`` on the tracking server's ARN, with its t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from mlfleet.api.endpoint import JsonEndpoint, Recorder
+from mlfleet.api.endpoint import JsonEndpoint
 from mlfleet.api.operations import (
     OPERATORS,
     READERS,
@@ -17,38 +18,38 @@ from mlfleet.api.operations import (
     Bound,
     Call,
     OperationTable,
-    Result,
     Target,
     anywhere,
 )
+from mlfleet.api.pipeline import Pipeline
+from mlfleet.audit.trail import TRACKING_SERVER_TYPE
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.ui_sessions import new_token
 from mlfleet.fleet.service import FleetService
 from mlfleet.fleet.stores import local_folder
-from mlfleet.policy.authorizer import Authorizer
 from mlfleet.protocol.awsjson import JsonProtocol, load_service_model
+from mlfleet.protocol.shapes import sagemaker as shapes
 
-TRACKING_SERVER_TYPE = "AWS::SageMaker::MlflowTrackingServer"
 OPERATIONS: OperationTable[FleetService] = OperationTable("sagemaker", TRACKING_SERVER_TYPE)
 declare = OPERATIONS.declare
 
 
-def _server(fleet: FleetService, call: Call) -> Target:
+def _server(fleet: FleetService, call: Call[Any]) -> Target:
     name = call.params["TrackingServerName"]
     return Target(fleet.arn_for(name), fleet.tags_of(name))
 
 
-def _new_server(fleet: FleetService, call: Call) -> Target:
+def _new_server(fleet: FleetService, call: Call[Any]) -> Target:
     name = call.params["TrackingServerName"]
     return Target(fleet.arn_for(name), request_tags=call.params.get("Tags", []))
 
 
-def _tagged(fleet: FleetService, call: Call) -> Target:
+def _tagged(fleet: FleetService, call: Call[Any]) -> Target:
     arn = call.params["ResourceArn"]
     return Target(arn, fleet.tags_of(fleet.name_of(arn)), request_tags=call.params.get("Tags"))
 
 
-def _untagged(fleet: FleetService, call: Call) -> Target:
+def _untagged(fleet: FleetService, call: Call[Any]) -> Target:
     arn = call.params["ResourceArn"]
     removed = {"aws:TagKeys": list(call.params["TagKeys"])}
     return Target(arn, fleet.tags_of(fleet.name_of(arn)), keys=removed)
@@ -56,66 +57,81 @@ def _untagged(fleet: FleetService, call: Call) -> Target:
 
 # A create also passes its role to the server, as in AWS.
 @declare(Access.WRITE, OPERATORS, resource=_new_server, passes_roles=lambda p: [p["RoleArn"]])
-def create_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+def create_mlflow_tracking_server(
+    fleet: FleetService, call: Call[shapes.CreateMlflowTrackingServerRequest]
+) -> shapes.CreateMlflowTrackingServerResponse:
     return fleet.create(call.params, call.principal)
 
 
 @declare(Access.READ, READERS, resource=_server)
-def describe_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+def describe_mlflow_tracking_server(
+    fleet: FleetService, call: Call[shapes.DescribeMlflowTrackingServerRequest]
+) -> shapes.DescribeMlflowTrackingServerResponse:
     return fleet.describe(call.params)
 
 
 @declare(Access.WRITE, OPERATORS, resource=_server)
-def update_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+def update_mlflow_tracking_server(
+    fleet: FleetService, call: Call[shapes.UpdateMlflowTrackingServerRequest]
+) -> shapes.UpdateMlflowTrackingServerResponse:
     return fleet.update(call.params, call.principal)
 
 
 @declare(Access.WRITE, OPERATORS, resource=_server)
-def delete_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+def delete_mlflow_tracking_server(
+    fleet: FleetService, call: Call[shapes.DeleteMlflowTrackingServerRequest]
+) -> shapes.DeleteMlflowTrackingServerResponse:
     return fleet.delete(call.params, call.principal)
 
 
 @declare(Access.LIST, READERS, resource=anywhere)
-def list_mlflow_tracking_servers(fleet: FleetService, call: Call) -> Result:
+def list_mlflow_tracking_servers(
+    fleet: FleetService, call: Call[shapes.ListMlflowTrackingServersRequest]
+) -> shapes.ListMlflowTrackingServersResponse:
     return fleet.list(call.params)
 
 
 @declare(Access.WRITE, OPERATORS, resource=_server)
-def start_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+def start_mlflow_tracking_server(
+    fleet: FleetService, call: Call[shapes.StartMlflowTrackingServerRequest]
+) -> shapes.StartMlflowTrackingServerResponse:
     return fleet.start(call.params, call.principal)
 
 
 @declare(Access.WRITE, OPERATORS, resource=_server)
-def stop_mlflow_tracking_server(fleet: FleetService, call: Call) -> Result:
+def stop_mlflow_tracking_server(
+    fleet: FleetService, call: Call[shapes.StopMlflowTrackingServerRequest]
+) -> shapes.StopMlflowTrackingServerResponse:
     return fleet.stop(call.params, call.principal)
 
 
 @declare(Access.WRITE, READERS, resource=_server)
-def create_presigned_mlflow_tracking_server_url(fleet: FleetService, call: Call) -> Result:
+def create_presigned_mlflow_tracking_server_url(
+    fleet: FleetService, call: Call[shapes.CreatePresignedMlflowTrackingServerUrlRequest]
+) -> shapes.CreatePresignedMlflowTrackingServerUrlResponse:
     token, token_hash = new_token()
     return fleet.create_presigned_url(call.params, call.principal, token, token_hash)
 
 
 @declare(Access.TAGGING, OPERATORS, resource=_tagged)
-def add_tags(fleet: FleetService, call: Call) -> Result:
+def add_tags(fleet: FleetService, call: Call[shapes.AddTagsInput]) -> shapes.AddTagsOutput:
     return fleet.add_tags(call.params)
 
 
 @declare(Access.TAGGING, OPERATORS, resource=_untagged)
-def delete_tags(fleet: FleetService, call: Call) -> Result:
+def delete_tags(fleet: FleetService, call: Call[shapes.DeleteTagsInput]) -> shapes.DeleteTagsOutput:
     return fleet.delete_tags(call.params)
 
 
 @declare(Access.READ, READERS, resource=_tagged)
-def list_tags(fleet: FleetService, call: Call) -> Result:
+def list_tags(fleet: FleetService, call: Call[shapes.ListTagsInput]) -> shapes.ListTagsOutput:
     return fleet.list_tags(call.params)
 
 
 def sagemaker_endpoint(
     operations: Mapping[str, Bound],
     credentials: Credentials,
-    authorizer: Authorizer,
-    recorder: Recorder,
+    pipeline: Pipeline,
     region: str,
 ) -> JsonEndpoint:
     """SageMaker's one endpoint, for the operations of every part that serves some of them."""
@@ -130,8 +146,7 @@ def sagemaker_endpoint(
         ),
         service_name="sagemaker",
         credentials=credentials,
-        authorizer=authorizer,
+        pipeline=pipeline,
         operations=operations,
-        recorder=recorder,
         accepted_regions=(region,),
     )

@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +23,7 @@ from mlfleet.events.bus import Publish
 from mlfleet.events.sources import lifecycle_event
 from mlfleet.fleet.stores import ArtifactRoots, local_folder, resolve
 from mlfleet.protocol.errors import ResourceNotFound, ValidationException
+from mlfleet.protocol.shapes import sagemaker as shapes
 from mlfleet.settings import Settings
 from mlfleet.state.models import PresignedToken, TrackingServer, UiSession
 
@@ -53,6 +54,14 @@ SORT_COLUMNS = {
 def status_word(status: str) -> str:
     """SageMaker's messages spell statuses UPPER_SNAKE (``UpdateFailed`` -> ``UPDATE_FAILED``)."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", status).upper()
+
+
+class Description(shapes.DescribeMlflowTrackingServerResponse, total=False):
+    """DescribeMlflowTrackingServer's answer, which is also the lifecycle event's detail."""
+
+    # mlfleet extension (ignored by boto3, shown by `mlfleet describe`): why the last
+    # operation failed.
+    FailureReason: str | None
 
 
 # SageMaker's limit on tags per resource; ListTags pages hold all of them by default.
@@ -126,7 +135,7 @@ class FleetService:
         """Publish the server's status (or `status`) as its lifecycle event, in `session`."""
         description = self._description(row)
         if status is not None:
-            description.update(TrackingServerStatus=status, IsActive="Inactive")
+            description.update({"TrackingServerStatus": status, "IsActive": "Inactive"})
         self._publish([lifecycle_event(description, status or row.status)], session)
 
     def _check_version(self, requested: str | None) -> str:
@@ -142,7 +151,9 @@ class FleetService:
 
     # operations ----------------------------------------------------------------------------
 
-    def create(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    def create(
+        self, req: shapes.CreateMlflowTrackingServerRequest, principal: Principal
+    ) -> shapes.CreateMlflowTrackingServerResponse:
         name = req["TrackingServerName"]
         self.stores.check(req["ArtifactStoreUri"])
         version = self._check_version(req.get("MlflowVersion"))
@@ -186,12 +197,16 @@ class FleetService:
         self._kick(server_id)
         return {"TrackingServerArn": arn}
 
-    def describe(self, req: dict[str, Any]) -> dict[str, Any]:
+    def describe(
+        self, req: shapes.DescribeMlflowTrackingServerRequest
+    ) -> shapes.DescribeMlflowTrackingServerResponse:
         with self._sessions() as session:
             row = self._get(session, req["TrackingServerName"])
             return self._description(row)
 
-    def _description(self, row: TrackingServer) -> dict[str, Any]:
+    def _description(self, row: TrackingServer) -> Description:
+        # A member the server lacks is None: the answer leaves it out, its audit record and the
+        # lifecycle event show it as null (hence the ignores: the shape has no None).
         return {
             "TrackingServerArn": row.arn,
             "TrackingServerName": row.name,
@@ -202,16 +217,14 @@ class FleetService:
             "TrackingServerStatus": row.status,
             "IsActive": "Active" if self._is_serving(row.id) else "Inactive",
             "TrackingServerUrl": self.url_for(row.name),
-            "WeeklyMaintenanceWindowStart": row.weekly_maintenance_window_start,
+            "WeeklyMaintenanceWindowStart": row.weekly_maintenance_window_start,  # type: ignore[typeddict-item]
             "AutomaticModelRegistration": row.automatic_model_registration,
             "CreationTime": datetime.fromtimestamp(row.created_at).astimezone(),
-            "CreatedBy": row.created_by,
+            "CreatedBy": cast(shapes.UserContext, row.created_by),
             "LastModifiedTime": datetime.fromtimestamp(row.last_modified_at).astimezone(),
-            "LastModifiedBy": row.last_modified_by,
-            "S3BucketOwnerAccountId": row.s3_bucket_owner_account_id,
+            "LastModifiedBy": cast(shapes.UserContext, row.last_modified_by),
+            "S3BucketOwnerAccountId": row.s3_bucket_owner_account_id,  # type: ignore[typeddict-item]
             "S3BucketOwnerVerification": row.s3_bucket_owner_verification,
-            # mlfleet extension (ignored by boto3, shown by `mlfleet describe`): why the last
-            # operation failed.
             "FailureReason": row.failure_reason,
         }
 
@@ -236,7 +249,9 @@ class FleetService:
                     "server: a local folder store must not hold, or lie in, another server's."
                 )
 
-    def update(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    def update(
+        self, req: shapes.UpdateMlflowTrackingServerRequest, principal: Principal
+    ) -> shapes.UpdateMlflowTrackingServerResponse:
         if "ArtifactStoreUri" in req:
             self.stores.check(req["ArtifactStoreUri"])
         with self._sessions.begin() as session:
@@ -245,9 +260,10 @@ class FleetService:
                 raise ValidationException(self._status_forbids(row, "updated"))
             if "ArtifactStoreUri" in req:
                 self._check_own_folder(session, req["ArtifactStoreUri"], row.id)
+            members: Mapping[str, object] = req
             for member, column in UPDATABLE_MEMBERS.items():
-                if member in req:
-                    setattr(row, column, req[member])
+                if member in members:
+                    setattr(row, column, members[member])
             self._touch(row, principal, "Updating")
             server_id, arn = row.id, row.arn
         self._server_changed(req["TrackingServerName"])
@@ -262,7 +278,8 @@ class FleetService:
         verb: str,
         status: str,
         desired: str,
-    ) -> dict[str, Any]:
+    ) -> str:
+        """Move the server to `status`, towards `desired`; its ARN."""
         with self._sessions.begin() as session:
             row = self._get(session, name)
             if row.status not in allowed:
@@ -271,19 +288,27 @@ class FleetService:
             row.desired_state = desired
             server_id, arn = row.id, row.arn
         self._kick(server_id)
-        return {"TrackingServerArn": arn}
+        return arn
 
-    def stop(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
-        return self._transition(
+    def stop(
+        self, req: shapes.StopMlflowTrackingServerRequest, principal: Principal
+    ) -> shapes.StopMlflowTrackingServerResponse:
+        arn = self._transition(
             req["TrackingServerName"], principal, STOPPABLE, "stopped", "Stopping", "Stopped"
         )
+        return {"TrackingServerArn": arn}
 
-    def start(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
-        return self._transition(
+    def start(
+        self, req: shapes.StartMlflowTrackingServerRequest, principal: Principal
+    ) -> shapes.StartMlflowTrackingServerResponse:
+        arn = self._transition(
             req["TrackingServerName"], principal, STARTABLE, "started", "Starting", "Running"
         )
+        return {"TrackingServerArn": arn}
 
-    def delete(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    def delete(
+        self, req: shapes.DeleteMlflowTrackingServerRequest, principal: Principal
+    ) -> shapes.DeleteMlflowTrackingServerResponse:
         with self._sessions.begin() as session:
             row = self._get(session, req["TrackingServerName"])
             if row.status in TRANSITIONAL:
@@ -297,7 +322,9 @@ class FleetService:
         self._kick(server_id)
         return {"TrackingServerArn": arn}
 
-    def list(self, req: dict[str, Any]) -> dict[str, Any]:
+    def list(
+        self, req: shapes.ListMlflowTrackingServersRequest
+    ) -> shapes.ListMlflowTrackingServersResponse:
         query = select(TrackingServer)
         if "CreatedAfter" in req:
             query = query.where(TrackingServer.created_at > req["CreatedAfter"].timestamp())
@@ -311,10 +338,11 @@ class FleetService:
         descending = req.get("SortOrder", "Descending") == "Descending"
         query = query.order_by(column.desc() if descending else column.asc(), TrackingServer.id)
         page, token = page_of_query(self._sessions, query, req, SAGEMAKER, self._summary)
-        summaries = {"TrackingServerSummaries": page}
-        return summaries if token is None else {**summaries, "NextToken": token}
+        if token is None:
+            return {"TrackingServerSummaries": page}
+        return {"TrackingServerSummaries": page, "NextToken": token}
 
-    def _summary(self, row: TrackingServer) -> dict[str, Any]:
+    def _summary(self, row: TrackingServer) -> shapes.TrackingServerSummary:
         return {
             "TrackingServerArn": row.arn,
             "TrackingServerName": row.name,
@@ -333,19 +361,19 @@ class FleetService:
             raise ResourceNotFound(f"Resource {arn} not found: tags are kept for tracking servers.")
         return arn[len(prefix) :]
 
-    def add_tags(self, req: dict[str, Any]) -> dict[str, Any]:
+    def add_tags(self, req: shapes.AddTagsInput) -> shapes.AddTagsOutput:
         name = self.name_of(req["ResourceArn"])
         with self._sessions.begin() as session:
             row = self._get(session, name)
             merged = {t["Key"]: t for t in row.tags}
-            merged.update({t["Key"]: t for t in req["Tags"]})
+            merged.update({t["Key"]: dict(t) for t in req["Tags"]})
             if len(merged) > MAX_TAGS:
                 raise ValidationException(f"A resource can have at most {MAX_TAGS} tags.")
             row.tags = list(merged.values())
         self._server_changed(name)
         return {"Tags": req["Tags"]}
 
-    def delete_tags(self, req: dict[str, Any]) -> dict[str, Any]:
+    def delete_tags(self, req: shapes.DeleteTagsInput) -> shapes.DeleteTagsOutput:
         name = self.name_of(req["ResourceArn"])
         with self._sessions.begin() as session:
             row = self._get(session, name)
@@ -353,16 +381,21 @@ class FleetService:
         self._server_changed(name)
         return {}
 
-    def list_tags(self, req: dict[str, Any]) -> dict[str, Any]:
+    def list_tags(self, req: shapes.ListTagsInput) -> shapes.ListTagsOutput:
         name = self.name_of(req["ResourceArn"])
         with self._sessions() as session:
-            tags = list(self._get(session, name).tags)
+            # The column holds the Tag list AddTags and CreateMlflowTrackingServer stored.
+            tags = cast(list[shapes.Tag], list(self._get(session, name).tags))
         page, token = page_by_offset(tags, req, TAG_PAGING)
         return {"Tags": page} if token is None else {"Tags": page, "NextToken": token}
 
     def create_presigned_url(
-        self, req: dict[str, Any], principal: Principal, token: str, token_hash: str
-    ) -> dict[str, Any]:
+        self,
+        req: shapes.CreatePresignedMlflowTrackingServerUrlRequest,
+        principal: Principal,
+        token: str,
+        token_hash: str,
+    ) -> shapes.CreatePresignedMlflowTrackingServerUrlResponse:
         expires_in = req.get("ExpiresInSeconds", 300)
         session_seconds = req.get("SessionExpirationDurationInSeconds", 43200)
         with self._sessions.begin() as session:

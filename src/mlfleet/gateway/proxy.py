@@ -16,6 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
+from mlfleet.api.operations import Check, Target
+from mlfleet.api.pipeline import Pipeline
+from mlfleet.audit.trail import TRACKING_SERVER_TYPE
 from mlfleet.auth.credentials import AuthenticationError
 from mlfleet.auth.identity import Principal
 from mlfleet.gateway.admission import Admission, capped
@@ -28,7 +31,7 @@ from mlfleet.gateway.recording import Recording, Write
 from mlfleet.gateway.routing import Route, Routing, ServerRecord
 from mlfleet.mlflow_api.actions import required_action
 from mlfleet.mlflow_api.hardening import ARN_HEADER, screen
-from mlfleet.policy.authorizer import Authorizer, RequestFacts, denial_message
+from mlfleet.policy.authorizer import RequestFacts, denial_message
 from mlfleet.protocol.errors import AwsError
 from mlfleet.settings import Settings
 
@@ -44,7 +47,7 @@ class Gateway:
         settings: Settings,
         routing: Routing,
         authentication: Authentication,
-        authorizer: Authorizer,
+        pipeline: Pipeline,
         admission: Admission,
         forwarding: Forwarding,
         recording: Recording,
@@ -53,7 +56,7 @@ class Gateway:
         self._settings = settings
         self._routing = routing
         self._authentication = authentication
-        self._authorizer = authorizer
+        self._pipeline = pipeline
         self._admission = admission
         self._forwarding = forwarding
         self._recording = recording
@@ -147,7 +150,9 @@ class Gateway:
         """Authorize, check the input, admit and forward: MLflow's answer, or a refusal."""
         if action is not None:
             # Decided before the server's existence is revealed, on the ARN the name gives.
-            result = self._authorizer.check(principal, action, route.arn, facts_of(request, server))
+            target = Target(route.arn, server.tags if server else ())
+            check = Check(action, target, TRACKING_SERVER_TYPE)
+            result = self._pipeline.decide(principal, check, facts_of(request, server))
             if not result.allowed:
                 message = denial_message(principal, action, route.arn, result)
                 return mlflow_error(403, "PERMISSION_DENIED", message)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from mlfleet.api.endpoint import QueryEndpoint, Recorder
+from mlfleet.api.endpoint import QueryEndpoint
 from mlfleet.api.operations import (
     ADMINISTRATORS,
     NO_PERMISSION_NEEDED,
@@ -23,16 +24,18 @@ from mlfleet.api.operations import (
     Target,
     anywhere,
 )
+from mlfleet.api.pipeline import Pipeline
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.iam.simulator import Simulator
 from mlfleet.iam.store import IamStore
 from mlfleet.iam.sts import SecurityTokenService
-from mlfleet.policy.authorizer import Authorizer
 from mlfleet.policy.evaluation import ContextValue
 from mlfleet.protocol.awsjson import load_service_model
 from mlfleet.protocol.awsquery import QueryProtocol
 from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.shapes import iam as shapes
+from mlfleet.protocol.shapes import sts as sts_shapes
 
 _KINDS = ("User", "Group", "Role")
 _TYPES = {"user": "AWS::IAM::User", "group": "AWS::IAM::Group", "role": "AWS::IAM::Role"}
@@ -61,7 +64,7 @@ class Identities:
     simulator: Simulator
     account_id: str
 
-    def entity(self, kind: str, name: str, call: Call) -> Target:
+    def entity(self, kind: str, name: str, call: Call[Any]) -> Target:
         """The user, group or role a call names, with its path when it exists (or the path the
         call gives it), and the iam:PermissionsBoundary the call sees."""
         path = call.params.get("Path")
@@ -96,7 +99,7 @@ declare = OPERATIONS.declare
 # --- IAM ---------------------------------------------------------------------------------------
 
 
-def _caller_user(params: Params, principal: Principal) -> str:
+def _caller_user(params: Mapping[str, Any], principal: Principal) -> str:
     """UserName, or the calling user's own name when the operation allows leaving it out."""
     name = params.get("UserName")
     if name is not None:
@@ -108,19 +111,19 @@ def _caller_user(params: Params, principal: Principal) -> str:
     return principal.name
 
 
-def _user(iam: Identities, call: Call) -> Target:
+def _user(iam: Identities, call: Call[Any]) -> Target:
     return iam.entity("user", _caller_user(call.params, call.principal), call)
 
 
-def _group(iam: Identities, call: Call) -> Target:
+def _group(iam: Identities, call: Call[Any]) -> Target:
     return iam.entity("group", call.params["GroupName"], call)
 
 
-def _role(iam: Identities, call: Call) -> Target:
+def _role(iam: Identities, call: Call[Any]) -> Target:
     return iam.entity("role", call.params["RoleName"], call)
 
 
-def _policy(iam: Identities, call: Call) -> Target:
+def _policy(iam: Identities, call: Call[Any]) -> Target:
     params = call.params
     if "PolicyArn" in params:
         return Target(str(params["PolicyArn"]), type=POLICY_TYPE)
@@ -130,192 +133,216 @@ def _policy(iam: Identities, call: Call) -> Target:
     )
 
 
-def _simulated(_iam: Identities, call: Call) -> Target:
+def _simulated(_iam: Identities, call: Call[Any]) -> Target:
     arn = str(call.params["PolicySourceArn"])
     kind = arn.split(":", 5)[5].split("/", 1)[0] if arn.count(":") >= 5 else ""
     return Target(arn, type=_TYPES.get(kind))
 
 
 @declare(Access.WRITE, ADMINISTRATORS, resource=_user)
-def create_user(iam: Identities, call: Call) -> Result:
+def create_user(iam: Identities, call: Call[shapes.CreateUserRequest]) -> shapes.CreateUserResponse:
     return iam.store.create_user(call.params)
 
 
 @declare(Access.READ, OPERATORS, resource=_user)
-def get_user(iam: Identities, call: Call) -> Result:
+def get_user(iam: Identities, call: Call[shapes.GetUserRequest]) -> shapes.GetUserResponse:
     return iam.store.get_user(_caller_user(call.params, call.principal))
 
 
 @declare(Access.LIST, ADMINISTRATORS, resource=anywhere)
-def list_users(iam: Identities, call: Call) -> Result:
+def list_users(iam: Identities, call: Call[shapes.ListUsersRequest]) -> shapes.ListUsersResponse:
     return iam.store.list_users(call.params)
 
 
 @declare(Access.WRITE, ADMINISTRATORS, resource=_user)
-def delete_user(iam: Identities, call: Call) -> Result:
+def delete_user(iam: Identities, call: Call[shapes.DeleteUserRequest]) -> Result:
     return iam.store.delete_user(call.params["UserName"])
 
 
 @declare(Access.WRITE, ADMINISTRATORS, resource=_user)
-def create_access_key(iam: Identities, call: Call) -> Result:
+def create_access_key(
+    iam: Identities, call: Call[shapes.CreateAccessKeyRequest]
+) -> shapes.CreateAccessKeyResponse:
     return iam.store.create_access_key(_caller_user(call.params, call.principal))
 
 
 @declare(Access.LIST, OPERATORS, resource=_user)
-def list_access_keys(iam: Identities, call: Call) -> Result:
+def list_access_keys(
+    iam: Identities, call: Call[shapes.ListAccessKeysRequest]
+) -> shapes.ListAccessKeysResponse:
     return iam.store.list_access_keys(_caller_user(call.params, call.principal), call.params)
 
 
 @declare(Access.WRITE, ADMINISTRATORS, resource=_user)
-def update_access_key(iam: Identities, call: Call) -> Result:
+def update_access_key(iam: Identities, call: Call[shapes.UpdateAccessKeyRequest]) -> Result:
     user = _caller_user(call.params, call.principal)
     return iam.store.update_access_key(user, call.params["AccessKeyId"], call.params["Status"])
 
 
 @declare(Access.WRITE, ADMINISTRATORS, resource=_user)
-def delete_access_key(iam: Identities, call: Call) -> Result:
+def delete_access_key(iam: Identities, call: Call[shapes.DeleteAccessKeyRequest]) -> Result:
     user = _caller_user(call.params, call.principal)
     return iam.store.delete_access_key(user, call.params["AccessKeyId"])
 
 
 @declare(Access.WRITE, ADMINISTRATORS, resource=_group)
-def create_group(iam: Identities, call: Call) -> Result:
+def create_group(
+    iam: Identities, call: Call[shapes.CreateGroupRequest]
+) -> shapes.CreateGroupResponse:
     return iam.store.create_group(call.params)
 
 
 @declare(Access.READ, ADMINISTRATORS, resource=_group)
-def get_group(iam: Identities, call: Call) -> Result:
+def get_group(iam: Identities, call: Call[shapes.GetGroupRequest]) -> shapes.GetGroupResponse:
     return iam.store.get_group(call.params)
 
 
 @declare(Access.LIST, ADMINISTRATORS, resource=anywhere)
-def list_groups(iam: Identities, call: Call) -> Result:
+def list_groups(iam: Identities, call: Call[shapes.ListGroupsRequest]) -> shapes.ListGroupsResponse:
     return iam.store.list_groups(call.params)
 
 
 @declare(Access.WRITE, ADMINISTRATORS, resource=_group)
-def delete_group(iam: Identities, call: Call) -> Result:
+def delete_group(iam: Identities, call: Call[shapes.DeleteGroupRequest]) -> Result:
     return iam.store.delete_group(call.params["GroupName"])
 
 
 @declare(Access.WRITE, ADMINISTRATORS, resource=_group)
-def add_user_to_group(iam: Identities, call: Call) -> Result:
+def add_user_to_group(iam: Identities, call: Call[shapes.AddUserToGroupRequest]) -> Result:
     return iam.store.add_user_to_group(call.params["GroupName"], call.params["UserName"])
 
 
 @declare(Access.WRITE, ADMINISTRATORS, resource=_group)
-def remove_user_from_group(iam: Identities, call: Call) -> Result:
+def remove_user_from_group(
+    iam: Identities, call: Call[shapes.RemoveUserFromGroupRequest]
+) -> Result:
     return iam.store.remove_user_from_group(call.params["GroupName"], call.params["UserName"])
 
 
 @declare(Access.LIST, ADMINISTRATORS, resource=_user)
-def list_groups_for_user(iam: Identities, call: Call) -> Result:
+def list_groups_for_user(
+    iam: Identities, call: Call[shapes.ListGroupsForUserRequest]
+) -> shapes.ListGroupsForUserResponse:
     return iam.store.list_groups_for_user(call.params)
 
 
 @declare(Access.WRITE, ADMINISTRATORS, resource=_role)
-def create_role(iam: Identities, call: Call) -> Result:
+def create_role(iam: Identities, call: Call[shapes.CreateRoleRequest]) -> shapes.CreateRoleResponse:
     return iam.store.create_role(call.params)
 
 
 @declare(Access.READ, ADMINISTRATORS, resource=_role)
-def get_role(iam: Identities, call: Call) -> Result:
+def get_role(iam: Identities, call: Call[shapes.GetRoleRequest]) -> shapes.GetRoleResponse:
     return iam.store.get_role(call.params["RoleName"])
 
 
 @declare(Access.LIST, ADMINISTRATORS, resource=anywhere)
-def list_roles(iam: Identities, call: Call) -> Result:
+def list_roles(iam: Identities, call: Call[shapes.ListRolesRequest]) -> shapes.ListRolesResponse:
     return iam.store.list_roles(call.params)
 
 
 @declare(Access.WRITE, ADMINISTRATORS, resource=_role)
-def delete_role(iam: Identities, call: Call) -> Result:
+def delete_role(iam: Identities, call: Call[shapes.DeleteRoleRequest]) -> Result:
     return iam.store.delete_role(call.params["RoleName"])
 
 
 @declare(Access.PERMISSIONS, ADMINISTRATORS, resource=_role)
-def update_assume_role_policy(iam: Identities, call: Call) -> Result:
+def update_assume_role_policy(
+    iam: Identities, call: Call[shapes.UpdateAssumeRolePolicyRequest]
+) -> Result:
     params = call.params
     return iam.store.update_assume_role_policy(params["RoleName"], params["PolicyDocument"])
 
 
 @declare(Access.PERMISSIONS, ADMINISTRATORS, resource=_policy)
-def create_policy(iam: Identities, call: Call) -> Result:
+def create_policy(
+    iam: Identities, call: Call[shapes.CreatePolicyRequest]
+) -> shapes.CreatePolicyResponse:
     return iam.store.create_policy(call.params)
 
 
 @declare(Access.READ, ADMINISTRATORS, resource=_policy)
-def get_policy(iam: Identities, call: Call) -> Result:
+def get_policy(iam: Identities, call: Call[shapes.GetPolicyRequest]) -> shapes.GetPolicyResponse:
     return iam.store.get_policy(call.params["PolicyArn"])
 
 
 @declare(Access.READ, ADMINISTRATORS, resource=_policy)
-def get_policy_version(iam: Identities, call: Call) -> Result:
+def get_policy_version(
+    iam: Identities, call: Call[shapes.GetPolicyVersionRequest]
+) -> shapes.GetPolicyVersionResponse:
     return iam.store.get_policy_version(call.params["PolicyArn"], call.params["VersionId"])
 
 
 @declare(Access.LIST, ADMINISTRATORS, resource=anywhere)
-def list_policies(iam: Identities, call: Call) -> Result:
+def list_policies(
+    iam: Identities, call: Call[shapes.ListPoliciesRequest]
+) -> shapes.ListPoliciesResponse:
     return iam.store.list_policies(call.params)
 
 
 @declare(Access.PERMISSIONS, ADMINISTRATORS, resource=_policy)
-def delete_policy(iam: Identities, call: Call) -> Result:
+def delete_policy(iam: Identities, call: Call[shapes.DeletePolicyRequest]) -> Result:
     return iam.store.delete_policy(call.params["PolicyArn"])
 
 
 @declare(Access.READ, ADMINISTRATORS, resource=_simulated)
-def simulate_principal_policy(iam: Identities, call: Call) -> Result:
+def simulate_principal_policy(
+    iam: Identities, call: Call[shapes.SimulatePrincipalPolicyRequest]
+) -> shapes.SimulatePolicyResponse:
     return iam.simulator.simulate_principal_policy(call.params)
 
 
-def _declare_policy_operations(kind: str, locate: Callable[[Identities, Call], Target]) -> None:
+def _declare_policy_operations(
+    kind: str, locate: Callable[[Identities, Call[Any]], Target]
+) -> None:
     """Put/Get/Delete/List{Kind}Policy and Attach/Detach/ListAttached{Kind}Policies."""
     owner_member, lower = f"{kind}Name", kind.lower()
 
-    def owner(call: Call) -> str:
+    def owner(call: Call[Any]) -> str:
         return str(call.params[owner_member])
 
     @declare(Access.PERMISSIONS, ADMINISTRATORS, resource=locate, name=f"Put{kind}Policy")
-    def put_policy(iam: Identities, call: Call) -> Result:
+    def put_policy(iam: Identities, call: Call[Any]) -> Result:
         params = call.params
         return iam.store.put_inline_policy(
             lower, owner(call), params["PolicyName"], params["PolicyDocument"]
         )
 
     @declare(Access.READ, ADMINISTRATORS, resource=locate, name=f"Get{kind}Policy")
-    def get_policy(iam: Identities, call: Call) -> Result:
+    def get_policy(iam: Identities, call: Call[Any]) -> Result:
         return iam.store.get_inline_policy(lower, owner(call), call.params["PolicyName"])
 
     @declare(Access.PERMISSIONS, ADMINISTRATORS, resource=locate, name=f"Delete{kind}Policy")
-    def delete_policy(iam: Identities, call: Call) -> Result:
+    def delete_policy(iam: Identities, call: Call[Any]) -> Result:
         return iam.store.delete_inline_policy(lower, owner(call), call.params["PolicyName"])
 
     @declare(Access.LIST, ADMINISTRATORS, resource=locate, name=f"List{kind}Policies")
-    def list_policies(iam: Identities, call: Call) -> Result:
+    def list_policies(iam: Identities, call: Call[Any]) -> Result:
         return iam.store.list_inline_policies(lower, owner(call), call.params)
 
     @declare(Access.PERMISSIONS, ADMINISTRATORS, resource=locate, name=f"Attach{kind}Policy")
-    def attach_policy(iam: Identities, call: Call) -> Result:
+    def attach_policy(iam: Identities, call: Call[Any]) -> Result:
         return iam.store.attach_policy(lower, owner(call), call.params["PolicyArn"])
 
     @declare(Access.PERMISSIONS, ADMINISTRATORS, resource=locate, name=f"Detach{kind}Policy")
-    def detach_policy(iam: Identities, call: Call) -> Result:
+    def detach_policy(iam: Identities, call: Call[Any]) -> Result:
         return iam.store.detach_policy(lower, owner(call), call.params["PolicyArn"])
 
     @declare(Access.LIST, ADMINISTRATORS, resource=locate, name=f"ListAttached{kind}Policies")
-    def list_attached_policies(iam: Identities, call: Call) -> Result:
+    def list_attached_policies(iam: Identities, call: Call[Any]) -> Result:
         return iam.store.list_attached_policies(lower, owner(call), call.params)
 
 
-def _declare_boundary_operations(kind: str, locate: Callable[[Identities, Call], Target]) -> None:
+def _declare_boundary_operations(
+    kind: str, locate: Callable[[Identities, Call[Any]], Target]
+) -> None:
     """Put/Delete{Kind}PermissionsBoundary."""
     owner_member, lower = f"{kind}Name", kind.lower()
 
     @declare(
         Access.PERMISSIONS, ADMINISTRATORS, resource=locate, name=f"Put{kind}PermissionsBoundary"
     )
-    def put_boundary(iam: Identities, call: Call) -> Result:
+    def put_boundary(iam: Identities, call: Call[Any]) -> Result:
         params = call.params
         return iam.store.put_permissions_boundary(
             lower, params[owner_member], params["PermissionsBoundary"]
@@ -327,7 +354,7 @@ def _declare_boundary_operations(kind: str, locate: Callable[[Identities, Call],
         resource=locate,
         name=f"Delete{kind}PermissionsBoundary",
     )
-    def delete_boundary(iam: Identities, call: Call) -> Result:
+    def delete_boundary(iam: Identities, call: Call[Any]) -> Result:
         return iam.store.delete_permissions_boundary(lower, call.params[owner_member])
 
 
@@ -341,16 +368,14 @@ _declare_boundary_operations("Role", _role)
 def iam_api(
     identities: Identities,
     credentials: Credentials,
-    authorizer: Authorizer,
-    recorder: Recorder,
+    pipeline: Pipeline,
 ) -> QueryEndpoint:
     return QueryEndpoint(
         QueryProtocol(load_service_model("iam")),
         service_name="iam",
         credentials=credentials,
-        authorizer=authorizer,
+        pipeline=pipeline,
         operations=OPERATIONS.bind(identities),
-        recorder=recorder,
         # IAM is global: AWS signs it for us-east-1 whatever the client's region.
         accepted_regions=("us-east-1",),
     )
@@ -363,21 +388,24 @@ STS_OPERATIONS: OperationTable[SecurityTokenService] = OperationTable("sts")
 
 # Anyone may ask who they are; AWS does not authorize GetCallerIdentity.
 @STS_OPERATIONS.declare(Access.READ, NO_PERMISSION_NEEDED, resource=None)
-def get_caller_identity(sts: SecurityTokenService, call: Call) -> Result:
+def get_caller_identity(
+    sts: SecurityTokenService, call: Call[sts_shapes.GetCallerIdentityRequest]
+) -> sts_shapes.GetCallerIdentityResponse:
     return sts.get_caller_identity(call.principal)
 
 
 # AssumeRole weighs the trust policy with the identity's policies itself.
 @STS_OPERATIONS.declare(Access.WRITE, ADMINISTRATORS, resource=None)
-def assume_role(sts: SecurityTokenService, call: Call) -> Result:
+def assume_role(
+    sts: SecurityTokenService, call: Call[sts_shapes.AssumeRoleRequest]
+) -> sts_shapes.AssumeRoleResponse:
     return sts.assume_role(call.params, call.principal, call.facts)
 
 
 def sts_api(
     sts: SecurityTokenService,
     credentials: Credentials,
-    authorizer: Authorizer,
-    recorder: Recorder,
+    pipeline: Pipeline,
     region: str,
     min_duration_seconds: int,
 ) -> QueryEndpoint:
@@ -388,8 +416,7 @@ def sts_api(
         ),
         service_name="sts",
         credentials=credentials,
-        authorizer=authorizer,
+        pipeline=pipeline,
         operations=STS_OPERATIONS.bind(sts),
-        recorder=recorder,
         accepted_regions=(region, "us-east-1"),
     )

@@ -8,14 +8,15 @@ PermissionsBoundaryPolicyInputList, which takes its place), so what it says is w
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from mlfleet.auth.identity import Principal
-from mlfleet.iam.store import IamStore, InvalidInput, listing
+from mlfleet.iam.store import IamStore, InvalidInput, truncated
 from mlfleet.policy.authorizer import Authorizer, RequestFacts, SourcedPolicy
 from mlfleet.policy.evaluation import ContextScalar, ContextValue, PolicyKind, parse_policy
+from mlfleet.protocol.shapes import iam as shapes
 
 _CONVERTERS: dict[str, Callable[[str], ContextScalar]] = {
     "string": str,
@@ -33,28 +34,30 @@ class Simulator:
         self._authorizer = authorizer
         self._account = account_id
 
-    def simulate_principal_policy(self, req: dict[str, Any]) -> dict[str, Any]:
+    def simulate_principal_policy(
+        self, req: shapes.SimulatePrincipalPolicyRequest
+    ) -> shapes.SimulatePolicyResponse:
         principal, policies, boundary = self._source(req["PolicySourceArn"])
         policies += _inputs(req, "PolicyInputList")
         if "PermissionsBoundaryPolicyInputList" in req:
             boundary = _inputs(req, "PermissionsBoundaryPolicyInputList")
         facts = RequestFacts(extra=_context(req.get("ContextEntries", [])))
-        results = []
+        results: list[shapes.EvaluationResult] = []
         for action in req["ActionNames"]:
             for resource in req.get("ResourceArns", ["*"]):
                 result = self._authorizer.simulate(
                     principal, policies, boundary, action, resource, facts
                 )
-                matched = [
+                matched: list[shapes.Statement] = [
                     {"SourcePolicyId": p.source_id, "SourcePolicyType": p.source_type}
                     for p in (boundary if result.kind is PolicyKind.BOUNDARY else policies)
                     if p.source_id == result.policy_name
-                ][:1]
-                evaluation: dict[str, Any] = {
+                ]
+                evaluation: shapes.EvaluationResult = {
                     "EvalActionName": action,
                     "EvalResourceName": resource,
                     "EvalDecision": result.decision.value,
-                    "MatchedStatements": matched,
+                    "MatchedStatements": matched[:1],
                     "MissingContextValues": [],
                 }
                 if result.allowed_by_boundary is not None:
@@ -63,9 +66,8 @@ class Simulator:
                     }
                 results.append(evaluation)
         numbered = [(f"{n:08d}", result) for n, result in enumerate(results)]
-        return listing(
-            "EvaluationResults", numbered, req, lambda pair: pair[0], lambda pair: pair[1]
-        )
+        page, more = truncated(numbered, req, lambda pair: pair[0])
+        return {"EvaluationResults": [pair[1] for pair in page], **more}
 
     def _source(self, arn: str) -> tuple[Principal, list[SourcedPolicy], list[SourcedPolicy]]:
         prefix = f"arn:aws:iam::{self._account}:"
@@ -96,14 +98,14 @@ class Simulator:
         return principal, self._store.policies_of(kind, name), self._store.boundary_of(kind, name)
 
 
-def _inputs(req: dict[str, Any], member: str) -> list[SourcedPolicy]:
+def _inputs(req: Mapping[str, Any], member: str) -> list[SourcedPolicy]:
     return [
         SourcedPolicy(f"{member}.{n}", "none", parse_policy(document))
         for n, document in enumerate(req.get(member, []), start=1)
     ]
 
 
-def _context(entries: list[dict[str, Any]]) -> dict[str, ContextValue]:
+def _context(entries: Iterable[shapes.ContextEntry]) -> dict[str, ContextValue]:
     context: dict[str, ContextValue] = {}
     for entry in entries:
         kind = entry.get("ContextKeyType", "string")

@@ -14,7 +14,7 @@ import string
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Required, TypedDict, TypeVar, cast
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +27,7 @@ from mlfleet.policy.authorizer import SourcedPolicy
 from mlfleet.policy.evaluation import parse_new_policy, parse_policy
 from mlfleet.policy.trust import parse_trust
 from mlfleet.protocol.errors import NamedAwsError
+from mlfleet.protocol.shapes import iam as shapes
 from mlfleet.state.models import (
     AccessKey,
     IamAttachment,
@@ -46,6 +47,7 @@ MANAGED_POLICY_LIMIT = 6144
 
 Output = dict[str, Any]
 T = TypeVar("T")
+Described = TypeVar("Described", shapes.User, shapes.Role)
 
 
 def new_id(prefix: str, length: int = 21) -> str:
@@ -97,6 +99,25 @@ class _Usage:
         return bool(self.attachments or self.boundaries)
 
 
+class Truncation(TypedDict, total=False):
+    """How an IAM List answer ends: IsTruncated, and the Marker of the next page if there is one."""
+
+    IsTruncated: Required[bool]
+    Marker: str
+
+
+def truncated(
+    items: Sequence[T], req: Mapping[str, Any], key: Callable[[T], str]
+) -> tuple[list[T], Truncation]:
+    """The page of `items` (sorted by `key`) that Marker and MaxItems ask for, and how the List
+    answer that holds it ends."""
+    page, marker = page_by_key(items, req, IAM, key)
+    more: Truncation = {"IsTruncated": marker is not None}
+    if marker is not None:
+        more["Marker"] = marker
+    return page, more
+
+
 def listing(
     member: str,
     items: Sequence[T],
@@ -106,21 +127,15 @@ def listing(
 ) -> Output:
     """IAM's answer to a List call: the page of `items` (sorted by `key`) that Marker and MaxItems
     ask for, each shown by `show`, as `member`; IsTruncated, and the Marker of the next page."""
-    page, marker = page_by_key(items, req, IAM, key)
-    out: Output = {
-        member: page if show is None else [show(item) for item in page],
-        "IsTruncated": marker is not None,
-    }
-    if marker is not None:
-        out["Marker"] = marker
-    return out
+    page, more = truncated(items, req, key)
+    return {member: page if show is None else [show(item) for item in page], **more}
 
 
 def policy_size(document: str) -> int:
     return sum(1 for char in document if not char.isspace())
 
 
-def check_path_prefix(items: Iterable[Any], request: dict[str, Any]) -> list[Any]:
+def check_path_prefix(items: Iterable[Any], request: Mapping[str, Any]) -> list[Any]:
     prefix = request.get("PathPrefix", "/")
     return [item for item in items if item.path.startswith(prefix)]
 
@@ -168,7 +183,7 @@ class IamStore:
         self.create_access_key(name)
         return True
 
-    def create_user(self, req: dict[str, Any]) -> Output:
+    def create_user(self, req: shapes.CreateUserRequest) -> shapes.CreateUserResponse:
         name, path = req["UserName"], req.get("Path", "/")
         with self._sessions.begin() as session:
             if _exists(session, IamUser, name):
@@ -185,7 +200,7 @@ class IamStore:
             session.add(user)
         return {"User": _described(_user(user), user.permissions_boundary)}
 
-    def get_user(self, name: str) -> Output:
+    def get_user(self, name: str) -> shapes.GetUserResponse:
         with self._sessions() as session:
             user = self._user(session, name)
         return {"User": _described(_user(user), user.permissions_boundary)}
@@ -194,10 +209,11 @@ class IamStore:
         with self._sessions() as session:
             return self._user(session, name)
 
-    def list_users(self, req: dict[str, Any]) -> Output:
+    def list_users(self, req: shapes.ListUsersRequest) -> shapes.ListUsersResponse:
         with self._sessions() as session:
             users = session.scalars(select(IamUser).order_by(IamUser.name)).all()
-        return listing("Users", check_path_prefix(users, req), req, lambda u: u.name, _user)
+        page, more = truncated(check_path_prefix(users, req), req, lambda u: u.name)
+        return {"Users": [_user(u) for u in page], **more}
 
     def delete_user(self, name: str) -> Output:
         with self._sessions.begin() as session:
@@ -233,7 +249,7 @@ class IamStore:
 
     # --- access keys -------------------------------------------------------------------------
 
-    def create_access_key(self, user_name: str) -> Output:
+    def create_access_key(self, user_name: str) -> shapes.CreateAccessKeyResponse:
         secret = new_secret()
         with self._sessions.begin() as session:
             user = self._user(session, user_name)
@@ -257,9 +273,19 @@ class IamStore:
                 created_at=time.time(),
             )
             session.add(key)
-        return {"AccessKey": {**_key(key), "SecretAccessKey": secret}}
+        return {
+            "AccessKey": {
+                "UserName": key.user_name,
+                "AccessKeyId": key.access_key_id,
+                "Status": key.status,
+                "CreateDate": when(key.created_at),
+                "SecretAccessKey": secret,
+            }
+        }
 
-    def list_access_keys(self, user_name: str, req: dict[str, Any]) -> Output:
+    def list_access_keys(
+        self, user_name: str, req: shapes.ListAccessKeysRequest
+    ) -> shapes.ListAccessKeysResponse:
         with self._sessions() as session:
             self._user(session, user_name)
             keys = session.scalars(
@@ -267,7 +293,8 @@ class IamStore:
                 .where(AccessKey.user_name == user_name, AccessKey.owner_kind == "user")
                 .order_by(AccessKey.access_key_id)
             ).all()
-        return listing("AccessKeyMetadata", keys, req, lambda k: k.access_key_id, _key)
+        page, more = truncated(keys, req, lambda k: k.access_key_id)
+        return {"AccessKeyMetadata": [_key(k) for k in page], **more}
 
     def update_access_key(self, user_name: str, key_id: str, status: str) -> Output:
         with self._sessions.begin() as session:
@@ -290,7 +317,7 @@ class IamStore:
 
     # --- groups ------------------------------------------------------------------------------
 
-    def create_group(self, req: dict[str, Any]) -> Output:
+    def create_group(self, req: shapes.CreateGroupRequest) -> shapes.CreateGroupResponse:
         name, path = req["GroupName"], req.get("Path", "/")
         with self._sessions.begin() as session:
             if _exists(session, IamGroup, name):
@@ -305,7 +332,7 @@ class IamStore:
             session.add(group)
         return {"Group": _group(group)}
 
-    def get_group(self, req: dict[str, Any]) -> Output:
+    def get_group(self, req: shapes.GetGroupRequest) -> shapes.GetGroupResponse:
         name = req["GroupName"]
         with self._sessions() as session:
             group = self._group(session, name)
@@ -315,19 +342,24 @@ class IamStore:
                 .where(IamGroupMember.group_name == name)
                 .order_by(IamUser.name)
             ).all()
-        return {"Group": _group(group), **listing("Users", users, req, lambda u: u.name, _user)}
+        page, more = truncated(users, req, lambda u: u.name)
+        return {"Group": _group(group), "Users": [_user(u) for u in page], **more}
 
-    def list_groups(self, req: dict[str, Any]) -> Output:
+    def list_groups(self, req: shapes.ListGroupsRequest) -> shapes.ListGroupsResponse:
         with self._sessions() as session:
             groups = session.scalars(select(IamGroup).order_by(IamGroup.name)).all()
-        return listing("Groups", check_path_prefix(groups, req), req, lambda g: g.name, _group)
+        page, more = truncated(check_path_prefix(groups, req), req, lambda g: g.name)
+        return {"Groups": [_group(g) for g in page], **more}
 
-    def list_groups_for_user(self, req: dict[str, Any]) -> Output:
+    def list_groups_for_user(
+        self, req: shapes.ListGroupsForUserRequest
+    ) -> shapes.ListGroupsForUserResponse:
         name = req["UserName"]
         with self._sessions() as session:
             self._user(session, name)
             groups = self._groups_of(session, name)
-        return listing("Groups", groups, req, lambda g: g.name, _group)
+        page, more = truncated(groups, req, lambda g: g.name)
+        return {"Groups": [_group(g) for g in page], **more}
 
     def delete_group(self, name: str) -> Output:
         with self._sessions.begin() as session:
@@ -380,7 +412,7 @@ class IamStore:
 
     # --- roles -------------------------------------------------------------------------------
 
-    def create_role(self, req: dict[str, Any]) -> Output:
+    def create_role(self, req: shapes.CreateRoleRequest) -> shapes.CreateRoleResponse:
         name, path = req["RoleName"], req.get("Path", "/")
         trust = req["AssumeRolePolicyDocument"]
         parse_trust(trust)
@@ -402,7 +434,7 @@ class IamStore:
             session.add(role)
         return {"Role": _described(_role(role), role.permissions_boundary)}
 
-    def get_role(self, name: str) -> Output:
+    def get_role(self, name: str) -> shapes.GetRoleResponse:
         role = self.role_record(name)
         return {"Role": _described(_role(role), role.permissions_boundary)}
 
@@ -417,10 +449,11 @@ class IamStore:
         with self._sessions() as session:
             return self._role(session, name)
 
-    def list_roles(self, req: dict[str, Any]) -> Output:
+    def list_roles(self, req: shapes.ListRolesRequest) -> shapes.ListRolesResponse:
         with self._sessions() as session:
             roles = session.scalars(select(IamRole).order_by(IamRole.name)).all()
-        return listing("Roles", check_path_prefix(roles, req), req, lambda r: r.name, _role)
+        page, more = truncated(check_path_prefix(roles, req), req, lambda r: r.name)
+        return {"Roles": [_role(r) for r in page], **more}
 
     def update_assume_role_policy(self, name: str, document: str) -> Output:
         parse_trust(document)
@@ -508,7 +541,7 @@ class IamStore:
         self._changed()
         return {}
 
-    def list_inline_policies(self, kind: str, owner: str, req: dict[str, Any]) -> Output:
+    def list_inline_policies(self, kind: str, owner: str, req: Mapping[str, Any]) -> Output:
         with self._sessions() as session:
             self._owner(session, kind, owner)
             names = session.scalars(
@@ -529,7 +562,7 @@ class IamStore:
 
     # --- managed policies --------------------------------------------------------------------
 
-    def create_policy(self, req: dict[str, Any]) -> Output:
+    def create_policy(self, req: shapes.CreatePolicyRequest) -> shapes.CreatePolicyResponse:
         name, path, document = req["PolicyName"], req.get("Path", "/"), req["PolicyDocument"]
         parse_new_policy(document)
         if policy_size(document) > MANAGED_POLICY_LIMIT:
@@ -554,11 +587,11 @@ class IamStore:
             session.add(row)
         return {"Policy": self._policy_output(row, _Usage())}
 
-    def get_policy(self, arn: str) -> Output:
+    def get_policy(self, arn: str) -> shapes.GetPolicyResponse:
         with self._sessions() as session:
             return {"Policy": self._policy_description(session, arn)}
 
-    def get_policy_version(self, arn: str, version_id: str) -> Output:
+    def get_policy_version(self, arn: str, version_id: str) -> shapes.GetPolicyVersionResponse:
         with self._sessions() as session:
             policy = self._policy_description(session, arn)
         if version_id != policy["DefaultVersionId"]:
@@ -572,11 +605,11 @@ class IamStore:
             }
         }
 
-    def list_policies(self, req: dict[str, Any]) -> Output:
+    def list_policies(self, req: shapes.ListPoliciesRequest) -> shapes.ListPoliciesResponse:
         scope = req.get("Scope", "All")
         with self._sessions() as session:
             usage = self._usage(session)
-            policies: list[Output] = []
+            policies: list[shapes.Policy] = []
             if scope in ("All", "AWS"):
                 policies += [
                     _aws_policy_output(p, usage.get(p.arn, _Usage()))
@@ -589,7 +622,8 @@ class IamStore:
             policies = [p for p in policies if p["AttachmentCount"]]
         prefix = req.get("PathPrefix", "/")
         policies = sorted((p for p in policies if p["Path"].startswith(prefix)), key=_by_arn)
-        return listing("Policies", policies, req, _by_arn)
+        page, more = truncated(policies, req, _by_arn)
+        return {"Policies": page, **more}
 
     def delete_policy(self, arn: str) -> Output:
         with self._sessions.begin() as session:
@@ -626,7 +660,7 @@ class IamStore:
         self._changed()
         return {}
 
-    def list_attached_policies(self, kind: str, owner: str, req: dict[str, Any]) -> Output:
+    def list_attached_policies(self, kind: str, owner: str, req: Mapping[str, Any]) -> Output:
         with self._sessions() as session:
             self._owner(session, kind, owner)
             arns = session.scalars(
@@ -652,7 +686,7 @@ class IamStore:
                 raise NoSuchEntity(f"Policy {arn} was not found.")
             return row.document
 
-    def _policy_description(self, session: Session, arn: str) -> Output:
+    def _policy_description(self, session: Session, arn: str) -> shapes.Policy:
         usage = self._usage(session).get(arn, _Usage())
         shipped = aws_managed_policies().get(arn)
         if shipped is not None:
@@ -682,8 +716,8 @@ class IamStore:
         return usage
 
     @staticmethod
-    def _policy_output(row: IamManagedPolicy, usage: _Usage) -> Output:
-        out: Output = {
+    def _policy_output(row: IamManagedPolicy, usage: _Usage) -> shapes.Policy:
+        out: shapes.Policy = {
             "PolicyName": row.name,
             "PolicyId": row.policy_id,
             "Arn": row.arn,
@@ -694,7 +728,7 @@ class IamStore:
             "IsAttachable": True,
             "CreateDate": when(row.created_at),
             "UpdateDate": when(row.updated_at),
-            "Tags": row.tags,
+            "Tags": _tags(row.tags),
         }
         if row.description:
             out["Description"] = row.description
@@ -772,22 +806,25 @@ def _boundary(session: Session, arn: str | None) -> str | None:
     return arn
 
 
-def _described(entity: Output, boundary: str | None) -> Output:
-    """A user or role as Get{User,Role} describe it: with the permissions boundary, which the
-    List operations leave out (as IAM documents for ListUsers and ListRoles)."""
-    if boundary is None:
-        return entity
-    return {
-        **entity,
-        "PermissionsBoundary": {
+def _described(entity: Described, boundary: str | None) -> Described:
+    """A user or role (as _user or _role made it) as Get{User,Role} describe it: with the
+    permissions boundary, which the List operations leave out (as IAM documents for ListUsers
+    and ListRoles)."""
+    if boundary is not None:
+        entity["PermissionsBoundary"] = {
             # botocore's model says "PermissionsBoundaryPolicy"; IAM answers "Policy".
             "PermissionsBoundaryType": "Policy",
             "PermissionsBoundaryArn": boundary,
-        },
-    }
+        }
+    return entity
 
 
-def _by_arn(policy: Output) -> str:
+def _tags(stored: list[dict[str, Any]]) -> list[shapes.Tag]:
+    """A tags column: the Tag list the create stored."""
+    return cast(list[shapes.Tag], stored)
+
+
+def _by_arn(policy: shapes.Policy) -> str:
     return str(policy["Arn"])
 
 
@@ -796,8 +833,8 @@ def _policy_path(arn: str) -> str:
     return resource[len("policy") : resource.rfind("/") + 1]
 
 
-def _user(user: IamUser) -> Output:
-    out: Output = {
+def _user(user: IamUser) -> shapes.User:
+    out: shapes.User = {
         "Path": user.path,
         "UserName": user.name,
         "UserId": user.user_id,
@@ -805,11 +842,11 @@ def _user(user: IamUser) -> Output:
         "CreateDate": when(user.created_at),
     }
     if user.tags:
-        out["Tags"] = user.tags
+        out["Tags"] = _tags(user.tags)
     return out
 
 
-def _group(group: IamGroup) -> Output:
+def _group(group: IamGroup) -> shapes.Group:
     return {
         "Path": group.path,
         "GroupName": group.name,
@@ -819,8 +856,8 @@ def _group(group: IamGroup) -> Output:
     }
 
 
-def _role(role: IamRole) -> Output:
-    out: Output = {
+def _role(role: IamRole) -> shapes.Role:
+    out: shapes.Role = {
         "Path": role.path,
         "RoleName": role.name,
         "RoleId": role.role_id,
@@ -832,11 +869,11 @@ def _role(role: IamRole) -> Output:
     if role.description:
         out["Description"] = role.description
     if role.tags:
-        out["Tags"] = role.tags
+        out["Tags"] = _tags(role.tags)
     return out
 
 
-def _key(key: AccessKey) -> Output:
+def _key(key: AccessKey) -> shapes.AccessKeyMetadata:
     return {
         "UserName": key.user_name,
         "AccessKeyId": key.access_key_id,
@@ -845,7 +882,7 @@ def _key(key: AccessKey) -> Output:
     }
 
 
-def _aws_policy_output(policy: Any, usage: _Usage) -> Output:
+def _aws_policy_output(policy: Any, usage: _Usage) -> shapes.Policy:
     return {
         "PolicyName": policy.name,
         "PolicyId": policy.policy_id,

@@ -18,6 +18,7 @@ from mlfleet.policy.authorizer import Authorizer, RequestFacts, denial_message, 
 from mlfleet.policy.evaluation import Decision, EvaluationResult, RequestContext
 from mlfleet.policy.trust import Trust, parse_trust
 from mlfleet.protocol.errors import AwsError, NamedAwsError, ValidationError
+from mlfleet.protocol.shapes import sts as shapes
 from mlfleet.state.models import AccessKey
 
 ASSUME_ROLE = "sts:AssumeRole"
@@ -45,12 +46,12 @@ class SecurityTokenService:
         self._box = box
         self._account = account_id
 
-    def get_caller_identity(self, principal: Principal) -> dict[str, Any]:
+    def get_caller_identity(self, principal: Principal) -> shapes.GetCallerIdentityResponse:
         return {"UserId": principal.user_id, "Account": self._account, "Arn": principal.arn}
 
     def assume_role(
-        self, req: dict[str, Any], principal: Principal, facts: RequestFacts
-    ) -> dict[str, Any]:
+        self, req: shapes.AssumeRoleRequest, principal: Principal, facts: RequestFacts
+    ) -> shapes.AssumeRoleResponse:
         role_arn, session_name = req["RoleArn"], req["RoleSessionName"]
         denied = AccessDenied(
             denial_message(
@@ -92,7 +93,7 @@ class SecurityTokenService:
             return None
         return role if role.arn == role_arn else None
 
-    def _issue(self, role: Any, session_name: str, duration: int) -> dict[str, Any]:
+    def _issue(self, role: Any, session_name: str, duration: int) -> shapes.AssumeRoleResponse:
         key_id, secret = new_access_key_id("ASIA"), new_secret()
         token = "FwoG" + secrets.token_urlsafe(96)
         now = time.time()

@@ -22,6 +22,7 @@ from mlfleet.api.operations import (
     anywhere,
 )
 from mlfleet.policy.evaluation import ContextValue
+from mlfleet.protocol.shapes import sagemaker as shapes
 from mlfleet.registry.service import ModelRegistry
 
 GROUP_TYPE = "AWS::SageMaker::ModelPackageGroup"
@@ -30,25 +31,25 @@ OPERATIONS: OperationTable[ModelRegistry] = OperationTable("sagemaker")
 declare = OPERATIONS.declare
 
 
-def _new_group(registry: ModelRegistry, call: Call) -> Target:
+def _new_group(registry: ModelRegistry, call: Call[Any]) -> Target:
     arn = registry.group_arn(call.params["ModelPackageGroupName"])
     return Target(arn, request_tags=call.params.get("Tags", []))
 
 
-def _group(registry: ModelRegistry, call: Call) -> Target:
+def _group(registry: ModelRegistry, call: Call[Any]) -> Target:
     arn = registry.group_arn(call.params["ModelPackageGroupName"])
     return Target(arn, registry.group_tags(arn))
 
 
-def _package_named_by(member: str) -> Callable[[ModelRegistry, Call], Target]:
-    def locate(registry: ModelRegistry, call: Call) -> Target:
+def _package_named_by(member: str) -> Callable[[ModelRegistry, Call[Any]], Target]:
+    def locate(registry: ModelRegistry, call: Call[Any]) -> Target:
         arn = registry.package_arn(call.params[member])
         return Target(arn, registry.package_tags(arn), keys=_condition_keys(call.params))
 
     return locate
 
 
-def _new_package(registry: ModelRegistry, call: Call) -> Target:
+def _new_package(registry: ModelRegistry, call: Call[Any]) -> Target:
     req = call.params
     group = req.get("ModelPackageGroupName")
     if group is not None:
@@ -62,27 +63,37 @@ def _new_package(registry: ModelRegistry, call: Call) -> Target:
 
 
 @declare(Access.WRITE, OPERATORS, resource=_new_group, resource_type=GROUP_TYPE)
-def create_model_package_group(registry: ModelRegistry, call: Call) -> Result:
+def create_model_package_group(
+    registry: ModelRegistry, call: Call[shapes.CreateModelPackageGroupInput]
+) -> shapes.CreateModelPackageGroupOutput:
     return registry.create_group(call.params, call.principal)
 
 
 @declare(Access.READ, READERS, resource=_group, resource_type=GROUP_TYPE)
-def describe_model_package_group(registry: ModelRegistry, call: Call) -> Result:
+def describe_model_package_group(
+    registry: ModelRegistry, call: Call[shapes.DescribeModelPackageGroupInput]
+) -> shapes.DescribeModelPackageGroupOutput:
     return registry.describe_group(call.params)
 
 
 @declare(Access.LIST, READERS, resource=anywhere)
-def list_model_package_groups(registry: ModelRegistry, call: Call) -> Result:
+def list_model_package_groups(
+    registry: ModelRegistry, call: Call[shapes.ListModelPackageGroupsInput]
+) -> shapes.ListModelPackageGroupsOutput:
     return registry.list_groups(call.params)
 
 
 @declare(Access.WRITE, OPERATORS, resource=_group, resource_type=GROUP_TYPE)
-def delete_model_package_group(registry: ModelRegistry, call: Call) -> Result:
+def delete_model_package_group(
+    registry: ModelRegistry, call: Call[shapes.DeleteModelPackageGroupInput]
+) -> Result:
     return registry.delete_group(call.params)
 
 
 @declare(Access.WRITE, OPERATORS, resource=_new_package, resource_type=PACKAGE_TYPE)
-def create_model_package(registry: ModelRegistry, call: Call) -> Result:
+def create_model_package(
+    registry: ModelRegistry, call: Call[shapes.CreateModelPackageInput]
+) -> shapes.CreateModelPackageOutput:
     return registry.create_package(call.params, call.principal)
 
 
@@ -92,12 +103,16 @@ def create_model_package(registry: ModelRegistry, call: Call) -> Result:
     resource=_package_named_by("ModelPackageName"),
     resource_type=PACKAGE_TYPE,
 )
-def describe_model_package(registry: ModelRegistry, call: Call) -> Result:
+def describe_model_package(
+    registry: ModelRegistry, call: Call[shapes.DescribeModelPackageInput]
+) -> shapes.DescribeModelPackageOutput:
     return registry.describe_package(call.params)
 
 
 @declare(Access.LIST, READERS, resource=anywhere)
-def list_model_packages(registry: ModelRegistry, call: Call) -> Result:
+def list_model_packages(
+    registry: ModelRegistry, call: Call[shapes.ListModelPackagesInput]
+) -> shapes.ListModelPackagesOutput:
     return registry.list_packages(call.params)
 
 
@@ -107,7 +122,9 @@ def list_model_packages(registry: ModelRegistry, call: Call) -> Result:
     resource=_package_named_by("ModelPackageArn"),
     resource_type=PACKAGE_TYPE,
 )
-def update_model_package(registry: ModelRegistry, call: Call) -> Result:
+def update_model_package(
+    registry: ModelRegistry, call: Call[shapes.UpdateModelPackageInput]
+) -> shapes.UpdateModelPackageOutput:
     return registry.update_package(call.params, call.principal)
 
 
@@ -117,7 +134,9 @@ def update_model_package(registry: ModelRegistry, call: Call) -> Result:
     resource=_package_named_by("ModelPackageName"),
     resource_type=PACKAGE_TYPE,
 )
-def delete_model_package(registry: ModelRegistry, call: Call) -> Result:
+def delete_model_package(
+    registry: ModelRegistry, call: Call[shapes.DeleteModelPackageInput]
+) -> Result:
     return registry.delete_package(call.params)
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -28,10 +28,12 @@ from mlfleet.common.time import when
 from mlfleet.events.bus import Publish
 from mlfleet.events.sources import model_package_event
 from mlfleet.protocol.errors import ConflictException, ValidationException
+from mlfleet.protocol.shapes import sagemaker as shapes
 from mlfleet.settings import Settings
 from mlfleet.state.models import ModelPackage, ModelPackageGroup
 
 Output = dict[str, Any]
+Summary = TypeVar("Summary")
 GROUP = "model-package-group"
 PACKAGE = "model-package"
 # Nothing is validated or scanned asynchronously: a group or package is complete once created.
@@ -150,14 +152,16 @@ class ModelRegistry:
             tags = session.scalar(select(ModelPackage.tags).where(ModelPackage.arn == package_arn))
         return list(tags or [])
 
-    def package(self, ref: str) -> Output:
+    def package(self, ref: str) -> shapes.DescribeModelPackageOutput:
         """A package as DescribeModelPackage shows it, by ARN or name (for deploying it)."""
         with self._sessions() as session:
             return self._description(self._package(session, ref))
 
     # model package groups --------------------------------------------------------------------
 
-    def create_group(self, req: Mapping[str, Any], principal: Principal) -> Output:
+    def create_group(
+        self, req: shapes.CreateModelPackageGroupInput, principal: Principal
+    ) -> shapes.CreateModelPackageGroupOutput:
         name = req["ModelPackageGroupName"]
         arn = self.group_arn(name)
         try:
@@ -179,18 +183,27 @@ class ModelRegistry:
             raise ValidationException(f"Model Package Group already exists: {arn}") from None
         return {"ModelPackageGroupArn": arn}
 
-    def describe_group(self, req: Mapping[str, Any]) -> Output:
+    def describe_group(
+        self, req: shapes.DescribeModelPackageGroupInput
+    ) -> shapes.DescribeModelPackageGroupOutput:
         with self._sessions() as session:
             row = self._group(session, req["ModelPackageGroupName"])
-            return {**self._group_summary(row), "CreatedBy": row.created_by}
+            # The column holds the UserContext CreateModelPackageGroup stored.
+            return {
+                **self._group_summary(row),
+                "CreatedBy": cast(shapes.UserContext, row.created_by),
+            }
 
-    def list_groups(self, req: Mapping[str, Any]) -> Output:
+    def list_groups(
+        self, req: shapes.ListModelPackageGroupsInput
+    ) -> shapes.ListModelPackageGroupsOutput:
         query = _filtered(select(ModelPackageGroup), ModelPackageGroup, req)
-        return self._page(
-            query, req, GROUP_ORDER, self._group_summary, "ModelPackageGroupSummaryList"
-        )
+        page, token = self._page(query, req, GROUP_ORDER, self._group_summary)
+        if token is None:
+            return {"ModelPackageGroupSummaryList": page}
+        return {"ModelPackageGroupSummaryList": page, "NextToken": token}
 
-    def delete_group(self, req: Mapping[str, Any]) -> Output:
+    def delete_group(self, req: shapes.DeleteModelPackageGroupInput) -> Output:
         arn = self.group_arn(req["ModelPackageGroupName"])
         with self._sessions.begin() as session:
             if _claim_group(session, arn, step=0) is None:
@@ -206,15 +219,19 @@ class ModelRegistry:
         return {}
 
     @staticmethod
-    def _group_summary(row: ModelPackageGroup) -> Output:
-        return _without_none(
-            {
-                "ModelPackageGroupName": row.name,
-                "ModelPackageGroupArn": row.arn,
-                "ModelPackageGroupDescription": row.description,
-                "CreationTime": when(row.created_at),
-                "ModelPackageGroupStatus": row.status,
-            }
+    def _group_summary(row: ModelPackageGroup) -> shapes.ModelPackageGroupSummary:
+        # Without its None members, the dict is the shape (so are _summary's and _description's).
+        return cast(
+            shapes.ModelPackageGroupSummary,
+            _without_none(
+                {
+                    "ModelPackageGroupName": row.name,
+                    "ModelPackageGroupArn": row.arn,
+                    "ModelPackageGroupDescription": row.description,
+                    "CreationTime": when(row.created_at),
+                    "ModelPackageGroupStatus": row.status,
+                }
+            ),
         )
 
     def _group(self, session: Session, ref: str) -> ModelPackageGroup:
@@ -226,7 +243,9 @@ class ModelRegistry:
 
     # model packages ----------------------------------------------------------------------------
 
-    def create_package(self, req: Mapping[str, Any], principal: Principal) -> Output:
+    def create_package(
+        self, req: shapes.CreateModelPackageInput, principal: Principal
+    ) -> shapes.CreateModelPackageOutput:
         _check_addressing(req)
         token = req.get("ClientToken")
         digest = _digest(req)
@@ -308,10 +327,12 @@ class ModelRegistry:
             raise ValidationException(f"Model Package already exists: {arn}")
         return {"arn": arn, "name": name, "group_name": None, "version": None}
 
-    def describe_package(self, req: Mapping[str, Any]) -> Output:
+    def describe_package(
+        self, req: shapes.DescribeModelPackageInput
+    ) -> shapes.DescribeModelPackageOutput:
         return self.package(req["ModelPackageName"])
 
-    def list_packages(self, req: Mapping[str, Any]) -> Output:
+    def list_packages(self, req: shapes.ListModelPackagesInput) -> shapes.ListModelPackagesOutput:
         query = _filtered(select(ModelPackage), ModelPackage, req)
         group_ref = req.get("ModelPackageGroupName")
         if group_ref is not None:
@@ -328,15 +349,21 @@ class ModelRegistry:
             query = query.where(ModelPackage.version.is_not(None))
         elif kind == "Unversioned":
             query = query.where(ModelPackage.version.is_(None))
-        return self._page(query, req, PACKAGE_ORDER, self._summary, "ModelPackageSummaryList")
+        page, token = self._page(query, req, PACKAGE_ORDER, self._summary)
+        if token is None:
+            return {"ModelPackageSummaryList": page}
+        return {"ModelPackageSummaryList": page, "NextToken": token}
 
-    def update_package(self, req: Mapping[str, Any], principal: Principal) -> Output:
+    def update_package(
+        self, req: shapes.UpdateModelPackageInput, principal: Principal
+    ) -> shapes.UpdateModelPackageOutput:
         with self._sessions.begin() as session:
             row = self._package(session, req["ModelPackageArn"], for_update=True)
             approval_changed = self._set_approval(row, req.get("ModelApprovalStatus"))
+            members: Mapping[str, object] = req
             for member in UPDATABLE_COLUMNS:
-                if member in req:
-                    setattr(row, PACKAGE_COLUMNS[member], req[member])
+                if member in members:
+                    setattr(row, PACKAGE_COLUMNS[member], members[member])
             row.customer_metadata = _merged_metadata(
                 row.customer_metadata,
                 req.get("CustomerMetadataProperties", {}),
@@ -366,7 +393,7 @@ class ModelRegistry:
         row.approval_status = status
         return True
 
-    def delete_package(self, req: Mapping[str, Any]) -> Output:
+    def delete_package(self, req: shapes.DeleteModelPackageInput) -> Output:
         with self._sessions.begin() as session:
             session.delete(self._package(session, req["ModelPackageName"]))
         return {}
@@ -383,41 +410,48 @@ class ModelRegistry:
     def _announce(self, session: Session, row: ModelPackage) -> None:
         self._publish([model_package_event(self._description(row))], session)
 
-    def _description(self, row: ModelPackage) -> Output:
-        return _without_none(
-            {
-                **self._summary(row),
-                **row.details,
-                "InferenceSpecification": row.inference_specification,
-                "ModelPackageStatusDetails": {"ValidationStatuses": []},
-                "CreatedBy": row.created_by,
-                "LastModifiedTime": when(row.last_modified_at),
-                "LastModifiedBy": row.last_modified_by,
-                "ApprovalDescription": row.approval_description,
-                "CustomerMetadataProperties": row.customer_metadata,
-                "SourceUri": row.source_uri,
-                "ModelCard": row.model_card,
-            }
+    def _description(self, row: ModelPackage) -> shapes.DescribeModelPackageOutput:
+        # row.details holds CreateModelPackage's members (DETAIL_MEMBERS) as they were given.
+        return cast(
+            shapes.DescribeModelPackageOutput,
+            _without_none(
+                {
+                    **self._summary(row),
+                    **row.details,
+                    "InferenceSpecification": row.inference_specification,
+                    "ModelPackageStatusDetails": {"ValidationStatuses": []},
+                    "CreatedBy": row.created_by,
+                    "LastModifiedTime": when(row.last_modified_at),
+                    "LastModifiedBy": row.last_modified_by,
+                    "ApprovalDescription": row.approval_description,
+                    "CustomerMetadataProperties": row.customer_metadata,
+                    "SourceUri": row.source_uri,
+                    "ModelCard": row.model_card,
+                }
+            ),
         )
 
     @staticmethod
-    def _summary(row: ModelPackage) -> Output:
-        return _without_none(
-            {
-                # A version's name is "<group>/<version>", as SageMaker generates it.
-                "ModelPackageName": row.name
-                if row.version is None
-                else f"{row.name}/{row.version}",
-                "ModelPackageGroupName": row.group_name,
-                "ModelPackageVersion": row.version,
-                "ModelPackageArn": row.arn,
-                "ModelPackageDescription": row.description,
-                "CreationTime": when(row.created_at),
-                "ModelPackageStatus": row.status,
-                "ModelApprovalStatus": row.approval_status,
-                "ModelLifeCycle": row.lifecycle,
-                "ModelPackageRegistrationType": row.registration_type,
-            }
+    def _summary(row: ModelPackage) -> shapes.ModelPackageSummary:
+        return cast(
+            shapes.ModelPackageSummary,
+            _without_none(
+                {
+                    # A version's name is "<group>/<version>", as SageMaker generates it.
+                    "ModelPackageName": row.name
+                    if row.version is None
+                    else f"{row.name}/{row.version}",
+                    "ModelPackageGroupName": row.group_name,
+                    "ModelPackageVersion": row.version,
+                    "ModelPackageArn": row.arn,
+                    "ModelPackageDescription": row.description,
+                    "CreationTime": when(row.created_at),
+                    "ModelPackageStatus": row.status,
+                    "ModelApprovalStatus": row.approval_status,
+                    "ModelLifeCycle": row.lifecycle,
+                    "ModelPackageRegistrationType": row.registration_type,
+                }
+            ),
         )
 
     # listing -------------------------------------------------------------------------------------
@@ -427,14 +461,14 @@ class ModelRegistry:
         query: Select[Any],
         req: Mapping[str, Any],
         orders: Mapping[str, Sequence[InstrumentedAttribute[Any]]],
-        summarize: Callable[[Any], Output],
-        key: str,
-    ) -> Output:
+        summarize: Callable[[Any], Summary],
+    ) -> tuple[list[Summary], str | None]:
+        """The page of summaries a List call asks for (SortBy, SortOrder, paging), and the
+        NextToken of the next page (None on the last)."""
         descending = req.get("SortOrder", "Ascending") == "Descending"
         columns = orders[req.get("SortBy", "CreationTime")]
         query = query.order_by(*(c.desc() if descending else c.asc() for c in columns))
-        page, token = page_of_query(self._sessions, query, req, SAGEMAKER, summarize)
-        return {key: page} if token is None else {key: page, "NextToken": token}
+        return page_of_query(self._sessions, query, req, SAGEMAKER, summarize)
 
 
 def _check_addressing(req: Mapping[str, Any]) -> None:

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from mlfleet.auth.identity import Principal
 from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.shapes.sagemaker import CreateModelPackageInput
 from mlfleet.registry.service import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class RegistrySync:
         except AwsError as exc:
             if "already exists" not in exc.message:
                 raise
-        request = {
+        request: CreateModelPackageInput = {
             "ModelPackageGroupName": group,
             "ModelPackageDescription": f"MLflow model {name} version {number}",
             "SourceUri": f"models:/{name}/{number}",

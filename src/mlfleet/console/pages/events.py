@@ -44,8 +44,13 @@ def _deliveries(visit: Visit) -> DeliveryLog:
 
 
 def _where(visit: Visit) -> dict[str, Any]:
-    """Where the request came from, as IAM conditions see it (aws:SourceIp, SecureTransport)."""
-    return {"source_ip": visit.request.remote, "secure_transport": visit.request.secure}
+    """Where the request came from, as IAM conditions (aws:SourceIp, SecureTransport) and the
+    audit record see it."""
+    return {
+        "source_ip": visit.request.remote,
+        "secure_transport": visit.request.secure,
+        "user_agent": visit.request.headers.get("User-Agent", ""),
+    }
 
 
 def _with_status(deliveries: list[EventDelivery]) -> list[tuple[str, EventDelivery]]:
