@@ -45,13 +45,16 @@ from mlfleet.events.egress import OwnAddress
 from mlfleet.events.responses import EventBridge, events_endpoint
 from mlfleet.events.sources import api_call_event
 from mlfleet.events.store import EventStore
+from mlfleet.fleet.lifecycle import Lifecycle
 from mlfleet.fleet.reconciler import Reconciler
 from mlfleet.fleet.responses import sagemaker_endpoint
 from mlfleet.fleet.service import FleetService
+from mlfleet.fleet.stores import ArtifactRoots
 from mlfleet.gateway.admission import Admission
 from mlfleet.gateway.authentication import Authentication
 from mlfleet.gateway.forwarding import Forwarding
 from mlfleet.gateway.handover import Handover
+from mlfleet.gateway.own_calls import OwnCalls
 from mlfleet.gateway.proxy import Gateway
 from mlfleet.gateway.recording import Recording
 from mlfleet.gateway.routing import Routing, ServerRecord
@@ -127,9 +130,6 @@ def build_daemon(settings: Settings) -> Daemon:
             table_mlflow_version(),
             mlflow_version,
         )
-    # The fleet calls into parts built after it, which need the fleet themselves.
-    reconciler_ref: list[Reconciler] = []
-    gateway_ref: list[Gateway] = []
     sandbox = Sandbox(run_dir_for(settings.data_dir), settings.allow_unconfined_model_code)
     if not sandbox.confined:
         log.warning(
@@ -150,21 +150,7 @@ def build_daemon(settings: Settings) -> Daemon:
         own,
     )
     bus.set_wake(deliveries.wake)
-    registry = ModelRegistry(
-        settings, sessions, publish=lambda events, session: bus.publish(events, session)
-    )
-    fleet = FleetService(
-        settings,
-        sessions,
-        mlflow_version,
-        is_serving=runtime.is_serving,
-        kick=lambda server_id: reconciler_ref[0].kick(server_id),
-        server_changed=lambda name: gateway_ref[0].forget_server(name),
-        publish=lambda events, session: bus.publish(events, session),
-    )
-    registry_sync = RegistrySync(
-        registry, lambda *call: gateway_ref[0].call_mlflow(*call), settings.account_id
-    )
+    registry = ModelRegistry(settings, sessions, publish=bus.publish)
     trail = open_trail(settings, sessions, box)
 
     def record(call: ApiCall) -> None:
@@ -176,18 +162,6 @@ def build_daemon(settings: Settings) -> Daemon:
     pipeline = Pipeline(authorizer, record)
     # Traffic of the last hour, for the console's charts: servers by id, endpoints by name.
     server_metrics, endpoint_metrics = Recorder(), Recorder()
-    handover = Handover(settings, runtime, credentials, authorizer, trail, server_metrics)
-    runtime.on_channel = handover.listen
-    reconciler = Reconciler(
-        settings,
-        sessions,
-        runtime,
-        MetadataDatabases(settings, mlflow_version, box),
-        fleet,
-        on_serving=registry_sync.catch_up,
-        record_left_over=handover.record_left_over,
-    )
-    reconciler_ref.append(reconciler)
 
     def lookup(name: str) -> ServerRecord | None:
         with sessions() as session:
@@ -205,17 +179,46 @@ def build_daemon(settings: Settings) -> Daemon:
             return None
         return ServerRecord(row[0], row[1], row[2], tuple(row[3]), row[4], row[5])
 
+    # The gateway's parts, built first: the fleet and the registry sync need some of them.
+    routing = Routing(settings, runtime, lookup)
+    admission = Admission(settings, runtime, lookup, server_metrics)
+    forwarding = Forwarding(runtime.sandbox.run_dir)
+    registry_sync = RegistrySync(registry, OwnCalls(admission, forwarding), settings.account_id)
+    handover = Handover(settings, runtime, credentials, authorizer, trail, server_metrics)
+    runtime.on_channel = handover.listen
+    # Raises ValueError for a root that would expose the data dir: the daemon must not start.
+    stores = ArtifactRoots.of(settings)
+    lifecycle = Lifecycle(settings, runtime.is_serving, publish=bus.publish)
+    reconciler = Reconciler(
+        settings,
+        sessions,
+        runtime,
+        MetadataDatabases(settings, mlflow_version, box),
+        stores,
+        lifecycle,
+        on_serving=registry_sync.catch_up,
+        record_left_over=handover.record_left_over,
+    )
+    fleet = FleetService(
+        settings,
+        sessions,
+        mlflow_version,
+        stores,
+        lifecycle,
+        kick=reconciler.kick,
+        # The gateway authorizes on a server's tags and registers models by its settings.
+        server_changed=routing.forget_server,
+    )
     gateway = Gateway(
         settings=settings,
-        routing=Routing(settings, runtime, lookup),
+        routing=routing,
         authentication=Authentication(settings, credentials, UiSessions(sessions)),
         pipeline=pipeline,
-        admission=Admission(settings, runtime, lookup, server_metrics),
-        forwarding=Forwarding(runtime.sandbox.run_dir),
+        admission=admission,
+        forwarding=forwarding,
         recording=Recording(trail, bus, registry_sync, server_metrics),
         handover=handover,
     )
-    gateway_ref.append(gateway)
 
     def tracking_socket(name: str) -> Path | None:
         # An endpoint instance downloads its model from a worker of the tracking server.

@@ -20,8 +20,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import CursorResult, make_url, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mlfleet.fleet.service import SERVING, FleetService
-from mlfleet.fleet.stores import local_folder, resolve
+from mlfleet.fleet.lifecycle import Lifecycle
+from mlfleet.fleet.service import SERVING
+from mlfleet.fleet.stores import ArtifactRoots, local_folder, resolve
 from mlfleet.runtime.local import WORKERS_BY_SIZE, LocalRuntime, ServerSpec, StartError
 from mlfleet.runtime.metadata_db import MetadataDatabases
 from mlfleet.runtime.mlflow_schema import ProvisioningError
@@ -73,7 +74,8 @@ class Reconciler:
         sessions: sessionmaker[Session],
         runtime: LocalRuntime,
         databases: MetadataDatabases,
-        service: FleetService,
+        stores: ArtifactRoots,
+        lifecycle: Lifecycle,
         on_serving: Callable[[TrackingServer], None],
         record_left_over: Callable[[str], Awaitable[None]],
     ) -> None:
@@ -81,7 +83,8 @@ class Reconciler:
         self._sessions = sessions
         self._runtime = runtime
         self._databases = databases
-        self._service = service
+        self._stores = stores
+        self._lifecycle = lifecycle
         # Told each time a server is (again) serving: work that needs its MLflow (catching up
         # on automatic registration) starts then.
         self._on_serving = on_serving
@@ -115,7 +118,7 @@ class Reconciler:
                     "one of them, or mlfleet up is given a root that holds it (--artifact-root)",
                     name,
                     uri,
-                    self._service.stores.describe(),
+                    self._stores.describe(),
                 )
         for server_id, _, _ in rows:
             self.kick(server_id)
@@ -214,7 +217,7 @@ class Reconciler:
             current = session.get(TrackingServer, row.id) if changed.rowcount else None
             # A failure note on an unchanged status (a restart that is retried) is no event.
             if current is not None and status != row.status:
-                self._service.announce(session, current)
+                self._lifecycle.announce(session, current)
         if failure:
             log.warning("tracking server %s: %s: %s", row.name, status, failure)
         else:
@@ -222,7 +225,7 @@ class Reconciler:
 
     def _outside_roots(self, uri: str) -> bool:
         folder = local_folder(uri)
-        return folder is not None and self._service.stores.outside(folder)
+        return folder is not None and self._stores.outside(folder)
 
     async def _check_artifact_store(self, uri: str) -> None:
         folder = local_folder(uri)
@@ -259,7 +262,7 @@ class Reconciler:
                 await self._record_left_over(self._databases.admin_uri(row.metadata_db_uri))
                 await self._databases.drop(row.metadata_db_uri)
             with self._sessions.begin() as session:
-                self._service.forget_server(session, server_id)
+                self._lifecycle.forget(session, server_id)
             log.info("tracking server %s deleted", row.name)
             return
         if row.desired_state == "Stopped":
@@ -281,7 +284,7 @@ class Reconciler:
             if self._outside_roots(row.artifact_store_uri):
                 raise StoreOutsideRoots(
                     f"artifact store {row.artifact_store_uri} is outside the artifact roots "
-                    f"({self._service.stores.describe()}): update ArtifactStoreUri to a folder "
+                    f"({self._stores.describe()}): update ArtifactStoreUri to a folder "
                     "inside one of them, or ask the operator for a root that holds it"
                 )
             if not row.metadata_db_uri:

@@ -19,13 +19,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.identity import Principal
 from mlfleet.common.paging import SAGEMAKER, page_by_offset, page_of_query
-from mlfleet.events.bus import Publish
-from mlfleet.events.sources import lifecycle_event
+from mlfleet.fleet.lifecycle import Lifecycle
 from mlfleet.fleet.stores import ArtifactRoots, local_folder, resolve
 from mlfleet.protocol.errors import ResourceNotFound, ValidationException
 from mlfleet.protocol.shapes import sagemaker as shapes
 from mlfleet.settings import Settings
-from mlfleet.state.models import PresignedToken, TrackingServer, UiSession
+from mlfleet.state.models import PresignedToken, TrackingServer
 
 # Statuses from which each operation may start (the API model names the statuses, SageMaker's
 # error messages show which ones refuse; the rest is mlfleet's choice, documented in README).
@@ -56,14 +55,6 @@ def status_word(status: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", status).upper()
 
 
-class Description(shapes.DescribeMlflowTrackingServerResponse, total=False):
-    """DescribeMlflowTrackingServer's answer, which is also the lifecycle event's detail."""
-
-    # mlfleet extension (ignored by boto3, shown by `mlfleet describe`): why the last
-    # operation failed.
-    FailureReason: str | None
-
-
 # SageMaker's limit on tags per resource; ListTags pages hold all of them by default.
 MAX_TAGS = 50
 TAG_PAGING = replace(SAGEMAKER, default_size=MAX_TAGS)
@@ -75,23 +66,20 @@ class FleetService:
         settings: Settings,
         sessions: sessionmaker[Session],
         mlflow_version: str,
-        is_serving: Callable[[str], bool],
+        stores: ArtifactRoots,
+        lifecycle: Lifecycle,
         kick: Callable[[str], None],
         server_changed: Callable[[str], None],
-        publish: Publish,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
-        # Raises ValueError for a root that would expose the data dir: the daemon must not start.
-        self.stores = ArtifactRoots.of(settings)
+        self.stores = stores
+        self._lifecycle = lifecycle
         self._mlflow_version = mlflow_version
-        self._is_serving = is_serving
         self._kick = kick
         # Whoever caches a server's record (the gateway authorizes on its tags and registers
         # models by its settings) must hear of changes.
         self._server_changed = server_changed
-        # Status changes are events, stored in the transaction that makes the change.
-        self._publish = publish
 
     # helpers -----------------------------------------------------------------------------
 
@@ -104,9 +92,6 @@ class FleetService:
         with self._sessions() as session:
             tags = session.scalar(select(TrackingServer.tags).where(TrackingServer.name == name))
         return list(tags or [])
-
-    def url_for(self, name: str) -> str:
-        return f"{self._settings.endpoint_url}/mlflow/{name}"
 
     def _get(self, session: Session, name: str) -> TrackingServer:
         row = session.scalars(select(TrackingServer).where(TrackingServer.name == name)).first()
@@ -129,14 +114,7 @@ class FleetService:
         row.last_modified_by = principal.user_context()
         session = Session.object_session(row)
         assert session is not None, "a status changes inside the transaction that loaded it"
-        self.announce(session, row)
-
-    def announce(self, session: Session, row: TrackingServer, status: str | None = None) -> None:
-        """Publish the server's status (or `status`) as its lifecycle event, in `session`."""
-        description = self._description(row)
-        if status is not None:
-            description.update({"TrackingServerStatus": status, "IsActive": "Inactive"})
-        self._publish([lifecycle_event(description, status or row.status)], session)
+        self._lifecycle.announce(session, row)
 
     def _check_version(self, requested: str | None) -> str:
         installed = self._mlflow_version
@@ -192,7 +170,7 @@ class FleetService:
                 last_modified_by=principal.user_context(),
             )
             session.add(row)
-            self.announce(session, row)
+            self._lifecycle.announce(session, row)
             arn = row.arn
         self._kick(server_id)
         return {"TrackingServerArn": arn}
@@ -202,31 +180,7 @@ class FleetService:
     ) -> shapes.DescribeMlflowTrackingServerResponse:
         with self._sessions() as session:
             row = self._get(session, req["TrackingServerName"])
-            return self._description(row)
-
-    def _description(self, row: TrackingServer) -> Description:
-        # A member the server lacks is None: the answer leaves it out, its audit record and the
-        # lifecycle event show it as null (hence the ignores: the shape has no None).
-        return {
-            "TrackingServerArn": row.arn,
-            "TrackingServerName": row.name,
-            "ArtifactStoreUri": row.artifact_store_uri,
-            "TrackingServerSize": row.size,
-            "MlflowVersion": row.mlflow_version,
-            "RoleArn": row.role_arn,
-            "TrackingServerStatus": row.status,
-            "IsActive": "Active" if self._is_serving(row.id) else "Inactive",
-            "TrackingServerUrl": self.url_for(row.name),
-            "WeeklyMaintenanceWindowStart": row.weekly_maintenance_window_start,  # type: ignore[typeddict-item]
-            "AutomaticModelRegistration": row.automatic_model_registration,
-            "CreationTime": datetime.fromtimestamp(row.created_at).astimezone(),
-            "CreatedBy": cast(shapes.UserContext, row.created_by),
-            "LastModifiedTime": datetime.fromtimestamp(row.last_modified_at).astimezone(),
-            "LastModifiedBy": cast(shapes.UserContext, row.last_modified_by),
-            "S3BucketOwnerAccountId": row.s3_bucket_owner_account_id,  # type: ignore[typeddict-item]
-            "S3BucketOwnerVerification": row.s3_bucket_owner_verification,
-            "FailureReason": row.failure_reason,
-        }
+            return self._lifecycle.describe(row)
 
     @staticmethod
     def _check_own_folder(session: Session, uri: str, server_id: str) -> None:
@@ -349,7 +303,7 @@ class FleetService:
             "CreationTime": datetime.fromtimestamp(row.created_at).astimezone(),
             "LastModifiedTime": datetime.fromtimestamp(row.last_modified_at).astimezone(),
             "TrackingServerStatus": row.status,
-            "IsActive": "Active" if self._is_serving(row.id) else "Inactive",
+            "IsActive": self._lifecycle.is_active(row.id),
             "MlflowVersion": row.mlflow_version,
         }
 
@@ -411,15 +365,5 @@ class FleetService:
                     used=False,
                 )
             )
-            url = f"{self.url_for(row.name)}/auth?authToken={token}"
+            url = f"{self._lifecycle.url_for(row.name)}/auth?authToken={token}"
         return {"AuthorizedUrl": url}
-
-    def forget_server(self, session: Session, server_id: str) -> None:
-        """Remove a deleted server's record and every UI link and session that pointed at it."""
-        for model in (PresignedToken, UiSession):
-            for stale in session.scalars(select(model).where(model.server_id == server_id)):
-                session.delete(stale)
-        row = session.get(TrackingServer, server_id)
-        if row is not None:
-            self.announce(session, row, "Deleted")
-            session.delete(row)

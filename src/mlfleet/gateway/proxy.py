@@ -11,8 +11,6 @@ authenticated and allowed the action. Every refusal has MLflow's error shape (``
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any
 
 from aiohttp import web
 
@@ -68,10 +66,6 @@ class Gateway:
     async def close(self) -> None:
         await self._forwarding.close()
 
-    def forget_server(self, name: str) -> None:
-        """Drop what is cached of a server whose record changed (its tags, say)."""
-        self._routing.forget_server(name)
-
     # handlers ------------------------------------------------------------------------------
 
     async def by_path(self, request: web.Request) -> web.StreamResponse:
@@ -88,18 +82,6 @@ class Gateway:
         if not isinstance(route, Route):
             return route
         return await self._serve(request, route)
-
-    async def call_mlflow(
-        self, server_id: str, method: str, path: str, body: Mapping[str, Any] | None
-    ) -> dict[str, Any]:
-        """Call a server's MLflow API as mlfleet itself (registry sync), through its workers."""
-        worker = await self._admission.acquire(server_id, capped=True)
-        if worker is None:
-            raise RuntimeError(f"tracking server {server_id} is not serving")
-        try:
-            return await self._forwarding.call(worker, method, path, body)
-        finally:
-            self._admission.release(server_id, worker)
 
     # the steps -----------------------------------------------------------------------------
 

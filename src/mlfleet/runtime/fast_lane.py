@@ -1,11 +1,11 @@
 """A worker serving the client connections the gateway handed over, without the hop.
 
-Through the gateway a training loop's ``log_metric`` pays a second HTTP exchange in Python:
-measured at 1.5-3 ms on a 4-5 ms call, so a one-call-at-a-time client ran at 67-79 % of the
-same worker reached directly. When the gateway has answered a request authenticated with HTTP
-Basic (what the plain MLflow client sends) or SigV4 (the sagemaker-mlflow plugin), it hands the
-keep-alive connection to the worker with a ``Ticket`` (runtime.handoff). The lane then serves a
-request itself only when the ticket settles everything the gateway would decide for it:
+Through the gateway every call pays a second HTTP exchange in Python, a large share of a short
+MLflow call (the README's "How it is built" has the figures). When the gateway has answered a
+request authenticated with HTTP Basic (what the plain MLflow client sends) or SigV4 (the
+sagemaker-mlflow plugin), it hands the keep-alive connection to the worker with a ``Ticket``
+(runtime.handoff). The lane then serves a request itself only when the ticket settles
+everything the gateway would decide for it:
 
 * the same server (path prefix, or the ARN header) and one of MLflow's REST routes that its
   Flask app serves;

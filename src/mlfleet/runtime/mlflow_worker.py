@@ -1,7 +1,7 @@
 """One MLflow tracking-server worker: a single uvicorn process serving MLflow's own app.
 
 The daemon runs this instead of ``mlflow server`` because the CLI keeps a parent process
-(~270 MB RSS) alive next to its workers and would spawn a job runner; the environment it hands
+alive next to its workers and would spawn a job runner; the environment it hands
 its workers is reproduced here from MLflow's own constants, so upgrades keep working.
 The worker serves on the Unix socket the daemon names (runtime.sockets), never on TCP: only
 the daemon can reach it.
@@ -10,8 +10,8 @@ MLflow's ASGI app is a FastAPI app with a few native routes (artifact transfers,
 server info, ...) and its Flask app mounted under everything else, behind a chain of
 middleware: host validation, CORS, security headers, workspace context. The Flask app applies
 the same checks itself when it runs as a server (MLflow's gunicorn and waitress modes), so the
-chain only repeats them; with its ASGI-to-WSGI bridge it cost a log-metric ~3 ms of its 7-8 ms
-of worker CPU on 2 cores (4-5 ms without it). ``FlaskRoutesDirect`` hands Flask's requests
+chain only repeats them, at a cost the README's "How it is built" quotes. ``FlaskRoutesDirect``
+hands Flask's requests
 straight to Flask and leaves the native routes to the FastAPI app.
 """
 
