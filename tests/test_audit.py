@@ -134,6 +134,7 @@ def test_lookup_paging_time_range_and_errors(daemon: Daemon) -> None:
     sm = daemon.client()
     for _ in range(3):
         sm.list_mlflow_tracking_servers()
+    daemon.client("iam").create_group(GroupName=unique("audited"))  # a write, not read-only
     cloudtrail = daemon.client("cloudtrail")
     pages = list(
         cloudtrail.get_paginator("lookup_events").paginate(

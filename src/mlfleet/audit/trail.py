@@ -34,7 +34,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from mlfleet.api.pipeline import ApiCall
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.secrets import SecretBox
-from mlfleet.protocol.errors import AwsError
+from mlfleet.common.paging import Paging, page_before
+from mlfleet.protocol.errors import NamedAwsError
 from mlfleet.protocol.sensitive import HIDDEN
 from mlfleet.protocol.shapes import cloudtrail as shapes
 from mlfleet.settings import Settings
@@ -63,6 +64,30 @@ LOOKUP_COLUMNS = {
     "AccessKeyId": AuditRecord.access_key_id,
 }
 DEFAULT_LOOKUP_RESULTS = 50
+
+
+class InvalidNextTokenException(NamedAwsError):
+    pass
+
+
+class InvalidLookupAttributesException(NamedAwsError):
+    pass
+
+
+class InvalidTimeRangeException(NamedAwsError):
+    pass
+
+
+def _record_number(token: str) -> int:
+    if not token.isdigit():
+        raise InvalidNextTokenException("Invalid NextToken.")
+    return int(token)
+
+
+# CloudTrail's NextToken is the record number its page ends before (newest first).
+LOOKUP_PAGING: Paging[int] = Paging(
+    "NextToken", "MaxResults", DEFAULT_LOOKUP_RESULTS, str, _record_number
+)
 _HEAD_SIZE = 128
 
 
@@ -426,38 +451,30 @@ class AuditTrail:
         query = select(AuditRecord).order_by(AuditRecord.seq.desc())
         attributes = req.get("LookupAttributes", [])
         if len(attributes) > 1:
-            raise AwsError(
-                "InvalidLookupAttributesException",
-                "You cannot specify more than one lookup attribute.",
+            raise InvalidLookupAttributesException(
+                "You cannot specify more than one lookup attribute."
             )
         for attribute in attributes:
             key, value = attribute["AttributeKey"], attribute["AttributeValue"]
             if key == "ReadOnly":
                 if value not in ("true", "false"):
-                    raise AwsError(
-                        "InvalidLookupAttributesException", "ReadOnly must be true or false."
-                    )
+                    raise InvalidLookupAttributesException("ReadOnly must be true or false.")
                 query = query.where(AuditRecord.read_only.is_(value == "true"))
             else:
                 query = query.where(LOOKUP_COLUMNS[key] == value)
         start, end = req.get("StartTime"), req.get("EndTime")
         if start is not None and end is not None and start > end:
-            raise AwsError("InvalidTimeRangeException", "StartTime must be earlier than EndTime.")
+            raise InvalidTimeRangeException("StartTime must be earlier than EndTime.")
         if start is not None:
             query = query.where(AuditRecord.event_time >= start.timestamp())
         if end is not None:
             query = query.where(AuditRecord.event_time <= end.timestamp())
-        token = req.get("NextToken")
+        events, token = page_before(
+            self._sessions, query, req, LOOKUP_PAGING, AuditRecord.seq, _lookup_event
+        )
+        out: shapes.LookupEventsResponse = {"Events": events}
         if token is not None:
-            if not token.isdigit():
-                raise AwsError("InvalidNextTokenException", "Invalid NextToken.")
-            query = query.where(AuditRecord.seq < int(token))
-        limit = req.get("MaxResults", DEFAULT_LOOKUP_RESULTS)
-        with self._sessions() as session:
-            rows = session.scalars(query.limit(limit + 1)).all()
-        out: shapes.LookupEventsResponse = {"Events": [_lookup_event(row) for row in rows[:limit]]}
-        if len(rows) > limit:
-            out["NextToken"] = str(rows[limit - 1].seq)
+            out["NextToken"] = token
         return out
 
     def records(self) -> Iterator[AuditRecord]:

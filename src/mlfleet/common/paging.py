@@ -2,15 +2,16 @@
 
 A page is the items from a position on, at most a page size of them; its answer carries a token
 naming the next page's position when there is a next page. The position is an offset (SageMaker:
-rows of a query whose order ends on a unique column) or a key (EventBridge and IAM: a page starts
-at the first item whose sort key is at least the token's, so it stays right when items before it
-come and go).
+rows of a query whose order ends on a unique column), a cursor (CloudTrail: the record number
+a page ends before) or a key (EventBridge and IAM: a page starts at the first item whose sort
+key is at least the token's, so it stays right when items before it come and go).
 
 Each API reads its own request members, has its own default page size, spells its tokens its own
 way and refuses, in its own words, a token it could not have issued: :data:`SAGEMAKER`
 (NextToken, MaxResults), :data:`EVENTBRIDGE` (NextToken, Limit), :data:`IAM` (Marker,
-MaxItems). The functions answer ``(page, token)``, the token None on the last page; the caller
-puts them in its answer under its API's member names (IAM's answer also says IsTruncated).
+MaxItems); CloudTrail's lives with the trail, whose refusal it words. The functions answer
+``(page, token)``, the token None on the last page; the caller puts them in its answer under its
+API's member names (IAM's answer also says IsTruncated).
 """
 
 from __future__ import annotations
@@ -92,6 +93,27 @@ def page_of_query(
         rows = session.scalars(query.offset(start).limit(size + 1)).all()
         page = [summarize(row) for row in rows[:size]]
     return page, paging.encode(start + size) if len(rows) > size else None
+
+
+def page_before(
+    sessions: sessionmaker[Session],
+    query: Select[Any],
+    req: Mapping[str, Any],
+    paging: Paging[int],
+    column: Any,
+    summarize: Callable[[Any], R],
+) -> tuple[list[R], str | None]:
+    """The page of a `query` ordered newest first on the unique integer `column`, from the row
+    before the one the request's token names: a cursor, so rows added meanwhile shift no page."""
+    before = paging.position(req)
+    if before is not None:
+        query = query.where(column < before)
+    size = paging.size(req)
+    with sessions() as session:
+        rows = session.scalars(query.limit(size + 1)).all()
+        page = [summarize(row) for row in rows[:size]]
+        last: int | None = getattr(rows[size - 1], column.key) if len(rows) > size else None
+    return page, None if last is None else paging.encode(last)
 
 
 # --- SageMaker: NextToken carries {"offset": n}, as JSON in URL-safe base64 -----------------------
