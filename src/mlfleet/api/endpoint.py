@@ -28,15 +28,16 @@ from mlfleet.auth.sigv4 import claimed_credential
 from mlfleet.policy.authorizer import RequestFacts
 from mlfleet.protocol.awsjson import JsonProtocol
 from mlfleet.protocol.awsquery import QueryProtocol, parse_form
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import (
+    AwsError,
+    InternalFailure,
+    InvalidAction,
+    RequestEntityTooLargeException,
+    UnknownOperationException,
+)
 from mlfleet.protocol.sensitive import error_without_secrets, without_secrets
 
 log = logging.getLogger(__name__)
-
-
-# AWS's JSON services name an oversized request this way (Lambda's Invoke answers 413
-# RequestEntityTooLargeException); SageMaker's API documents no code of its own for it.
-_TOO_LARGE = "RequestEntityTooLargeException"
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -44,10 +45,8 @@ async def read_body(request: web.Request) -> bytes:
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise AwsError(
-            _TOO_LARGE,
-            f"Request body exceeds the limit of {request.client_max_size} bytes.",
-            413,
+        raise RequestEntityTooLargeException(
+            f"Request body exceeds the limit of {request.client_max_size} bytes."
         ) from None
 
 
@@ -137,9 +136,7 @@ class Endpoint(ABC):
         if isinstance(exc, AwsError):
             return self.wire_error(exc)
         log.error("%s request %s failed", self.service_name, call.request_id, exc_info=exc)
-        return self.wire_error(
-            AwsError("InternalFailure", f"Internal error (request {call.request_id}).", 500)
-        )
+        return self.wire_error(InternalFailure(f"Internal error (request {call.request_id})."))
 
     def _execute(
         self,
@@ -226,9 +223,8 @@ class JsonEndpoint(Endpoint):
         )
 
     def not_implemented(self, name: str) -> AwsError:
-        return AwsError(
-            "UnknownOperationException",
-            f"{self.service_name}:{name} is not implemented by mlfleet.",
+        return UnknownOperationException(
+            f"{self.service_name}:{name} is not implemented by mlfleet."
         )
 
 
@@ -238,7 +234,7 @@ _QUERY_CODES = {
     "InvalidSignatureException": "SignatureDoesNotMatch",
     "ExpiredTokenException": "ExpiredToken",
     "InternalFailure": "ServiceFailure",
-    _TOO_LARGE: "RequestEntityTooLarge",
+    RequestEntityTooLargeException.__name__: "RequestEntityTooLarge",
 }
 _POLICY_DOCUMENT_SHAPE = "policyDocumentType"
 
@@ -282,9 +278,7 @@ class QueryEndpoint(Endpoint):
         )
 
     def not_implemented(self, name: str) -> AwsError:
-        return AwsError(
-            "InvalidAction", f"{self.service_name}:{name} is not implemented by mlfleet."
-        )
+        return InvalidAction(f"{self.service_name}:{name} is not implemented by mlfleet.")
 
 
 def _without_secrets(call: ApiCall, model: OperationModel | None) -> ApiCall:

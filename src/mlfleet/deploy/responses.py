@@ -37,7 +37,7 @@ from mlfleet.deploy.service import Deployments
 from mlfleet.metrics import Recorder
 from mlfleet.policy.authorizer import RequestFacts
 from mlfleet.protocol.awsjson import InputValidator, load_service_model
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import AwsError, ServiceUnavailable, ValidationError
 from mlfleet.protocol.shapes import sagemaker as shapes
 from mlfleet.state.models import Endpoint, EndpointConfig, SageMakerModel
 
@@ -315,23 +315,19 @@ class Invocations:
     def choose_variant(self, name: str, target: str | None) -> Variant:
         variants = self._deployer.variants(name)
         if variants is None:
-            raise AwsError(
-                "ValidationError",
-                f"Endpoint {name} of account {self._account} not found or not in service.",
+            raise ValidationError(
+                f"Endpoint {name} of account {self._account} not found or not in service."
             )
         serving = [v for v in variants if any(w.healthy for w in v.instances)]
         if target is not None:
             serving = [v for v in serving if v.name == target]
             if not serving:
-                raise AwsError(
-                    "ValidationError",
-                    f"Variant {target} is not a serving production variant of endpoint {name}.",
+                raise ValidationError(
+                    f"Variant {target} is not a serving production variant of endpoint {name}."
                 )
         weighted = [v for v in serving if v.weight > 0] or serving
         if not weighted:
-            raise AwsError(
-                "ServiceUnavailable", f"Endpoint {name} has no healthy instance right now.", 503
-            )
+            raise ServiceUnavailable(f"Endpoint {name} has no healthy instance right now.")
         return random.choices(weighted, weights=[v.weight or 1.0 for v in weighted])[0]
 
     async def forward(
@@ -350,9 +346,7 @@ class Invocations:
                 answered_type = resp.headers.get("Content-Type", "application/json")
                 status = resp.status
         except aiohttp.ClientError as exc:
-            raise AwsError(
-                "ServiceUnavailable", f"Variant {variant.name} did not answer: {exc}", 503
-            ) from exc
+            raise ServiceUnavailable(f"Variant {variant.name} did not answer: {exc}") from exc
         finally:
             self._metrics.request(name, status, time.perf_counter() - started)
         if status >= 400:
@@ -380,4 +374,4 @@ def _check_headers(request: web.Request) -> None:
         _VALIDATOR.validate(_INVOKE_INPUT, document)
     except AwsError as exc:
         # sagemaker-runtime names its validation error ValidationError.
-        raise AwsError("ValidationError", exc.message) from None
+        raise ValidationError(exc.message) from None

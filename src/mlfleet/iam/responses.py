@@ -33,7 +33,7 @@ from mlfleet.iam.sts import SecurityTokenService
 from mlfleet.policy.evaluation import ContextValue
 from mlfleet.protocol.awsjson import load_service_model
 from mlfleet.protocol.awsquery import QueryProtocol
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import AwsError, ValidationError
 from mlfleet.protocol.shapes import iam as shapes
 from mlfleet.protocol.shapes import sts as sts_shapes
 
@@ -105,9 +105,7 @@ def _caller_user(params: Mapping[str, Any], principal: Principal) -> str:
     if name is not None:
         return str(name)
     if not principal.is_user:
-        raise AwsError(
-            "ValidationError", "Must specify userName when calling with non-User credentials"
-        )
+        raise ValidationError("Must specify userName when calling with non-User credentials")
     return principal.name
 
 

@@ -95,3 +95,15 @@ class InvalidSignatureException(NamedAwsError):
 
 class InternalFailure(NamedAwsError):
     http_status = 500
+
+
+class ServiceUnavailable(NamedAwsError):
+    """sagemaker-runtime: no instance could answer now."""
+
+    http_status = 503
+
+
+class RequestEntityTooLargeException(NamedAwsError):
+    """A body over the daemon's cap; the JSON services' name for it (Lambda's Invoke)."""
+
+    http_status = 413

@@ -16,7 +16,7 @@ from mlfleet.console.fields import field_errors
 from mlfleet.console.forms import enum_values
 from mlfleet.events.dead_letters import DeliveryLog, delivery_status
 from mlfleet.events.pattern import INVALID_PATTERN
-from mlfleet.protocol.errors import AwsError
+from mlfleet.protocol.errors import AwsError, ValidationException
 from mlfleet.state.models import EventDelivery
 
 _LIST = f"{PREFIX}/events"
@@ -159,7 +159,7 @@ def _whole_number(member: str, text: str) -> int | None:
     if not text:
         return None
     if not text.isdigit():
-        raise AwsError("ValidationException", f"{member} must be a whole number, not {text!r}.")
+        raise ValidationException(f"{member} must be a whole number, not {text!r}.")
     return int(text)
 
 
