@@ -33,7 +33,7 @@ class Settings:
     # S3-compatible endpoint for s3:// artifact stores (empty: AWS S3 itself).
     s3_endpoint_url: str = ""
     # How long the gateway waits for a server that is starting before answering 503.
-    gateway_start_wait_seconds: float = 30.0
+    gateway_start_wait_seconds: float = 5.0
     # In-flight API requests per MLflow worker process; the rest queue in the gateway
     # (bench/: 2 keeps throughput and cuts p99 at concurrency 8 from ~0.7 s to ~0.1 s).
     max_inflight_per_worker: int = 2

@@ -342,10 +342,13 @@ def build_app(daemon: Daemon) -> web.Application:
         daemon.reconciler.resume_all()
         daemon.deployer.resume_all()
 
+    # aiohttp runs this on SIGTERM once no new connection is taken and the requests in flight
+    # have finished (or shutdown_timeout passed).
     async def on_cleanup(_app: web.Application) -> None:
         await daemon.deployer.close()
         await daemon.reconciler.close()
         await daemon.runtime.close()
+        await daemon.reconciler.record_all_left_over()
         await daemon.gateway.close()
         await daemon.deliveries.close()
 

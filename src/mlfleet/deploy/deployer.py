@@ -25,7 +25,7 @@ from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.deploy.service import DELETING
-from mlfleet.runtime.local import StartError, SupervisedProcess
+from mlfleet.runtime.local import FIRST, StartError, StartSlots, SupervisedProcess
 from mlfleet.runtime.sandbox import Sandbox, View
 from mlfleet.runtime.sockets import folder_of, socket_session
 from mlfleet.state.models import Endpoint
@@ -62,10 +62,12 @@ class ScoringWorker(SupervisedProcess):
         self._model_uri = model_uri
         self._tracking_socket = tracking_socket
 
-    async def start(self, http: aiohttp.ClientSession) -> None:
+    async def start(
+        self, http: aiohttp.ClientSession, slots: StartSlots | None = None, priority: int = FIRST
+    ) -> None:
         if not (self.model_dir / "MLmodel").is_file():
             await self._fetch()
-        await super().start(http)
+        await super().start(http, slots, priority)
 
     async def _fetch(self) -> None:
         if self._tracking_socket is None:

@@ -143,6 +143,17 @@ class Reconciler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def record_all_left_over(self) -> None:
+        """At shutdown, once every worker has stopped: what they stored with MLflow's writes
+        and had not yet sent reaches the trail now, so the next start has nothing to recover."""
+        with self._sessions() as session:
+            uris = session.scalars(select(TrackingServer.metadata_db_uri)).all()
+        for uri in filter(None, uris):
+            try:
+                await self._record_left_over(self._databases.admin_uri(uri))
+            except Exception:
+                log.exception("reading the unsent data events of %s failed", uri)
+
     async def _run(self, server_id: str) -> None:
         try:
             while True:

@@ -9,8 +9,8 @@ but tail latency. Artifact transfers, which wait on I/O rather than on the datab
 held back.
 
 ``until_serving`` decides for a server that does not serve: one that is (re)starting is waited
-for up to ``gateway_start_wait_seconds`` (then 503), one that is not meant to run is refused
-(409).
+for up to ``gateway_start_wait_seconds`` (then 503 with Retry-After, which MLflow clients
+retry), one that is not meant to run is refused (409).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from mlfleet.gateway.errors import mlflow_error
+from mlfleet.gateway.errors import mlflow_error, unavailable
 from mlfleet.gateway.routing import ServerLookup, ServerRecord
 from mlfleet.metrics import Recorder
 from mlfleet.runtime.local import LocalRuntime, Worker
@@ -63,11 +63,7 @@ class Admission:
         if server.desired_state == "Running" and not status.endswith("Failed"):
             waited = await self._wait_until_serving(name)
             if waited is None:
-                return mlflow_error(
-                    503,
-                    "TEMPORARILY_UNAVAILABLE",
-                    f"Tracking server {name} is not serving yet (status {status}).",
-                )
+                return unavailable(f"Tracking server {name} is not serving yet (status {status}).")
             return waited
         return mlflow_error(
             409,

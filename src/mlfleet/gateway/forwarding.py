@@ -7,7 +7,9 @@ bytes with their Content-Encoding intact). Bodies are streamed both ways: no bod
 comes back as an unsent ``web.Response`` whose body later steps may read; a larger one has been
 streamed to the client already. A streamed body with a signed payload hash is checked on the
 way and its last chunk held back until the hash matches, so MLflow never receives the whole of
-a swapped body (400 instead). A worker that does not answer: 502.
+a swapped body (400 instead). A worker that cannot be reached raises :class:`WorkerUnreachable`
+(nothing was sent: the request may go to another worker); one that fails once the request was
+sent, a 503 with Retry-After (MLflow clients retry it).
 
 ``call`` is mlfleet's own JSON call to a worker's MLflow API.
 """
@@ -24,7 +26,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from mlfleet.gateway.errors import mlflow_error
+from mlfleet.gateway.errors import mlflow_error, unavailable
 from mlfleet.gateway.routing import Route
 from mlfleet.mlflow_api.hardening import STRIPPED_REQUEST, STRIPPED_RESPONSE
 from mlfleet.runtime.local import Worker
@@ -40,6 +42,11 @@ CHUNK = 256 * 1024
 
 class BodyHashMismatch(Exception):
     pass
+
+
+class WorkerUnreachable(Exception):
+    """The worker's socket refused the connection (it died, or is being replaced): the request
+    was not sent."""
 
 
 class Forwarding:
@@ -88,12 +95,12 @@ class Forwarding:
                 request.method, url, headers=headers, data=data, allow_redirects=False
             ) as upstream:
                 return await _relay(request, upstream)
+        except aiohttp.ClientConnectorError as exc:
+            raise WorkerUnreachable(str(exc)) from exc
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
             log.warning("upstream %s for %s failed: %s", url, route.name, exc)
-            return mlflow_error(
-                502,
-                "TEMPORARILY_UNAVAILABLE",
-                f"Tracking server {route.name} did not answer ({exc.__class__.__name__}).",
+            return unavailable(
+                f"Tracking server {route.name} did not answer ({exc.__class__.__name__})."
             )
         except BodyHashMismatch:
             return mlflow_error(

@@ -10,6 +10,7 @@ authenticated and allowed the action. Every refusal has MLflow's error shape (``
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -22,8 +23,8 @@ from mlfleet.auth.identity import Principal
 from mlfleet.gateway.admission import Admission, capped
 from mlfleet.gateway.authentication import Authentication, unauthenticated
 from mlfleet.gateway.data_events import data_events_on
-from mlfleet.gateway.errors import mlflow_error
-from mlfleet.gateway.forwarding import Forwarding
+from mlfleet.gateway.errors import mlflow_error, unavailable
+from mlfleet.gateway.forwarding import Forwarding, WorkerUnreachable
 from mlfleet.gateway.handover import Handover
 from mlfleet.gateway.recording import Recording, Write
 from mlfleet.gateway.routing import Route, Routing, ServerRecord
@@ -36,6 +37,8 @@ from mlfleet.settings import Settings
 # What others import from the gateway: the composition, the record its lookup returns, the
 # error shape and the ARN header (defined in routing, errors and mlflow_api.hardening).
 __all__ = ["ARN_HEADER", "Gateway", "ServerRecord", "mlflow_error"]
+# Until the supervisor has seen a dead worker go, its socket refuses; the next try picks again.
+UNREACHABLE_RETRY_SECONDS = 0.05
 
 
 class Gateway:
@@ -150,26 +153,40 @@ class Gateway:
         if refusal is not None:
             return mlflow_error(refusal.status, refusal.code, refusal.message)
         server_id = server.id
-        if not self._admission.serving(server_id):
-            waited = await self._admission.until_serving(route.name, server)
-            if not isinstance(waited, str):
-                return waited
-            server_id = waited
-        if write is not None and write.audited:
-            await self._recording.forwarding(write)
-        forwarded = time.perf_counter()
-        worker = await self._admission.acquire(server_id, capped(route.upstream_path))
-        if worker is None:
-            response: web.StreamResponse = mlflow_error(
-                503, "TEMPORARILY_UNAVAILABLE", f"Tracking server {route.name} stopped serving."
-            )
-        else:
+        # A worker that dies is replaced: its requests wait for another worker or for the
+        # replacement, a bounded time, rather than fail.
+        deadline = time.monotonic() + self._settings.gateway_start_wait_seconds
+        announced = False
+        while True:
+            if not self._admission.serving(server_id):
+                waited = await self._admission.until_serving(route.name, server)
+                if not isinstance(waited, str):
+                    return waited
+                server_id = waited
+            if write is not None and write.audited and not announced:
+                await self._recording.forwarding(write)
+                announced = True
+            forwarded = time.perf_counter()
+            worker = await self._admission.acquire(server_id, capped(route.upstream_path))
+            if worker is None:  # it stopped serving since: its worker is being replaced
+                if time.monotonic() < deadline:
+                    continue
+                response: web.StreamResponse = unavailable(
+                    f"Tracking server {route.name} stopped serving."
+                )
+                break
             try:
                 response = await self._forwarding.forward(
                     request, worker, route, body, payload_hash
                 )
+            except WorkerUnreachable:  # nothing was sent: try again, on a worker that serves
+                if time.monotonic() < deadline:
+                    await asyncio.sleep(UNREACHABLE_RETRY_SECONDS)
+                    continue
+                response = unavailable(f"Tracking server {route.name} did not answer.")
             finally:
                 self._admission.release(server_id, worker)
+            break
         self._recording.served(server_id, response.status, time.perf_counter() - forwarded)
         return response
 

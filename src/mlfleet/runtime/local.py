@@ -2,21 +2,23 @@
 
 A server of size N runs N single-worker uvicorn processes (see ``WORKERS_BY_SIZE``), each on its
 own Unix socket (runtime.sockets) and confined to its server's database and artifacts
-(runtime.sandbox); the gateway spreads requests over them. A worker that dies is restarted with
-exponential backoff for as long as its server should run.
+(runtime.sandbox); the gateway spreads requests over them. A worker that dies is restarted at
+once, and with exponential backoff if it keeps dying, for as long as its server should run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import sys
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,48 @@ class StartError(Exception):
     """A worker exited or never became healthy; the message carries its log tail."""
 
 
+# Who starts first when starts queue: a server's first worker (it makes the server serve),
+# then the others (capacity).
+FIRST, MORE = 0, 1
+
+
+class StartSlots:
+    """How many processes may be starting at once. A start is mostly the import of MLflow, one
+    core's work for seconds: more at once than there are cores makes each take longer and none
+    serve sooner. Waiting starts go by priority (``FIRST`` before ``MORE``), then in order."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._queue: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: int) -> AsyncIterator[None]:
+        if self._free > 0 and not self._queue:
+            self._free -= 1
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._queue, (priority, next(self._order), turn))
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._release()  # given the slot, then cancelled: pass it on
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._queue:
+            _, _, turn = heapq.heappop(self._queue)
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
+
+
 class SupervisedProcess(ABC):
     """One process serving HTTP on a Unix socket, which the daemon starts confined,
     health-checks and restarts when it dies.
@@ -76,6 +120,7 @@ class SupervisedProcess(ABC):
         self._spawned: Spawned | None = None
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._slots: StartSlots | None = None
         self._log_dir = log_dir
         self.log_path = log_dir / f"{name}.log"
 
@@ -137,19 +182,24 @@ class SupervisedProcess(ABC):
             await asyncio.sleep(0.05)
         raise StartError(f"{self.what} not healthy after {HEALTH_TIMEOUT_SECONDS:.0f} s")
 
-    async def start(self, http: aiohttp.ClientSession) -> None:
+    async def start(
+        self, http: aiohttp.ClientSession, slots: StartSlots | None = None, priority: int = FIRST
+    ) -> None:
         self._stopping = False
-        await self._spawn()
-        try:
-            await self._wait_healthy(http)
-        except StartError:
-            await self._terminate()
-            raise
+        self._slots = slots
+        async with slots.slot(priority) if slots else contextlib.nullcontext():
+            await self._spawn()
+            try:
+                await self._wait_healthy(http)
+            except StartError:
+                await self._terminate()
+                raise
         self.healthy = True
         self._supervisor = asyncio.create_task(self._supervise(http))
 
     async def _supervise(self, http: aiohttp.ClientSession) -> None:
-        backoff = 1.0
+        # A process that ran stably is replaced at once: its server's requests are waiting.
+        backoff = 0.0
         while True:
             assert self._spawned is not None
             proc = self._spawned.process
@@ -159,7 +209,7 @@ class SupervisedProcess(ABC):
             if self._stopping:
                 return
             if time.monotonic() - started > STABLE_AFTER_SECONDS:
-                backoff = 1.0
+                backoff = 0.0
             log.warning(
                 "%s %s/%s (pid %s) exited with %s; restarting in %.0f s",
                 self.what,
@@ -170,12 +220,13 @@ class SupervisedProcess(ABC):
                 backoff,
             )
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            backoff = min(max(backoff * 2, 1.0), MAX_BACKOFF_SECONDS)
             if self._stopping:
                 return
             try:
-                await self._spawn()
-                await self._wait_healthy(http)
+                async with self._slots.slot(FIRST) if self._slots else contextlib.nullcontext():
+                    await self._spawn()
+                    await self._wait_healthy(http)
             except (StartError, OSError) as exc:
                 log.warning("restarting %s %s failed: %s", self.what, self.name, exc)
                 continue
@@ -295,19 +346,49 @@ class ServerProcesses:
             Worker(sandbox, server_id, i, spec, generation, on_channel) for i in range(spec.workers)
         ]
 
+        self._others: asyncio.Task[None] | None = None
+
     @property
     def serving(self) -> bool:
         return any(w.healthy for w in self.workers)
 
-    async def start(self, http: aiohttp.ClientSession) -> None:
+    async def start(self, http: aiohttp.ClientSession, slots: StartSlots) -> None:
+        """Returns once the first worker serves; the others start after it, in the background,
+        and are retried until they serve (the server serves meanwhile, with fewer)."""
+        first, *others = self.workers
         try:
-            await asyncio.gather(*(w.start(http) for w in self.workers))
+            await first.start(http, slots, FIRST)
         except BaseException:
             await self.stop()
             raise
+        if others:
+            self._others = asyncio.create_task(
+                _keep_starting(others, http, slots), name=f"workers of {first.folder}"
+            )
 
     async def stop(self) -> None:
+        if self._others is not None:
+            self._others.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._others
         await asyncio.gather(*(w.stop() for w in self.workers))
+
+
+async def _keep_starting(
+    workers: list[Worker], http: aiohttp.ClientSession, slots: StartSlots
+) -> None:
+    async def keep_starting(worker: Worker) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await worker.start(http, slots, MORE)
+                return
+            except StartError as exc:
+                log.warning("starting %s %s failed: %s", worker.what, worker.name, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    await asyncio.gather(*(keep_starting(w) for w in workers))
 
 
 class LocalRuntime:
@@ -316,6 +397,7 @@ class LocalRuntime:
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
         self._servers: dict[str, ServerProcesses] = {}
+        self._slots = StartSlots(max(2, os.cpu_count() or 2))
         self._http: aiohttp.ClientSession | None = None
         # Bumped (by the daemon) when what a handed-over connection may do could change.
         self.generation = Generation()
@@ -343,7 +425,7 @@ class LocalRuntime:
         procs = ServerProcesses(self.sandbox, server_id, spec, self.generation, self.on_channel)
         self._servers[server_id] = procs
         try:
-            await procs.start(self._session())
+            await procs.start(self._session(), self._slots)
         except BaseException:
             self._servers.pop(server_id, None)
             raise
