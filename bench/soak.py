@@ -84,7 +84,6 @@ async def open_loop(
             in_flight.release()
         samples.append((sent - start, time.perf_counter() - sent, status))
 
-    start = time.perf_counter()
     async with http_session(target, MAX_IN_FLIGHT) as http:
         start = time.perf_counter()
         tasks = []
