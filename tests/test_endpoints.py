@@ -201,6 +201,12 @@ def scoring_pids(endpoint: str, variant: str) -> list[int]:
 def test_a_crashed_instance_is_restarted(daemon: Daemon, endpoint: str) -> None:
     [pid] = scoring_pids(endpoint, "green")
     os.kill(pid, signal.SIGKILL)
+    # The very next invocation is served: by the replacement, which it waits for (or, past
+    # the wait, after a 503 that the SDK retries), never refused for the crash.
+    payload = {"inputs": FEATURES[:1].tolist()}
+    assert invoke(daemon, endpoint, payload, TargetVariant="green")["InvokedProductionVariant"] == (
+        "green"
+    )
 
     def green_answers() -> bool:
         try:

@@ -8,6 +8,7 @@ events: they are not written to the audit trail.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -42,6 +43,9 @@ from mlfleet.protocol.shapes import sagemaker as shapes
 from mlfleet.state.models import Endpoint, EndpointConfig, SageMakerModel
 
 VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
+# How long an invocation waits for an instance being replaced, and how often it looks.
+REPLACEMENT_WAIT_SECONDS = 5.0
+RETRY_SECONDS = 0.05
 OPERATIONS: OperationTable[Deployments] = OperationTable("sagemaker")
 declare = OPERATIONS.declare
 
@@ -173,10 +177,27 @@ def _invoked(invocations: Invocations, call: Call[Any]) -> Target:
 async def invoke_endpoint(invocations: Invocations, call: Call[Any]) -> Invoked:
     params = call.params
     name = params["EndpointName"]
-    variant = invocations.choose_variant(name, params["TargetVariant"])
-    return await invocations.forward(
-        name, variant, params["Body"], params["ContentType"], params["Accept"]
-    )
+    # An instance that died is replaced: the invocation goes to another one, or waits for the
+    # replacement a bounded time, rather than fail.
+    deadline = time.monotonic() + REPLACEMENT_WAIT_SECONDS
+    while True:
+        try:
+            variant = invocations.choose_variant(name, params["TargetVariant"])
+            return await invocations.forward(
+                name, variant, params["Body"], params["ContentType"], params["Accept"]
+            )
+        except (NoHealthyInstance, InstanceUnreachable) as exc:
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(str(exc)) from None
+        await asyncio.sleep(RETRY_SECONDS)
+
+
+class NoHealthyInstance(Exception):
+    """Every instance of the variants that may serve is down (being replaced)."""
+
+
+class InstanceUnreachable(Exception):
+    """The instance refused the connection: the invocation was not sent."""
 
 
 def runtime_error(error: AwsError, **members: Any) -> web.Response:
@@ -318,16 +339,16 @@ class Invocations:
             raise ValidationError(
                 f"Endpoint {name} of account {self._account} not found or not in service."
             )
-        serving = [v for v in variants if any(w.healthy for w in v.instances)]
         if target is not None:
-            serving = [v for v in serving if v.name == target]
-            if not serving:
+            variants = [v for v in variants if v.name == target]
+            if not variants:
                 raise ValidationError(
                     f"Variant {target} is not a serving production variant of endpoint {name}."
                 )
+        serving = [v for v in variants if any(w.healthy for w in v.instances)]
         weighted = [v for v in serving if v.weight > 0] or serving
         if not weighted:
-            raise ServiceUnavailable(f"Endpoint {name} has no healthy instance right now.")
+            raise NoHealthyInstance(f"Endpoint {name} has no healthy instance right now.")
         return random.choices(weighted, weights=[v.weight or 1.0 for v in weighted])[0]
 
     async def forward(
@@ -345,6 +366,8 @@ class Invocations:
                 answer = await resp.read()
                 answered_type = resp.headers.get("Content-Type", "application/json")
                 status = resp.status
+        except aiohttp.ClientConnectorError as exc:
+            raise InstanceUnreachable(f"Variant {variant.name} did not answer: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise ServiceUnavailable(f"Variant {variant.name} did not answer: {exc}") from exc
         finally:
