@@ -152,10 +152,19 @@ class SupervisedProcess(ABC):
         view = View((*view.writable, self.socket_dir), view.readable, view.network)
         self._sandbox.give(*view.writable)
         with self.log_path.open("ab") as logfile:
-            spawned = await self._sandbox.spawn(
-                self.command(), view, self.environment(), logfile.fileno(), self.inherited_fds()
+            spawning = asyncio.ensure_future(
+                self._sandbox.spawn(
+                    self.command(), view, self.environment(), logfile.fileno(), self.inherited_fds()
+                )
             )
-        self._spawned = spawned
+            try:
+                self._spawned = await asyncio.shield(spawning)
+            except asyncio.CancelledError:
+                # Cancelled while the sandbox starts (its server is going away): let it finish
+                # starting, so that it is known and stopped like any other, never left behind.
+                self._spawned = await spawning
+                await self._terminate()
+                raise
 
     def log_tail(self, limit: int = 1500) -> str:
         try:
