@@ -1,0 +1,118 @@
+"""What chaos tests share: the processes to kill, a control-plane call retried the way a user's
+script retries it, and the trail read back in full."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+from support.daemon import Daemon
+
+T = TypeVar("T")
+
+SEED_VARIABLE = "MLFLEET_CHAOS_SEED"
+# Answers a client retries: the daemon starting, or briefly unable to serve.
+TRANSIENT_CODES = frozenset(
+    {"ServiceUnavailable", "InternalFailure", "ThrottlingException", "Throttling"}
+)
+
+
+def chaos_seed() -> int:
+    """The seed of this run: MLFLEET_CHAOS_SEED to replay one, else a fresh one."""
+    given = os.environ.get(SEED_VARIABLE)
+    return int(given) if given else random.SystemRandom().randrange(2**32)
+
+
+@contextlib.contextmanager
+def replayable(seed: int, data_dir: Path) -> Iterator[None]:
+    """Failures inside name the seed that replays them and where the daemon's log is."""
+    try:
+        yield
+    except AssertionError as failed:
+        raise AssertionError(
+            f"chaos seed {seed} (replay: {SEED_VARIABLE}={seed}; daemon log "
+            f"{data_dir / 'daemon.out'}): {failed}"
+        ) from failed
+
+
+def worker_pids(data_dir: Path) -> list[int]:
+    """PIDs of the MLflow workers of the daemon owning ``data_dir`` (the Python processes, not
+    the sandboxes that started them)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[1:3] == [b"-m", b"mlfleet.runtime.mlflow_worker"] and any(
+            str(data_dir).encode() in part for part in cmdline
+        ):
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def live_workers(data_dir: Path) -> list[int]:
+    return [pid for pid in worker_pids(data_dir) if alive(pid)]
+
+
+def transient(error: Exception) -> bool:
+    """A failure a user's script would retry: no connection, a dropped one, or a 5xx."""
+    if isinstance(error, ConnectionError | HTTPClientError):
+        return True
+    if isinstance(error, ClientError):
+        answer = error.response
+        return (
+            answer.get("Error", {}).get("Code") in TRANSIENT_CODES
+            or answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+        )
+    return False
+
+
+def persist(call: Callable[..., T], *args: Any, timeout: float = 120, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, again after each transient failure (half a second apart),
+    for at most ``timeout`` seconds: what a user's boto3 script does around a daemon that
+    restarts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as error:
+            if not transient(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
+
+
+def trail_records(daemon: Daemon, event_name: str) -> list[dict[str, Any]]:
+    """Every record of ``event_name`` in the trail, through CloudTrail's LookupEvents, all
+    pages."""
+    pages = daemon.client("cloudtrail").get_paginator("lookup_events")
+    return [
+        json.loads(event["CloudTrailEvent"])
+        for page in pages.paginate(
+            LookupAttributes=[{"AttributeKey": "EventName", "AttributeValue": event_name}],
+            PaginationConfig={"PageSize": 50},
+        )
+        for event in page["Events"]
+    ]
