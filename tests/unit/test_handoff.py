@@ -213,3 +213,27 @@ def test_the_calls_a_lone_connection_runs_on_the_event_loop_are_sagemaker_mlflow
     assert {action.split(":", 1)[1] for action in INLINE_ACTIONS} <= ACTIONS
     assert "sagemaker-mlflow:LogMetric" in INLINE_ACTIONS
     assert "sagemaker-mlflow:SearchRuns" not in INLINE_ACTIONS  # can run long
+
+
+def test_received_connections_are_not_inherited_by_spawned_processes() -> None:
+    """A connection a worker hands back arrives close-on-exec: a worker or endpoint instance
+    spawned next must never hold another client's connection."""
+    import os
+    import socket as socket_module
+
+    from mlfleet.runtime.handoff import channel_pair
+
+    ours, theirs = channel_pair()
+    peer = socket_module.socket(fileno=theirs)
+    passed_a, passed_b = socket_module.socketpair()
+    try:
+        socket_module.send_fds(peer, [b"x"], [passed_a.fileno()])
+        _data, fds = ours._receive()
+        assert fds and all(not os.get_inheritable(fd) for fd in fds)
+        for fd in fds:
+            os.close(fd)
+    finally:
+        peer.close()
+        passed_a.close()
+        passed_b.close()
+        ours.close()

@@ -101,8 +101,13 @@ class Channel:
 
     def _receive(self) -> tuple[bytes, list[int]]:
         # socket.recv_fds would do, but before Python 3.12 it drops its flags (and blocks).
+        # Close-on-exec at once: a received connection must never be inherited by a process
+        # the daemon spawns next (uvloop's spawn closes no descriptors), or another tenant's
+        # worker would hold it.
         data, ancillary, _flags, _addr = self._sock.recvmsg(
-            MAX_MESSAGE, socket.CMSG_SPACE(_FD.itemsize), socket.MSG_DONTWAIT
+            MAX_MESSAGE,
+            socket.CMSG_SPACE(_FD.itemsize),
+            socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC,
         )
         fds = array.array("i")
         for level, kind, payload in ancillary:
