@@ -18,37 +18,11 @@ import requests
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 
+from support.chaos import alive, worker_pids
 from support.daemon import Daemon
 from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
-
-
-def _worker_pids(data_dir: Path) -> list[int]:
-    """PIDs of MLflow workers started by the daemon owning ``data_dir`` (the Python processes,
-    not the sandboxes that started them)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline[1:3] == [b"-m", b"mlfleet.runtime.mlflow_worker"] and any(
-            str(data_dir).encode() in part for part in cmdline
-        ):
-            pids.append(int(entry.name))
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
 def test_kill_worker_then_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,11 +46,11 @@ def test_kill_worker_then_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             acknowledged.append(step)
 
         # kill -9 the MLflow worker: it comes back on its own, with every acknowledged write.
-        (victim,) = _worker_pids(daemon.data_dir)
+        (victim,) = worker_pids(daemon.data_dir)
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: not _alive(victim), 10, what="the worker to die")
+        wait_for(lambda: not alive(victim), 10, what="the worker to die")
         fresh = wait_for(
-            lambda: [p for p in _worker_pids(daemon.data_dir) if p != victim and _alive(p)],
+            lambda: [p for p in worker_pids(daemon.data_dir) if p != victim and alive(p)],
             60,
             what="a replacement worker",
         )
@@ -95,9 +69,9 @@ def test_kill_worker_then_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         acknowledged.append(20)
 
         # kill -9 the daemon: its workers go with it, and a new daemon brings the server back.
-        workers = _worker_pids(daemon.data_dir)
+        workers = worker_pids(daemon.data_dir)
         daemon.kill()
-        wait_for(lambda: not any(_alive(p) for p in workers), 20, what="workers to exit")
+        wait_for(lambda: not any(alive(p) for p in workers), 20, what="workers to exit")
         daemon.start()
         desc = daemon.wait_status("sturdy", "Created")
         wait_for(
@@ -133,7 +107,7 @@ def test_stop_interrupted_by_daemon_crash_is_finished(tmp_path: Path) -> None:
         daemon.start()
         desc = daemon.wait_status("halfway", "Stopped")
         assert desc["IsActive"] == "Inactive"
-        assert not [p for p in _worker_pids(daemon.data_dir) if _alive(p)]
+        assert not [p for p in worker_pids(daemon.data_dir) if alive(p)]
     finally:
         daemon.stop()
 
@@ -243,14 +217,14 @@ def test_a_killed_worker_costs_its_clients_latency_not_errors(
         loop.start()
         try:
             wait_for(lambda: len(seen) >= 5, 30, what="the loop to run")
-            victim = _worker_pids(daemon.data_dir)[0]
+            victim = worker_pids(daemon.data_dir)[0]
             os.kill(victim, signal.SIGKILL)
             # The MLflow client goes on meanwhile, retrying what it is asked to.
             for step in range(10):
                 client.log_metric(run_id, "z", float(step), step=step)
             wait_for(
                 lambda: (
-                    len([p for p in _worker_pids(daemon.data_dir) if _alive(p)])
+                    len([p for p in worker_pids(daemon.data_dir) if alive(p)])
                     == {"Small": 1, "Medium": 2}[size]
                 ),
                 60,
@@ -346,7 +320,7 @@ def test_sigterm_finishes_what_is_in_flight_and_leaves_nothing_to_recover(
     loop_thread = threading.Thread(target=loop)
     loop_thread.start()
     wait_for(lambda: len(answers) >= 20, 30, what="the loop to run")
-    workers = _worker_pids(daemon.data_dir)
+    workers = worker_pids(daemon.data_dir)
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(60) == 0
@@ -355,7 +329,7 @@ def test_sigterm_finishes_what_is_in_flight_and_leaves_nothing_to_recover(
 
     # Every call was answered in full (200), or refused before it was taken.
     assert {answer.status_code for answer in answers} == {200}
-    assert not any(_alive(pid) for pid in workers)
+    assert not any(alive(pid) for pid in workers)
     assert not list((daemon.data_dir / "run").rglob("*.sock"))
     # Each acknowledged write is in the trail already, once: nothing waits for a next start.
     logged = [
