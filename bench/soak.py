@@ -135,7 +135,13 @@ def measure(data_dir: Path, quick: bool, minutes: float) -> dict[str, Any]:
         run_id = create_run(target, "soak")
         plan = Plan(1, 5.0, 10.0 if quick else 20.0, (8,), 0, 1)
         capacity = run_case(
-            "log-metric", run_id, target, 8, plan, CpuProbe(list(workers), daemon.pid)
+            "log-metric",
+            run_id,
+            target,
+            8,
+            plan,
+            CpuProbe(list(workers), daemon.pid),
+            server="Medium",
         )
         rate = capacity.rps * LOAD_SHARE
         print(f"capacity {capacity.rps:.1f} req/s; soaking at {rate:.1f} req/s for {seconds:.0f} s")

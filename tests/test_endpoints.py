@@ -20,7 +20,7 @@ from support.aws import error_of, unique
 from support.daemon import Daemon
 from support.events import Receiver, route_to, wait_received
 from support.iam import DATA_SCIENTIST, new_user
-from support.serving import FEATURES, log_model, train_and_log, wait_endpoint
+from support.serving import FEATURES, log_model, scoring_pids, train_and_log, wait_endpoint
 from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
@@ -179,23 +179,6 @@ def test_a_model_that_cannot_be_fetched_fails_the_endpoint(
     sm.delete_endpoint(EndpointName=name)
     with pytest.raises(ClientError):
         wait_for(lambda: not sm.describe_endpoint(EndpointName=name), 60, what="deletion")
-
-
-def scoring_pids(endpoint: str, variant: str) -> list[int]:
-    """The scoring processes of one variant, found by the model folder on their command line
-    (the Python process itself, not the sandbox that started it)."""
-    folder, leaf = f"/endpoints/{endpoint.lower()}/".encode(), f"/{variant}/model-".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            ours = folder in cmdline and leaf in cmdline
-            if cmdline.split(b"\0")[1:3] == [b"-m", b"mlfleet.runtime.scoring_worker"] and ours:
-                pids.append(int(proc.name))
-    return pids
 
 
 def test_a_crashed_instance_is_restarted(daemon: Daemon, endpoint: str) -> None:

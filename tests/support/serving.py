@@ -3,6 +3,7 @@ waiting for an endpoint to settle."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -54,3 +55,20 @@ def wait_endpoint(daemon: Daemon, name: str) -> dict[str, Any]:
         return desc if desc["EndpointStatus"] in ("InService", "Failed") else None
 
     return wait_for(settled, 180, 0.2, f"endpoint {name} to settle")
+
+
+def scoring_pids(endpoint: str, variant: str) -> list[int]:
+    """The scoring processes of one variant, found by the model folder on their command line
+    (the Python process itself, not the sandbox that started it)."""
+    folder, leaf = f"/endpoints/{endpoint.lower()}/".encode(), f"/{variant}/model-".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            ours = folder in cmdline and leaf in cmdline
+            if cmdline.split(b"\0")[1:3] == [b"-m", b"mlfleet.runtime.scoring_worker"] and ours:
+                pids.append(int(proc.name))
+    return pids
