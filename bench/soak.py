@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,24 @@ MAX_IN_FLIGHT = 32
 # Memory may grow this much from the start to the end of a soak and still count as flat
 # (caches filling, the trail's batches): a leak grows with time, well past it.
 FLAT_MIB = 25.0
+
+
+class MemoryEachMinute(threading.Thread):
+    """PSS of the daemon and of its workers, once a minute: a leak grows steadily, a cache
+    filling levels off, which the start and the end alone do not tell apart."""
+
+    def __init__(self, daemon: BenchDaemon) -> None:
+        super().__init__(daemon=True)
+        self.target = daemon
+        self.samples: list[dict[str, float]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(60):
+            now = memory(self.target)
+            self.samples.append(
+                {"daemon": now["daemon"][1], "workers": sum(w[1] for w in now["workers"])}
+            )
 
 
 def memory(daemon: BenchDaemon) -> dict[str, Any]:
@@ -147,8 +166,12 @@ def measure(data_dir: Path, quick: bool, minutes: float) -> dict[str, Any]:
         print(f"capacity {capacity.rps:.1f} req/s; soaking at {rate:.1f} req/s for {seconds:.0f} s")
         results["capacity_rps"], results["rate_rps"] = capacity.rps, rate
         results["memory_start"] = memory(daemon)
+        each_minute = MemoryEachMinute(daemon)
+        each_minute.start()
         samples = run_async(open_loop(target, run_id, rate, seconds))
+        each_minute.done.set()
         results["memory_end"] = memory(daemon)
+        results["pss_each_minute"] = each_minute.samples
         results["minutes"] = per_minute(samples, seconds)
         results["requests"] = len(samples)
         results["errors"] = sum(1 for s in samples if s[2] != 200)
@@ -184,6 +207,14 @@ def markdown(results: dict[str, Any]) -> str:
         for who, a, b in pairs
     ]
     growth = max(b[1] - a[1] for _, a, b in pairs)
+    if results.get("pss_each_minute"):
+        lines += [
+            "",
+            "PSS each minute, MiB (daemon / workers together): "
+            + ", ".join(
+                f"{m['daemon']:.0f}/{m['workers']:.0f}" for m in results["pss_each_minute"]
+            ),
+        ]
     lines += [
         "",
         f"- zero errors: **{verdict(results['errors'] == 0)}**",
