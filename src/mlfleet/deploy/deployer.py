@@ -147,7 +147,9 @@ class Deployer:
         return self._http
 
     def variants(self, name: str) -> list[Variant] | None:
-        """The variants an endpoint serves now, None while it has no processes."""
+        """The variants an endpoint serves now: none yet while the instances of an endpoint
+        that was in service start again (after a daemon restart); None when it has no
+        processes."""
         return self._running.get(name)
 
     def kick(self, name: str) -> None:
@@ -208,9 +210,14 @@ class Deployer:
             return
         if name not in self._running:
             # Created, or running before the daemon restarted (an update included).
+            if status in ("InService", "Updating"):
+                # Serving before the restart: invocations wait for its instances (a bounded
+                # time, then 503) instead of being told it is not in service.
+                self._running[name] = []
             try:
                 self._running[name] = await self._start(name, config, variants)
             except (StartError, OSError) as exc:
+                self._running.pop(name, None)
                 self._settle(name, "Failed", str(exc))
                 return
         if status == "Updating" and pending_config is not None:

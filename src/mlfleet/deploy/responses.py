@@ -339,7 +339,7 @@ class Invocations:
             raise ValidationError(
                 f"Endpoint {name} of account {self._account} not found or not in service."
             )
-        if target is not None:
+        if target is not None and variants:
             variants = [v for v in variants if v.name == target]
             if not variants:
                 raise ValidationError(
