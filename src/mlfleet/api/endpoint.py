@@ -25,6 +25,7 @@ from mlfleet.api.pipeline import ApiCall, Pipeline
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.sigv4 import claimed_credential
+from mlfleet.common.storage import storage_full
 from mlfleet.policy.authorizer import RequestFacts
 from mlfleet.protocol.awsjson import JsonProtocol
 from mlfleet.protocol.awsquery import QueryProtocol, parse_form
@@ -33,6 +34,7 @@ from mlfleet.protocol.errors import (
     InternalFailure,
     InvalidAction,
     RequestEntityTooLargeException,
+    ServiceUnavailable,
     UnknownOperationException,
 )
 from mlfleet.protocol.sensitive import error_without_secrets, without_secrets
@@ -91,12 +93,13 @@ class Endpoint(ABC):
             model = self.operation_model(request, body)
             facts = RequestFacts(source_ip=request.remote, secure_transport=request.secure)
             result = self._execute(call, model, lambda: self.parse(model, body), principal, facts)
-            return self.answer(model, result, call.request_id)
+            response = self.answer(model, result, call.request_id)
         except Exception as exc:
             call.error = self._failure(call, exc)
-            return self.refuse(call.error, call.request_id)
+            response = self.refuse(call.error, call.request_id)
         finally:
-            self._pipeline.finish(_without_secrets(call, model))
+            unrecorded = self._finish(call, model)
+        return response if unrecorded is None else self.refuse(unrecorded, call.request_id)
 
     def invoke(
         self,
@@ -122,19 +125,42 @@ class Endpoint(ABC):
             model = self.model_for(operation_name)
             checked = model
             facts = RequestFacts(source_ip=source_ip, secure_transport=secure_transport)
-            return self._execute(
+            result = self._execute(
                 call, model, lambda: self.validate(checked, document), principal, facts
             )
         except Exception as exc:
             call.error = self._failure(call, exc)
             raise call.error from None
         finally:
+            unrecorded = self._finish(call, model)
+        if unrecorded is not None:
+            raise unrecorded
+        return result
+
+    def _finish(self, call: ApiCall, model: OperationModel | None) -> AwsError | None:
+        """Hand the call's record to the audit trail; if it (or its event) could not be stored
+        for lack of space, the error to answer instead: the call is not acknowledged."""
+        try:
             self._pipeline.finish(_without_secrets(call, model))
+        except Exception as exc:
+            if not storage_full(exc):
+                raise
+            return self._failure(call, exc)
+        return None
 
     def _failure(self, call: ApiCall, exc: Exception) -> AwsError:
-        """The error a failed call answers: its own, or (a bug) a logged InternalFailure."""
+        """The error a failed call answers: its own, ServiceUnavailable when the storage is
+        full, or (a bug) a logged InternalFailure."""
         if isinstance(exc, AwsError):
             return self.wire_error(exc)
+        if storage_full(exc):
+            log.warning("%s request %s: the storage is full", self.service_name, call.request_id)
+            return self.wire_error(
+                ServiceUnavailable(
+                    "The service's storage is full, so the request could not be completed; "
+                    f"retry once space is freed (request {call.request_id})."
+                )
+            )
         log.error("%s request %s failed", self.service_name, call.request_id, exc_info=exc)
         return self.wire_error(InternalFailure(f"Internal error (request {call.request_id})."))
 

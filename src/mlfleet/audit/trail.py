@@ -5,6 +5,14 @@ row's hash and its own document, keyed from the master key (not stored in the da
 record altered, removed or moved in the database breaks the chain where it happened, and a
 database-only attacker cannot forge a consistent one. The newest link is also written to
 ``<data-dir>/audit.head``, which exposes removal of the most recent records.
+
+A batch is appended in one transaction, so a failed append (the disk full, say) leaves no torn
+record and the chain as it was. A management event's record that cannot be written for lack of
+space waits in memory (at most ``BACKLOG_LIMIT``, lost if the daemon dies before there is
+space) and is appended before the next records, by the next append or by the writer thread
+within ``BACKLOG_RETRY_SECONDS``: its call is answered meanwhile, as CloudTrail delivers its
+records after the calls, and a Describe does not fail because the disk is full. A data event is
+never kept waiting: its write is acknowledged only once it is durable.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from mlfleet.api.pipeline import ApiCall
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.common.paging import Paging, page_before
+from mlfleet.common.storage import storage_full
 from mlfleet.protocol.errors import NamedAwsError
 from mlfleet.protocol.sensitive import HIDDEN
 from mlfleet.protocol.shapes import cloudtrail as shapes
@@ -104,6 +113,8 @@ _Queued = tuple[dict[str, Any], str | None, Durable, bool]
 # How long such a record may wait: each commit is a sync of the disk, which otherwise meets the
 # sync of the next MLflow write a training loop sends.
 STORED_ELSEWHERE_WAIT = 0.1
+BACKLOG_LIMIT = 10_000
+BACKLOG_RETRY_SECONDS = 1.0
 
 
 def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
@@ -229,6 +240,8 @@ class AuditTrail:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        # Management events' records not written yet for lack of space, oldest first.
+        self._backlog: list[tuple[dict[str, Any], str | None]] = []
         self._head_fd: int | None = None
         # Compiled once for the database's dialect: compiling (or finding the compiled form in
         # SQLAlchemy's cache) on every append cost more CPU than the insert itself.
@@ -322,7 +335,8 @@ class AuditTrail:
         return document, _username(event.principal)
 
     def append(self, document: dict[str, Any], username: str | None) -> None:
-        self._append_batch([(document, username)])
+        """Append a management event's record, or keep it for later if there is no space."""
+        self._append_batch([(document, username)], may_wait=True)
 
     async def append_async(self, document: dict[str, Any], username: str | None) -> None:
         """Append with group commit: records that arrive together share one transaction and
@@ -345,10 +359,13 @@ class AuditTrail:
         stored_elsewhere: bool = False,
     ) -> None:
         """Queue the record for the writer thread; ``durable`` runs there after it."""
+        self._start_writer()
+        self._queue.put((document, username, durable, stored_elsewhere))
+
+    def _start_writer(self) -> None:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_forever, daemon=True)
             self._writer.start()
-        self._queue.put((document, username, durable, stored_elsewhere))
 
     def _write_forever(self) -> None:
         """The writer thread: a batch is whatever queued while the previous one was written,
@@ -357,7 +374,10 @@ class AuditTrail:
         deadline = 0.0
         while True:
             try:
-                timeout = max(0.0, deadline - time.monotonic()) if waiting else None
+                # Idle, it wakes now and then for a backlog (``append`` does not wake it).
+                timeout = (
+                    max(0.0, deadline - time.monotonic()) if waiting else BACKLOG_RETRY_SECONDS
+                )
                 arrived = [self._queue.get(timeout=timeout)]
             except queue.Empty:
                 arrived = []
@@ -371,7 +391,8 @@ class AuditTrail:
             if not urgent and time.monotonic() < deadline:
                 continue
             batch, waiting = waiting + urgent, []
-            self._write_batch(batch)
+            if batch or self._backlog:
+                self._write_batch(batch)
 
     def _write_batch(self, batch: list[_Queued]) -> None:
         error: Exception | None = None
@@ -385,11 +406,15 @@ class AuditTrail:
             except Exception:  # the writer thread must outlive any one caller
                 log.exception("a caller failed to take the news of its audit record")
 
-    def _append_batch(self, entries: list[tuple[dict[str, Any], str | None]]) -> None:
+    def _append_batch(
+        self, entries: list[tuple[dict[str, Any], str | None]], may_wait: bool = False
+    ) -> None:
+        """Append the backlog, then ``entries``; ``may_wait``: keep them in the backlog if
+        there is no space (otherwise the error is raised)."""
         with self._lock:
             seq, prev = self._head
             rows = []
-            for document, username in entries:
+            for document, username in self._backlog + entries:
                 seq += 1
                 row = self._row(seq, prev, document, username)
                 rows.append(row)
@@ -398,8 +423,20 @@ class AuditTrail:
             # session's cost would show in the gateway's.
             order = self._insert_order
             params = rows if order is None else [tuple(row[k] for k in order) for row in rows]
-            with self._engine.begin() as connection:
-                connection.exec_driver_sql(self._insert_sql, params)
+            try:
+                with self._engine.begin() as connection:
+                    connection.exec_driver_sql(self._insert_sql, params)
+            except Exception as error:
+                if not (may_wait and storage_full(error) and len(self._backlog) < BACKLOG_LIMIT):
+                    raise
+                if not self._backlog:
+                    log.warning("the storage is full: audit records wait in memory for space")
+                self._backlog += entries
+                self._start_writer()
+                return
+            if self._backlog:
+                log.info("%d audit records that waited for space are written", len(self._backlog))
+                self._backlog = []
             self._head = (seq, prev)
             self._write_head()
 

@@ -14,7 +14,9 @@ back, which is served here as a new connection.
 Not handed over: browser sessions, servers whose policy decisions depend on the moment, and
 HTTP/1.0. What stays with the daemon: the audit trail (workers send the data events they made
 durable with MLflow's own commit in batches; any other is recorded by the daemon before the
-lane answers), request figures for the console.
+lane answers), request figures for the console. A stored record the trail could not take (the
+disk full, say) is offered to it again every ``RETRY_SECONDS`` until it is in: MLflow's write
+it rode on was acknowledged.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from mlfleet.audit.trail import AuditTrail, DataEvent
 from mlfleet.auth import sigv4
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.identity import Principal
+from mlfleet.common.storage import storage_full
 from mlfleet.events.sources import MLFLOW_DETAIL_TYPES
 from mlfleet.gateway.data_events import AUDITED_BODY_LIMIT, data_event, keeps_body
 from mlfleet.metrics import Recorder
@@ -57,6 +60,7 @@ FOLLOWED_UP = frozenset(MLFLOW_DETAIL_TYPES) | {"CreateModelVersion", "SetRegist
 # waits for its ack): a second copy of an older one is caught by asking the trail.
 RECENT_EVENT_IDS = 65536
 LANE_ACTIONS = tuple(sorted(f"{SERVICE}:{name}" for name in ACTIONS - FOLLOWED_UP))
+RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,9 @@ class Handover:
         # yet; lost with the daemon, those copies are sent again and found in the trail.
         self._recorded: dict[Channel, list[str]] = {}
         self._recorded_lock = threading.Lock()
+        # Stored records the trail failed to take, offered again together after RETRY_SECONDS.
+        self._retrying: list[tuple[Channel, Message]] = []
+        self._retry: asyncio.TimerHandle | None = None
 
     async def offer(
         self,
@@ -266,19 +273,42 @@ class Handover:
             self._tell_recorded(channel, event_id)
             return
 
+        loop = asyncio.get_running_loop()
+
         def durable(error: Exception | None) -> None:
             if error is not None:
-                log.error("recording a data event for a handed-over connection failed: %s", error)
+                reason = "the storage is full" if storage_full(error) else error
+                log.error("recording a data event for a handed-over connection failed: %s", reason)
             if "seq" in message:
+                failed = {"failed": error is not None, "full": storage_full(error)}
                 with contextlib.suppress(OSError):
-                    channel.send({"t": "ack", "seq": message["seq"], "failed": error is not None})
+                    channel.send({"t": "ack", "seq": message["seq"], **failed})
             elif error is None:
                 self._tell_recorded(channel, event_id)
+            else:
+                loop.call_soon_threadsafe(self._retry_later, channel, message)
 
         # A record the worker stored with MLflow's write may wait to share a commit.
         self._audit.record_data_event_then(
             self._data_event(message, answer), durable, stored_elsewhere="seq" not in message
         )
+
+    def _retry_later(self, channel: Channel, message: Message) -> None:
+        """Offer a stored record to the trail again soon, as a copy that may be there."""
+        self._recent.pop(message["event_id"], None)
+        self._retrying.append((channel, message))
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        waiting, self._retrying = self._retrying, []
+        for channel, message in waiting:
+            try:
+                self._record(channel, message, b"", again=True)
+            except Exception as error:  # the trail cannot even be read now
+                log.warning("a stored data event waits for the trail: %s", error)
+                self._retry_later(channel, message)
 
     def _first_copy(self, event_id: str, again: bool) -> bool:
         """Whether a stored record is new to the trail, noting that it is on its way there. A

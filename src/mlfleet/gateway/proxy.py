@@ -107,7 +107,7 @@ class Gateway:
             request, route, server, principal, body, payload_hash, action, write
         )
         if write is not None:
-            await self._recording.outcome(write, response, server)
+            response = await self._recording.outcome(write, response, server)
         if server is not None:
             await self._handover.offer(
                 request,

@@ -10,7 +10,10 @@
   server that asks for it, passed to RegistrySync; a failure there is logged, never the
   caller's (reconciliation registers what was missed).
 
-``outcome`` returns once every record and event of the write is stored.
+``outcome`` returns once every record and event of the write is stored, with the answer to
+send: MLflow's, or, when the storage is full and a record or event of a write MLflow applied
+could not be stored, a 507 (the write is not acknowledged). A write that failed is answered
+with its failure even when the storage is full and its outcome could not be recorded.
 """
 
 from __future__ import annotations
@@ -18,15 +21,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from mlfleet.audit.trail import AuditTrail, DataEvent
 from mlfleet.auth.identity import Principal
+from mlfleet.common.storage import (
+    INSUFFICIENT_STORAGE,
+    NOT_RECORDED,
+    RESOURCE_EXHAUSTED,
+    storage_full,
+)
 from mlfleet.events.bus import EventBus
 from mlfleet.events.sources import MLFLOW_DETAIL_TYPES, mlflow_event
 from mlfleet.gateway.data_events import data_event, json_or_none, keeps_body
+from mlfleet.gateway.errors import mlflow_error
 from mlfleet.gateway.routing import Route, ServerRecord
 from mlfleet.metrics import Recorder
 from mlfleet.mlflow_api.actions import is_write
@@ -88,19 +99,25 @@ class Recording:
 
     async def outcome(
         self, write: Write, response: web.StreamResponse, server: ServerRecord | None
-    ) -> None:
+    ) -> web.StreamResponse:
         """Record what became of a write: the failure (audited), the MLflow event, and the
-        automatic registration that a success calls for."""
+        automatic registration that a success calls for; the answer to send."""
+        stored = True
         if write.audited and (write.stored is None or response.status >= 400):
             # Refused by the gateway itself, or failed in MLflow: the outcome, recorded.
             failure = await self._data_event(write, response)
-            await self._audit.record_data_event(failure)
+            stored = await _stored(self._audit.record_data_event(failure))
         if write.stored is not None:
-            await write.stored
+            stored = await _stored(write.stored) and stored
         if response.status == 200 and write.action.split(":", 1)[1] in MLFLOW_DETAIL_TYPES:
-            await self._announce(write, response)
+            stored = await _stored(self._announce(write, response)) and stored
+        if response.status >= 400 or response.prepared:
+            return response
+        if not stored:
+            return mlflow_error(INSUFFICIENT_STORAGE, RESOURCE_EXHAUSTED, NOT_RECORDED)
         if response.status == 200 and server and server.automatic_model_registration:
             await self._register(write, server, response)
+        return response
 
     async def _data_event(self, write: Write, response: web.StreamResponse | None) -> DataEvent:
         """The write as a data event: as forwarded (no response yet), or its outcome."""
@@ -154,3 +171,15 @@ class Recording:
                     await self._registry_sync.alias_set(sync_server, asked)
         except Exception:
             log.exception("automatic registration on %s failed; reconciliation retries", route.name)
+
+
+async def _stored(storing: Awaitable[None]) -> bool:
+    """Whether a record or event was stored: False for lack of space; other failures raise."""
+    try:
+        await storing
+    except Exception as error:
+        if not storage_full(error):
+            raise
+        log.warning("a write's record or event could not be stored: the storage is full")
+        return False
+    return True

@@ -24,6 +24,10 @@ leaves: stored with MLflow's own commit (runtime.stored_events) and appended to 
 trail in batches after the answers, or, when MLflow committed nothing, recorded by the daemon
 with the outcome before the lane answers. MLflow calls from handed-over connections are capped
 per worker (``Ticket.concurrency``, the gateway's admission limit) and queue in order.
+
+With the storage full, a write MLflow could not commit is answered with MLflow's 507
+(runtime.full_storage) even when its outcome cannot be recorded either, and a write it applied
+whose record the daemon could not store is answered 507 too: it is not acknowledged.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from a2wsgi.wsgi_typing import Environ
 from multidict import CIMultiDict
 
 from mlfleet.auth import sigv4
+from mlfleet.common.storage import INSUFFICIENT_STORAGE, NOT_RECORDED, RESOURCE_EXHAUSTED
 from mlfleet.mlflow_api.actions import SERVICE, is_write, required_action
 from mlfleet.mlflow_api.hardening import (
     ARN_HEADER,
@@ -94,10 +99,21 @@ _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 WsgiApp = Callable[..., Any]
 INTERNAL = b'{"error_code": "INTERNAL_ERROR", "message": "The tracking server failed."}'
+NOT_RECORDED_ANSWER = json.dumps(
+    {"error_code": RESOURCE_EXHAUSTED, "message": NOT_RECORDED}
+).encode()
 
 
 class Unfit(Exception):
     """A request the lane does not serve: it goes back to the gateway."""
+
+
+class NotRecorded(Exception):
+    """The daemon could not record a write's data event; ``full``: for lack of space."""
+
+    def __init__(self, full: bool) -> None:
+        super().__init__("the daemon could not record the data event")
+        self.full = full
 
 
 @dataclass
@@ -202,7 +218,7 @@ class Lane:
             if ack is None or ack.done():
                 return
             if message.get("failed"):
-                ack.set_exception(RuntimeError("the daemon could not record the data event"))
+                ack.set_exception(NotRecorded(bool(message.get("full"))))
             else:
                 ack.set_result(None)
         elif message["t"] == "recorded" and self._stored is not None:
@@ -334,13 +350,20 @@ class Lane:
             finally:
                 self._in_threads -= 1
         if record is not None:
-            if stored is not None:
-                # Durable with MLflow's write: the daemon appends it with the next batch.
-                self._hold_stored(stored)
-                if status >= 400:  # the outcome of a failed write, as a second record
-                    await self._recorded_now({**record, "event_id": None}, status, answer)
-            else:
-                await self._recorded_now(record, status, answer)
+            try:
+                if stored is not None:
+                    # Durable with MLflow's write: the daemon appends it with the next batch.
+                    self._hold_stored(stored)
+                    if status >= 400:  # the outcome of a failed write, as a second record
+                        await self._recorded_now({**record, "event_id": None}, status, answer)
+                else:
+                    await self._recorded_now(record, status, answer)
+            except NotRecorded as failure:
+                if not failure.full:
+                    raise
+                if status < 400:  # applied, but not acknowledged without its record
+                    status, answer = INSUFFICIENT_STORAGE, NOT_RECORDED_ANSWER
+                    headers = [("Content-Type", "application/json")]
         self._answered(ticket, status, time.perf_counter() - clock)
         close = (head.header("connection") or "").lower() == "close"
         return _response(status, headers, answer, close), close

@@ -12,7 +12,8 @@ middleware: host validation, CORS, security headers, workspace context. The Flas
 the same checks itself when it runs as a server (MLflow's gunicorn and waitress modes), so the
 chain only repeats them, at a cost the README's "How it is built" quotes. ``FlaskRoutesDirect``
 hands Flask's requests
-straight to Flask and leaves the native routes to the FastAPI app.
+straight to Flask and leaves the native routes to the FastAPI app. Both answer a write that
+fails for lack of space with 507 (runtime.full_storage).
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ def build_app() -> FlaskRoutesDirect:
     from mlflow.server import app as flask_app
     from mlflow.server.fastapi_app import app as fastapi_app
 
+    from mlfleet.runtime.full_storage import answer_full_storage
+
+    answer_full_storage(flask_app, fastapi_app)
     return FlaskRoutesDirect(fastapi_app, flask_app)
 
 
