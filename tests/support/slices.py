@@ -41,10 +41,11 @@ def slices_of(item: pytest.Item) -> set[str]:
     # needs_chromium marks every test that drives Chromium (it skips them where it is missing).
     if needs_chromium.mark in item.iter_markers("skipif") or "sync_playwright" in names:
         found.add("browser")
-    # pg_daemon, directly or through any_daemon's PostgreSQL variant.
+    # pg_daemon, directly or through any_daemon's PostgreSQL variant, or a private cluster the
+    # test runs itself (support.postgres).
     callspec = getattr(item, "callspec", None)
     any_daemon = callspec.params.get("any_daemon") if callspec is not None else None
-    if "pg_daemon" in fixtures or any_daemon == "postgres":
+    if "pg_daemon" in fixtures or any_daemon == "postgres" or "PrivateCluster" in names:
         found.add("postgres")
     return found
 

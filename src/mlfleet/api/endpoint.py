@@ -5,7 +5,10 @@ the wire format differs (:class:`JsonEndpoint` for AWS JSON 1.1, :class:`QueryEn
 query protocol). A service supplies its operations as declared in
 :mod:`mlfleet.api.operations`; authorization and audit are the :class:`~mlfleet.api.pipeline.
 Pipeline`'s, shared with every other entrance. Each call, allowed or refused, is handed to the
-audit trail before its answer leaves.
+audit trail before its answer leaves; a call the trail could not take is not acknowledged: its
+answer is the failure instead. A database away for a moment (``state.db.database_unavailable``)
+is answered ``ServiceUnavailable`` (503, ``Retry-After``), which AWS SDKs retry, never as an
+internal error.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from mlfleet.protocol.errors import (
     UnknownOperationException,
 )
 from mlfleet.protocol.sensitive import error_without_secrets, without_secrets
+from mlfleet.state.db import RETRY_AFTER_SECONDS, database_unavailable, driver_message
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +125,7 @@ class Endpoint(ABC):
             self.service_name, source_ip=source_ip, user_agent=user_agent, principal=principal
         )
         model: OperationModel | None = None
+        result: dict[str, Any] = {}
         try:
             model = self.model_for(operation_name)
             checked = model
@@ -130,29 +135,40 @@ class Endpoint(ABC):
             )
         except Exception as exc:
             call.error = self._failure(call, exc)
-            raise call.error from None
         finally:
             unrecorded = self._finish(call, model)
         if unrecorded is not None:
             raise unrecorded
+        if call.error is not None:
+            raise call.error
         return result
 
     def _finish(self, call: ApiCall, model: OperationModel | None) -> AwsError | None:
-        """Hand the call's record to the audit trail; if it (or its event) could not be stored
-        for lack of space, the error to answer instead: the call is not acknowledged."""
+        """Hand the call's record to the audit trail; if it could not take it, the error to
+        answer instead (a call not recorded is not acknowledged)."""
         try:
             self._pipeline.finish(_without_secrets(call, model))
         except Exception as exc:
-            if not storage_full(exc):
-                raise
             return self._failure(call, exc)
         return None
 
     def _failure(self, call: ApiCall, exc: Exception) -> AwsError:
-        """The error a failed call answers: its own, ServiceUnavailable when the storage is
-        full, or (a bug) a logged InternalFailure."""
+        """The error a failed call answers: its own, ServiceUnavailable while the database is
+        away or the storage full, or (a bug) a logged InternalFailure."""
         if isinstance(exc, AwsError):
             return self.wire_error(exc)
+        if database_unavailable(exc):
+            log.warning(
+                "%s request %s: the database is unavailable: %s",
+                self.service_name,
+                call.request_id,
+                driver_message(exc),
+            )
+            return self.wire_error(
+                ServiceUnavailable(
+                    f"The service is unavailable for a moment; retry (request {call.request_id})."
+                )
+            )
         if storage_full(exc):
             log.warning("%s request %s: the storage is full", self.service_name, call.request_id)
             return self.wire_error(
@@ -245,7 +261,11 @@ class JsonEndpoint(Endpoint):
             status=error.status,
             body=error.body(),
             content_type="application/x-amz-json-1.1",
-            headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": error.code},
+            headers={
+                "x-amzn-RequestId": request_id,
+                "x-amzn-ErrorType": error.code,
+                **_retry_after(error),
+            },
         )
 
     def not_implemented(self, name: str) -> AwsError:
@@ -301,10 +321,19 @@ class QueryEndpoint(Endpoint):
             status=self._protocol.error_status(error),
             body=self._protocol.error_body(error, request_id),
             content_type="text/xml",
+            headers=_retry_after(error),
         )
 
     def not_implemented(self, name: str) -> AwsError:
         return InvalidAction(f"{self.service_name}:{name} is not implemented by mlfleet.")
+
+
+def _retry_after(error: AwsError) -> dict[str, str]:
+    """When to try again, for a ServiceUnavailable (told by its status: the query protocol's
+    ``wire_error`` keeps the code and status, not the class)."""
+    if error.status != ServiceUnavailable.http_status:
+        return {}
+    return {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 def _without_secrets(call: ApiCall, model: OperationModel | None) -> ApiCall:

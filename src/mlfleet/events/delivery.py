@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.events.egress import OwnAddress, guarded_connector
 from mlfleet.events.targets import HttpTarget, TargetResolver
+from mlfleet.state.db import database_unavailable, driver_message
 from mlfleet.state.models import EventDelivery
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,13 @@ class DeliveryWorker:
             self._wake.clear()
             try:
                 wait = await self._round()
-            except Exception:
-                log.exception("event delivery round failed")
+            except Exception as exc:
+                # The outbox is in the database: while it is away, nothing is lost, and the
+                # next round (after the pause) sends what is due.
+                if database_unavailable(exc):
+                    log.warning("event delivery waits for the database: %s", driver_message(exc))
+                else:
+                    log.exception("event delivery round failed")
                 wait = 1.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)

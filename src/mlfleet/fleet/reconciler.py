@@ -28,6 +28,7 @@ from mlfleet.runtime.metadata_db import MetadataDatabases
 from mlfleet.runtime.mlflow_schema import ProvisioningError
 from mlfleet.runtime.sandbox import View
 from mlfleet.settings import Settings
+from mlfleet.state.db import database_unavailable, driver_message
 from mlfleet.state.models import TrackingServer
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,17 @@ class Reconciler:
                 self._again.discard(server_id)
                 try:
                     await self._reconcile(server_id)
-                except Exception:
-                    log.exception("reconciling tracking server %s failed", server_id)
+                except Exception as exc:
+                    # Nothing was decided on a database that was away: the server keeps its
+                    # status (no failure for a transient outage) until the retry.
+                    if database_unavailable(exc):
+                        log.warning(
+                            "reconciling tracking server %s waits: %s",
+                            server_id,
+                            driver_message(exc),
+                        )
+                    else:
+                        log.exception("reconciling tracking server %s failed", server_id)
                     self._retry_later(server_id)
                 if server_id not in self._again:
                     return

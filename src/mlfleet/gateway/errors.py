@@ -15,8 +15,9 @@ def mlflow_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error_code": code, "message": message}, status=status)
 
 
-def unavailable(message: str) -> web.Response:
-    """503 with Retry-After: the server will serve again soon (starting, a worker replaced)."""
+def unavailable(message: str, retry_after: int = RETRY_AFTER_SECONDS) -> web.Response:
+    """503 with Retry-After: the server will serve again soon (starting, a worker replaced, its
+    database restarting)."""
     answer = mlflow_error(503, "TEMPORARILY_UNAVAILABLE", message)
-    answer.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    answer.headers["Retry-After"] = str(retry_after)
     return answer

@@ -5,12 +5,15 @@ Every request for a tracking server is authenticated (``authentication``) and ro
 its input checked (``mlflow_api.hardening``), a worker admitted to (``admission``), the request
 forwarded (``forwarding``) and what it did recorded (``recording``); last, its connection may
 be handed over to the worker (``handover``). Whether a server exists is told only to a caller
-authenticated and allowed the action. Every refusal has MLflow's error shape (``mlflow_error``).
+authenticated and allowed the action. Every refusal has MLflow's error shape (``mlflow_error``);
+a call that meets the daemon's database away for a moment (``state.db.database_unavailable``)
+is answered 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from aiohttp import web
@@ -33,10 +36,12 @@ from mlfleet.mlflow_api.hardening import ARN_HEADER, screen
 from mlfleet.policy.authorizer import RequestFacts, denial_message
 from mlfleet.protocol.errors import AwsError
 from mlfleet.settings import Settings
+from mlfleet.state import db
 
 # What others import from the gateway: the composition, the record its lookup returns, the
 # error shape and the ARN header (defined in routing, errors and mlflow_api.hardening).
 __all__ = ["ARN_HEADER", "Gateway", "ServerRecord", "mlflow_error"]
+log = logging.getLogger(__name__)
 # Until the supervisor has seen a dead worker go, its socket refuses; the next try picks again.
 UNREACHABLE_RETRY_SECONDS = 0.05
 
@@ -73,18 +78,24 @@ class Gateway:
 
     async def by_path(self, request: web.Request) -> web.StreamResponse:
         """``/mlflow/<name>/...``: a TrackingServerUrl, or the UI's sign-in link."""
-        route = self._routing.by_path(request)
-        if route.upstream_path.split("?", 1)[0] == "/auth":
-            server = self._routing.lookup(route.name)
-            return await self._authentication.open_ui_session(request, route.name, server)
-        return await self._serve(request, route)
+        try:
+            route = self._routing.by_path(request)
+            if route.upstream_path.split("?", 1)[0] == "/auth":
+                server = self._routing.lookup(route.name)
+                return await self._authentication.open_ui_session(request, route.name, server)
+            return await self._serve(request, route)
+        except Exception as exc:
+            return _database_away(exc)
 
     async def by_arn_header(self, request: web.Request) -> web.StreamResponse:
         """MLflow's own paths, for the server named by the ARN header."""
-        route = self._routing.by_arn_header(request)
-        if not isinstance(route, Route):
-            return route
-        return await self._serve(request, route)
+        try:
+            route = self._routing.by_arn_header(request)
+            if not isinstance(route, Route):
+                return route
+            return await self._serve(request, route)
+        except Exception as exc:
+            return _database_away(exc)
 
     # the steps -----------------------------------------------------------------------------
 
@@ -189,6 +200,18 @@ class Gateway:
             break
         self._recording.served(server_id, response.status, time.perf_counter() - forwarded)
         return response
+
+
+def _database_away(exc: Exception) -> web.StreamResponse:
+    """A call that met the daemon's database away for a moment (looking up a server or a
+    caller's policies, recording a write or its event) is answered 503 with Retry-After, which
+    MLflow clients retry; any other failure is raised on."""
+    if not db.database_unavailable(exc):
+        raise exc
+    log.warning("an MLflow call met the database unavailable: %s", db.driver_message(exc))
+    return unavailable(
+        "The tracking server is unavailable for a moment; retry.", db.RETRY_AFTER_SECONDS
+    )
 
 
 def facts_of(request: web.Request, server: ServerRecord | None) -> RequestFacts:

@@ -98,7 +98,8 @@ class InternalFailure(NamedAwsError):
 
 
 class ServiceUnavailable(NamedAwsError):
-    """sagemaker-runtime: no instance could answer now."""
+    """No instance could answer now (sagemaker-runtime), or the daemon's database is away for
+    a moment (any service: AWS SDKs retry it)."""
 
     http_status = 503
 

@@ -13,7 +13,8 @@ the same checks itself when it runs as a server (MLflow's gunicorn and waitress 
 chain only repeats them, at a cost the README's "How it is built" quotes. ``FlaskRoutesDirect``
 hands Flask's requests
 straight to Flask and leaves the native routes to the FastAPI app. Both answer a write that
-fails for lack of space with 507 (runtime.full_storage).
+fails for lack of space with 507 (runtime.full_storage); a call that meets the database away
+for a moment is a 503 with Retry-After (runtime.database_outage).
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ def build_app() -> FlaskRoutesDirect:
     from mlflow.server import app as flask_app
     from mlflow.server.fastapi_app import app as fastapi_app
 
+    from mlfleet.runtime.database_outage import answer_database_outage
     from mlfleet.runtime.full_storage import answer_full_storage
 
     answer_full_storage(flask_app, fastapi_app)
+    answer_database_outage(flask_app)
     return FlaskRoutesDirect(fastapi_app, flask_app)
 
 
