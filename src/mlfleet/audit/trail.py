@@ -12,7 +12,9 @@ space waits in memory (at most ``BACKLOG_LIMIT``, lost if the daemon dies before
 space) and is appended before the next records, by the next append or by the writer thread
 within ``BACKLOG_RETRY_SECONDS``: its call is answered meanwhile, as CloudTrail delivers its
 records after the calls, and a Describe does not fail because the disk is full. A data event is
-never kept waiting: its write is acknowledged only once it is durable.
+never kept waiting: its write is acknowledged only once it is durable. An append that met the
+database away may have been committed with the answer lost: the next append reads where the
+chain ends from the database (and rewrites ``audit.head``) rather than trusting memory.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from mlfleet.protocol.errors import NamedAwsError
 from mlfleet.protocol.sensitive import HIDDEN
 from mlfleet.protocol.shapes import cloudtrail as shapes
 from mlfleet.settings import Settings
+from mlfleet.state.db import database_unavailable
 from mlfleet.state.models import AuditRecord
 
 log = logging.getLogger(__name__)
@@ -250,9 +253,10 @@ class AuditTrail:
         compiled = insert(table).compile(dialect=self._engine.dialect)
         self._insert_sql = str(compiled)
         self._insert_order = compiled.positiontup  # None where parameters go by name
-        with sessions() as session:
-            last = session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
-        self._head = (last.seq, last.hash) if last else (0, GENESIS)
+        self._head = self._last_link()
+        # Set when an append met the database away: its commit may have happened with the
+        # answer lost, so where the chain ends is read again before the next append.
+        self._head_unsure = False
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -412,6 +416,10 @@ class AuditTrail:
         """Append the backlog, then ``entries``; ``may_wait``: keep them in the backlog if
         there is no space (otherwise the error is raised)."""
         with self._lock:
+            if self._head_unsure:
+                self._head = self._last_link()
+                self._head_unsure = False
+                self._write_head()
             seq, prev = self._head
             rows = []
             for document, username in self._backlog + entries:
@@ -427,6 +435,8 @@ class AuditTrail:
                 with self._engine.begin() as connection:
                     connection.exec_driver_sql(self._insert_sql, params)
             except Exception as error:
+                if database_unavailable(error):
+                    self._head_unsure = True
                 if not (may_wait and storage_full(error) and len(self._backlog) < BACKLOG_LIMIT):
                     raise
                 if not self._backlog:
@@ -439,6 +449,14 @@ class AuditTrail:
                 self._backlog = []
             self._head = (seq, prev)
             self._write_head()
+
+    def _last_link(self) -> tuple[int, str]:
+        """The number and hash of the last record in the database."""
+        with self._engine.connect() as connection:
+            last = connection.execute(
+                select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
+            ).first()
+        return (last.seq, last.hash) if last else (0, GENESIS)
 
     def _row(
         self, seq: int, prev: str, document: dict[str, Any], username: str | None

@@ -50,6 +50,7 @@ from mlfleet.runtime.handoff import SIGNED_SCOPE, Channel, Message, Ticket
 from mlfleet.runtime.local import LocalRuntime, Worker
 from mlfleet.runtime.stored_events import DELETE_BATCH, left_over_in
 from mlfleet.settings import Settings
+from mlfleet.state.db import database_unavailable, driver_message
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ class Handover:
             self._record(channel, message, payload)
         elif kind == "stored":
             for record in json.loads(payload):
-                self._record(channel, record, b"", again=message["again"])
+                self._offer_stored(channel, record, again=message["again"])
         elif fd is not None:
             os.close(fd)
 
@@ -276,11 +277,18 @@ class Handover:
         loop = asyncio.get_running_loop()
 
         def durable(error: Exception | None) -> None:
-            if error is not None:
+            away = database_unavailable(error)
+            if error is not None and away:
+                log.warning(
+                    "recording a data event for a handed-over connection met the database "
+                    "unavailable: %s",
+                    driver_message(error),
+                )
+            elif error is not None:
                 reason = "the storage is full" if storage_full(error) else error
                 log.error("recording a data event for a handed-over connection failed: %s", reason)
             if "seq" in message:
-                failed = {"failed": error is not None, "full": storage_full(error)}
+                failed = {"failed": error is not None, "full": storage_full(error), "away": away}
                 with contextlib.suppress(OSError):
                     channel.send({"t": "ack", "seq": message["seq"], **failed})
             elif error is None:
@@ -304,11 +312,17 @@ class Handover:
         self._retry = None
         waiting, self._retrying = self._retrying, []
         for channel, message in waiting:
-            try:
-                self._record(channel, message, b"", again=True)
-            except Exception as error:  # the trail cannot even be read now
-                log.warning("a stored data event waits for the trail: %s", error)
-                self._retry_later(channel, message)
+            self._offer_stored(channel, message, again=True)
+
+    def _offer_stored(self, channel: Channel, record: Message, again: bool) -> None:
+        """Append a record the worker stored with MLflow's write; if the trail cannot even be
+        read now (is it there already?), offer it again later rather than drop it."""
+        try:
+            self._record(channel, record, b"", again=again)
+        except Exception as error:
+            reason = driver_message(error) if database_unavailable(error) else error
+            log.warning("a stored data event waits for the trail: %s", reason)
+            self._retry_later(channel, record)
 
     def _first_copy(self, event_id: str, again: bool) -> bool:
         """Whether a stored record is new to the trail, noting that it is on its way there. A

@@ -11,9 +11,10 @@
   caller's (reconciliation registers what was missed).
 
 ``outcome`` returns once every record and event of the write is stored, with the answer to
-send: MLflow's, or, when the storage is full and a record or event of a write MLflow applied
-could not be stored, a 507 (the write is not acknowledged). A write that failed is answered
-with its failure even when the storage is full and its outcome could not be recorded.
+send: MLflow's, or, when a record or event of a write MLflow applied could not be stored, a 507
+if the storage is full or a 503 with Retry-After if the database is away for a moment (the
+write is not acknowledged). A write that failed is answered with its failure even when its
+outcome could not be recorded.
 """
 
 from __future__ import annotations
@@ -37,12 +38,18 @@ from mlfleet.common.storage import (
 from mlfleet.events.bus import EventBus
 from mlfleet.events.sources import MLFLOW_DETAIL_TYPES, mlflow_event
 from mlfleet.gateway.data_events import data_event, json_or_none, keeps_body
-from mlfleet.gateway.errors import mlflow_error
+from mlfleet.gateway.errors import mlflow_error, unavailable
 from mlfleet.gateway.routing import Route, ServerRecord
 from mlfleet.metrics import Recorder
 from mlfleet.mlflow_api.actions import is_write
 from mlfleet.registry.sync import RegistrySync
 from mlfleet.registry.sync import Server as SyncServer
+from mlfleet.state.db import (
+    NOT_RECORDED_WHILE_AWAY,
+    RETRY_AFTER_SECONDS,
+    database_unavailable,
+    driver_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +109,19 @@ class Recording:
     ) -> web.StreamResponse:
         """Record what became of a write: the failure (audited), the MLflow event, and the
         automatic registration that a success calls for; the answer to send."""
-        stored = True
+        unstored: web.Response | None = None
         if write.audited and (write.stored is None or response.status >= 400):
             # Refused by the gateway itself, or failed in MLflow: the outcome, recorded.
             failure = await self._data_event(write, response)
-            stored = await _stored(self._audit.record_data_event(failure))
+            unstored = await _unstored(self._audit.record_data_event(failure))
         if write.stored is not None:
-            stored = await _stored(write.stored) and stored
+            unstored = await _unstored(write.stored) or unstored
         if response.status == 200 and write.action.split(":", 1)[1] in MLFLOW_DETAIL_TYPES:
-            stored = await _stored(self._announce(write, response)) and stored
+            unstored = await _unstored(self._announce(write, response)) or unstored
         if response.status >= 400 or response.prepared:
             return response
-        if not stored:
-            return mlflow_error(INSUFFICIENT_STORAGE, RESOURCE_EXHAUSTED, NOT_RECORDED)
+        if unstored is not None:
+            return unstored
         if response.status == 200 and server and server.automatic_model_registration:
             await self._register(write, server, response)
         return response
@@ -173,13 +180,21 @@ class Recording:
             log.exception("automatic registration on %s failed; reconciliation retries", route.name)
 
 
-async def _stored(storing: Awaitable[None]) -> bool:
-    """Whether a record or event was stored: False for lack of space; other failures raise."""
+async def _unstored(storing: Awaitable[None]) -> web.Response | None:
+    """None once a record or event is stored; if it could not be, for lack of space or with the
+    database away for a moment, the answer to give instead (507, or 503 with Retry-After);
+    other failures raise."""
     try:
         await storing
     except Exception as error:
-        if not storage_full(error):
-            raise
-        log.warning("a write's record or event could not be stored: the storage is full")
-        return False
-    return True
+        if storage_full(error):
+            log.warning("a write's record or event could not be stored: the storage is full")
+            return mlflow_error(INSUFFICIENT_STORAGE, RESOURCE_EXHAUSTED, NOT_RECORDED)
+        if database_unavailable(error):
+            log.warning(
+                "a write's record or event could not be stored: the database is unavailable: %s",
+                driver_message(error),
+            )
+            return unavailable(NOT_RECORDED_WHILE_AWAY, RETRY_AFTER_SECONDS)
+        raise
+    return None

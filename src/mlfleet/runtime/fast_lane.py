@@ -27,7 +27,9 @@ per worker (``Ticket.concurrency``, the gateway's admission limit) and queue in 
 
 With the storage full, a write MLflow could not commit is answered with MLflow's 507
 (runtime.full_storage) even when its outcome cannot be recorded either, and a write it applied
-whose record the daemon could not store is answered 507 too: it is not acknowledged.
+whose record the daemon could not store is answered 507 too: it is not acknowledged. With the
+daemon's database away for a moment, such a write is answered 503 with Retry-After, which the
+client retries (a failed write keeps MLflow's answer, itself a 503 when the database is away).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from mlfleet.protocol.errors import AwsError
 from mlfleet.runtime.handoff import SIGNED_SCOPE, Channel, Generation, Message, Ticket
 from mlfleet.runtime.sockets import WORKER_HOST
 from mlfleet.runtime.stored_events import StoredEvents
+from mlfleet.state.db import NOT_RECORDED_WHILE_AWAY, RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,9 @@ INTERNAL = b'{"error_code": "INTERNAL_ERROR", "message": "The tracking server fa
 NOT_RECORDED_ANSWER = json.dumps(
     {"error_code": RESOURCE_EXHAUSTED, "message": NOT_RECORDED}
 ).encode()
+AWAY_ANSWER = json.dumps(
+    {"error_code": "TEMPORARILY_UNAVAILABLE", "message": NOT_RECORDED_WHILE_AWAY}
+).encode()
 
 
 class Unfit(Exception):
@@ -109,11 +115,13 @@ class Unfit(Exception):
 
 
 class NotRecorded(Exception):
-    """The daemon could not record a write's data event; ``full``: for lack of space."""
+    """The daemon could not record a write's data event; ``full``: for lack of space;
+    ``away``: its database was away for a moment."""
 
-    def __init__(self, full: bool) -> None:
+    def __init__(self, full: bool, away: bool) -> None:
         super().__init__("the daemon could not record the data event")
         self.full = full
+        self.away = away
 
 
 @dataclass
@@ -218,7 +226,8 @@ class Lane:
             if ack is None or ack.done():
                 return
             if message.get("failed"):
-                ack.set_exception(NotRecorded(bool(message.get("full"))))
+                full, away = bool(message.get("full")), bool(message.get("away"))
+                ack.set_exception(NotRecorded(full, away))
             else:
                 ack.set_result(None)
         elif message["t"] == "recorded" and self._stored is not None:
@@ -359,11 +368,15 @@ class Lane:
                 else:
                     await self._recorded_now(record, status, answer)
             except NotRecorded as failure:
-                if not failure.full:
+                if not (failure.full or failure.away):
                     raise
                 if status < 400:  # applied, but not acknowledged without its record
-                    status, answer = INSUFFICIENT_STORAGE, NOT_RECORDED_ANSWER
                     headers = [("Content-Type", "application/json")]
+                    if failure.full:
+                        status, answer = INSUFFICIENT_STORAGE, NOT_RECORDED_ANSWER
+                    else:
+                        status, answer = HTTPStatus.SERVICE_UNAVAILABLE.value, AWAY_ANSWER
+                        headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
         self._answered(ticket, status, time.perf_counter() - clock)
         close = (head.header("connection") or "").lower() == "close"
         return _response(status, headers, answer, close), close

@@ -29,6 +29,11 @@ CONNECT_TIMEOUT_SECONDS = 5
 # PostgreSQL takes. A client that honours it (the MLflow client) retries at this pace, so its
 # retries span this many seconds per retry; one that backs off on its own would wait longer.
 RETRY_AFTER_SECONDS = 3
+# MLflow's message for a write applied whose audit record or event could not be stored then.
+NOT_RECORDED_WHILE_AWAY = (
+    "The tracking server is unavailable for a moment: the call could not be recorded, so it is "
+    "not acknowledged (MLflow may have applied it). Retry."
+)
 # PostgreSQL's SQLSTATEs for a server going away or not there yet: admin_shutdown,
 # crash_shutdown, cannot_connect_now (starting up, shutting down, in recovery); and class 08,
 # connection exceptions.
