@@ -32,14 +32,13 @@ def chaos_seed() -> int:
 
 
 @contextlib.contextmanager
-def replayable(seed: int, data_dir: Path) -> Iterator[None]:
+def replayable(seed: int, log: Path) -> Iterator[None]:
     """Failures inside name the seed that replays them and where the daemon's log is."""
     try:
         yield
     except AssertionError as failed:
         raise AssertionError(
-            f"chaos seed {seed} (replay: {SEED_VARIABLE}={seed}; daemon log "
-            f"{data_dir / 'daemon.out'}): {failed}"
+            f"chaos seed {seed} (replay: {SEED_VARIABLE}={seed}; daemon log {log}): {failed}"
         ) from failed
 
 

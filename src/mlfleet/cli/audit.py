@@ -13,7 +13,15 @@ from rich.table import Table
 
 from mlfleet.audit.trail import open_trail
 from mlfleet.auth.secrets import SecretBox
-from mlfleet.cli.common import DataDir, EndpointUrl, call, console, err, service_client
+from mlfleet.cli.common import (
+    DatabaseUrl,
+    DataDir,
+    EndpointUrl,
+    call,
+    console,
+    err,
+    service_client,
+)
 from mlfleet.settings import load_settings
 from mlfleet.state.db import open_database
 
@@ -90,9 +98,9 @@ def events(
 
 
 @audit_app.command()
-def verify(data_dir: DataDir = None) -> None:
+def verify(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Check the hash chain of the trail (run on the daemon's machine, with its data dir)."""
-    trail = _local_trail(data_dir)
+    trail = _local_trail(data_dir, database_url)
     result = trail.verify()
     if result.ok:
         console.print(
@@ -108,14 +116,15 @@ def verify(data_dir: DataDir = None) -> None:
 def export(
     folder: Annotated[Path, typer.Argument(help="Where to write AWSLogs/... files.")],
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Write the trail as CloudTrail log files (gzipped JSON, one per hour of events)."""
-    written = _local_trail(data_dir).export(folder)
+    written = _local_trail(data_dir, database_url).export(folder)
     console.print(f"wrote {len(written)} log files under {folder}", highlight=False)
 
 
-def _local_trail(data_dir: Path | None) -> Any:
-    settings = load_settings({"data_dir": data_dir})
+def _local_trail(data_dir: Path | None, database_url: str | None) -> Any:
+    settings = load_settings({"data_dir": data_dir, "database_url": database_url})
     if not settings.master_key_path.exists():
         err.print(
             f"[red]error:[/red] no master key at {settings.master_key_path}: run this on the "

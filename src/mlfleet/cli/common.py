@@ -28,6 +28,16 @@ DataDir = Annotated[
         "--data-dir", envvar="MLFLEET_DATA_DIR", help="Where mlfleet keeps its state (~/.mlfleet)."
     ),
 ]
+# Commands that open the daemon's database themselves (offline) need it as the daemon was given
+# it: with only the data dir they would read the embedded SQLite database.
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="MLFLEET_DATABASE_URL",
+        help="The daemon's --database-url (postgresql://...), if it was given one.",
+    ),
+]
 EndpointUrl = Annotated[
     str | None,
     typer.Option(

@@ -12,7 +12,7 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mlfleet.cli.common import DataDir, console
+from mlfleet.cli.common import DatabaseUrl, DataDir, console
 from mlfleet.events.dead_letters import dead_letters, redrive
 from mlfleet.settings import load_settings
 from mlfleet.state.db import open_database
@@ -23,17 +23,20 @@ events_app = typer.Typer(no_args_is_help=True)
 Rule = Annotated[str | None, typer.Option("--rule", help="Only this rule's deliveries.")]
 
 
-def _sessions(data_dir: Path | None) -> sessionmaker[Session]:
-    return open_database(load_settings({"data_dir": data_dir}).control_db_url)
+def _sessions(data_dir: Path | None, database_url: str | None) -> sessionmaker[Session]:
+    settings = load_settings({"data_dir": data_dir, "database_url": database_url})
+    return open_database(settings.control_db_url)
 
 
 @events_app.command("dead-letters")
-def list_dead_letters(rule: Rule = None, data_dir: DataDir = None) -> None:
+def list_dead_letters(
+    rule: Rule = None, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
     """Deliveries that were given up on, with why."""
     table = Table("id", "rule", "target", "event", "failed", "attempts", "last error", "event body")
     for column in table.columns:
         column.overflow = "fold"
-    for delivery in dead_letters(_sessions(data_dir), rule):
+    for delivery in dead_letters(_sessions(data_dir, database_url), rule):
         failed = datetime.fromtimestamp(delivery.finished_at or 0, UTC)
         table.add_row(
             str(delivery.id),
@@ -53,9 +56,10 @@ def redrive_dead_letters(
     ids: Annotated[list[int] | None, typer.Option("--id", help="Only these deliveries.")] = None,
     rule: Rule = None,
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Send dead-lettered deliveries again (all of them, a rule's, or the given ids)."""
-    sessions = _sessions(data_dir)
+    sessions = _sessions(data_dir, database_url)
     chosen = ids
     if rule is not None:
         with sessions() as session:
