@@ -120,16 +120,23 @@ class Gateway:
         if write is not None:
             response = await self._recording.outcome(write, response, server)
         if server is not None:
-            await self._handover.offer(
-                request,
-                response,
-                server.id,
-                route.arn,
-                route.prefix,
-                principal,
-                facts_of(request, server),
-                audited,
-            )
+            try:
+                await self._handover.offer(
+                    request,
+                    response,
+                    server.id,
+                    route.arn,
+                    route.prefix,
+                    principal,
+                    facts_of(request, server),
+                    audited,
+                )
+            except Exception as exc:
+                # MLflow has answered: only the hand-over, which may need the caller's policies
+                # read again, is given up (the 503 would have a client repeat a done write).
+                if not db.database_unavailable(exc):
+                    raise
+                log.warning("a connection stays with the gateway: %s", db.driver_message(exc))
         return response
 
     async def _answer(
