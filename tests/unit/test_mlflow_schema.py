@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
-from mlfleet.runtime.mlflow_schema import load_sqlite_dump, migrate, sqlite_dump_path
+from sqlalchemy import create_engine
+
+from mlfleet.runtime.mlflow_schema import (
+    load_sqlite_dump,
+    migrate,
+    sqlite_dump_path,
+    stamp_default_experiment,
+)
 
 Contents = tuple[list[tuple[str, ...]], dict[str, list[tuple[object, ...]]]]
 
@@ -62,15 +68,18 @@ def test_mlflow_opens_a_loaded_database_as_current(tmp_path: Path) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     database = tmp_path / "mlflow.db"
-    before_ms = int(time.time() * 1000)
     load_sqlite_dump(sqlite_dump_path(installed_version("mlflow")), database)
+    engine = create_engine(f"sqlite:///{database}")
+    with engine.begin() as conn:
+        stamp_default_experiment(conn, 1_700_000_000_123)
+    engine.dispose()
 
     # Both stores refuse a database whose Alembic revision is not MLflow's head.
     store = SqlAlchemyStore(f"sqlite:///{database}", "mlflow-artifacts:/")
     RegistryStore(f"sqlite:///{database}")
     default = store.get_experiment("0")
     assert default.name == "Default"
-    assert default.creation_time >= before_ms  # the server's own time, not the dump's
+    assert default.creation_time == default.last_update_time == 1_700_000_000_123
     run = store.create_run("0", "u", 0, [], "r")
     assert store.get_run(run.info.run_id).info.run_name == "r"
     store.engine.dispose()

@@ -310,7 +310,9 @@ class Reconciler:
                 )
             if not row.metadata_db_uri:
                 await self._check_artifact_store(row.artifact_store_uri)
-                row.metadata_db_uri = await self._databases.create(row.id)
+                row.metadata_db_uri = await self._databases.create(
+                    row.id, round(row.created_at * 1000)
+                )
                 with self._sessions.begin() as session:
                     session.execute(
                         update(TrackingServer)

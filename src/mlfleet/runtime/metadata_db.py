@@ -3,7 +3,8 @@
 MLflow's migrations take seconds; copying a migrated template (a file for SQLite,
 ``CREATE DATABASE ... TEMPLATE`` for PostgreSQL) takes milliseconds. The SQLite template itself
 comes from a shipped dump of those migrations when one matches the installed MLflow
-(runtime.mlflow_schema).
+(runtime.mlflow_schema). A copy's Default experiment is dated at its server's creation, not at
+the template's.
 
 On PostgreSQL, a server's workers log in as a role of their own, named as its database, that can
 open that database only: PostgreSQL lets every role (PUBLIC) connect to a new database, so that
@@ -42,6 +43,7 @@ from mlfleet.runtime.mlflow_schema import (
     load_sqlite_dump,
     migrate,
     sqlite_dump_path,
+    stamp_default_experiment,
 )
 from mlfleet.runtime.stored_events import PENDING
 from mlfleet.settings import Settings
@@ -87,6 +89,15 @@ def _create_closed(conn: Connection, database: str, template: str) -> None:
 def _close_to_public(conn: Connection, database: str) -> None:
     conn.execute(text(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{database}" FROM PUBLIC'))
     conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+
+
+def _stamp(uri: str, created_ms: int) -> None:
+    engine = create_engine(uri, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            stamp_default_experiment(conn, created_ms)
+    finally:
+        engine.dispose()
 
 
 def _create_pending(uri: str) -> None:
@@ -160,12 +171,14 @@ class MetadataDatabases:
         else:
             await self._sqlite_template_ready()
 
-    async def create(self, server_id: str) -> str:
+    async def create(self, server_id: str, created_ms: int) -> str:
+        """The server's database, copied from the template; ``created_ms`` is the server's
+        creation time (ms since the epoch), which its Default experiment reports."""
         uri = self.uri_for(server_id)
         if self._settings.uses_postgres:
-            await self._create_postgres(uri)
+            await asyncio.to_thread(self._create_postgres_sync, uri, created_ms)
         else:
-            await self._create_sqlite(uri)
+            await self._create_sqlite(uri, created_ms)
         return uri
 
     async def drop(self, uri: str) -> None:
@@ -211,7 +224,7 @@ class MetadataDatabases:
                 os.replace(building, template)
         return template
 
-    async def _create_sqlite(self, uri: str) -> None:
+    async def _create_sqlite(self, uri: str, created_ms: int) -> None:
         template = await self._sqlite_template_ready()
         target = Path(make_url(uri).database or "")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +232,7 @@ class MetadataDatabases:
             return  # created before a crash: keep whatever it holds
         partial = target.with_suffix(".copying")
         await asyncio.to_thread(shutil.copyfile, template, partial)
+        await asyncio.to_thread(_stamp, f"sqlite:///{partial}", created_ms)
         os.replace(partial, target)
 
     # PostgreSQL -----------------------------------------------------------------------------
@@ -258,7 +272,7 @@ class MetadataDatabases:
             conn.execute(text(f'ALTER DATABASE "{building}" RENAME TO "{template}"'))
         return template
 
-    def _create_postgres_sync(self, uri: str) -> None:
+    def _create_postgres_sync(self, uri: str, created_ms: int) -> None:
         name = make_url(uri).database or ""
 
         def work(conn: Connection) -> None:
@@ -267,11 +281,9 @@ class MetadataDatabases:
                 _close_to_public(conn, name)  # left half-made by a crash, perhaps
             else:
                 _create_closed(conn, name, template)
+                _stamp(self._pg_url(name), created_ms)
 
         self._pg_locked(work)
-
-    async def _create_postgres(self, uri: str) -> None:
-        await asyncio.to_thread(self._create_postgres_sync, uri)
 
     def _admit(self, conn: Connection, database: str) -> None:
         role = database

@@ -18,14 +18,18 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
+from sqlalchemy import Connection, text
+
 MODULE = "mlfleet.runtime.mlflow_schema"  # not __name__: that is "__main__" when run
 DUMPS = Path(__file__).with_name("mlflow_schemas")
-# The Default experiment MLflow creates: its times are the dump's unless set when loading.
-DEFAULT_EXPERIMENT = "0"
+# The Default experiment MLflow creates (id 0): a template holds the time it was built, so each
+# server's copy is given its own (stamp_default_experiment).
+_STAMP_DEFAULT_EXPERIMENT = text(
+    "UPDATE experiments SET creation_time = :ms, last_update_time = :ms WHERE experiment_id = 0"
+)
 
 
 class ProvisioningError(Exception):
@@ -50,16 +54,17 @@ def migrate(uri: str) -> None:
 
 
 def load_sqlite_dump(dump: Path, database: Path) -> None:
-    """A new SQLite database at ``database`` holding what MLflow's migrations would create."""
-    now_ms = int(time.time() * 1000)
+    """A new SQLite database at ``database`` holding what MLflow's migrations would create
+    (the Default experiment's times are the dump's: see stamp_default_experiment)."""
     with sqlite3.connect(database) as conn:
         conn.executescript(dump.read_text(encoding="utf-8"))
-        conn.execute(
-            "UPDATE experiments SET creation_time = ?, last_update_time = ?"
-            " WHERE experiment_id = ?",
-            (now_ms, now_ms, DEFAULT_EXPERIMENT),
-        )
     conn.close()
+
+
+def stamp_default_experiment(conn: Connection, created_ms: int) -> None:
+    """Date the Default experiment of a database copied from a template at its server's creation
+    (``created_ms``, ms since the epoch), as MLflow dates it when it creates the schema itself."""
+    conn.execute(_STAMP_DEFAULT_EXPERIMENT, {"ms": created_ms})
 
 
 def write_sqlite_dump() -> Path:
