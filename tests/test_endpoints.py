@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -381,6 +382,44 @@ def test_deployment_on_postgresql(pg_daemon: Daemon, tmp_path: Path) -> None:
     sm.delete_endpoint(EndpointName=endpoint)
     with pytest.raises(ClientError):
         wait_for(lambda: not sm.describe_endpoint(EndpointName=endpoint), 60, what="deletion")
+    sm.delete_mlflow_tracking_server(TrackingServerName=server)
+
+
+def test_a_model_in_an_s3_store_is_served(daemon: Daemon, s3_env: dict[str, str]) -> None:
+    """The instance's model comes from S3 through a tracking-server worker: the fetch has no
+    network, so it must not be sent to S3 itself by presigned URLs."""
+    bucket, server, name = unique("models"), unique("on-s3"), unique("from-s3")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_env["MLFLEET_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    s3.create_bucket(Bucket=bucket)
+    sm = daemon.client()
+    sm.create_mlflow_tracking_server(
+        TrackingServerName=server,
+        ArtifactStoreUri=f"s3://{bucket}/mlflow",
+        RoleArn=ROLE,
+        AutomaticModelRegistration=True,
+    )
+    assert daemon.wait_status(server, "Created", "CreateFailed")["TrackingServerStatus"] == (
+        "Created"
+    )
+    arn, model = log_model(daemon, server, [0, 1, 1, 0, 1])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(k.endswith("/MLmodel") for k in keys), keys
+    sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
+    deployed = mlfleet_deploy(daemon, arn, "--endpoint", name, "--no-wait")
+    assert deployed.returncode == 0, deployed.stderr
+    desc = wait_endpoint(daemon, name)
+    assert desc["EndpointStatus"] == "InService", desc
+    answer = invoke(daemon, name, {"inputs": FEATURES.tolist()})
+    assert json.loads(answer["Body"].read())["predictions"] == model.predict(FEATURES).tolist()
+    sm.delete_endpoint(EndpointName=name)
+    with pytest.raises(ClientError):
+        wait_for(lambda: not sm.describe_endpoint(EndpointName=name), 60, what="deletion")
     sm.delete_mlflow_tracking_server(TrackingServerName=server)
 
 

@@ -2,7 +2,8 @@
 
 Runs confined with no network at all and one tracking-server worker's socket folder in view:
 MLflow's client resolves the model URI (``models:/…``, ``runs:/…``) against that worker through
-a forwarder on the sandbox's own loopback, which nothing outside the sandbox can reach. It only
+a forwarder on the sandbox's own loopback, which nothing outside the sandbox can reach, and
+downloads every file through that worker too, never straight from the artifact store. It only
 fetches files; the instance that loads and runs the model starts afterwards, without the socket.
 The download goes into a sibling folder first, so an interrupted one never passes for a model.
 """
@@ -55,8 +56,17 @@ def main() -> None:
     model_dir = Path(args.model_dir)
     if (model_dir / "MLmodel").is_file():
         return
-    os.environ["MLFLOW_TRACKING_URI"] = (
-        f"http://127.0.0.1:{forward_loopback_to(args.tracking_socket)}"
+    from mlflow.environment_variables import MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD
+
+    os.environ.update(
+        {
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{forward_loopback_to(args.tracking_socket)}",
+            # A worker whose store is S3 offers presigned URLs, and MLflow's client would then
+            # fetch each file from S3 itself: unreachable from here, so every try would fail
+            # and be retried for minutes. Through the worker, the files come from the same
+            # store without this process needing the network.
+            MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD.name: "false",
+        }
     )
     import mlflow.artifacts
 
