@@ -647,24 +647,7 @@ def deploy(daemon: Daemon) -> Any:
     return model.predict(FEATURES).tolist()
 
 
-@pytest.mark.parametrize(
-    "setup",
-    [
-        pytest.param(
-            setup,
-            id=setup.name,
-            marks=[
-                pytest.mark.xfail(
-                    reason="an endpoint deployed from an S3 store never serves: its model "
-                    "fetch times out (a known bug, being fixed)",
-                    strict=False,
-                )
-            ]
-            * setup.s3,
-        )
-        for setup in SETUPS
-    ],
-)
+@pytest.mark.parametrize("setup", SETUPS, ids=[s.name for s in SETUPS])
 def test_acknowledged_writes_survive_faults(
     setup: Setup,
     tmp_path: Path,
