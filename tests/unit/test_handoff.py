@@ -14,9 +14,9 @@ from multidict import CIMultiDict
 
 from mlfleet.auth import sigv4
 from mlfleet.mlflow_api.actions import ACTIONS
+from mlfleet.mlflow_api.hardening import MAX_REQUEST_HEAD, MAX_REQUEST_LINE
 from mlfleet.runtime.fast_lane import (
     BODY_LIMIT,
-    HEAD_LIMIT,
     INLINE_ACTIONS,
     Head,
     Unfit,
@@ -153,7 +153,15 @@ def test_the_lane_leaves_anything_unusual_to_the_gateway(raw: str) -> None:
 
 def test_an_endless_head_goes_back_to_the_gateway() -> None:
     with pytest.raises(Unfit):
-        parse_head(b"GET / HTTP/1.1\r\nX: " + b"a" * HEAD_LIMIT)
+        parse_head(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_REQUEST_HEAD)
+
+
+def test_the_lane_reads_a_request_line_as_long_as_the_gateway_does() -> None:
+    target = "/api/2.0/mlflow/metrics/get-history-bulk-interval?" + "q" * (MAX_REQUEST_LINE - 80)
+    parsed = parse_head(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert parsed is not None and parsed.target == target
+    with pytest.raises(Unfit):
+        parse_head(f"GET {target}{'q' * 80} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 
 
 def signed_request(secret: str, token: str | None = None) -> tuple[bytes, bytes]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from markupsafe import Markup
 from sqlalchemy import select
 
@@ -64,6 +65,7 @@ from mlfleet.iam.store import IamStore
 from mlfleet.iam.sts import SecurityTokenService
 from mlfleet.metrics import Recorder
 from mlfleet.mlflow_api.actions import table_mlflow_version
+from mlfleet.mlflow_api.hardening import MAX_REQUEST_LINE
 from mlfleet.policy.authorizer import AUTHORIZATION_MODES, Authorizer
 from mlfleet.registry.service import ModelRegistry
 from mlfleet.registry.sync import RegistrySync
@@ -357,6 +359,22 @@ def build_app(daemon: Daemon) -> web.Application:
     return app
 
 
+class RefusedRequestsInOneLine(logging.Filter):
+    """aiohttp logs a request its parser refused (a line over MAX_REQUEST_LINE, a malformed
+    head) as an error with a traceback, as if the daemon had failed: it is the client's doing,
+    logged as one warning. The parser's message is left out: it quotes the start of the line,
+    which may be an Authorization header."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        refused = record.exc_info[1] if record.exc_info else None
+        if isinstance(refused, HttpProcessingError) and isinstance(record.args, tuple):
+            record.msg = f"{record.msg}: %s"
+            record.args = (*record.args, type(refused).__name__)
+            record.exc_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure_logging(settings: Settings) -> None:
     handlers: list[logging.Handler] = [
         logging.StreamHandler(sys.stderr),
@@ -368,6 +386,7 @@ def configure_logging(settings: Settings) -> None:
         handlers=handlers,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(RefusedRequestsInOneLine())
 
 
 def run(settings: Settings, banner: bool = True) -> None:
@@ -412,4 +431,8 @@ def run(settings: Settings, banner: bool = True) -> None:
         handle_signals=True,
         shutdown_timeout=15,
         ssl_context=tls.context if tls else None,
+        # Beyond these, aiohttp answers 400 text/plain itself: it has no hook for the answer to
+        # a request it could not parse (aio-libs/aiohttp#3287), so no MLflow-shaped one.
+        max_line_size=MAX_REQUEST_LINE,
+        max_field_size=MAX_REQUEST_LINE,
     )

@@ -17,6 +17,9 @@ the whole class, as "what a gateway in front can block" (items 1 and 4) describe
   placeholder;
 * API request bodies are capped; artifact transfers (``/mlflow-artifacts/`` routes) are not,
   since they are streamed and never held whole;
+* a request line or header line is read up to ``MAX_REQUEST_LINE`` bytes, as far beyond what
+  MLflow's clients send as the gateway lets MLflow answer a long list itself; the workers read
+  heads of ``MAX_REQUEST_HEAD``;
 * identity headers a client sends never reach MLflow (``HeaderNames``).
 
 All but ``screen``, which reads the body of the few JSON calls it inspects, are pure functions.
@@ -37,6 +40,16 @@ from mlfleet.mlflow_api.actions import api_relative, path_segments
 
 INVALID = "INVALID_PARAMETER_VALUE"
 TOO_LARGE = "RESOURCE_LIMIT_EXCEEDED"
+
+# MLflow's GET routes take lists in the query string (get-history-bulk-interval's run_ids, which
+# MLflow caps at 100 and answers more with INVALID_PARAMETER_VALUE itself): a list a few hundred
+# ids long exceeds aiohttp's default of 8190 bytes, and MLflow, not the parser, should answer it.
+# Bounded, since a head is held whole. Beyond it aiohttp refuses the request before mlfleet sees
+# it (daemon.app).
+MAX_REQUEST_LINE = 64 * 1024
+# A whole request head (its line and headers) that a worker reads: the longest line with room
+# for the headers that come with it.
+MAX_REQUEST_HEAD = MAX_REQUEST_LINE + 32 * 1024
 
 # A value still changing after this many decodings is refused: nobody encodes a path that often,
 # and the bound keeps a long run of %25 from costing the gateway quadratic time.

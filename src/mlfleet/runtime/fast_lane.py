@@ -61,6 +61,8 @@ from mlfleet.common.storage import INSUFFICIENT_STORAGE, NOT_RECORDED, RESOURCE_
 from mlfleet.mlflow_api.actions import SERVICE, is_write, required_action
 from mlfleet.mlflow_api.hardening import (
     ARN_HEADER,
+    MAX_REQUEST_HEAD,
+    MAX_REQUEST_LINE,
     STRIPPED_REQUEST,
     STRIPPED_RESPONSE,
     request_problem,
@@ -73,7 +75,6 @@ from mlfleet.state.db import NOT_RECORDED_WHILE_AWAY, RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
 
-HEAD_LIMIT = 32 * 1024
 # Larger bodies (artifact uploads, big batches) go back to the gateway, which streams them.
 BODY_LIMIT = 256 * 1024
 # aiohttp's keep-alive timeout: a connection stays open as long as it would in the daemon.
@@ -141,10 +142,12 @@ def parse_head(buffer: bytes | bytearray) -> Head | None:
     would have to interpret anything unusual (the gateway's full HTTP parser does that)."""
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
-        if len(buffer) > HEAD_LIMIT:
+        if len(buffer) > MAX_REQUEST_HEAD:
             raise Unfit
         return None
     lines = bytes(buffer[:end]).split(b"\r\n")
+    if any(len(line) > MAX_REQUEST_LINE for line in lines):
+        raise Unfit  # the gateway's parser refuses it: the same answer on either path
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not parts[1].startswith(b"/"):
         raise Unfit

@@ -134,6 +134,8 @@ def main() -> None:
         }
     )
 
+    from mlfleet.mlflow_api.hardening import MAX_REQUEST_HEAD
+
     app = build_app()
     config = uvicorn.Config(
         app,
@@ -141,6 +143,9 @@ def main() -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        # What the gateway forwards (httptools, uvicorn's parser here, sets no bound; h11, its
+        # fallback, would refuse heads over 16 KiB).
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
     )
     server = uvicorn.Server(config)
 
