@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 
 from mlfleet.gateway.proxy import ARN_HEADER
 from mlfleet.mlflow_api.actions import path_segments
-from mlfleet.mlflow_api.hardening import Refusal, body_problem, url_problem
+from mlfleet.mlflow_api.hardening import INVALID_PATH, Refusal, body_problem, url_problem
 from support.daemon import Daemon
 
 MiB = 1024 * 1024
@@ -71,7 +71,7 @@ def send(
 
 
 def assert_refused(status: int, answer: Any, expected: Refusal | None, parameter: str) -> None:
-    """Refused by the gateway itself: MLflow, which checks some of these too, words it otherwise."""
+    """Refused by the gateway itself, as it says (artifact paths in MLflow's words)."""
     assert expected is not None and expected.status == 400
     assert parameter in expected.message
     assert (status, answer) == (400, {"error_code": expected.code, "message": expected.message})
@@ -268,7 +268,7 @@ def test_get_artifact_paths_that_traverse_are_refused(
         f"/model-versions/get-artifact?name=any&version=1&path={payload}",
     ):
         status, answer = send(daemon, shared_server, "GET", path)
-        assert_refused(status, answer, refusal_of(path), "'path'")
+        assert_refused(status, answer, refusal_of(path), INVALID_PATH)
 
 
 def test_get_artifact_and_list_still_serve_the_runs_files(
@@ -327,7 +327,7 @@ def test_artifact_delete_cannot_leave_the_store(
     )
     path = f"/api/2.0/mlflow-artifacts/artifacts/{path}"
     status, answer = send(daemon, shared_server, "DELETE", path, by=by)
-    assert_refused(status, answer, refusal_of(path), "artifact path in the URL")
+    assert_refused(status, answer, refusal_of(path), INVALID_PATH)
     assert sentinel.read_text() == "keep me"
 
     status, _ = send(
@@ -362,7 +362,7 @@ def test_artifact_writes_and_reads_cannot_leave_the_store(
     )
     path = f"{prefix}/{route}/{traversal}/{name}"
     status, answer = send(daemon, shared_server, method, path, None if method == "GET" else body)
-    assert_refused(status, answer, refusal_of(path), "artifact path in the URL")
+    assert_refused(status, answer, refusal_of(path), INVALID_PATH)
     assert not (Path(shared_server["artifacts"]).parent / name).exists()
 
 
@@ -396,7 +396,7 @@ def test_upload_artifact_paths_that_traverse_are_refused(
     query = f"run_uuid={run['run_id']}&path={payload.format(name=name)}"
     path = f"/ajax-api/2.0/mlflow/upload-artifact?{query}"
     status, answer = send(daemon, shared_server, "POST", path, b"pwned")
-    assert_refused(status, answer, refusal_of(path), "'path'")
+    assert_refused(status, answer, refusal_of(path), INVALID_PATH)
     assert not (Path(shared_server["artifacts"]).parent / name).exists()
     assert not Path(f"/tmp/{name}").exists()
 

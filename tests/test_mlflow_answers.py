@@ -70,3 +70,29 @@ def test_a_long_query_string_gets_mlflows_own_answer(
     log = (daemon.data_dir / "mlfleet.log").read_text()
     assert "Error handling request from 127.0.0.1: LineTooLong" in log
     assert "aiohttp.http_exceptions.LineTooLong" not in log
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "path=%2e%2e/%2e%2e/secret",  # MLflow's own check refuses these too: its very answer
+        "path=%252e%252e%252fsecret",
+        "path=%2Fetc%2Fpasswd",
+        "path=model%23/../x",
+    ],
+)
+def test_traversing_artifact_paths_are_refused_as_mlflow_refuses_them(
+    daemon: Daemon, shared_server: dict[str, Any], query: str
+) -> None:
+    url = f"{shared_server['TrackingServerUrl']}/api/2.0/mlflow/artifacts/list?run_id=r&{query}"
+    with requests.Session() as session:
+        session.auth = daemon.credentials
+        # The gateway, then the worker's fast lane on the same connection (which leaves what
+        # the gateway refuses to the gateway).
+        for _ in range(2):
+            answer = session.get(url, timeout=30)
+            assert answer.status_code == 400
+            assert answer.json() == {
+                "error_code": "INVALID_PARAMETER_VALUE",
+                "message": "Invalid path",
+            }

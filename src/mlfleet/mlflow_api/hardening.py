@@ -9,7 +9,9 @@ the whole class, as "what a gateway in front can block" (items 1 and 4) describe
 
 * artifact paths (in the URL of the artifact proxy, in ``path``-like query parameters, in the
   body of the presigned-URL calls): refused when any percent-decoding of them, repeated until
-  nothing changes, holds ``..``, a backslash, NUL, ``#`` or ``?``, or is absolute;
+  nothing changes, holds ``..``, a backslash, NUL, ``#`` or ``?``, or is absolute; answered as
+  MLflow answers a path its own check refuses (400 ``INVALID_PARAMETER_VALUE`` "Invalid path"),
+  with the reason added where that check would have let the path through;
 * ``experiments/create``: any ``artifact_location`` is refused; the server chooses it, under its
   ArtifactStoreUri;
 * ``model-versions/create``: ``source`` must be ``runs:/``, ``models:/`` or ``mlflow-artifacts:``
@@ -32,6 +34,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import PurePosixPath, PureWindowsPath
 from urllib.parse import unquote, unquote_plus, urlsplit
 
 from aiohttp import web
@@ -39,6 +42,8 @@ from aiohttp import web
 from mlfleet.mlflow_api.actions import api_relative, path_segments
 
 INVALID = "INVALID_PARAMETER_VALUE"
+# MLflow's answer to an artifact path its check (mlflow.utils.uri.validate_path_is_safe) refuses.
+INVALID_PATH = "Invalid path"
 TOO_LARGE = "RESOURCE_LIMIT_EXCEEDED"
 
 # MLflow's GET routes take lists in the query string (get-history-bulk-interval's run_ids, which
@@ -131,17 +136,35 @@ def uri_problem(value: str) -> str | None:
     return None
 
 
+def _mlflow_refuses(decoded: str) -> bool:
+    """Whether MLflow's own check refuses a path, given decoded until stable as MLflow decodes
+    it: a '#', a '..' segment, or absolute, also as a file: URI or to Windows."""
+    if "#" in decoded:
+        return True
+    if urlsplit(decoded).scheme.lower() == "file":
+        decoded = urlsplit(decoded).path
+    return (
+        ".." in decoded.split("/")
+        or PurePosixPath(decoded).is_absolute()
+        or PureWindowsPath(decoded).is_absolute()
+    )
+
+
 def artifact_path_problem(path: str) -> str | None:
-    """Why a path meant to be relative to an artifact root is unsafe, or None."""
+    """The message refusing a path meant to be relative to an artifact root, or None if it is
+    safe: MLflow's own "Invalid path" where its check refuses the path too, so that a client
+    reads what MLflow would answer; with the reason where only the gateway refuses it."""
     forms = decodings(path)
     if forms is None:
-        return _too_encoded()
+        return f"{INVALID_PATH}: the path {_too_encoded()}"
+    if _mlflow_refuses(forms[-1]):
+        return INVALID_PATH
     for form in forms:
         problem = _traversal(form)
+        if problem is None and _DRIVE_OR_URI.match(form):
+            problem = "is a drive or a URI, not a path relative to the artifact root"
         if problem is not None:
-            return problem
-        if form.startswith("/") or _DRIVE_OR_URI.match(form):
-            return "is absolute or a URI, not a path relative to the artifact root"
+            return f"{INVALID_PATH}: the path {problem}"
     return None
 
 
@@ -212,7 +235,7 @@ def url_problem(path: str) -> Refusal | None:
     if artifact:
         problem = artifact_path_problem(artifact)
         if problem is not None:
-            return invalid(f"The artifact path in the URL {problem}.")
+            return invalid(problem)
     # Every occurrence: MLflow reads the first, another layer might read the last.
     for pair in query.split("&"):
         raw_name, _, value = pair.partition("=")
@@ -220,7 +243,7 @@ def url_problem(path: str) -> Refusal | None:
         if name in ARTIFACT_PATH_PARAMETERS:
             problem = artifact_path_problem(value.replace("+", " "))
             if problem is not None:
-                return invalid(f"Invalid value for parameter '{name}': the path {problem}.")
+                return invalid(problem)
     return None
 
 
@@ -264,9 +287,11 @@ def _presigned_problem(document: dict[str, object]) -> str | None:
     for path in _fields(document, "path"):
         if path is None:
             continue
-        problem = artifact_path_problem(path) if isinstance(path, str) else "must be a string"
+        if not isinstance(path, str):
+            return "Invalid value for parameter 'path': must be a string."
+        problem = artifact_path_problem(path)
         if problem is not None:
-            return f"Invalid value for parameter 'path': the path {problem}."
+            return problem
     return None
 
 
