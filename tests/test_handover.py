@@ -381,7 +381,7 @@ def test_what_the_ticket_does_not_settle_goes_back_to_the_gateway(
         status, _ = conn.call("GET", f"{api}/experiments/search", auth="Basic bm9ib2R5Om5vcGU=")
         assert status == 401
 
-        # The gateway's input checks hold: an experiment may not choose its artifact location.
+        # The gateway's input checks hold: no experiment's artifacts outside the server's store.
         status, refused = conn.call(
             "POST",
             f"{api}/experiments/create",

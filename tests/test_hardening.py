@@ -77,11 +77,14 @@ def assert_refused(status: int, answer: Any, expected: Refusal | None, parameter
     assert (status, answer) == (400, {"error_code": expected.code, "message": expected.message})
 
 
-def refusal_of(path: str, body: dict[str, Any] | None = None) -> Refusal | None:
-    """What the gateway answers to MLflow's ``path`` (and JSON ``body``)."""
+def refusal_of(
+    path: str, body: dict[str, Any] | None = None, store: str | None = None
+) -> Refusal | None:
+    """What the gateway answers to MLflow's ``path`` (and JSON ``body``, on a server whose
+    ArtifactStoreUri is ``store``)."""
     if body is None:
         return url_problem(path)
-    return body_problem(path_segments(path), json.dumps(body).encode())
+    return body_problem(path_segments(path), json.dumps(body).encode(), store)
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +217,9 @@ def test_experiments_with_an_artifact_location_are_refused(
     body = {"name": name, field: location}
     path = f"{prefix}/mlflow/experiments/create"
     status, answer = send(daemon, shared_server, "POST", path, body)
-    assert_refused(status, answer, refusal_of(path, body), "'artifact_location'")
-    assert "chosen by the tracking server" in answer["message"]
+    store = shared_server["ArtifactStoreUri"]
+    assert_refused(status, answer, refusal_of(path, body, store), "'artifact_location'")
+    assert "must lie in this tracking server's artifact store" in answer["message"]
     status, _ = send(
         daemon,
         shared_server,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import requests
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from support.aws import unique
 from support.daemon import Daemon
@@ -96,3 +97,61 @@ def test_traversing_artifact_paths_are_refused_as_mlflow_refuses_them(
                 "error_code": "INVALID_PARAMETER_VALUE",
                 "message": "Invalid path",
             }
+
+
+def test_an_experiment_may_keep_its_artifacts_anywhere_in_its_servers_store(
+    daemon: Daemon,
+    shared_server: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key, secret = daemon.credentials
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", key)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+    store = tmp_path / "store"
+    sm = daemon.client()
+    name = unique("located")
+    sm.create_mlflow_tracking_server(
+        TrackingServerName=name, ArtifactStoreUri=f"file://{store}", RoleArn=ROLE
+    )
+    try:
+        desc = daemon.wait_status(name, "Created", "CreateFailed")
+        assert desc["TrackingServerStatus"] == "Created", desc
+        client = MlflowClient(desc["TrackingServerUrl"])
+        (tmp_path / "notes.txt").write_text("kept")
+
+        # In the store: through the artifact proxy, or as a folder of the store itself.
+        for location, folder in (
+            ("mlflow-artifacts:/chosen/proxied", store / "chosen" / "proxied"),
+            (f"file://{store}/chosen/direct", store / "chosen" / "direct"),
+            (f"file:{store}/chosen/direct-too/", store / "chosen" / "direct-too"),
+        ):
+            experiment_id = client.create_experiment(unique("e"), artifact_location=location)
+            assert client.get_experiment(experiment_id).artifact_location == location
+            run = client.create_run(experiment_id)
+            client.log_artifact(run.info.run_id, str(tmp_path / "notes.txt"))
+            assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["notes.txt"]
+            found = folder / run.info.run_id / "artifacts" / "notes.txt"
+            assert found.read_text() == "kept"
+
+        # Outside it: another server's store, the data dir, a way out by '..' or a link.
+        (store / "link").symlink_to(daemon.data_dir)
+        for location in (
+            shared_server["ArtifactStoreUri"],
+            f"{shared_server['ArtifactStoreUri']}/x",
+            f"file://{daemon.data_dir}",
+            f"file://{store}/../escaped",
+            f"file://{store}/%2e%2e/escaped",
+            f"file://{store}/link/x",
+            f"file://{store}-b",
+            "mlflow-artifacts:/../escaped",
+            "s3://bucket/x",
+        ):
+            with pytest.raises(MlflowException) as refused:
+                client.create_experiment(unique("e"), artifact_location=location)
+            assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
+            message = refused.value.message
+            assert "must lie in this tracking server's artifact store" in message, message
+            assert f"file://{store}" in message
+    finally:
+        sm.delete_mlflow_tracking_server(TrackingServerName=name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -174,26 +175,84 @@ def test_foreign_or_traversing_sources_are_refused(source: object, problem: str)
     assert found is not None and problem in found
 
 
+S3_STORE = "s3://bucket/tenant-a"
+
+
 @pytest.mark.parametrize("location", [None, ""])
 def test_absent_artifact_location_passes(location: object) -> None:
-    assert artifact_location_problem(location) is None
+    assert artifact_location_problem(location, S3_STORE) is None
 
 
 @pytest.mark.parametrize(
     "location",
     [
-        "http://169.254.169.254/latest",
-        "file:///etc",
-        "dbfs:/x",  # CVE-2024-8859
-        "s3://bucket/prefix",
-        "mlflow-artifacts:/elsewhere",
-        "relative/dir",
-        ["x"],
+        "mlflow-artifacts:/team/exp",  # the artifact proxy's root is the server's store
+        "mlflow-artifacts:/",
+        "mlflow-artifacts:///team",
+        "s3://bucket/tenant-a",
+        "s3://bucket/tenant-a/",
+        "s3://bucket/tenant-a/team/exp",
+        "s3://bucket/tenant-a//team",
     ],
 )
-def test_any_artifact_location_is_refused(location: object) -> None:
-    problem = artifact_location_problem(location)
-    assert problem is not None and "chosen by the tracking server" in problem
+def test_locations_in_the_servers_own_store_pass(location: str) -> None:
+    assert artifact_location_problem(location, S3_STORE) is None
+
+
+@pytest.mark.parametrize(
+    ("location", "problem"),
+    [
+        ("http://169.254.169.254/latest", "must lie in this tracking server's artifact store"),
+        ("file:///etc", "must lie in"),
+        ("dbfs:/x", "must lie in"),  # CVE-2024-8859
+        ("s3://bucket/tenant-b/x", "must lie in"),  # another tenant's store
+        ("s3://bucket/tenant-ab", "must lie in"),  # a prefix, not a folder, in common
+        ("s3://bucket", "must lie in"),
+        ("s3://other/tenant-a", "must lie in"),
+        ("S3://bucket/tenant-a/x", "must lie in"),
+        ("s3://bucket/tenant-a/../tenant-b", "'..' segment"),
+        ("s3://bucket/tenant-a/%2e%2e/tenant-b", "'..' segment"),
+        ("s3://bucket/tenant-a/%252e%252e/tenant-b", "'..' segment"),
+        ("mlflow-artifacts:/../../etc", "'..' segment"),
+        ("mlflow-artifacts://attacker.example/x", "must lie in"),
+        ("MLFLOW-ARTIFACTS:/x", "must lie in"),
+        ("mlflow-artifacts:x", "must lie in"),
+        ("relative/dir", "must lie in"),
+        ("/abs/dir", "must lie in"),
+        (["x"], "is not a string"),
+    ],
+)
+def test_locations_outside_the_servers_store_are_refused(location: object, problem: str) -> None:
+    found = artifact_location_problem(location, S3_STORE)
+    assert found is not None and problem in found
+    assert S3_STORE in found  # says what is allowed
+
+
+def test_where_the_store_is_not_known_every_location_is_refused() -> None:
+    assert artifact_location_problem("mlflow-artifacts:/x", None) is None
+    assert artifact_location_problem(f"{S3_STORE}/x", None) is not None
+
+
+def test_a_local_folder_location_is_compared_with_links_followed(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "exp").mkdir(parents=True)
+    (tmp_path / "data-dir").mkdir()
+    (store / "out").symlink_to(tmp_path / "data-dir")
+    (tmp_path / "elsewhere").symlink_to(store / "exp")
+    uri = f"file://{store}"
+    for inside in (f"file://{store}/exp", f"file:{store}/exp/", f"file:{store}", f"{uri}/new"):
+        assert artifact_location_problem(inside, uri) is None, inside
+    # Through a link in the store, beside it, by a host, relative: outside.
+    for outside in (
+        f"file://{store}/out/x",
+        f"file://{tmp_path}/store-b",
+        f"file://{tmp_path}",
+        f"file://{tmp_path}/elsewhere",  # a link to a folder in the store: the path is outside
+        f"file://localhost{store}/exp",
+        "file:store/exp",
+        f"{store}/exp",
+    ):
+        assert artifact_location_problem(outside, uri) is not None, outside
 
 
 # requests --------------------------------------------------------------------------------------
@@ -336,7 +395,7 @@ def _screen(
         request = make_mocked_request(
             "POST", path, headers=headers, payload=payload, client_max_size=client_max_size
         )
-        return await screen(request, path, body, payload_hash, limit)
+        return await screen(request, path, body, payload_hash, limit, S3_STORE)
 
     return asyncio.run(run())
 

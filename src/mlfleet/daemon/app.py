@@ -175,11 +175,12 @@ def build_daemon(settings: Settings) -> Daemon:
                     TrackingServer.tags,
                     TrackingServer.role_arn,
                     TrackingServer.automatic_model_registration,
+                    TrackingServer.artifact_store_uri,
                 ).where(TrackingServer.name == name)
             ).first()
         if row is None:
             return None
-        return ServerRecord(row[0], row[1], row[2], tuple(row[3]), row[4], row[5])
+        return ServerRecord(row[0], row[1], row[2], tuple(row[3]), row[4], row[5], row[6])
 
     # The gateway's parts, built first: the fleet and the registry sync need some of them.
     routing = Routing(settings, runtime, lookup)

@@ -166,7 +166,12 @@ class Gateway:
         # Only for callers allowed the action: traversal in artifact paths, foreign sources and
         # locations, oversized bodies (hardening), checked before anything reaches MLflow.
         refusal, body = await screen(
-            request, route.upstream_path, body, payload_hash, self._settings.max_api_body_bytes
+            request,
+            route.upstream_path,
+            body,
+            payload_hash,
+            self._settings.max_api_body_bytes,
+            server.artifact_store_uri,
         )
         if refusal is not None:
             return mlflow_error(refusal.status, refusal.code, refusal.message)

@@ -45,6 +45,7 @@ class ServerRecord:
     tags: tuple[dict[str, str], ...] = ()
     role_arn: str = ""
     automatic_model_registration: bool = False
+    artifact_store_uri: str = ""
 
 
 # name -> the server's record, or None for an unknown name.

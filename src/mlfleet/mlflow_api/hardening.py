@@ -12,8 +12,9 @@ the whole class, as "what a gateway in front can block" (items 1 and 4) describe
   nothing changes, holds ``..``, a backslash, NUL, ``#`` or ``?``, or is absolute; answered as
   MLflow answers a path its own check refuses (400 ``INVALID_PARAMETER_VALUE`` "Invalid path"),
   with the reason added where that check would have let the path through;
-* ``experiments/create``: any ``artifact_location`` is refused; the server chooses it, under its
-  ArtifactStoreUri;
+* ``experiments/create``: an ``artifact_location`` must lie in the server's own artifact store,
+  as ``mlflow-artifacts:/<path>`` or under its ArtifactStoreUri (same scheme and bucket, a local
+  folder's symbolic links followed), with no ``..`` in any decoding; anything else is refused;
 * ``model-versions/create``: ``source`` must be ``runs:/``, ``models:/`` or ``mlflow-artifacts:``
   (what MLflow's clients send, see ``SOURCE_SCHEMES``) without traversal, or a prompt's
   placeholder;
@@ -24,13 +25,15 @@ the whole class, as "what a gateway in front can block" (items 1 and 4) describe
   heads of ``MAX_REQUEST_HEAD``;
 * identity headers a client sends never reach MLflow (``HeaderNames``).
 
-All but ``screen``, which reads the body of the few JSON calls it inspects, are pure functions.
+All but ``screen``, which reads the body of the few JSON calls it inspects, and the check of a
+local folder's ``artifact_location`` (which follows its symbolic links), are pure functions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,19 +194,59 @@ def source_problem(source: object) -> str | None:
     return None
 
 
-def artifact_location_problem(location: object) -> str | None:
-    """Why an ``experiments/create`` artifact_location is refused, or None (absent or empty).
+def _within_store(location: str, store: str) -> bool:
+    """Whether ``location`` names the folder ``store`` or one in it: same scheme and bucket (or
+    host), its path under the store's as written and, for a local folder, as links lead."""
+    place, home = urlsplit(location), urlsplit(store)
+    # The scheme as written (urlsplit lowers it; MLflow's artifact code may not).
+    if not home.scheme or not location.startswith(f"{home.scheme}:"):
+        return False
+    if place.netloc != home.netloc:
+        return False
+    if not _under(place.path, home.path):
+        return False
+    if home.scheme != "file":
+        return True
+    if not place.path.startswith("/"):
+        return False  # file:x is relative to whichever directory reads it
+    # file:/x and file:///x alike; a link in the store may point anywhere, so the folder must be
+    # in the store both as written and as the links lead.
+    return _under(os.path.realpath(place.path), os.path.realpath(home.path))
+
+
+def _under(path: str, root: str) -> bool:
+    root = root.rstrip("/")
+    return path.rstrip("/") == root or path.startswith(root + "/")
+
+
+def artifact_location_problem(location: object, store: str | None) -> str | None:
+    """Why an ``experiments/create`` artifact_location is refused, or None (absent, empty, or in
+    the server's own artifact store).
 
     A location of the client's choosing is how file:, dbfs:/ and http(s):// locations reached
-    the server's artifact code (CVE-2023-6977, CVE-2024-8859, the HTTP SSRF); the server's own
-    root is the only one a tenant needs.
+    the server's artifact code (CVE-2023-6977, CVE-2024-8859, the HTTP SSRF), and would be how a
+    tenant reached another's store or the data dir: only the server's own store is accepted, as
+    ``mlflow-artifacts:/<path>`` (its artifact proxy's root) or under ``store``, its
+    ArtifactStoreUri. ``store`` is None where the server is not known (the fast lane): every
+    location but ``mlflow-artifacts:/`` ones is refused there, and the gateway decides.
     """
     if location is None or location == "":
         return None
-    return (
-        "is chosen by the tracking server (under its ArtifactStoreUri); "
-        "create the experiment without it"
+    allowed = (
+        "must lie in this tracking server's artifact store: mlflow-artifacts:/<path>"
+        + (f" or a URI under its ArtifactStoreUri {store}" if store else "")
+        + ", or leave it out for the server to choose"
     )
+    if not isinstance(location, str):
+        return f"is not a string, and {allowed}"
+    problem = uri_problem(location)
+    if problem is not None:
+        return f"{problem}, and {allowed}"
+    if location.startswith("mlflow-artifacts:/") and not urlsplit(location).netloc:
+        return None
+    if store is not None and _within_store(location, store):
+        return None
+    return allowed
 
 
 # requests ------------------------------------------------------------------------------------
@@ -265,15 +308,16 @@ def _fields(document: dict[str, object], name: str) -> list[object]:
     return [document[key] for key in dict.fromkeys((name, camel)) if key in document]
 
 
-def _experiment_problem(document: dict[str, object]) -> str | None:
+def _experiment_problem(document: dict[str, object], store: str | None) -> str | None:
     for location in _fields(document, "artifact_location"):
-        problem = artifact_location_problem(location)
+        problem = artifact_location_problem(location, store)
         if problem is not None:
-            return f"Parameter 'artifact_location' {problem}."
+            given = repr(str(location)[:200])
+            return f"Invalid value for parameter 'artifact_location' ({given}): it {problem}."
     return None
 
 
-def _model_version_problem(document: dict[str, object]) -> str | None:
+def _model_version_problem(document: dict[str, object], store: str | None) -> str | None:
     for source in _fields(document, "source"):
         if source is None:
             continue  # absent to protobuf; MLflow answers that source is required
@@ -283,7 +327,7 @@ def _model_version_problem(document: dict[str, object]) -> str | None:
     return None
 
 
-def _presigned_problem(document: dict[str, object]) -> str | None:
+def _presigned_problem(document: dict[str, object], store: str | None) -> str | None:
     for path in _fields(document, "path"):
         if path is None:
             continue
@@ -295,8 +339,9 @@ def _presigned_problem(document: dict[str, object]) -> str | None:
     return None
 
 
-# Calls whose JSON body holds a path or URI, by the segments after /api/<version>/.
-BodyCheck = Callable[[dict[str, object]], str | None]
+# Calls whose JSON body holds a path or URI, by the segments after /api/<version>/; each is given
+# the server's ArtifactStoreUri, or None where it is not known.
+BodyCheck = Callable[[dict[str, object], str | None], str | None]
 _BODY_CHECKS: dict[tuple[str, ...], BodyCheck] = {
     ("mlflow", "experiments", "create"): _experiment_problem,
     ("mlflow", "model-versions", "create"): _model_version_problem,
@@ -305,15 +350,16 @@ _BODY_CHECKS: dict[tuple[str, ...], BodyCheck] = {
 }
 
 
-def body_problem(segments: list[str], body: bytes) -> Refusal | None:
-    """Check the JSON body of the calls in ``_BODY_CHECKS``; others pass."""
+def body_problem(segments: list[str], body: bytes, store: str | None = None) -> Refusal | None:
+    """Check the JSON body of the calls in ``_BODY_CHECKS``; others pass. ``store``: the
+    server's ArtifactStoreUri, None where it is not known."""
     check = _body_check(segments)
     if check is None:
         return None
     document = _json_object(body)
     if document is None:
         return invalid("The request body must be a JSON object.")
-    message = check(document)
+    message = check(document, store)
     return invalid(message) if message is not None else None
 
 
@@ -338,12 +384,18 @@ def too_large(limit: int) -> Refusal:
 
 
 async def screen(
-    request: web.Request, path: str, body: bytes | None, payload_hash: str | None, limit: int
+    request: web.Request,
+    path: str,
+    body: bytes | None,
+    payload_hash: str | None,
+    limit: int,
+    store: str,
 ) -> tuple[Refusal | None, bytes | None]:
     """Refuse the request, or pass it with its body (read here if it had to be looked at).
 
     ``path`` is the one MLflow will see; ``body`` is None unless authentication read it, and
-    ``payload_hash`` the signed SHA-256 of a body it left unread.
+    ``payload_hash`` the signed SHA-256 of a body it left unread; ``store`` is the server's
+    ArtifactStoreUri.
     """
     refusal = url_problem(path)
     if refusal is not None:
@@ -362,19 +414,22 @@ async def screen(
             return too_large(min(limit, request.client_max_size)), None
         if payload_hash is not None and hashlib.sha256(body).hexdigest() != payload_hash:
             return invalid("The request body does not match its signed X-Amz-Content-SHA256."), None
-    return body_refusal(segments, body or b"", limit), body
+    return body_refusal(segments, body or b"", limit, store), body
 
 
 def request_problem(path: str, body: bytes, limit: int) -> Refusal | None:
-    """What ``screen`` refuses in an API request whose body is at hand, or None."""
+    """What ``screen`` refuses in an API request whose body is at hand, or None; not knowing
+    the server's store, it refuses an artifact_location that is not mlflow-artifacts:/."""
     return url_problem(path) or body_refusal(path_segments(path.partition("?")[0]), body, limit)
 
 
-def body_refusal(segments: list[str], body: bytes, limit: int) -> Refusal | None:
+def body_refusal(
+    segments: list[str], body: bytes, limit: int, store: str | None = None
+) -> Refusal | None:
     """What ``screen`` refuses in a body, once the URL has passed."""
     if not is_artifact_transfer(segments) and len(body) > limit:
         return too_large(limit)
-    return body_problem(segments, body) if _body_check(segments) is not None else None
+    return body_problem(segments, body, store) if _body_check(segments) is not None else None
 
 
 # headers -------------------------------------------------------------------------------------
