@@ -234,7 +234,9 @@ def test_assumed_role_works_until_its_credentials_expire(
 
     # botocore checks AWS's 900-second floor itself; this daemon's floor is lower (conftest).
     sts = as_key(daemon, "sts", caller, config=Config(parameter_validation=False))
-    assumed = sts.assume_role(RoleArn=role_arn, RoleSessionName="nightly", DurationSeconds=4)
+    # Credentials that outlive the test on a slow machine for the calls that must work; one
+    # second ones for those that must not, once expired.
+    assumed = sts.assume_role(RoleArn=role_arn, RoleSessionName="nightly", DurationSeconds=900)
     creds = assumed["Credentials"]
     assert creds["AccessKeyId"].startswith("ASIA")
     assumed_arn = f"arn:aws:sts::{ACCOUNT}:assumed-role/{role_name}/nightly"
@@ -244,9 +246,7 @@ def test_assumed_role_works_until_its_credentials_expire(
 
     # The sagemaker-mlflow plugin signs with the session token.
     monkeypatch.setenv("SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT", daemon.url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
-    monkeypatch.setenv("AWS_SESSION_TOKEN", creds["SessionToken"])
+    _sign_with(monkeypatch, creds)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_server["TrackingServerArn"])
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
@@ -262,16 +262,25 @@ def test_assumed_role_works_until_its_credentials_expire(
         no_token.get_caller_identity()
     assert error_of(exc)[0] == "InvalidClientTokenId"
 
-    expires = creds["Expiration"].timestamp()
-    time.sleep(max(0.0, expires - time.time()) + 0.5)
+    brief = sts.assume_role(RoleArn=role_arn, RoleSessionName="brief", DurationSeconds=1)
+    brief_creds = brief["Credentials"]
+    time.sleep(max(0.0, brief_creds["Expiration"].timestamp() - time.time()) + 0.5)
     with pytest.raises(ClientError) as exc:
-        temporary.get_caller_identity()
+        as_key(daemon, "sts", brief_creds).get_caller_identity()
     assert error_of(exc) == (
         "ExpiredToken",
         "The security token included in the request is expired",
     )
+    _sign_with(monkeypatch, brief_creds)
     with pytest.raises(MlflowException, match="expired"):
-        client.get_experiment(exp_id)
+        MlflowClient().get_experiment(exp_id)
+
+
+def _sign_with(monkeypatch: pytest.MonkeyPatch, creds: dict[str, Any]) -> None:
+    """What the sagemaker-mlflow plugin signs its next calls with."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
+    monkeypatch.setenv("AWS_SESSION_TOKEN", creds["SessionToken"])
 
 
 def test_assume_role_refusals(daemon: Daemon) -> None:

@@ -27,10 +27,12 @@ def train_and_log(daemon: Daemon, server: str, labels: list[int]) -> tuple[str, 
         env.setenv("MLFLOW_TRACKING_USERNAME", key)
         env.setenv("MLFLOW_TRACKING_PASSWORD", secret)
         mlflow.set_tracking_uri(f"{daemon.url}/mlflow/{server}")
-        mlflow.set_experiment(unique("deploy"))
+        # Not mlflow.set_experiment: the active experiment would outlive this call, and a later
+        # test's start_run on another server would look for it there.
+        experiment_id = MlflowClient().create_experiment(unique("deploy"))
         model = LogisticRegression().fit(FEATURES, labels)
         name = unique("iris")
-        with mlflow.start_run():
+        with mlflow.start_run(experiment_id=experiment_id):
             mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
     return name, model
