@@ -67,10 +67,9 @@ def call(*args: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/ajax-api/2.0/mlflow/gateway-proxy"),
+        ("POST", "/ajax-api/3.0/mlflow/assistant/message"),
         ("GET", "/ajax-api/3.0/jobs/x"),
         ("POST", "/ajax-api/3.0/mlflow/scorer/invoke"),
-        ("POST", "/api/2.0/mlflow/users/create"),
     ],
 )
 def test_denied_routes_are_refused_with_the_reason(
@@ -83,6 +82,59 @@ def test_denied_routes_are_refused_with_the_reason(
         "message": required_action(method, path).reason,
     }
     assert error["message"]
+
+
+@pytest.mark.parametrize("by", ADDRESSING)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/ajax-api/2.0/mlflow/users/current"), ("POST", "/api/2.0/mlflow/users/create")],
+)
+def test_user_administration_is_not_found_as_in_mlflow_without_its_auth_app(
+    daemon: Daemon, shared_server: dict[str, Any], method: str, path: str, by: str
+) -> None:
+    status, error = call(daemon, shared_server, method, path, {}, by=by)
+    assert status == 404, error
+    assert error == {
+        "error_code": "ENDPOINT_NOT_FOUND",
+        "message": required_action(method, path).reason,
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/ajax-api/2.0/mlflow/gateway-proxy?gateway_path=api/2.0/endpoints/", None),
+        # A tenant names only the path under the operator's target; with none, nothing is sent.
+        (
+            "POST",
+            "/ajax-api/2.0/mlflow/gateway-proxy",
+            {"gateway_path": "gateway/x/invocations", "json_data": {"prompt": "hi"}},
+        ),
+    ],
+)
+def test_gateway_proxy_is_answered_by_mlflow_without_a_target(
+    daemon: Daemon, shared_server: dict[str, Any], method: str, path: str, body: Any
+) -> None:
+    assert call(daemon, shared_server, method, path, body) == (200, {"endpoints": []})
+
+
+def test_the_assistant_settings_are_mlflows_and_using_it_is_refused(
+    daemon: Daemon, shared_server: dict[str, Any]
+) -> None:
+    status, config = call(daemon, shared_server, "GET", "/ajax-api/3.0/mlflow/assistant/config")
+    assert (status, config) == (
+        200,
+        {"providers": {}, "projects": {}, "remote_access_allowed": False},
+    )
+    status, providers = call(
+        daemon, shared_server, "GET", "/ajax-api/3.0/mlflow/assistant/providers"
+    )
+    assert status == 200 and providers["providers"], providers
+    assert not any(p["allows_remote_access"] and p["available"] for p in providers["providers"])
+    status, error = call(
+        daemon, shared_server, "PUT", "/ajax-api/3.0/mlflow/assistant/config", {"providers": {}}
+    )
+    assert status == 403 and error["error_code"] == "PERMISSION_DENIED", error
 
 
 def test_a_denied_route_never_reaches_mlflow(daemon: Daemon, shared_server: dict[str, Any]) -> None:

@@ -110,7 +110,7 @@ class Gateway:
             return unauthenticated(exc)
         requirement = required_action(request.method, route.upstream_path)
         if requirement.denied:
-            return mlflow_error(403, "PERMISSION_DENIED", requirement.reason)
+            return mlflow_error(*requirement.refusal, requirement.reason)
         action = requirement.action
         audited = data_events_on(server.tags if server else None)
         write = self._recording.write(request, route, principal, action, audited)

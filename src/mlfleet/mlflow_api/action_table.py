@@ -131,6 +131,16 @@ _NON_RPC_ROUTES = {
     ("POST", "/ajax-api/2.0/mlflow/experiments/search-datasets"): _action("SearchRuns"),
     # OTLP span export: how the MLflow client (>= 3.4 servers) writes a trace's spans.
     ("POST", "/v1/traces"): _action("StartTrace"),
+    # The UI's model-endpoint list (Runs page, prompt lab). With no MLFLOW_DEPLOYMENTS_TARGET,
+    # which workers never have, MLflow answers it with an empty list and sends nothing out
+    # (actions.py says why it is safe).
+    ("GET", "/ajax-api/2.0/mlflow/gateway-proxy"): _action("AccessUI"),
+    ("POST", "/ajax-api/2.0/mlflow/gateway-proxy"): _action("AccessUI"),
+    # The Assistant panel's settings, read on every page: the worker's own empty configuration
+    # and which providers it could use (none run for a caller who is not on the worker's host;
+    # MLflow refuses those itself). The rest of the assistant family stays refused.
+    ("GET", "/ajax-api/3.0/mlflow/assistant/config"): _action("AccessUI"),
+    ("GET", "/ajax-api/3.0/mlflow/assistant/providers"): _action("AccessUI"),
 }
 
 

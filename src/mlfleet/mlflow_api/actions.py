@@ -7,7 +7,16 @@ imports MLflow, whose server module would cost the daemon seconds and 100+ MB. W
 here are the route
 families a tenant must never reach (spec mlflow-server.md section 8), refused before any
 lookup, and paths that a hop could rewrite. Any route not in the table is refused, so a route
-that an MLflow upgrade adds stays closed until someone decides what it needs.
+that an MLflow upgrade adds stays closed until someone decides what it needs. Only a route
+written down by hand in ``action_table.py`` is decided before the families, one by one: the
+UI's reads of the Assistant's settings sit in the refused assistant family.
+
+``gateway-proxy`` is served (``AccessUI``): MLflow sends it on only to
+``MLFLOW_DEPLOYMENTS_TARGET``, read from the worker's environment, which the sandbox builds
+without it (``runtime.sandbox``); unset, MLflow answers ``{"endpoints": []}`` and sends nothing.
+A tenant chooses only ``gateway_path``, which MLflow would append to that fixed target after
+its own check, and the worker normally has no network. Webhooks stay refused: there the tenant
+writes the URL.
 
 ``required_action`` itself is a few dict lookups.
 """
@@ -97,7 +106,7 @@ ACTIONS = frozenset(
 
 _SSRF = "the tracking server would make outbound requests a tenant controls (SSRF)"
 _EXECUTION = "the tracking server would run models, judges or code on a tenant's behalf"
-_ADMIN = "MLflow's own user administration: callers are IAM principals of mlfleet"
+_ADMIN = "MLflow's user administration is not enabled: callers are IAM principals of mlfleet"
 _NO_AI_GATEWAY = "the AI gateway (provider keys, LLM calls) is not offered"
 # Route families a tenant must never reach (spec mlflow-server.md section 8), by the path
 # segments after /api/<v>/ or /ajax-api/<v>/, or from the root for routes outside them.
@@ -105,7 +114,6 @@ _NO_AI_GATEWAY = "the AI gateway (provider keys, LLM calls) is not offered"
 _DENIED_FAMILIES = {
     ("mlflow", "gateway"): _NO_AI_GATEWAY,
     ("gateway",): _NO_AI_GATEWAY,
-    ("mlflow", "gateway-proxy"): _SSRF,
     ("mlflow", "runs", "create-promptlab-run"): "prompt lab needs the AI gateway",
     ("mlflow", "webhooks"): _SSRF,
     ("mlflow", "scorer", "invoke"): _EXECUTION,
@@ -125,6 +133,9 @@ _DENIED_FAMILIES = {
     ("mlflow", "ui-telemetry"): "usage telemetry would leave the tracking server",
     ("build",): "Flask's default static route: the UI loads the same files from /static-files",
 }
+# Served only by MLflow's basic-auth app, which workers never run: MLflow answers them 404, and
+# so does the gateway (the UI asks users/current on every page, of any MLflow server).
+_ABSENT_FAMILIES = frozenset({("mlflow", "users"), ("mlflow", "roles"), ("signup",)})
 _API_ROOTS = frozenset({"api", "ajax-api"})
 
 
@@ -133,6 +144,7 @@ class Kind(StrEnum):
     PUBLIC = "public"  # forward for any authenticated caller
     DENIED = "denied"  # never forwarded: a route tenants must not reach
     UNMAPPED = "unmapped"  # never forwarded: nobody decided what it needs (fail closed)
+    ABSENT = "absent"  # never forwarded: a route MLflow serves only with a feature workers lack
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +157,14 @@ class Requirement:
 
     @property
     def denied(self) -> bool:
-        return self.kind in (Kind.DENIED, Kind.UNMAPPED)
+        return self.kind in (Kind.DENIED, Kind.UNMAPPED, Kind.ABSENT)
+
+    @property
+    def refusal(self) -> tuple[int, str]:
+        """The status and MLflow error code a denied request is answered with."""
+        if self.kind is Kind.ABSENT:
+            return 404, "ENDPOINT_NOT_FOUND"
+        return 403, "PERMISSION_DENIED"
 
     def to_json(self) -> dict[str, str]:
         fields = {"kind": self.kind.value, "action": self.action, "reason": self.reason}
@@ -167,7 +186,10 @@ _NON_CANONICAL = _denied(
     "the path has empty, '.' or '..' segments or a '#', which would be rewritten before MLflow "
     "routes it"
 )
-_DENIED_BY_FAMILY = {family: _denied(reason) for family, reason in _DENIED_FAMILIES.items()}
+_DENIED_BY_FAMILY = {
+    family: Requirement(None, Kind.ABSENT if family in _ABSENT_FAMILIES else Kind.DENIED, reason)
+    for family, reason in _DENIED_FAMILIES.items()
+}
 _DENIED_DEPTHS = sorted({len(family) for family in _DENIED_FAMILIES})
 
 _PARAMETER = re.compile(r"<(?:(\w+):)?(\w+)>")
@@ -302,4 +324,11 @@ def required_action(method: str, path: str) -> Requirement:
     # could differ from the one checked here: a DELETE of artifacts/../../<rpc>.
     if not path.startswith("/") or "" in segments or "." in segments or ".." in segments:
         return _NON_CANONICAL
-    return denied_family(segments) or _table().lookup(method, path, segments)
+    table = _table()
+    # Only hand-written routes are exact entries inside a denied family (the generator skips
+    # MLflow's own there), each decided on its own.
+    return (
+        table.exact.get((method, path))
+        or denied_family(segments)
+        or table.lookup(method, path, segments)
+    )
