@@ -32,17 +32,17 @@ the test waits for the training loop and the endpoint to be served again, then f
 request a fault lands on: ``MLFLEET_CHAOS_SEED=<seed>`` with the run's test id replays its
 schedule, which reproduces a failure with good odds, not with certainty.
 
-Then, with every fault over and the daemon up: each acknowledged metric (key, step, value) is
-in its run's history exactly once, each param is there, each artifact downloads with its
-sha256 and every artifact in the store is one whole upload (none half-written), each model
-version exists with its source, each tag is on the server; the trail holds a LogMetric data
-event for every acknowledged step and an AddTags record for every acknowledged tag; the receiver
-got Creating and Created, a Creating Run / RegisteredModel / ModelVersion event for every
-acknowledged one and an API-call event for every acknowledged AddTags; the server is not left
-in a transitional status and runs its two workers, the endpoint is InService; no client call
-failed after its retries (except a create answered "already exists" because an earlier try of
-it had been done before its answer was lost, and refusals for the full disk); after SIGTERM the
-daemon exits 0 and ``mlfleet audit verify`` finds the chain intact.
+Then, with every fault over and the daemon up: each acknowledged metric (key, step, value) is in
+its run's history exactly once, each param is there, each artifact downloads with its sha256 and
+every artifact in the store is one whole upload (none half-written), each model version exists
+with its source and has exactly one model package, each tag is on the server; the trail holds a
+LogMetric data event for every acknowledged step and an AddTags record for every acknowledged
+tag; the receiver got Creating and Created, a Creating Run / RegisteredModel / ModelVersion
+event for every acknowledged one and an API-call event for every acknowledged AddTags; the
+server is not left in a transitional status and runs its two workers, the endpoint is InService;
+no client call failed after its retries (except a create answered "already exists" because an
+earlier try of it had been done before its answer was lost, and refusals for the full disk);
+after SIGTERM the daemon exits 0 and ``mlfleet audit verify`` finds the chain intact.
 
 Not injected yet: an event receiver that is down or refusing during the faults (retries, dead
 letters); a hung worker (SIGSTOP) rather than a dead one; faults during Stop, Start and Update.
@@ -92,6 +92,7 @@ from support.serving import FEATURES, log_model, scoring_pids, wait_endpoint
 from support.waiting import wait_for
 
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/mlfleet"
+PACKAGE_TAG = "sagemaker.model_package_arn"
 NAME = "chaos"
 ENDPOINT = "chaos-endpoint"
 ARN = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:mlflow-tracking-server/{NAME}"
@@ -674,8 +675,8 @@ def test_acknowledged_writes_survive_faults(
     with world_for(setup, tmp_path, monkeypatch, moto_s3) as (world, store):
         daemon = world.daemon
         try:
-            log = tmp_path / "daemon.out" if world.disk else daemon.data_dir / "daemon.out"
-            with replayable(seed, log):
+            kept = tmp_path / "daemon.out" if world.disk else None
+            with replayable(seed, daemon.data_dir, kept):
                 route_to(daemon, receiver, {"source": ["aws.sagemaker"], "resources": [ARN]})
                 sm = daemon.client()
                 sm.create_mlflow_tracking_server(
@@ -753,6 +754,7 @@ def test_acknowledged_writes_survive_faults(
                     f"{len(failures)} calls failed after the client's retries: {failures[:10]}"
                 )
                 _check_tracking(url, training, artifacts, registry, tmp_path / "downloads")
+                _check_packages(daemon, url, registry)
                 tags = {
                     tag["Key"]: tag["Value"]
                     for page in sm.get_paginator("list_tags").paginate(ResourceArn=ARN)
@@ -852,6 +854,36 @@ def _check_tracking(
     for (model, version), (source, run_id) in registry.versions.items():
         found = client.get_model_version(model, version)
         assert (found.source, found.run_id) == (source, run_id), (model, version, found)
+
+
+def _check_packages(daemon: Daemon, url: str, registry: Registry) -> None:
+    """Automatic registration: each model version of an acknowledged model has its model
+    package, exactly one (a version cut short by a fault is registered when the server serves
+    again: waited for)."""
+    client = MlflowClient(tracking_uri=url)
+    sm = daemon.client()
+    for model in sorted({model for model, _ in registry.versions}):
+        versions = client.search_model_versions(f"name = '{model}'")
+
+        def tagged(versions: list[Any] = versions, model: str = model) -> list[str] | None:
+            arns = [
+                client.get_model_version(model, v.version).tags.get(PACKAGE_TAG) for v in versions
+            ]
+            return None if None in arns else [str(arn) for arn in arns]
+
+        arns = wait_for(tagged, 60, 0.5, what=f"the model packages of {model}'s versions")
+        assert len(set(arns)) == len(arns), f"{model}: versions share a package: {arns}"
+        group = sm.describe_model_package(ModelPackageName=arns[0])["ModelPackageGroupName"]
+        packages = [
+            summary["ModelPackageArn"]
+            for page in sm.get_paginator("list_model_packages").paginate(
+                ModelPackageGroupName=group
+            )
+            for summary in page["ModelPackageSummaryList"]
+        ]
+        assert sorted(packages) == sorted(arns), (
+            f"{model}: {len(versions)} versions, packages {packages} (tagged {arns})"
+        )
 
 
 def _check_trail(daemon: Daemon, training: Training, control: ControlPlane) -> None:

@@ -32,14 +32,30 @@ def chaos_seed() -> int:
 
 
 @contextlib.contextmanager
-def replayable(seed: int, log: Path) -> Iterator[None]:
-    """Failures inside name the seed that replays them and where the daemon's log is."""
+def replayable(seed: int, data_dir: Path, kept: Path | None = None) -> Iterator[None]:
+    """Failures inside name the seed that replays them, where the daemon's log is (``kept``,
+    where it is copied to if the data dir goes with the test), and the last errors in the
+    daemon's and the workers' logs (CI's files are gone after the run)."""
     try:
         yield
     except AssertionError as failed:
+        log = kept or data_dir / "daemon.out"
         raise AssertionError(
             f"chaos seed {seed} (replay: {SEED_VARIABLE}={seed}; daemon log {log}): {failed}"
+            f"{_errors_in([data_dir / 'daemon.out', *data_dir.glob('servers/*/logs/*.log')])}"
         ) from failed
+
+
+def _errors_in(logs: list[Path]) -> str:
+    found = []
+    for log in logs:
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        marked = [line for line in lines if "ERROR" in line or "Traceback" in line][-20:]
+        found += [f"{log.name}: {line}" for line in marked]
+    return "\nlast errors in the logs:\n" + "\n".join(found) if found else ""
 
 
 def worker_pids(data_dir: Path) -> list[int]:
