@@ -98,6 +98,25 @@ def test_closing_passes_on_what_the_other_end_sent_before() -> None:
     assert events == [1, 2, "closed"]
 
 
+def test_listening_to_a_channel_already_closed_says_closed() -> None:
+    """A worker that died just before the gateway listens to its channel (the chaos suite's
+    find: the listen raised on the closed descriptor, and the client got a 500)."""
+    ours, theirs_fd = channel_pair()
+    os.close(theirs_fd)
+    ours.close()
+    events: list[object] = []
+
+    async def listen() -> None:
+        ours.listen(
+            asyncio.get_running_loop(),
+            lambda *_: events.append("message"),
+            lambda: events.append("closed"),
+        )
+
+    asyncio.run(listen())
+    assert events == ["closed"]
+
+
 def test_the_generation_is_shared_with_a_reader_of_its_descriptor() -> None:
     counter = Generation()
     reader = Generation(os.dup(counter.fd), writable=False)

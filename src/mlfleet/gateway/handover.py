@@ -173,6 +173,9 @@ class Handover:
         self._server = server
         channel = worker.channel
         self.listen(channel)
+        if channel.closed:  # its worker died meanwhile: the connection stays with the gateway
+            transport.resume_reading()
+            return
         copy = os.dup(sock.fileno())
         try:
             channel.send(ticket.to_message(), copy)

@@ -75,7 +75,11 @@ class Channel:
         on_closed: Callable[[], None],
     ) -> None:
         """Call ``on_message`` for each message as it arrives, ``on_closed`` once at the end
-        (the other end gone, or this one closed)."""
+        (the other end gone, or this one closed: at once if it already is, as when its worker
+        died just before)."""
+        if self.closed:
+            on_closed()
+            return
         self._loop = loop
         self._on_message = on_message
         self._on_closed = on_closed
