@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -40,7 +41,10 @@ from mlfleet.policy.authorizer import RequestFacts
 from mlfleet.protocol.awsjson import InputValidator, load_service_model
 from mlfleet.protocol.errors import AwsError, ServiceUnavailable, ValidationError
 from mlfleet.protocol.shapes import sagemaker as shapes
+from mlfleet.state.db import database_unavailable, driver_message
 from mlfleet.state.models import Endpoint, EndpointConfig, SageMakerModel
+
+log = logging.getLogger(__name__)
 
 VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
 # How long an invocation waits for an instance being replaced, and how often it looks.
@@ -324,9 +328,20 @@ class Invocations:
             "sagemaker", source_ip=source_ip, user_agent=user_agent, principal=principal
         )
         try:
-            self._pipeline.authorize(record, self._operation, call)
-            invoked: Invoked = await self._operation.run(call)
-            return invoked
+            try:
+                self._pipeline.authorize(record, self._operation, call)
+                invoked: Invoked = await self._operation.run(call)
+                return invoked
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                # The endpoint's record is out of reach for a moment: a 503 the SDK retries.
+                log.warning(
+                    "InvokeEndpoint %s: the database is unavailable: %s", name, driver_message(exc)
+                )
+                raise ServiceUnavailable(
+                    "The service is unavailable for a moment; retry."
+                ) from None
         except AwsError as exc:
             record.error = exc
             raise
