@@ -12,8 +12,6 @@ settled and the audit trail verifies.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
-from support.chaos import live_workers, trail_records
+from support.chaos import live_workers, stop_and_verify, trail_records
 from support.daemon import Daemon
 from support.disk import SmallDisk
 from support.events import Receiver, route_to
@@ -265,24 +263,7 @@ def test_full_disk_refuses_writes_clearly_and_recovers(
                 if written.is_file() and written.suffix in (".log", ".out"):
                     assert secret not in written.read_text(errors="replace"), written
 
-            daemon.stop()
-            assert daemon.proc is not None and daemon.proc.returncode == 0
-            verified = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "mlfleet",
-                    "audit",
-                    "verify",
-                    "--data-dir",
-                    str(daemon.data_dir),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            assert verified.returncode == 0, verified.stdout + verified.stderr
+            stop_and_verify(daemon)
         finally:
             receiver.stop()
             daemon.stop()

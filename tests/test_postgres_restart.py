@@ -26,10 +26,7 @@ exits 0 and ``mlfleet audit verify`` finds the chain intact.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -44,7 +41,7 @@ from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 
 from support.aws import ACCOUNT
-from support.chaos import live_workers, persist, trail_records
+from support.chaos import check_trail, live_workers, persist, stop_and_verify
 from support.daemon import Daemon
 from support.events import Receiver, route_to
 from support.postgres import PrivateCluster
@@ -245,31 +242,10 @@ def test_acknowledged_writes_survive_postgresql_restarts(
             }
             lost = {k: v for k, v in control.tags.items() if tags.get(k) != v}
             assert not lost, f"acknowledged tags not on the server: {lost}"
-            _check_trail(daemon, training, control)
+            check_trail(daemon, ARN, METRIC, set(training.metrics), set(control.tags))
             _check_events(receiver, training, control)
 
-            daemon.stop()
-            assert daemon.proc is not None and daemon.proc.returncode == 0, (
-                f"the daemon exited with {daemon.proc.returncode if daemon.proc else None} "
-                "on SIGTERM"
-            )
-            verified = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "mlfleet",
-                    "audit",
-                    "verify",
-                    "--data-dir",
-                    str(daemon.data_dir),
-                ],
-                env={**os.environ, "MLFLEET_DATABASE_URL": database_url},
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            assert verified.returncode == 0, verified.stdout + verified.stderr
+            stop_and_verify(daemon, "--database-url", database_url)
         finally:
             stop.set()
             for client in clients:
@@ -348,40 +324,6 @@ def _check_metrics(url: str, training: Training) -> None:
             f"run {run_id}, metric {METRIC}: acknowledged steps lost {lost}, "
             f"recorded more than once {doubled}, with another value {changed}"
         )
-
-
-def _check_trail(daemon: Daemon, training: Training, control: ControlPlane) -> None:
-    """A LogMetric data event for every acknowledged step (those stored with MLflow's write
-    reach the trail just after the answer: waited for), an AddTags record for every
-    acknowledged tag."""
-    acked = set(training.metrics)
-    missing: set[tuple[str, int]] = set()
-
-    def complete() -> bool:
-        logged = set()
-        for record in trail_records(daemon, "LogMetric"):
-            body = (record.get("requestParameters") or {}).get("body") or {}
-            run, step = body.get("run_id") or body.get("run_uuid"), body.get("step")
-            if record["resources"][0]["ARN"] == ARN and body.get("key") == METRIC:
-                logged.add((run, None if step is None else int(step)))
-        missing.clear()
-        missing.update(acked - logged)
-        return not missing
-
-    try:
-        wait_for(complete, 60, 2, what="the LogMetric data events")
-    except AssertionError:
-        raise AssertionError(
-            f"{len(missing)} of {len(acked)} acknowledged metric steps have no LogMetric data "
-            f"event: {sorted(missing)[:30]}"
-        ) from None
-    tagged = set()
-    for record in trail_records(daemon, "AddTags"):
-        if record.get("errorCode") is None and record["resources"][0]["ARN"] == ARN:
-            tagged |= {t["key"] for t in record["requestParameters"]["tags"]}
-    assert not set(control.tags) - tagged, (
-        f"acknowledged AddTags without a record: {sorted(set(control.tags) - tagged)}"
-    )
 
 
 def _delivered(bodies: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:

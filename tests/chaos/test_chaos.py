@@ -57,8 +57,6 @@ import logging
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -78,10 +76,11 @@ from support.aws import ACCOUNT
 from support.chaos import (
     alive,
     chaos_seed,
+    check_trail,
     live_workers,
     persist,
     replayable,
-    trail_records,
+    stop_and_verify,
 )
 from support.cut import CuttableLink
 from support.daemon import Daemon
@@ -762,31 +761,10 @@ def test_acknowledged_writes_survive_faults(
                 }
                 lost = {k: v for k, v in control.tags.items() if tags.get(k) != v}
                 assert not lost, f"acknowledged tags not on the server: {lost}"
-                _check_trail(daemon, training, control)
+                check_trail(daemon, ARN, METRIC, set(training.metrics), set(control.tags))
                 _check_events(receiver, clients, registry, control)
 
-                daemon.stop()
-                assert daemon.proc is not None and daemon.proc.returncode == 0, (
-                    f"the daemon exited with {daemon.proc.returncode if daemon.proc else None} "
-                    "on SIGTERM"
-                )
-                verified = subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "mlfleet",
-                        "audit",
-                        "verify",
-                        "--data-dir",
-                        str(daemon.data_dir),
-                        *world.database_options,
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                    check=False,
-                )
-                assert verified.returncode == 0, verified.stdout + verified.stderr
+                stop_and_verify(daemon, *world.database_options)
                 print(f"  checked in {time.monotonic() - checking:.0f} s")
         finally:
             stop.set()
@@ -888,45 +866,6 @@ def _check_packages(daemon: Daemon, url: str, registry: Registry) -> None:
         )
     if unregistered:
         print(f"  versions without a model package (registration met a fault): {unregistered}")
-
-
-def _check_trail(daemon: Daemon, training: Training, control: ControlPlane) -> None:
-    """A LogMetric data event for every acknowledged step, an AddTags record for every
-    acknowledged tag. A record of a call served on a handed-over connection is appended just
-    after the answer (by the next worker to start if the daemon died first): waited for."""
-    acked = set(training.metrics)
-
-    def logged() -> set[tuple[str, int]]:
-        steps = set()
-        for record in trail_records(daemon, "LogMetric"):
-            body = (record.get("requestParameters") or {}).get("body") or {}
-            run, step = body.get("run_id") or body.get("run_uuid"), body.get("step")
-            if record["resources"][0]["ARN"] == ARN and body.get("key") == METRIC:
-                steps.add((run, None if step is None else int(step)))
-        return steps
-
-    missing: set[tuple[str, int]] = set()
-
-    def complete() -> bool:
-        missing.clear()
-        missing.update(acked - logged())
-        return not missing
-
-    try:
-        wait_for(complete, 60, 2, what="the LogMetric data events")
-    except AssertionError:
-        raise AssertionError(
-            f"{len(missing)} of {len(acked)} acknowledged metric steps have no LogMetric data "
-            f"event: {sorted(missing)[:30]}"
-        ) from None
-
-    tagged = set()
-    for record in trail_records(daemon, "AddTags"):
-        if record.get("errorCode") is None and record["resources"][0]["ARN"] == ARN:
-            tagged |= {t["key"] for t in record["requestParameters"]["tags"]}
-    assert not set(control.tags) - tagged, (
-        f"acknowledged AddTags without a record: {sorted(set(control.tags) - tagged)}"
-    )
 
 
 def _check_events(

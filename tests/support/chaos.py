@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from support.daemon import Daemon
+from support.waiting import wait_for
 
 T = TypeVar("T")
 
@@ -131,3 +134,55 @@ def trail_records(daemon: Daemon, event_name: str) -> list[dict[str, Any]]:
         )
         for event in page["Events"]
     ]
+
+
+def check_trail(
+    daemon: Daemon, arn: str, metric: str, steps: set[tuple[str, int]], tags: set[str]
+) -> None:
+    """A LogMetric data event for every acknowledged (run, step) of ``metric`` on ``arn``
+    (those stored with MLflow's write reach the trail just after the answer: waited for), and
+    an AddTags record for every acknowledged tag key."""
+    missing: set[tuple[str, int]] = set()
+
+    def complete() -> bool:
+        logged = set()
+        for record in trail_records(daemon, "LogMetric"):
+            body = (record.get("requestParameters") or {}).get("body") or {}
+            run, step = body.get("run_id") or body.get("run_uuid"), body.get("step")
+            if record["resources"][0]["ARN"] == arn and body.get("key") == metric:
+                logged.add((run, None if step is None else int(step)))
+        missing.clear()
+        missing.update(steps - logged)
+        return not missing
+
+    try:
+        wait_for(complete, 60, 2, what="the LogMetric data events")
+    except AssertionError:
+        raise AssertionError(
+            f"{len(missing)} of {len(steps)} acknowledged metric steps have no LogMetric data "
+            f"event: {sorted(missing)[:30]}"
+        ) from None
+    tagged = set()
+    for record in trail_records(daemon, "AddTags"):
+        if record.get("errorCode") is None and record["resources"][0]["ARN"] == arn:
+            tagged |= {t["key"] for t in record["requestParameters"]["tags"]}
+    assert not tags - tagged, f"acknowledged AddTags without a record: {sorted(tags - tagged)}"
+
+
+def stop_and_verify(daemon: Daemon, *database_options: str) -> None:
+    """SIGTERM: the daemon exits 0, and ``mlfleet audit verify`` finds the chain intact."""
+    daemon.stop()
+    assert daemon.proc is not None and daemon.proc.returncode == 0, (
+        f"the daemon exited with {daemon.proc.returncode if daemon.proc else None} on SIGTERM"
+    )
+    verified = subprocess.run(
+        [
+            *(sys.executable, "-m", "mlfleet", "audit", "verify"),
+            *("--data-dir", str(daemon.data_dir), *database_options),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
