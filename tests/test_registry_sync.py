@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from mlflow import MlflowClient
 
 from support.aws import unique
 from support.daemon import Daemon
+from support.disk import SmallDisk
 from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
@@ -147,3 +149,62 @@ def test_servers_without_automatic_registration_register_nothing(
     assert TAG not in client.get_model_version(model, version.version).tags
     groups = daemon.client().list_model_package_groups(NameContains=model)
     assert groups["ModelPackageGroupSummaryList"] == []
+
+
+def test_a_registration_that_fails_is_retried_once_the_database_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control plane's database (where packages live) on a small disk of its own, the
+    server's metadata database beside the data dir: with that disk full, MLflow still makes
+    versions but their packages cannot be stored. Once space is back, with nothing restarted,
+    each of those versions gets exactly one package."""
+    with SmallDisk(tmp_path / "disk", 32) as disk:
+        daemon = Daemon(
+            tmp_path / "data", "--database-url", f"sqlite:///{disk.path / 'mlfleet.db'}"
+        ).start()
+        try:
+            name = "retrying"
+            daemon.client().create_mlflow_tracking_server(
+                TrackingServerName=name,
+                ArtifactStoreUri=f"file://{tmp_path / 'artifacts'}",
+                RoleArn=ROLE,
+                AutomaticModelRegistration=True,
+            )
+            url = daemon.wait_status(name, "Created")["TrackingServerUrl"]
+            key, secret = daemon.credentials
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", key)
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+            client = MlflowClient(tracking_uri=url)
+            model = unique("retried")
+            client.create_registered_model(model)
+            run = client.create_run("0").info.run_id
+
+            def untagged() -> list[str]:
+                versions = client.search_model_versions(f"name = '{model}'")
+                return [v.version for v in versions if TAG not in v.tags]
+
+            # A version whose answer is 507 (its record could not be stored) was made all the
+            # same: the retry is after the call, so the call itself is never retried here.
+            disk.fill()
+            for _ in range(50):
+                answer = requests.post(
+                    f"{url}/api/2.0/mlflow/model-versions/create",
+                    json={"name": model, "source": f"runs:/{run}/model", "run_id": run},
+                    auth=(key, secret),
+                    timeout=60,
+                )
+                assert answer.status_code in (200, 507), answer.text
+                if untagged():
+                    break
+            missed = untagged()
+            assert missed, "every version was registered on a full disk"
+
+            disk.free()
+            wait_for(lambda: not untagged(), 60, what=f"versions {missed} to be registered")
+            versions = client.search_model_versions(f"name = '{model}'")
+            arns = sorted(v.tags[TAG] for v in versions)
+            group = group_of(model, name)
+            assert sorted(p["ModelPackageArn"] for p in packages(daemon, group)) == arns
+            assert len(set(arns)) == len(versions)
+        finally:
+            daemon.stop()

@@ -35,7 +35,8 @@ schedule, which reproduces a failure with good odds, not with certainty.
 Then, with every fault over and the daemon up: each acknowledged metric (key, step, value) is in
 its run's history exactly once, each param is there, each artifact downloads with its sha256 and
 every artifact in the store is one whole upload (none half-written), each model version exists
-with its source and at most one model package, each tag is on the server; the trail holds a
+with its source and exactly one model package of its own (registrations that met
+a fault retried within a minute), each tag is on the server; the trail holds a
 LogMetric data event for every acknowledged step and an AddTags record for every acknowledged
 tag; the receiver got Creating and Created, a Creating Run / RegisteredModel / ModelVersion
 event for every acknowledged one and an API-call event for every acknowledged AddTags; the
@@ -835,24 +836,33 @@ def _check_tracking(
 
 
 def _check_packages(daemon: Daemon, url: str, registry: Registry) -> None:
-    """Automatic registration, at most once: no version has two packages, no package is
-    without its version. A version whose registration met a fault may have none (a known gap:
-    registration is retried only when the server starts again): shown, not asserted."""
+    """Automatic registration, exactly once: each version gets a package of its own, a version
+    whose registration met a fault within the minute its retries take, and no package is
+    without its version."""
     client = MlflowClient(tracking_uri=url)
     sm = daemon.client()
-    unregistered = []
-    for model in sorted({model for model, _ in registry.versions}):
+
+    models = sorted({model for model, _ in registry.versions})
+
+    def tags_of(model: str) -> dict[str, dict[str, str]]:
         versions = client.search_model_versions(f"name = '{model}'")
-        tags = [client.get_model_version(model, v.version).tags for v in versions]
-        arns = [str(t[PACKAGE_TAG]) for t in tags if PACKAGE_TAG in t]
-        unregistered += [
-            f"{model}/{v.version}"
-            for v, t in zip(versions, tags, strict=True)
-            if PACKAGE_TAG not in t
+        return {v.version: client.get_model_version(model, v.version).tags for v in versions}
+
+    def unregistered() -> list[str]:
+        return [
+            f"{model}/{version}"
+            for model in models
+            for version, tags in tags_of(model).items()
+            if PACKAGE_TAG not in tags
         ]
+
+    deadline = time.monotonic() + 90
+    while (missing := unregistered()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not missing, f"versions without a model package 90 s after the faults: {missing}"
+    for model in models:
+        arns = [str(tags[PACKAGE_TAG]) for tags in tags_of(model).values()]
         assert len(set(arns)) == len(arns), f"{model}: versions share a package: {arns}"
-        if not arns:
-            continue
         group = sm.describe_model_package(ModelPackageName=arns[0])["ModelPackageGroupName"]
         packages = [
             summary["ModelPackageArn"]
@@ -861,11 +871,9 @@ def _check_packages(daemon: Daemon, url: str, registry: Registry) -> None:
             )
             for summary in page["ModelPackageSummaryList"]
         ]
-        assert len(packages) <= len(versions) and set(arns) <= set(packages), (
-            f"{model}: {len(versions)} versions, packages {packages} (tagged {arns})"
+        assert sorted(packages) == sorted(arns), (
+            f"{model}: packages {packages}, tagged on its versions {arns}"
         )
-    if unregistered:
-        print(f"  versions without a model package (registration met a fault): {unregistered}")
 
 
 def _check_events(

@@ -7,8 +7,9 @@
 * MLflow events: a successful write of one of SageMaker's MLflow event types, published on the
   bus.
 * Automatic model registration: a successful CreateModelVersion or SetRegisteredModelAlias on a
-  server that asks for it, passed to RegistrySync; a failure there is logged, never the
-  caller's (reconciliation registers what was missed).
+  server that asks for it, passed to RegistrySync (which retries a registration that failed);
+  a failure there is logged, never the caller's. A version is registered even when its
+  record could not be stored: MLflow made it.
 
 ``outcome`` returns once every record and event of the write is stored, with the answer to
 send: MLflow's, or, when a record or event of a write MLflow applied could not be stored, a 507
@@ -120,11 +121,10 @@ class Recording:
             unstored = await _unstored(self._announce(write, response)) or unstored
         if response.status >= 400 or response.prepared:
             return response
-        if unstored is not None:
-            return unstored
         if response.status == 200 and server and server.automatic_model_registration:
+            # MLflow made the version even when its record could not be stored: register it.
             await self._register(write, server, response)
-        return response
+        return unstored or response
 
     async def _data_event(self, write: Write, response: web.StreamResponse | None) -> DataEvent:
         """The write as a data event: as forwarded (no response yet), or its outcome."""
@@ -163,7 +163,7 @@ class Recording:
         self, write: Write, server: ServerRecord, response: web.StreamResponse
     ) -> None:
         """Automatic registration (mlfleet.registry.sync); a failure is logged, never the
-        caller's: the MLflow call succeeded, and reconciliation registers what was missed."""
+        caller's: the MLflow call succeeded."""
         route = write.route
         sync_server = SyncServer(server.id, route.name, route.arn, server.role_arn)
         try:
@@ -177,7 +177,7 @@ class Recording:
                 if isinstance(asked, dict):
                     await self._registry_sync.alias_set(sync_server, asked)
         except Exception:
-            log.exception("automatic registration on %s failed; reconciliation retries", route.name)
+            log.exception("automatic registration on %s failed", route.name)
 
 
 async def _unstored(storing: Awaitable[None]) -> web.Response | None:

@@ -8,8 +8,11 @@ version gets the tag ``sagemaker.model_package_arn``. Aliases
 
 Exactly once: each package is created with a ClientToken derived from (server, model, version),
 so a retry can only find the package it made before, never make a second; and a version whose
-registration was cut short (a crash between MLflow's answer and the package, say) lacks the tag,
-so ``reconcile``, run whenever the server starts serving, finds and registers it.
+registration was cut short lacks the tag, so reconciliation finds and registers it. It runs
+whenever the server starts serving (a daemon crash between MLflow's answer and the package) and,
+after a registration that failed (the database or the worker away for a moment), again and again
+with growing pauses (2 s doubling to 60 s) until it succeeds or for ``RETRY_FOR_SECONDS``; past
+that, the server's next start catches up.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -27,12 +30,16 @@ from mlfleet.auth.identity import Principal
 from mlfleet.protocol.errors import AwsError
 from mlfleet.protocol.shapes.sagemaker import CreateModelPackageInput
 from mlfleet.registry.service import ModelRegistry
+from mlfleet.state.db import database_unavailable, driver_message
 
 log = logging.getLogger(__name__)
 
 PACKAGE_TAG = "sagemaker.model_package_arn"
 _LIFECYCLE_ALIAS = re.compile(r"sagemakerlifecycle-(staging|production)-(pending|active)")
 _SEARCH_PAGE = 200
+RETRY_FIRST_SECONDS = 2.0
+RETRY_LONGEST_PAUSE_SECONDS = 60.0
+RETRY_FOR_SECONDS = 15 * 60.0
 
 # (server id, method, path, JSON body or None) -> MLflow's JSON answer
 MlflowCall = Callable[[str, str, str, Mapping[str, Any] | None], Awaitable[dict[str, Any]]]
@@ -66,6 +73,7 @@ class RegistrySync:
         self._account = account_id
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retrying: dict[str, asyncio.Task[None]] = {}
 
     def _principal(self, server: Server) -> Principal:
         # The server registers as its role, as SageMaker's tracking servers do.
@@ -79,23 +87,24 @@ class RegistrySync:
         )
 
     async def version_created(self, server: Server, version: Mapping[str, Any]) -> None:
-        """Register one model version (MLflow's CreateModelVersion answer's ``model_version``)."""
-        async with self._locks.setdefault(server.id, asyncio.Lock()):
-            await self._register(server, version)
+        """Register one model version (MLflow's CreateModelVersion answer's ``model_version``);
+        a failure is logged and retried later (the module's contract), never raised."""
+        try:
+            async with self._locks.setdefault(server.id, asyncio.Lock()):
+                await self._register(server, version)
+        except Exception as exc:
+            log.warning(
+                "tracking server %s: model %s version %s is not registered yet: %s",
+                server.name,
+                version.get("name"),
+                version.get("version"),
+                _reason(exc),
+            )
+            self._retry_later(server)
 
     async def _register(self, server: Server, version: Mapping[str, Any]) -> None:
         name, number = str(version["name"]), str(version["version"])
-        try:
-            arn = await asyncio.to_thread(self._package_for, server, version)
-        except AwsError as exc:
-            log.warning(
-                "tracking server %s: model %s version %s was not registered: %s",
-                server.name,
-                name,
-                number,
-                exc.message,
-            )
-            return
+        arn = await asyncio.to_thread(self._package_for, server, version)
         await self._call(
             server.id,
             "POST",
@@ -169,25 +178,70 @@ class RegistrySync:
         """A tracking server (a TrackingServer row) serves again: register what it missed."""
         if not row.automatic_model_registration:
             return
-        server = Server(row.id, row.name, row.arn, row.role_arn)
-        task = asyncio.get_running_loop().create_task(self._catch_up(server))
+        self._start(self._catching_up(Server(row.id, row.name, row.arn, row.role_arn)))
+
+    def _retry_later(self, server: Server) -> None:
+        if server.id not in self._retrying:
+            self._retrying[server.id] = self._start(self._retrying_until_registered(server))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _catch_up(self, server: Server) -> None:
+    async def _catching_up(self, server: Server) -> None:
         try:
-            registered = await self.reconcile(server)
-        except Exception:
-            log.exception("tracking server %s: catching up on registration failed", server.name)
-            return
+            await self._reconcile_logged(server)
+        except Exception as exc:
+            log.warning(
+                "tracking server %s: catching up on registration failed: %s",
+                server.name,
+                _reason(exc),
+            )
+            self._retry_later(server)
+
+    async def _retrying_until_registered(self, server: Server) -> None:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + RETRY_FOR_SECONDS
+        pause = RETRY_FIRST_SECONDS
+        try:
+            while True:
+                await asyncio.sleep(pause)
+                try:
+                    await self._reconcile_logged(server)
+                    return
+                except Exception as exc:
+                    pause = min(pause * 2, RETRY_LONGEST_PAUSE_SECONDS)
+                    if loop.time() + pause > give_up_at:
+                        log.warning(
+                            "tracking server %s: registration still failing (%s); the versions "
+                            "missed are registered when the server next starts",
+                            server.name,
+                            _reason(exc),
+                        )
+                        return
+                    log.warning(
+                        "tracking server %s: registration failed again (%s); retrying in %.0f s",
+                        server.name,
+                        _reason(exc),
+                        pause,
+                    )
+        finally:
+            del self._retrying[server.id]
+
+    async def _reconcile_logged(self, server: Server) -> None:
+        registered = await self._reconcile(server)
         if registered:
             log.info("tracking server %s: registered %d missed versions", server.name, registered)
 
-    async def reconcile(self, server: Server) -> int:
-        """Register every version that lacks its package tag; return how many were."""
+    async def _reconcile(self, server: Server) -> int:
+        """Register every version that lacks its package tag; return how many were. The first
+        failure raises."""
         missing = [v async for v in self._versions(server) if not _is_registered(v)]
         for version in missing:
-            await self.version_created(server, version)
+            async with self._locks.setdefault(server.id, asyncio.Lock()):
+                await self._register(server, version)
         return len(missing)
 
     async def _versions(self, server: Server) -> AsyncIterator[Mapping[str, Any]]:
@@ -202,6 +256,15 @@ class RegistrySync:
             token = page.get("next_page_token")
             if not token:
                 return
+
+
+def _reason(error: Exception) -> str:
+    """One line on why a registration failed, without SQL or parameters."""
+    if isinstance(error, AwsError):
+        return error.message
+    if database_unavailable(error):
+        return f"the database is unavailable: {driver_message(error)}"
+    return f"{type(error).__name__}: {driver_message(error)}"
 
 
 def _is_registered(version: Mapping[str, Any]) -> bool:
