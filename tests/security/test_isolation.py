@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -371,3 +372,44 @@ def test_unconfined_daemon_refuses_model_code(tmp_path: Path) -> None:
         assert "--allow-unconfined-model-code" in desc["FailureReason"]
     finally:
         daemon.stop()
+
+
+def test_the_ui_gateway_proxy_calls_nothing_on_the_machine(
+    daemon: Daemon, two_servers: list[str]
+) -> None:
+    """MLflow's gateway-proxy (served for the UI) sends a request to its deployments target
+    with the tenant's ``gateway_path`` appended. The target comes only from the worker's
+    environment, which the sandbox builds from an allowlist without it: whatever path a tenant
+    sends, MLflow answers that there are no endpoints and nothing listening is called."""
+    url = daemon.client().describe_mlflow_tracking_server(TrackingServerName=two_servers[0])[
+        "TrackingServerUrl"
+    ]
+    proxy = f"{url}/ajax-api/2.0/mlflow/gateway-proxy"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        aims = [
+            f"http://127.0.0.1:{port}/api/2.0/endpoints/",
+            f"@127.0.0.1:{port}/api/2.0/endpoints/",
+            f"/../../127.0.0.1:{port}/",
+            "api/2.0/endpoints/",
+        ]
+        for aim in aims:
+            answers = [
+                requests.get(
+                    proxy, params={"gateway_path": aim}, auth=daemon.credentials, timeout=30
+                ),
+                requests.post(
+                    proxy,
+                    json={"gateway_path": aim, "json_data": {}},
+                    auth=daemon.credentials,
+                    timeout=30,
+                ),
+            ]
+            for answer in answers:
+                assert answer.status_code == 200, answer.text
+                assert answer.json() == {"endpoints": []}, answer.text
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    for pid in workers_of(daemon):
+        assert b"MLFLOW_DEPLOYMENTS_TARGET" not in Path(f"/proc/{pid}/environ").read_bytes()
