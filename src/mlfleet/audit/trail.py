@@ -212,6 +212,9 @@ class DataEvent:
     error_message: str | None = None
     # Chosen by a worker that stored the record with MLflow's write (runtime.stored_events).
     event_id: str | None = None
+    # An S3 write on the S3-compatible endpoint is recorded as S3 records it.
+    source: str = DATA_EVENT_SOURCE
+    resource_type: str = TRACKING_SERVER_TYPE
 
 
 @dataclass
@@ -311,7 +314,7 @@ class AuditTrail:
             "eventVersion": EVENT_VERSION,
             "userIdentity": user_identity(event.principal, self._account, None),
             "eventTime": iso_time(event.time),
-            "eventSource": DATA_EVENT_SOURCE,
+            "eventSource": event.source,
             "eventName": event.action.split(":", 1)[1],
             "awsRegion": self._region,
             "sourceIPAddress": event.source_ip,
@@ -324,7 +327,7 @@ class AuditTrail:
             "resources": [
                 {
                     "accountId": self._account,
-                    "type": TRACKING_SERVER_TYPE,
+                    "type": event.resource_type,
                     "ARN": event.resource,
                 }
             ],

@@ -182,6 +182,25 @@ class Credentials:
         )
         return record.principal
 
+    def verify_presigned(
+        self, request: web.Request, *, service: str, region: str | None = None
+    ) -> Principal:
+        """Who presigned `request` (SigV4 in its query string; its payload is not signed)."""
+        info, signed_target = sigv4.parse_query_authorization(request.query, request.raw_path)
+        record = self.usable(info.access_key_id, info.security_token)
+        sigv4.verify(
+            info,
+            sigv4.signing_key(record.secret, info.date, info.region, info.service),
+            request.method,
+            signed_target,
+            request.headers,
+            None,
+            expected_service=service,
+            expected_region=region or self._settings.region,
+            presigned=True,
+        )
+        return record.principal
+
     def verify_basic(self, header: str) -> Principal:
         try:
             decoded = base64.b64decode(header.split(" ", 1)[1], validate=True).decode()

@@ -1,4 +1,5 @@
-"""Server-side verification of AWS Signature Version 4 (``Authorization`` header form).
+"""Server-side verification of AWS Signature Version 4: the ``Authorization`` header form, and
+the query-string form of a presigned URL (``parse_query_authorization``).
 
 The canonical request and string to sign are computed by botocore's own ``SigV4Auth`` from a
 request rebuilt exactly as received, so the server agrees with botocore-based clients (boto3,
@@ -28,6 +29,8 @@ from mlfleet.protocol.errors import (
 ALGORITHM = "AWS4-HMAC-SHA256"
 _TERMINATOR = "aws4_request"
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+# AWS's limit on a presigned URL's lifetime (seven days).
+PRESIGNED_MAX_SECONDS = 7 * 24 * 3600
 _SIGNATURE_MISMATCH = (
     "The request signature we calculated does not match the signature you provided. "
     "Check your AWS Secret Access Key and signing method. "
@@ -141,6 +144,7 @@ def verify(
     now: datetime | None = None,
     max_skew: timedelta = timedelta(minutes=15),
     payload_hash: str | None = None,
+    presigned: bool = False,
 ) -> None:
     """Raise InvalidSignatureException unless `info` is a valid signature of this request by
     `key`, the signing key of its scope (``signing_key``): what the gateway derives from the
@@ -149,8 +153,11 @@ def verify(
     `raw_path_qs` is the request target exactly as received (no decoding or re-encoding): clients
     sign the URL they send. Pass `body=None` with `payload_hash` (the signed X-Amz-Content-SHA256)
     for a body that is streamed; the caller then checks the streamed bytes against that hash.
+    A ``presigned`` request (``parse_query_authorization``, which checked its expiry) signs no
+    payload and may be used long after it was signed.
     """
-    _check_clock(info.amz_date, now, max_skew)
+    if not presigned:
+        _check_clock(info.amz_date, now, max_skew)
     if "host" not in info.signed_headers:
         raise InvalidSignatureException(
             "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
@@ -173,6 +180,8 @@ def verify(
     request.context["timestamp"] = info.amz_date
     request.context["payload_hash"] = _payload_hash(request.headers, body, payload_hash)
 
+    if presigned:
+        request.context["payload_hash"] = UNSIGNED_PAYLOAD
     signer = _signer(info.service, info.region)
     string_to_sign = signer.string_to_sign(request, signer.canonical_request(request))
     expected = hmac.new(key, string_to_sign.encode(), sha256).hexdigest()
@@ -196,6 +205,14 @@ class _ReceivedRequestSigner(SigV4Auth):  # type: ignore[misc]
         payload_hash: str = request.context["payload_hash"]
         return payload_hash
 
+    def _normalize_url_path(self, path: str) -> str:
+        # S3 signs the path as sent (no dot-segment removal, no second encoding), as botocore's
+        # S3SigV4Auth does; other services sign it normalized.
+        if self._service_name == "s3":
+            return path
+        normalized: str = super()._normalize_url_path(path)
+        return normalized
+
 
 @functools.lru_cache(maxsize=64)
 def _signer(service: str, region: str) -> _ReceivedRequestSigner:
@@ -210,6 +227,66 @@ def signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
     for part in (date, region, service, _TERMINATOR):
         key = hmac.new(key, part.encode(), sha256).digest()
     return key
+
+
+def parse_query_authorization(
+    query: Mapping[str, str], raw_path_qs: str, now: datetime | None = None
+) -> tuple[SignedRequestInfo, str]:
+    """A presigned URL's signature (``X-Amz-Algorithm``, ``-Credential``, ``-Date``,
+    ``-Expires``, ``-SignedHeaders``, ``-Signature`` in its query) and the request target without
+    ``X-Amz-Signature``, which is what was signed. Refused once expired (AWS's words)."""
+    missing = [
+        name
+        for name in (
+            "X-Amz-Algorithm",
+            "X-Amz-Credential",
+            "X-Amz-Date",
+            "X-Amz-Expires",
+            "X-Amz-SignedHeaders",
+            "X-Amz-Signature",
+        )
+        if not query.get(name)
+    ]
+    if missing:
+        raise IncompleteSignatureException(
+            f"Query-string authentication requires the {', '.join(missing)} parameters."
+        )
+    if query["X-Amz-Algorithm"] != ALGORITHM:
+        raise IncompleteSignatureException(
+            f"Unsupported AWS 'algorithm': '{query['X-Amz-Algorithm']}' (only {ALGORITHM})."
+        )
+    scope = query["X-Amz-Credential"].split("/")
+    if len(scope) != 5 or scope[4] != _TERMINATOR:
+        raise IncompleteSignatureException(
+            "X-Amz-Credential must have exactly 5 slash-delimited elements ending in "
+            f"'{_TERMINATOR}'."
+        )
+    amz_date = query["X-Amz-Date"]
+    signed_at = _parse_amz_date(amz_date)
+    try:
+        expires = int(query["X-Amz-Expires"])
+    except ValueError:
+        expires = -1
+    if not 1 <= expires <= PRESIGNED_MAX_SECONDS:
+        raise InvalidSignatureException(
+            f"X-Amz-Expires must be between 1 and {PRESIGNED_MAX_SECONDS} seconds."
+        )
+    current = (now or datetime.now(UTC)).astimezone(UTC)
+    if current > signed_at + timedelta(seconds=expires):
+        raise InvalidSignatureException("Request has expired")
+    path, _, raw_query = raw_path_qs.partition("?")
+    kept = [p for p in raw_query.split("&") if p.partition("=")[0] != "X-Amz-Signature"]
+    info = SignedRequestInfo(
+        access_key_id=scope[0],
+        date=scope[1],
+        region=scope[2],
+        service=scope[3],
+        signed_headers=tuple(name.lower() for name in query["X-Amz-SignedHeaders"].split(";")),
+        signature=query["X-Amz-Signature"],
+        amz_date=amz_date,
+        security_token=query.get("X-Amz-Security-Token"),
+    )
+    return info, f"{path}?{'&'.join(kept)}" if kept else path
 
 
 def _payload_hash(signed_headers: HTTPHeaders, body: bytes | None, streamed: str | None) -> str:

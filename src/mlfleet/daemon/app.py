@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
 from markupsafe import Markup
 from sqlalchemy import select
 
@@ -73,6 +74,8 @@ from mlfleet.runtime.local import LocalRuntime
 from mlfleet.runtime.metadata_db import MetadataDatabases
 from mlfleet.runtime.sandbox import Sandbox
 from mlfleet.runtime.sockets import run_dir_for
+from mlfleet.s3.endpoint import S3Endpoint, signed_for_s3
+from mlfleet.s3.objects import STALE_UPLOAD_SECONDS, Objects, uploads_folder
 from mlfleet.settings import Settings
 from mlfleet.state.db import open_database
 from mlfleet.state.models import TrackingServer
@@ -91,6 +94,7 @@ class Daemon:
     console: Console
     deployer: Deployer
     invocations: Invocations
+    s3: S3Endpoint
     credentials_path: Path | None
 
 
@@ -223,6 +227,26 @@ def build_daemon(settings: Settings) -> Daemon:
         handover=handover,
     )
 
+    def servers() -> list[tuple[str, float]]:
+        with sessions() as session:
+            rows = session.execute(select(TrackingServer.name, TrackingServer.created_at)).all()
+        return [(name, created) for name, created in rows]
+
+    objects = Objects(admission, forwarding, uploads_folder(settings.data_dir))
+    forgotten = objects.forget_stale_uploads(STALE_UPLOAD_SECONDS)
+    if forgotten:
+        log.info("removed %d multipart uploads begun over a week ago", forgotten)
+    s3 = S3Endpoint(
+        region=settings.region,
+        account_id=settings.account_id,
+        credentials=credentials,
+        pipeline=pipeline,
+        trail=trail,
+        server=routing.server,
+        servers=servers,
+        objects=objects,
+    )
+
     def tracking_socket(name: str) -> Path | None:
         # An endpoint instance downloads its model from a worker of the tracking server.
         with sessions() as session:
@@ -313,16 +337,25 @@ def build_daemon(settings: Settings) -> Daemon:
         console=console,
         deployer=deployer,
         invocations=invocations,
+        s3=s3,
         credentials_path=creds_path,
     )
 
 
 def build_app(daemon: Daemon) -> web.Application:
+    @web.middleware
+    async def s3_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # S3 is addressed by path (/<bucket>/<key>) on the same port: its signature's scope,
+        # not its path, says a request is for it.
+        if signed_for_s3(request):
+            return await daemon.s3.handle(request)
+        return await handler(request)
+
     # Bodies read whole (control plane, MLflow API calls) are capped by the setting; artifact
     # transfers are streamed and not read whole.
     app = web.Application(
         client_max_size=daemon.settings.max_api_body_bytes,
-        middlewares=[refuse_secrets_in_clear],
+        middlewares=[refuse_secrets_in_clear, s3_requests],
     )
     sandbox = daemon.runtime.sandbox
 

@@ -11,7 +11,8 @@ a swapped body (400 instead). A worker that cannot be reached raises :class:`Wor
 (nothing was sent: the request may go to another worker); one that fails once the request was
 sent, a 503 with Retry-After (MLflow clients retry it).
 
-``call`` is mlfleet's own JSON call to a worker's MLflow API.
+``call`` is mlfleet's own JSON call to a worker's MLflow API; ``open`` one of its own streamed
+both ways (the S3 endpoint's artifact transfers).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,22 @@ class Forwarding:
             if answer.status != 200:
                 raise RuntimeError(f"MLflow answered {answer.status} to {path}: {data}")
             return dict(data)
+
+    def open(
+        self,
+        worker: Worker,
+        method: str,
+        target: str,
+        *,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """``async with`` the worker's answer to a request of mlfleet's own; a worker that
+        cannot be reached raises aiohttp.ClientConnectorError on entering."""
+        assert self._client is not None
+        return self._client.request(
+            method, worker.url(target), data=data, headers=headers, allow_redirects=False
+        )
 
 
 async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
