@@ -202,11 +202,7 @@ class Credentials:
         return record.principal
 
     def verify_basic(self, header: str) -> Principal:
-        try:
-            decoded = base64.b64decode(header.split(" ", 1)[1], validate=True).decode()
-            key_id, secret = decoded.split(":", 1)
-        except (ValueError, IndexError, UnicodeDecodeError) as exc:
-            raise AuthenticationError("Malformed HTTP Basic credentials.") from exc
+        key_id, secret = _basic_pair(header)
         record = self.lookup(key_id)
         # Temporary credentials need their session token, which Basic cannot carry.
         if (
@@ -219,3 +215,17 @@ class Credentials:
                 "access key as password."
             )
         return record.principal
+
+
+def _basic_pair(header: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(header.split(" ", 1)[1], validate=True).decode()
+        key_id, secret = decoded.split(":", 1)
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise AuthenticationError("Malformed HTTP Basic credentials.") from exc
+    return key_id, secret
+
+
+def basic_key_id(header: str) -> str:
+    """The access key id an HTTP Basic ``Authorization`` header names."""
+    return _basic_pair(header)[0]

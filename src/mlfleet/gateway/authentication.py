@@ -9,10 +9,13 @@ that fails authentication gets the ``unauthenticated`` answer and goes no furthe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
 
-from mlfleet.auth.credentials import AuthenticationError, Credentials
+from mlfleet.auth.credentials import AuthenticationError, Credentials, basic_key_id
 from mlfleet.auth.identity import Principal
+from mlfleet.auth.sigv4 import claimed_credential
 from mlfleet.auth.ui_sessions import COOKIE_NAME, UiSessions
 from mlfleet.gateway.errors import mlflow_error
 from mlfleet.gateway.forwarding import BUFFER_LIMIT
@@ -21,6 +24,15 @@ from mlfleet.protocol.errors import AwsError
 from mlfleet.settings import Settings
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+@dataclass(frozen=True)
+class CallerKey:
+    """The access key a request was authenticated with (to sign on the caller's behalf)."""
+
+    key_id: str
+    secret: str
+    session_token: str | None
 
 
 class Authentication:
@@ -67,6 +79,22 @@ class Authentication:
             "HTTP Basic with an access key id and secret (MLFLOW_TRACKING_USERNAME/PASSWORD), "
             "or open the UI through a presigned URL."
         )
+
+    def caller_key(self, request: web.Request) -> CallerKey | None:
+        """The key of a request ``authenticate`` accepted with SigV4 or HTTP Basic; None for
+        a UI session."""
+        header = request.headers.get("Authorization", "")
+        if header.startswith("AWS4-HMAC-SHA256"):
+            claimed = claimed_credential(header)
+            key_id = claimed.access_key_id if claimed else ""
+            token = request.headers.get("x-amz-security-token")
+        elif header.startswith("Basic "):
+            key_id = basic_key_id(header)
+            token = None
+        else:
+            return None
+        record = self._credentials.lookup(key_id)
+        return CallerKey(key_id, record.secret, token) if record else None
 
     def _check_origin(self, request: web.Request) -> None:
         # Cookie-authenticated writes must come from the UI itself, not from another site.

@@ -31,6 +31,7 @@ from multidict import CIMultiDict
 from mlfleet.gateway.errors import mlflow_error, unavailable
 from mlfleet.gateway.routing import Route
 from mlfleet.mlflow_api.hardening import STRIPPED_REQUEST, STRIPPED_RESPONSE
+from mlfleet.mlflow_api.s3_view import ToS3View
 from mlfleet.runtime.local import Worker
 from mlfleet.runtime.sockets import socket_session
 
@@ -44,6 +45,14 @@ CHUNK = 256 * 1024
 
 class BodyHashMismatch(Exception):
     pass
+
+
+class MlflowRefused(RuntimeError):
+    """MLflow answered mlfleet's own call with an error ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class WorkerUnreachable(Exception):
@@ -77,9 +86,11 @@ class Forwarding:
         route: Route,
         body: bytes | None,
         payload_hash: str | None,
+        view: str | None = None,
     ) -> web.StreamResponse:
         """MLflow's answer to ``request``; ``body`` is None unless it was read, and
-        ``payload_hash`` the signed SHA-256 to check a body streamed unread against."""
+        ``payload_hash`` the signed SHA-256 to check a body streamed unread against. ``view``:
+        the bucket of an ARN caller's S3 view, for an answer too large to hold."""
         assert self._client is not None
         headers = CIMultiDict(
             (k, v) for k, v in request.headers.items() if k.lower() not in STRIPPED_REQUEST
@@ -96,7 +107,7 @@ class Forwarding:
             async with self._client.request(
                 request.method, url, headers=headers, data=data, allow_redirects=False
             ) as upstream:
-                return await _relay(request, upstream)
+                return await _relay(request, upstream, view)
         except aiohttp.ClientConnectorError as exc:
             raise WorkerUnreachable(str(exc)) from exc
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
@@ -114,7 +125,7 @@ class Forwarding:
     async def call(
         self, worker: Worker, method: str, path: str, body: Mapping[str, Any] | None
     ) -> dict[str, Any]:
-        """MLflow's JSON answer to mlfleet's own call; any other status raises RuntimeError."""
+        """MLflow's JSON answer to mlfleet's own call; any other status raises MlflowRefused."""
         assert self._client is not None
         # The pooled client sends no Content-Type of its own (the proxy relays the caller's).
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -123,7 +134,7 @@ class Forwarding:
         ) as answer:
             data = await answer.json(content_type=None)
             if answer.status != 200:
-                raise RuntimeError(f"MLflow answered {answer.status} to {path}: {data}")
+                raise MlflowRefused(answer.status, f"MLflow answered {answer.status} to {path}")
             return dict(data)
 
     def open(
@@ -143,7 +154,9 @@ class Forwarding:
         )
 
 
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _relay(
+    request: web.Request, upstream: aiohttp.ClientResponse, view: str | None
+) -> web.StreamResponse:
     headers = CIMultiDict(
         (k, v) for k, v in upstream.headers.items() if k.lower() not in STRIPPED_RESPONSE
     )
@@ -151,12 +164,17 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.
     if length is not None and length <= SMALL_RESPONSE:
         payload = await upstream.read()
         return web.Response(status=upstream.status, headers=headers, body=payload)
+    # A large JSON answer is streamed, in the ARN caller's view (mlflow_api.s3_view) when it
+    # has one; a small one is left to the gateway, whose later steps read MLflow's own.
+    rewriter = ToS3View(view) if view and _is_json(upstream) else None
     response = web.StreamResponse(status=upstream.status, headers=headers)
-    if length is not None:
+    if length is not None and rewriter is None:
         response.content_length = length
     await response.prepare(request)
     async for chunk in upstream.content.iter_chunked(CHUNK):
-        await response.write(chunk)
+        await response.write(rewriter.feed(chunk) if rewriter else chunk)
+    if rewriter is not None:
+        await response.write(rewriter.end())
     await response.write_eof()
     return response
 
@@ -174,3 +192,7 @@ async def _verified(content: aiohttp.StreamReader, expected: str | None) -> Asyn
         raise BodyHashMismatch
     if held is not None:
         yield held
+
+
+def _is_json(upstream: aiohttp.ClientResponse) -> bool:
+    return "json" in upstream.content_type and "Content-Encoding" not in upstream.headers

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -27,12 +28,15 @@ from mlfleet.gateway.admission import Admission, capped
 from mlfleet.gateway.authentication import Authentication, unauthenticated
 from mlfleet.gateway.data_events import data_events_on
 from mlfleet.gateway.errors import mlflow_error, unavailable
-from mlfleet.gateway.forwarding import Forwarding, WorkerUnreachable
+from mlfleet.gateway.forwarding import Forwarding, MlflowRefused, WorkerUnreachable
 from mlfleet.gateway.handover import Handover
+from mlfleet.gateway.own_calls import OwnCalls
+from mlfleet.gateway.presigned_uploads import is_upload_request, presigned_upload
 from mlfleet.gateway.recording import Recording, Write
 from mlfleet.gateway.routing import Route, Routing, ServerRecord
 from mlfleet.mlflow_api.actions import required_action
 from mlfleet.mlflow_api.hardening import ARN_HEADER, screen
+from mlfleet.mlflow_api.s3_view import bucket_of, from_s3_view, to_s3_view
 from mlfleet.policy.authorizer import RequestFacts, denial_message
 from mlfleet.protocol.errors import AwsError
 from mlfleet.settings import Settings
@@ -67,6 +71,7 @@ class Gateway:
         self._forwarding = forwarding
         self._recording = recording
         self._handover = handover
+        self._own_calls = OwnCalls(admission, forwarding)
 
     async def start(self) -> None:
         await self._forwarding.start()
@@ -119,6 +124,10 @@ class Gateway:
         )
         if write is not None:
             response = await self._recording.outcome(write, response, server)
+        view = _s3_view_of(route)
+        if view is not None and isinstance(response, web.Response) and _is_json(response):
+            assert isinstance(response.body, bytes)
+            response.body = to_s3_view(response.body, view)
         if server is not None:
             try:
                 await self._handover.offer(
@@ -163,6 +172,18 @@ class Gateway:
             return mlflow_error(
                 404, "RESOURCE_DOES_NOT_EXIST", f"Tracking server {route.name} does not exist."
             )
+        view = _s3_view_of(route)
+        if view is not None and request.body_exists and request.can_read_body:
+            length = request.content_length
+            if (
+                body is None
+                and payload_hash is None
+                and length is not None
+                and length <= (self._settings.max_api_body_bytes)
+            ):
+                body = await request.read()
+            if body is not None:  # MLflow's records hold MLflow's own locations
+                body = from_s3_view(body, view)
         # Only for callers allowed the action: traversal in artifact paths, foreign sources and
         # locations, oversized bodies (hardening), checked before anything reaches MLflow.
         refusal, body = await screen(
@@ -175,6 +196,15 @@ class Gateway:
         )
         if refusal is not None:
             return mlflow_error(refusal.status, refusal.code, refusal.message)
+        if view is not None and is_upload_request(request.method, route.upstream_path):
+            return await presigned_upload(
+                body or b"",
+                route.name,
+                self._authentication.caller_key(request),
+                lambda path: self._mlflow_get(server.id, path),
+                self._settings.endpoint_url,
+                self._settings.region,
+            )
         server_id = server.id
         # A worker that dies is replaced: its requests wait for another worker or for the
         # replacement, a bounded time, rather than fail.
@@ -200,7 +230,7 @@ class Gateway:
                 break
             try:
                 response = await self._forwarding.forward(
-                    request, worker, route, body, payload_hash
+                    request, worker, route, body, payload_hash, _s3_view_of(route)
                 )
             except WorkerUnreachable:  # nothing was sent: try again, on a worker that serves
                 if time.monotonic() < deadline:
@@ -213,6 +243,15 @@ class Gateway:
         self._recording.served(server_id, response.status, time.perf_counter() - forwarded)
         return response
 
+    async def _mlflow_get(self, server_id: str, path: str) -> dict[str, Any]:
+        """MLflow's answer to a GET of mlfleet's own; LookupError when it answers 404."""
+        try:
+            return await self._own_calls(server_id, "GET", path, None)
+        except MlflowRefused as refused:
+            if refused.status == 404:
+                raise LookupError(path) from refused
+            raise
+
 
 def _database_away(exc: Exception) -> web.StreamResponse:
     """A call that met the daemon's database away for a moment (looking up a server or a
@@ -223,6 +262,20 @@ def _database_away(exc: Exception) -> web.StreamResponse:
     log.warning("an MLflow call met the database unavailable: %s", db.driver_message(exc))
     return unavailable(
         "The tracking server is unavailable for a moment; retry.", db.RETRY_AFTER_SECONDS
+    )
+
+
+def _s3_view_of(route: Route) -> str | None:
+    """The bucket of a caller through the ARN header, who sees artifact locations as S3's
+    (mlflow_api.s3_view); None for a TrackingServerUrl caller, who sees MLflow's."""
+    return None if route.prefix else bucket_of(route.name)
+
+
+def _is_json(response: web.Response) -> bool:
+    return (
+        isinstance(response.body, bytes)
+        and "json" in (response.content_type or "")
+        and ("Content-Encoding" not in response.headers)
     )
 
 

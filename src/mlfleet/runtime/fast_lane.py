@@ -67,6 +67,12 @@ from mlfleet.mlflow_api.hardening import (
     STRIPPED_RESPONSE,
     request_problem,
 )
+from mlfleet.mlflow_api.s3_view import (
+    PRESIGNED_UPLOAD_PATH,
+    bucket_of,
+    from_s3_view,
+    to_s3_view,
+)
 from mlfleet.protocol.errors import AwsError
 from mlfleet.runtime.handoff import SIGNED_SCOPE, Channel, Generation, Message, Ticket
 from mlfleet.runtime.sockets import WORKER_HOST
@@ -320,6 +326,8 @@ class Lane:
         path = upstream.partition("?")[0]
         if not path.startswith(FLASK_API_PREFIXES) or self._is_native(head.method, unquote(path)):
             return None
+        if not ticket.prefix and path == PRESIGNED_UPLOAD_PATH:
+            return None  # the gateway answers it for an ARN caller
         authorization = head.header("authorization")
         if authorization is None:
             return None
@@ -340,10 +348,13 @@ class Lane:
         self, ticket: Ticket, head: Head, body: bytes, upstream: str, action: str
     ) -> tuple[bytes, bool] | None:
         """The response to send, and whether to close after it; None to hand back."""
-        if request_problem(upstream, body, ticket.body_limit) is not None:
-            return None
+        view = None if ticket.prefix else bucket_of(ticket.arn.rpartition("/")[2])
         if ticket.signed is not None and not signature_holds(ticket.signed, head, body):
             return None  # the gateway answers with AWS's reason
+        if view is not None:  # an ARN caller: MLflow's locations in, S3's out (s3_view)
+            body = from_s3_view(body, view)
+        if request_problem(upstream, body, ticket.body_limit) is not None:
+            return None
         assert self._loop is not None and self._executor is not None
         started = time.time()
         clock = time.perf_counter()
@@ -381,6 +392,10 @@ class Lane:
                         status, answer = HTTPStatus.SERVICE_UNAVAILABLE.value, AWAY_ANSWER
                         headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
         self._answered(ticket, status, time.perf_counter() - clock)
+        if view is not None and any(
+            k.lower() == "content-type" and "json" in v.lower() for k, v in headers
+        ):
+            answer = to_s3_view(answer, view)
         close = (head.header("connection") or "").lower() == "close"
         return _response(status, headers, answer, close), close
 

@@ -5,7 +5,7 @@ Served on the daemon's one port and told apart by its SigV4 scope (service ``s3`
 artifact repository (what the sagemaker-mlflow plugin uses) reach it through the same
 ``endpoint_url`` as every other API. Path-style addressing: ``/<bucket>/<key>``.
 
-* ``buckets``: a server's bucket name, and back.
+* ``mlflow_api.s3_view``: a server's bucket name, and back.
 * ``objects``: the S3 operations, carried out by the server's MLflow worker through MLflow's
   own artifact API (so the sandbox, the store's credentials and full-disk handling are the
   worker's, as for every other artifact transfer); multipart parts wait in the data dir.

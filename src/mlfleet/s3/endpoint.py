@@ -31,10 +31,10 @@ from mlfleet.auth.sigv4 import claimed_credential
 from mlfleet.common.storage import storage_full
 from mlfleet.gateway.data_events import data_events_on
 from mlfleet.gateway.routing import ServerRecord
+from mlfleet.mlflow_api.s3_view import HASHED_PREFIX, bucket_arn, bucket_of, object_arn, server_of
 from mlfleet.policy.authorizer import RequestFacts, denial_message
 from mlfleet.protocol.errors import AwsError
 from mlfleet.s3 import responses
-from mlfleet.s3.buckets import HASHED_PREFIX, bucket_arn, bucket_of, object_arn, server_of
 from mlfleet.s3.objects import MAX_KEYS, Objects, Store, store_folder
 from mlfleet.s3.responses import Listing, S3Error
 from mlfleet.state.db import database_unavailable, driver_message
