@@ -85,6 +85,14 @@ def test_artifacts_through_the_arn_are_the_servers_files(
     fetched = other.download_artifacts(run.info.run_id, "tables/sub/a.csv", str(tmp_path / "p"))
     assert Path(fetched).read_text() == "x,y\n1,2\n"
 
+    # What the plugin sends in its view is stored in MLflow's form, on connections the gateway
+    # serves and those it handed to the worker alike.
+    for n in range(3):
+        name = f"placed-{uuid.uuid4().hex[:6]}"
+        created = plugin.create_experiment(name, artifact_location=f"s3://shared/placed/{n}")
+        assert plugin.get_experiment(created).artifact_location == f"s3://shared/placed/{n}"
+        assert other.get_experiment(created).artifact_location == f"mlflow-artifacts:/placed/{n}"
+
 
 def test_a_notebook_logs_registers_and_loads_a_model(
     plugin: MlflowClient,

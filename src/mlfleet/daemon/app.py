@@ -346,8 +346,9 @@ def build_app(daemon: Daemon) -> web.Application:
     @web.middleware
     async def s3_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
         # S3 is addressed by path (/<bucket>/<key>) on the same port: its signature's scope,
-        # not its path, says a request is for it.
-        if signed_for_s3(request):
+        # not its path, says a request is for it. S3 has no POST /: a control-plane call signed
+        # for the wrong service is the control plane's to refuse.
+        if signed_for_s3(request) and not (request.method == "POST" and request.path == "/"):
             return await daemon.s3.handle(request)
         return await handler(request)
 

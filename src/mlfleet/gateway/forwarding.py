@@ -96,6 +96,10 @@ class Forwarding:
             (k, v) for k, v in request.headers.items() if k.lower() not in STRIPPED_REQUEST
         )
         data: bytes | AsyncIterator[bytes] | None = body
+        if body is not None:
+            # The body read may have been changed on the way (an ARN caller's S3 view): aiohttp
+            # gives the length of what is sent.
+            headers.popall("Content-Length", None)
         if data is None and request.body_exists:
             length = request.content_length
             if payload_hash is None and length is not None and length <= BUFFER_LIMIT:

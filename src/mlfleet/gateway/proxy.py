@@ -173,13 +173,14 @@ class Gateway:
                 404, "RESOURCE_DOES_NOT_EXIST", f"Tracking server {route.name} does not exist."
             )
         view = _s3_view_of(route)
-        if view is not None and request.body_exists and request.can_read_body:
+        if view is not None:
             length = request.content_length
             if (
                 body is None
                 and payload_hash is None
+                and request.body_exists
                 and length is not None
-                and length <= (self._settings.max_api_body_bytes)
+                and length <= self._settings.max_api_body_bytes
             ):
                 body = await request.read()
             if body is not None:  # MLflow's records hold MLflow's own locations

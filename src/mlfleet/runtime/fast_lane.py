@@ -475,8 +475,10 @@ class Lane:
         headers = [
             (name.encode("latin-1"), value.encode("latin-1"))
             for name, value in head.headers
-            if name not in STRIPPED_REQUEST
+            if name not in STRIPPED_REQUEST and name != "content-length"
         ]
+        # The body's own length: an ARN caller's body may have been changed (s3_view).
+        headers.append((b"content-length", str(len(body)).encode()))
         headers.append((b"host", WORKER_HOST.encode()))
         scope = {
             "type": "http",
