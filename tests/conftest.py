@@ -27,8 +27,8 @@ from support.waiting import wait_for
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with the slices it belongs to (unit, daemon, browser, postgres, chaos),
-    so ``-m`` can select them; support/slices.py says how each is found."""
+    """Mark each test with the slices it belongs to (unit, daemon, browser, postgres, chaos,
+    conformance), so ``-m`` can select them; support/slices.py says how each is found."""
     for item in items:
         for name in sorted(slices_of(item)):
             item.add_marker(name)

@@ -24,13 +24,15 @@ DAEMON_FIXTURES = frozenset({"daemon", "pg_daemon", "any_daemon"})
 
 
 def slices_of(item: pytest.Item) -> set[str]:
-    """The markers `item` gets: unit, chaos (by folder), daemon, browser, postgres (by what it
-    uses)."""
+    """The markers `item` gets: unit, chaos, conformance (by folder), daemon, browser,
+    postgres (by what it uses)."""
     found = set()
     if item.path.is_relative_to(TESTS / "unit"):
         found.add("unit")
     if item.path.is_relative_to(TESTS / "chaos"):
         found.add("chaos")
+    if item.path.is_relative_to(TESTS / "conformance"):
+        found.add("conformance")
     if not isinstance(item, pytest.Function):
         return found
     fixtures = set(item.fixturenames)  # the closure: fixtures of fixtures included
