@@ -112,7 +112,8 @@ def iso_time(timestamp: float) -> str:
 Durable = Callable[[Exception | None], None]
 # The last member: whether the record is durable elsewhere already, so it may wait to share
 # a commit (runtime.stored_events).
-_Queued = tuple[dict[str, Any], str | None, Durable, bool]
+# A None document asks only that what waits be written now (``drain``).
+_Queued = tuple[dict[str, Any] | None, str | None, Durable, bool]
 # How long such a record may wait: each commit is a sync of the disk, which otherwise meets the
 # sync of the next MLflow write a training loop sends.
 STORED_ELSEWHERE_WAIT = 0.1
@@ -369,6 +370,16 @@ class AuditTrail:
         self._start_writer()
         self._queue.put((document, username, durable, stored_elsewhere))
 
+    def drain(self, timeout: float = 10.0) -> None:
+        """Write every record queued so far, and return once written: at shutdown, since the
+        writer is a daemon thread that exiting would cut short."""
+        if self._writer is None:
+            return
+        written = threading.Event()
+        self._queue.put((None, None, lambda _error: written.set(), False))
+        if not written.wait(timeout):
+            log.warning("audit records still queued after %.0f s at shutdown", timeout)
+
     def _start_writer(self) -> None:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_forever, daemon=True)
@@ -403,8 +414,10 @@ class AuditTrail:
 
     def _write_batch(self, batch: list[_Queued]) -> None:
         error: Exception | None = None
+        entries = [(document, username) for document, username, *_ in batch if document]
         try:
-            self._append_batch([(document, username) for document, username, *_ in batch])
+            if entries or self._backlog:
+                self._append_batch(entries)
         except Exception as exc:  # every waiter learns its record was not written
             error = exc
         for _, _, durable, _ in batch:

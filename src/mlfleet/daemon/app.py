@@ -19,7 +19,7 @@ from sqlalchemy import select
 from mlfleet.api.endpoint import Endpoint
 from mlfleet.api.pipeline import ApiCall, Pipeline
 from mlfleet.audit.responses import cloudtrail_endpoint
-from mlfleet.audit.trail import open_trail
+from mlfleet.audit.trail import AuditTrail, open_trail
 from mlfleet.auth.credentials import ADMIN_USER, Credentials
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.auth.ui_sessions import UiSessions
@@ -95,6 +95,7 @@ class Daemon:
     deployer: Deployer
     invocations: Invocations
     s3: S3Endpoint
+    trail: AuditTrail
     credentials_path: Path | None
 
 
@@ -338,6 +339,7 @@ def build_daemon(settings: Settings) -> Daemon:
         deployer=deployer,
         invocations=invocations,
         s3=s3,
+        trail=trail,
         credentials_path=creds_path,
     )
 
@@ -386,6 +388,8 @@ def build_app(daemon: Daemon) -> web.Application:
         await daemon.reconciler.close()
         await daemon.runtime.close()
         await daemon.reconciler.record_all_left_over()
+        # Records the workers sent last may still wait in the trail's writer thread.
+        await asyncio.to_thread(daemon.trail.drain)
         await daemon.gateway.close()
         await daemon.deliveries.close()
 
