@@ -212,6 +212,20 @@ def test_s3_artifact_store(daemon: Daemon, moto_s3: str, basic_auth: None, tmp_p
     back = client.download_artifacts(run.info.run_id, "hello.txt", str(tmp_path / "d"))
     assert Path(back).read_text() == "hello s3"
 
+    # The same store as a bucket of mlfleet's S3 endpoint, which the worker serves from S3.
+    endpoint = daemon.client("s3")
+    prefix = run.info.artifact_uri.removeprefix("mlflow-artifacts:/").strip("/")
+    got = endpoint.get_object(Bucket="on-s3", Key=f"{prefix}/hello.txt")
+    assert got["Body"].read() == b"hello s3"
+    endpoint.put_object(Bucket="on-s3", Key=f"{prefix}/from-endpoint.txt", Body=b"via mlfleet")
+    stored = s3.get_object(Bucket="team-bucket", Key=f"mlflow/{prefix}/from-endpoint.txt")
+    assert stored["Body"].read() == b"via mlfleet"
+    listed = endpoint.list_objects_v2(Bucket="on-s3", Prefix=f"{prefix}/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == [
+        f"{prefix}/from-endpoint.txt",
+        f"{prefix}/hello.txt",
+    ]
+
     sm.delete_mlflow_tracking_server(TrackingServerName="on-s3")
 
     def gone() -> bool:

@@ -13,6 +13,7 @@ import boto3
 import mlflow
 import pandas as pd
 import pytest
+import requests
 from mlflow import MlflowClient
 from mlflow.store.artifact.s3_artifact_repo import _cached_get_s3_client
 
@@ -84,6 +85,21 @@ def test_artifacts_through_the_arn_are_the_servers_files(
     assert seen.info.artifact_uri.startswith("mlflow-artifacts:/"), seen.info.artifact_uri
     fetched = other.download_artifacts(run.info.run_id, "tables/sub/a.csv", str(tmp_path / "p"))
     assert Path(fetched).read_text() == "x,y\n1,2\n"
+
+    # The MLflow UI (a presigned session) shows them: its artifact list and file view.
+    link = daemon.client().create_presigned_mlflow_tracking_server_url(
+        TrackingServerName=shared_server["TrackingServerName"]
+    )["AuthorizedUrl"]
+    browser = requests.Session()
+    assert browser.get(link, timeout=30).status_code == 200
+    base = shared_server["TrackingServerUrl"]
+    run_id = run.info.run_id
+    listed = browser.get(
+        f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_uuid={run_id}&path=docs", timeout=30
+    )
+    assert [f["path"] for f in listed.json()["files"]] == ["docs/notes.txt"]
+    shown = browser.get(f"{base}/get-artifact?path=docs/notes.txt&run_uuid={run_id}", timeout=30)
+    assert shown.text == "logged through the plugin\n"
 
     # What the plugin sends in its view is stored in MLflow's form, on connections the gateway
     # serves and those it handed to the worker alike.

@@ -221,6 +221,15 @@ def test_operator_certificate_serves_every_client(
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 5
         assert client.download_artifacts(run.info.run_id, "notes/tls.txt", str(tmp_path))
 
+        # the S3 endpoint: over HTTPS botocore streams bodies aws-chunked, checksum trailing
+        s3 = daemon.client("s3")
+        prefix = run.info.artifact_uri.removeprefix("mlflow-artifacts:/").strip("/")
+        s3.put_object(Bucket="over-tls", Key=f"{prefix}/notes/s3.txt", Body=b"chunked")
+        got = s3.get_object(Bucket="over-tls", Key=f"{prefix}/notes/s3.txt")
+        assert got["Body"].read() == b"chunked"
+        fetched = client.download_artifacts(run.info.run_id, "notes/s3.txt", str(tmp_path))
+        assert Path(fetched).read_bytes() == b"chunked"
+
         # aws:SecureTransport is true over TLS
         tls_only = secure_only_user(daemon)
         daemon.client(
