@@ -142,6 +142,21 @@ def test_unsafe_keys_and_bad_bodies_are_refused(
         )
     assert code_of(bad_digest) == "BadDigest"
     assert "Contents" not in s3.list_objects_v2(Bucket="shared", Prefix=prefix)
+    # Multipart upload ids name folders of the daemon's data dir: none reaches outside them,
+    # and an upload begun for one key takes no part for another.
+    for upload_id in ("..", "../../master.key", "a/b"):
+        with pytest.raises(ClientError) as outside:
+            s3.upload_part(
+                Bucket="shared", Key=f"{prefix}p.bin", UploadId=upload_id, PartNumber=1, Body=b"x"
+            )
+        assert code_of(outside) == "NoSuchUpload", upload_id
+    begun = s3.create_multipart_upload(Bucket="shared", Key=f"{prefix}p.bin")["UploadId"]
+    with pytest.raises(ClientError) as elsewhere:
+        s3.upload_part(
+            Bucket="shared", Key=f"{prefix}q.bin", UploadId=begun, PartNumber=1, Body=b"x"
+        )
+    assert code_of(elsewhere) == "NoSuchUpload"
+    s3.abort_multipart_upload(Bucket="shared", Key=f"{prefix}p.bin", UploadId=begun)
 
 
 def test_iam_decides_each_s3_action_and_keeps_tenants_apart(

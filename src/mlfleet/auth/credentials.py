@@ -168,25 +168,29 @@ class Credentials:
     ) -> Principal:
         """Who signed `request` (its method, raw path and headers as sent) with `body`."""
         info = sigv4.parse_authorization(request.headers)
-        record = self.usable(info.access_key_id, info.security_token)
-        sigv4.verify(
-            info,
-            sigv4.signing_key(record.secret, info.date, info.region, info.service),
-            request.method,
-            request.raw_path,
-            request.headers,
-            body,
-            expected_service=service,
-            expected_region=region or self._settings.region,
-            payload_hash=payload_hash,
+        return self._signer_of(
+            info, request, request.raw_path, body, service, region, payload_hash=payload_hash
         )
-        return record.principal
 
     def verify_presigned(
         self, request: web.Request, *, service: str, region: str | None = None
     ) -> Principal:
         """Who presigned `request` (SigV4 in its query string; its payload is not signed)."""
         info, signed_target = sigv4.parse_query_authorization(request.query, request.raw_path)
+        return self._signer_of(info, request, signed_target, None, service, region, presigned=True)
+
+    def _signer_of(
+        self,
+        info: sigv4.SignedRequestInfo,
+        request: web.Request,
+        signed_target: str,
+        body: bytes | None,
+        service: str,
+        region: str | None,
+        *,
+        payload_hash: str | None = None,
+        presigned: bool = False,
+    ) -> Principal:
         record = self.usable(info.access_key_id, info.security_token)
         sigv4.verify(
             info,
@@ -194,10 +198,11 @@ class Credentials:
             request.method,
             signed_target,
             request.headers,
-            None,
+            body,
             expected_service=service,
             expected_region=region or self._settings.region,
-            presigned=True,
+            payload_hash=payload_hash,
+            presigned=presigned,
         )
         return record.principal
 

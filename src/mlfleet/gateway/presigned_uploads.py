@@ -23,10 +23,9 @@ from botocore.credentials import Credentials as SigningCredentials
 from mlfleet.auth.sigv4 import PRESIGNED_MAX_SECONDS
 from mlfleet.gateway.authentication import CallerKey
 from mlfleet.gateway.errors import mlflow_error
-from mlfleet.mlflow_api.s3_view import MLFLOW_LOCATION, PRESIGNED_UPLOAD_PATH, bucket_of
+from mlfleet.mlflow_api.s3_view import MLFLOW_PREFIX, PRESIGNED_UPLOAD_PATH, bucket_of
 
 DEFAULT_EXPIRATION = 900
-_PROXIED = MLFLOW_LOCATION.decode().lstrip('"')
 
 # MLflow path -> MLflow's JSON answer; raises LookupError for a missing run or model.
 MlflowGet = Callable[[str], Awaitable[dict[str, Any]]]
@@ -79,12 +78,12 @@ async def presigned_upload(
     except LookupError:
         what = f"Run '{run_id}'" if run_id else f"Logged model '{model_id}'"
         return mlflow_error(404, "RESOURCE_DOES_NOT_EXIST", f"{what} not found.")
-    if not location.startswith(_PROXIED):
+    if not location.startswith(MLFLOW_PREFIX):
         return _invalid(
-            f"Presigned upload needs artifacts in the tracking server's store ({_PROXIED}…); "
+            f"Presigned upload needs artifacts in the tracking server's store ({MLFLOW_PREFIX}…); "
             f"this one's are at {location}."
         )
-    object_key = f"{location.removeprefix(_PROXIED).strip('/')}/{path.lstrip('/')}"
+    object_key = f"{location.removeprefix(MLFLOW_PREFIX).strip('/')}/{path.lstrip('/')}"
     request = AWSRequest(
         method="PUT",
         url=f"{endpoint_url}/{bucket_of(server_name)}/{quote(object_key)}",

@@ -46,7 +46,8 @@ def object_arn(bucket: str, key: str) -> str:
     return f"arn:aws:s3:::{bucket}/{key}"
 
 
-MLFLOW_LOCATION = b'"mlflow-artifacts:/'
+MLFLOW_PREFIX = "mlflow-artifacts:/"
+MLFLOW_LOCATION = b'"' + MLFLOW_PREFIX.encode()
 # The plugin's presigned-upload call, which the gateway answers itself for an ARN caller (MLflow
 # refuses it for proxied locations).
 PRESIGNED_UPLOAD_PATH = "/api/2.0/mlflow/artifacts/presigned-upload-url"
