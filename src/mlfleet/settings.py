@@ -66,6 +66,11 @@ class Settings:
     # Deploy model code even where processes cannot be confined (runtime.sandbox), where it
     # runs with the daemon's rights: its keys, its databases, every tenant's data.
     allow_unconfined_model_code: bool = False
+    # Where tracking servers may connect out (MLflow's AI gateway, judges) besides the built-in
+    # LLM provider hosts (egress.policy): host names (* wildcards) for public addresses only;
+    # addresses or networks (a local model server, say) allowed whatever their kind; each with
+    # an optional :port. In the environment, comma-separated; in the config file, a list.
+    egress_allow: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -137,6 +142,9 @@ def _coerce(name: str, raw: Any) -> Any:
     if kind == "tuple[Path, ...]":
         items = str(raw).split(os.pathsep) if isinstance(raw, str) else list(raw)
         return tuple(Path(str(item)).expanduser() for item in items if str(item))
+    if kind == "tuple[str, ...]":
+        items = str(raw).split(",") if isinstance(raw, str) else list(raw)
+        return tuple(str(item).strip() for item in items if str(item).strip())
     if kind == "int":
         return int(raw)
     if kind == "float":

@@ -160,6 +160,10 @@ def user_identity(principal: Principal | None, account: str, key_id: str | None)
         if key_id:
             identity["accessKeyId"] = key_id
         return identity
+    if principal.kind == "service":
+        # A call a tracking server makes itself (its outbound connections), as CloudTrail
+        # records what an AWS service does on an account's behalf.
+        return {"type": "AWSService", "invokedBy": principal.name}
     if principal.is_user:
         return {
             "type": "IAMUser",

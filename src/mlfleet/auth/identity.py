@@ -19,7 +19,7 @@ class Principal:
     user_id: str
     name: str
     access_key_id: str | None = None
-    kind: str = "user"  # "user" or "role"
+    kind: str = "user"  # "user", "role", or "service" (a tracking server acting itself)
     identity_arn: str = ""
 
     @property

@@ -30,6 +30,7 @@ from mlfleet.cli.common import (
 from mlfleet.cli.deploy import deploy
 from mlfleet.cli.events import events_app
 from mlfleet.cli.iam import iam_app
+from mlfleet.egress.policy import allowlist
 from mlfleet.fleet.stores import ArtifactRoots
 from mlfleet.settings import DEFAULT_PORT, load_settings
 
@@ -90,6 +91,14 @@ def up(
             "(default DATA_DIR/artifacts)."
         ),
     ] = None,
+    egress_allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Where tracking servers may connect out besides the built-in LLM provider "
+            "hosts, repeatable: a host name (* wildcards; public addresses only) or an address "
+            "or network (any kind), each with an optional :port.",
+        ),
+    ] = None,
     allow_unconfined_model_code: Annotated[
         bool | None,
         typer.Option(
@@ -118,11 +127,13 @@ def up(
                 "tls_key": tls_key,
                 "artifact_roots": tuple(artifact_root) if artifact_root else None,
                 "allow_unconfined_model_code": allow_unconfined_model_code,
+                "egress_allow": tuple(egress_allow) if egress_allow else None,
             },
             config_file=config,
         )
         # The fleet refuses an unsafe root too; checked here, it is a message, not a traceback.
         ArtifactRoots.of(settings)
+        allowlist(settings.egress_allow)
     except (ValueError, TypeError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc

@@ -40,6 +40,8 @@ from mlfleet.daemon.tls import refuse_secrets_in_clear, serve_tls
 from mlfleet.deploy.deployer import Deployer
 from mlfleet.deploy.responses import Invocations
 from mlfleet.deploy.service import Deployments
+from mlfleet.egress.policy import EgressPolicy
+from mlfleet.egress.proxy import EgressProxy, EgressServer, WorkerEgress
 from mlfleet.events.bus import EventBus
 from mlfleet.events.dead_letters import DeliveryLog
 from mlfleet.events.delivery import DeliveryWorker
@@ -95,6 +97,7 @@ class Daemon:
     deployer: Deployer
     invocations: Invocations
     s3: S3Endpoint
+    egress: EgressProxy
     trail: AuditTrail
     credentials_path: Path | None
 
@@ -197,6 +200,7 @@ def build_daemon(settings: Settings) -> Daemon:
     # Raises ValueError for a root that would expose the data dir: the daemon must not start.
     stores = ArtifactRoots.of(settings)
     lifecycle = Lifecycle(settings, runtime.is_serving, publish=bus.publish)
+    egress = WorkerEgress(sandbox.run_dir / "egress" / "proxy.sock", box)
     reconciler = Reconciler(
         settings,
         sessions,
@@ -206,6 +210,8 @@ def build_daemon(settings: Settings) -> Daemon:
         lifecycle,
         on_serving=registry_sync.catch_up,
         record_left_over=handover.record_left_over,
+        egress=egress,
+        box=box,
     )
     fleet = FleetService(
         settings,
@@ -216,6 +222,19 @@ def build_daemon(settings: Settings) -> Daemon:
         kick=reconciler.kick,
         # The gateway authorizes on a server's tags and registers models by its settings.
         server_changed=routing.forget_server,
+    )
+
+    def egress_server(name: str) -> EgressServer | None:
+        # Uncached: a server's egress switch is its tag as it is now.
+        found = lookup(name)
+        return EgressServer(found.id, fleet.arn_for(name), found.tags) if found else None
+
+    egress_proxy = EgressProxy(
+        egress.socket_path,
+        EgressPolicy(settings.egress_allow, own),
+        box,
+        egress_server,
+        trail.record_data_event,
     )
     gateway = Gateway(
         settings=settings,
@@ -339,6 +358,7 @@ def build_daemon(settings: Settings) -> Daemon:
         deployer=deployer,
         invocations=invocations,
         s3=s3,
+        egress=egress_proxy,
         trail=trail,
         credentials_path=creds_path,
     )
@@ -376,6 +396,7 @@ def build_app(daemon: Daemon) -> web.Application:
         app.router.add_route("*", prefix + "/{tail:.*}", daemon.gateway.by_arn_header)
 
     async def on_startup(_app: web.Application) -> None:
+        await daemon.egress.start()
         await daemon.gateway.start()
         await daemon.deliveries.start()
         daemon.reconciler.resume_all()
@@ -392,6 +413,7 @@ def build_app(daemon: Daemon) -> web.Application:
         await asyncio.to_thread(daemon.trail.drain)
         await daemon.gateway.close()
         await daemon.deliveries.close()
+        await daemon.egress.close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

@@ -20,6 +20,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import CursorResult, make_url, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from mlfleet.auth.secrets import SecretBox
+from mlfleet.egress.proxy import WorkerEgress
 from mlfleet.fleet.lifecycle import Lifecycle
 from mlfleet.fleet.service import SERVING
 from mlfleet.fleet.stores import ArtifactRoots, local_folder, resolve
@@ -41,6 +43,7 @@ OUTCOMES = {
     "Stopping": ("Stopped", "StopFailed"),
 }
 RETRY_SECONDS = 15.0
+KEK_PASSPHRASE_ENV = "MLFLOW_CRYPTO_KEK_PASSPHRASE"
 
 
 class ArtifactStoreError(Exception):
@@ -49,6 +52,19 @@ class ArtifactStoreError(Exception):
 
 class StoreOutsideRoots(ArtifactStoreError):
     """Stays true until the store is updated or the daemon restarts with other roots."""
+
+
+def s3_hosts(settings: Settings) -> tuple[str, ...]:
+    """The hosts a worker with an s3:// store talks to directly, not through the egress
+    proxy: the store is the operator's choice, not a tenant's."""
+    if settings.s3_endpoint_url:
+        return (urlparse(settings.s3_endpoint_url).hostname or "",)
+    region = boto3.Session().region_name or settings.region
+    return tuple(
+        f"{dot}{host}"
+        for host in ("s3.amazonaws.com", f"s3.{region}.amazonaws.com")
+        for dot in ("", ".")
+    )
 
 
 def s3_environment(settings: Settings) -> dict[str, str]:
@@ -79,8 +95,12 @@ class Reconciler:
         lifecycle: Lifecycle,
         on_serving: Callable[[TrackingServer], None],
         record_left_over: Callable[[str], Awaitable[None]],
+        egress: WorkerEgress,
+        box: SecretBox,
     ) -> None:
         self._settings = settings
+        self._egress = egress
+        self._box = box
         self._sessions = sessions
         self._runtime = runtime
         self._databases = databases
@@ -191,13 +211,19 @@ class Reconciler:
 
     def spec_for(self, row: TrackingServer) -> ServerSpec:
         """The workers' command, environment and view: their database and artifacts only,
-        the network only for a store that needs it (PostgreSQL, S3)."""
-        env: dict[str, str] = {}
+        the network only for a store that needs it (PostgreSQL, S3), the rest of the way out
+        through the egress proxy."""
+        # MLflow encrypts the AI gateway's secrets with a key made from this passphrase; its
+        # default is the same for every MLflow installation.
+        env = {KEK_PASSPHRASE_ENV: self._box.derive(f"mlflow-kek:{row.id}").hex()}
         writable: list[Path] = []
         network = False
+        direct: tuple[str, ...] = ()
         if row.artifact_store_uri.startswith("s3://"):
             env.update(s3_environment(self._settings))
+            direct = s3_hosts(self._settings)
             network = True
+        env.update(self._egress.environment(row.id, row.name, direct))
         # Resolved, as checked against the roots just before: a symbolic link swapped later
         # does not move the store.
         folder = local_folder(row.artifact_store_uri)
@@ -215,7 +241,11 @@ class Reconciler:
             workers=WORKERS_BY_SIZE[row.size],
             log_dir=self._settings.data_dir / "servers" / row.id / "logs",
             env=env,
-            view=View(writable=tuple(writable), network=network),
+            view=View(
+                writable=tuple(writable),
+                readable=(self._egress.socket_path.parent,),
+                network=network,
+            ),
         )
 
     def _load(self, server_id: str) -> TrackingServer | None:

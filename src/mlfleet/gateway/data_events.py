@@ -10,10 +10,14 @@ from typing import Any
 
 from mlfleet.audit.trail import DataEvent
 from mlfleet.auth.identity import Principal
+from mlfleet.protocol.sensitive import HIDDEN
 
 # A write's JSON body up to this size is kept in its data event; larger ones are not.
 AUDITED_BODY_LIMIT = 4096
 DATA_EVENTS_TAG = "mlfleet:data-events"
+# Request fields of MLflow's API that carry a secret: the AI gateway's provider keys (its
+# protos mark nothing sensitive, so they are named here).
+SECRET_FIELDS = frozenset({"secret_value"})
 
 
 def data_events_on(tags: Sequence[dict[str, str]] | None) -> bool:
@@ -30,6 +34,18 @@ def keeps_body(upstream_path: str, length: int | None) -> bool:
     """Whether the event keeps the request body (small, and not an artifact transfer)."""
     path = upstream_path.partition("?")[0]
     return length is not None and length <= AUDITED_BODY_LIMIT and "/mlflow-artifacts/" not in path
+
+
+def without_secrets(body: Any) -> Any:
+    """A request body with the values of its secret fields hidden, at any depth."""
+    if isinstance(body, dict):
+        return {
+            key: HIDDEN if key in SECRET_FIELDS else without_secrets(value)
+            for key, value in body.items()
+        }
+    if isinstance(body, list):
+        return [without_secrets(item) for item in body]
+    return body
 
 
 def json_or_none(raw: bytes | None) -> Any:
@@ -68,7 +84,7 @@ def data_event(
     if query:
         parameters["queryString"] = query
     if body is not None:
-        parameters["body"] = json_or_none(body)
+        parameters["body"] = without_secrets(json_or_none(body))
     error_code = error_message = None
     if status is not None and status >= 400:
         error_code, error_message = mlflow_error_fields(status, answer)

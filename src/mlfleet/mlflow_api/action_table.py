@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 
+from fastapi.routing import APIRoute
 from google.protobuf.message import Message
 from mlflow.server import handlers
+from mlflow.server.gateway_api import gateway_router
 
 from mlfleet.mlflow_api.actions import (
     ACTIONS,
+    EXTENSION_FAMILIES,
+    EXTENSION_SERVICE,
     SERVICE,
     TABLE_FILE,
     Kind,
@@ -98,6 +103,10 @@ def _action(name: str) -> Requirement:
     return Requirement(f"{SERVICE}:{name}", Kind.ACTION)
 
 
+def _extension(name: str) -> Requirement:
+    return Requirement(f"{EXTENSION_SERVICE}:{name}", Kind.ACTION)
+
+
 # The MLflow client asks /version and server-info which features a server has before its first
 # call (log_spans, multipart uploads, workspaces); they say nothing about a tenant's data, and
 # requiring an action would break callers granted only, say, LogMetric.
@@ -141,7 +150,41 @@ _NON_RPC_ROUTES = {
     # MLflow refuses those itself). The rest of the assistant family stays refused.
     ("GET", "/ajax-api/3.0/mlflow/assistant/config"): _action("AccessUI"),
     ("GET", "/ajax-api/3.0/mlflow/assistant/providers"): _action("AccessUI"),
+    # What the UI shows when an endpoint is made: the providers, models and settings MLflow
+    # knows, and whether secrets are encrypted with a key of the server's own (they are).
+    ("GET", "/ajax-api/3.0/mlflow/gateway/supported-providers"): _extension(
+        "ListGatewaySupportedProviders"
+    ),
+    ("GET", "/ajax-api/3.0/mlflow/gateway/supported-models"): _extension(
+        "ListGatewaySupportedModels"
+    ),
+    ("GET", "/ajax-api/3.0/mlflow/gateway/provider-config"): _extension("GetGatewayProviderConfig"),
+    ("GET", "/ajax-api/3.0/mlflow/gateway/secrets/config"): _extension("GetGatewaySecretsConfig"),
+    # The scorers page reads the online-scoring settings (none: setting them is refused).
+    ("GET", "/api/3.0/mlflow/scorers/online-configs"): _extension("GetOnlineScoringConfigs"),
+    ("GET", "/ajax-api/3.0/mlflow/scorers/online-configs"): _extension("GetOnlineScoringConfigs"),
+    # Prompt lab's run: an ordinary run with the prompt, parameters and output logged; the
+    # prompt itself went to a gateway endpoint, with that endpoint's own action.
+    ("POST", "/ajax-api/2.0/mlflow/runs/create-promptlab-run"): _action("CreateRun"),
 }
+# The AI gateway's own routes (MLflow's FastAPI gateway_router): calling a model through an
+# endpoint, and the list of endpoints an OpenAI-style client asks for.
+_INVOKE = _extension("InvokeGatewayEndpoint")
+_LIST_ENDPOINTS = _extension("ListGatewayEndpoints")
+_FASTAPI_PARAMETER = re.compile(r"\{(\w+)(?::(path))?\}")
+
+
+def _gateway_routes() -> dict[tuple[str, str], Requirement]:
+    routes = {}
+    for route in gateway_router.routes:
+        assert isinstance(route, APIRoute)
+        # FastAPI's {name} and {name:path}, as the table writes Werkzeug's <name>, <path:name>.
+        template = _FASTAPI_PARAMETER.sub(
+            lambda m: f"<path:{m[1]}>" if m[2] else f"<{m[1]}>", route.path
+        )
+        for method in route.methods or ():
+            routes[method, template] = _LIST_ENDPOINTS if method == "GET" else _INVOKE
+    return routes
 
 
 def _rpc_requirement(message: type[Message], method: str, segments: list[str]) -> Requirement:
@@ -155,6 +198,8 @@ def _rpc_requirement(message: type[Message], method: str, segments: list[str]) -
         return _action(name)
     if name in _NEAREST_ACTION:
         return _action(_NEAREST_ACTION[name])
+    if api_relative(segments)[:2] in EXTENSION_FAMILIES:
+        return _extension(name)
     family = _GENAI_FAMILIES.get(api_relative(segments)[:2])
     if family is not None:
         read, write = family
@@ -165,7 +210,7 @@ def _rpc_requirement(message: type[Message], method: str, segments: list[str]) -
 
 def build() -> dict[str, object]:
     """The table for the installed MLflow, as ``action_table.json`` holds it."""
-    routes = dict(_NON_RPC_ROUTES)
+    routes = {**_NON_RPC_ROUTES, **_gateway_routes()}
     # With this get_handler, get_endpoints() names each proto route's request message instead
     # of its view function; the other routes it lists keep their functions.
     for path, handler, methods in handlers.get_endpoints(get_handler=lambda message: message):

@@ -32,6 +32,12 @@ from pathlib import Path
 from urllib.parse import unquote
 
 SERVICE = "sagemaker-mlflow"
+# MLflow 3 features SageMaker names no action for, behind actions of mlfleet's own namespace
+# (the RPC's name, as for SageMaker's): a "sagemaker-mlflow:*" grant written before them must
+# not reach provider keys and paid LLM calls. By the path segments after /api/<v>/, or from the
+# root for the AI gateway's invocation routes.
+EXTENSION_SERVICE = "mlfleet-mlflow"
+EXTENSION_FAMILIES = frozenset({("mlflow", "gateway"), ("mlflow", "scorers"), ("gateway",)})
 
 TABLE_FILE = Path(__file__).with_name("action_table.json")
 
@@ -107,17 +113,14 @@ ACTIONS = frozenset(
 _SSRF = "the tracking server would make outbound requests a tenant controls (SSRF)"
 _EXECUTION = "the tracking server would run models, judges or code on a tenant's behalf"
 _ADMIN = "MLflow's user administration is not enabled: callers are IAM principals of mlfleet"
-_NO_AI_GATEWAY = "the AI gateway (provider keys, LLM calls) is not offered"
 # Route families a tenant must never reach (spec mlflow-server.md section 8), by the path
 # segments after /api/<v>/ or /ajax-api/<v>/, or from the root for routes outside them.
 # Checked before any mapping, so nothing MLflow adds under them is ever forwarded.
 _DENIED_FAMILIES = {
-    ("mlflow", "gateway"): _NO_AI_GATEWAY,
-    ("gateway",): _NO_AI_GATEWAY,
-    ("mlflow", "runs", "create-promptlab-run"): "prompt lab needs the AI gateway",
     ("mlflow", "webhooks"): _SSRF,
     ("mlflow", "scorer", "invoke"): _EXECUTION,
-    ("mlflow", "scorers"): _EXECUTION,  # registered scorers run server-side (online scoring)
+    # Online scoring: registered scorers run by the server on new traces (its job runner).
+    ("mlflow", "scorers", "online-config"): _EXECUTION,
     ("mlflow", "genai", "evaluate", "invoke"): _EXECUTION,
     ("mlflow", "issues", "invoke"): _EXECUTION,
     ("mlflow", "prompt-optimization"): _EXECUTION,
@@ -296,7 +299,11 @@ def table_mlflow_version() -> str:
 
 
 # Actions that only read (AWS's Read and List access levels); every other action writes.
-_READ_PREFIXES = (f"{SERVICE}:Get", f"{SERVICE}:Search", f"{SERVICE}:List", f"{SERVICE}:AccessUI")
+_READ_PREFIXES = tuple(
+    f"{service}:{verb}"
+    for service in (SERVICE, EXTENSION_SERVICE)
+    for verb in ("Get", "Search", "List", "AccessUI")
+)
 
 
 def is_write(action: str) -> bool:

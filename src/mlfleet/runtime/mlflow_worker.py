@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, cast
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mlfleet.runtime import egress_forwarder
+
 if TYPE_CHECKING:
     from mlfleet.runtime.stored_events import StoredEvents
 
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--handoff-fd", type=int)
     parser.add_argument("--generation-fd", type=int)
     args = parser.parse_args()
+    # Before MLflow starts: its HTTP clients go out through the daemon's egress proxy.
+    egress_forwarder.install()
 
     # mlflow.server decides once, when first imported (here, for its constants), whether it runs
     # as a server: only then does its Flask app get MLflow's host validation, CORS refusal and

@@ -1,0 +1,313 @@
+"""MLflow 3's AI gateway on an mlfleet tracking server, behind the egress policy.
+
+A fake OpenAI-compatible provider listens on a loopback port that this module's daemon
+allowlists (``--egress-allow 127.0.0.1:<port>``). Secrets, model definitions and endpoints are
+made through MLflow's own REST store, as the MLflow client and UI make them; calls to an
+endpoint reach the provider through the daemon's egress proxy, which records each connection.
+Every other destination (another loopback port, a name resolving to loopback, the metadata
+address, the daemon itself) is refused, and so is a server whose egress is switched off.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from mlflow.entities import GatewayEndpointModelConfig, GatewayModelLinkageType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking._tracking_service.utils import _get_store
+
+from support.aws import ACCOUNT, unique
+from support.chaos import trail_records
+from support.daemon import Daemon, free_port
+from support.fake_llm import FakeLlm
+from support.waiting import wait_for
+
+NAMED_PORT = free_port()
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[FakeLlm]:
+    fake = FakeLlm()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def gateway_daemon(tmp_path_factory: pytest.TempPathFactory, provider: FakeLlm) -> Iterator[Daemon]:
+    # "localhost" is allowed by name on another port: names admit public addresses only, so
+    # it stays refused (as a provider's name that a DNS answer points at loopback would).
+    d = Daemon(
+        tmp_path_factory.mktemp("ai-gateway") / "data",
+        "--egress-allow",
+        f"127.0.0.1:{provider.port}",
+        "--egress-allow",
+        f"localhost:{NAMED_PORT}",
+    )
+    d.start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def server(gateway_daemon: Daemon) -> dict[str, Any]:
+    name = unique("genai")
+    sm = gateway_daemon.client()
+    sm.create_mlflow_tracking_server(
+        TrackingServerName=name,
+        ArtifactStoreUri=f"file://{gateway_daemon.data_dir.parent / 'artifacts' / name}",
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/mlfleet",
+    )
+    desc = gateway_daemon.wait_status(name, "Created", "CreateFailed")
+    assert desc["TrackingServerStatus"] == "Created", desc
+    return desc
+
+
+@pytest.fixture
+def store(gateway_daemon: Daemon, server: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """MLflow's REST store of the server, signed in with the daemon's admin key."""
+    key, secret = gateway_daemon.credentials
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", key)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+    return _get_store(server["TrackingServerUrl"])
+
+
+def make_endpoint(store: Any, api_base: str, api_key: str = "sk-fake-key") -> str:
+    """A secret, a model definition and an endpoint calling ``api_base``: the endpoint's name."""
+    name = unique("chat")
+    secret = store.create_gateway_secret(
+        secret_name=name,
+        secret_value={"api_key": api_key},
+        provider="openai",
+        auth_config={"api_base": api_base},
+    )
+    model = store.create_gateway_model_definition(
+        name=name, secret_id=secret.secret_id, provider="openai", model_name="gpt-fake"
+    )
+    store.create_gateway_endpoint(
+        name=name,
+        model_configs=[
+            GatewayEndpointModelConfig(
+                model_definition_id=model.model_definition_id,
+                linkage_type=GatewayModelLinkageType.PRIMARY,
+                weight=1.0,
+            )
+        ],
+    )
+    return name
+
+
+def invoke(daemon: Daemon, server: dict[str, Any], endpoint: str) -> requests.Response:
+    return requests.post(
+        f"{server['TrackingServerUrl']}/gateway/{endpoint}/mlflow/invocations",
+        json={"messages": [{"role": "user", "content": "hello"}]},
+        auth=daemon.credentials,
+        timeout=60,
+    )
+
+
+def outbound(daemon: Daemon, port: int) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in trail_records(daemon, "OutboundConnection")
+        if r["requestParameters"].get("port") == port
+    ]
+
+
+def test_an_endpoint_calls_the_provider_through_the_egress_proxy(
+    gateway_daemon: Daemon, server: dict[str, Any], store: Any, provider: FakeLlm
+) -> None:
+    endpoint = make_endpoint(store, provider.url, api_key="sk-fake-key-1")
+    answer = invoke(gateway_daemon, server, endpoint)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "echo: hello"
+    sent = provider.requests[-1]
+    assert sent["path"] == "/v1/chat/completions"
+    assert sent["key"] == "Bearer sk-fake-key-1"
+    assert sent["body"]["model"] == "gpt-fake"
+
+    # The connection, as the server made it, is a data event of the server.
+    records = outbound(gateway_daemon, provider.port)
+    assert records, "no OutboundConnection record"
+    record = records[0]
+    assert record["eventCategory"] == "Data"
+    assert record["userIdentity"] == {
+        "type": "AWSService",
+        "invokedBy": "sagemaker-mlflow.amazonaws.com",
+    }
+    assert record["resources"][0]["ARN"] == server["TrackingServerArn"]
+    assert record["requestParameters"]["address"] == "127.0.0.1"
+    assert "errorCode" not in record
+
+
+def test_a_provider_key_is_stored_encrypted_and_never_shown(
+    gateway_daemon: Daemon, server: dict[str, Any], store: Any, provider: FakeLlm
+) -> None:
+    key = "sk-never-shown-" + unique("k")
+    endpoint = make_endpoint(store, provider.url, api_key=key)
+    infos = store.list_secret_infos()
+    assert infos and all(key not in json.dumps(i.to_proto().__str__()) for i in infos)
+    # The trail keeps the creating call without the value.
+    created = [
+        r
+        for r in trail_records(gateway_daemon, "CreateGatewaySecret")
+        if (r["requestParameters"].get("body") or {}).get("secret_name") == endpoint
+    ]
+    assert created and created[0]["requestParameters"]["body"]["secret_value"] == (
+        "HIDDEN_DUE_TO_SECURITY_REASONS"
+    )
+    # Encrypted with the server's own key: neither the value nor MLflow's default passphrase
+    # opens it from the database file.
+    database = gateway_daemon.data_dir / "servers" / server_id(gateway_daemon, server)
+    files = [p for p in database.rglob("*.db*") if p.is_file()]
+    assert files and all(key.encode() not in p.read_bytes() for p in files)
+    assert key not in (gateway_daemon.data_dir / "mlfleet.log").read_text()
+
+
+def server_id(daemon: Daemon, server: dict[str, Any]) -> str:
+    with sqlite3.connect(daemon.data_dir / "mlfleet.db") as db:
+        row = db.execute(
+            "SELECT id FROM tracking_servers WHERE name = ?", (server["TrackingServerName"],)
+        ).fetchone()
+    return str(row[0])
+
+
+@pytest.mark.parametrize(
+    ("api_base", "reason"),
+    [
+        ("http://127.0.0.1:{other}/v1", "not on the egress allowlist"),  # nobody allowed it
+        # An allowed name that resolves to loopback (a DNS answer pointing inwards).
+        ("http://localhost:{named}/v1", "which is not a public address"),
+        ("http://169.254.169.254/latest", "not on the egress allowlist"),  # cloud metadata
+        ("http://127.0.0.1:{daemon}/v1", "is mlfleet itself"),
+    ],
+)
+def test_destinations_outside_the_policy_are_refused(
+    gateway_daemon: Daemon,
+    server: dict[str, Any],
+    store: Any,
+    provider: FakeLlm,
+    api_base: str,
+    reason: str,
+) -> None:
+    other = free_port()
+    url = api_base.format(other=other, named=NAMED_PORT, daemon=gateway_daemon.port)
+    before = len(provider.requests)
+    answer = invoke(gateway_daemon, server, make_endpoint(store, url))
+    assert answer.status_code >= 400
+    assert len(provider.requests) == before
+    port = int(url.split(":")[2].split("/")[0]) if url.count(":") == 2 else 80
+
+    assert reason in answer.text
+
+    def refusal_recorded() -> list[dict[str, Any]]:
+        return [r for r in outbound(gateway_daemon, port) if r.get("errorCode") == "EgressDenied"]
+
+    recorded = wait_for(refusal_recorded, 10, what="the refused connection in the trail")
+    assert reason in recorded[-1]["errorMessage"]
+
+
+def test_a_server_with_egress_off_connects_nowhere(
+    gateway_daemon: Daemon, server: dict[str, Any], store: Any, provider: FakeLlm
+) -> None:
+    endpoint = make_endpoint(store, provider.url)
+    sm = gateway_daemon.client()
+    arn = server["TrackingServerArn"]
+    sm.add_tags(ResourceArn=arn, Tags=[{"Key": "mlfleet:egress", "Value": "off"}])
+    try:
+        before = len(provider.requests)
+        answer = invoke(gateway_daemon, server, endpoint)
+        assert answer.status_code >= 400
+        assert "off" in answer.text
+        assert len(provider.requests) == before
+    finally:
+        sm.delete_tags(ResourceArn=arn, TagKeys=["mlfleet:egress"])
+    assert invoke(gateway_daemon, server, endpoint).status_code == 200
+
+
+def test_sagemaker_mlflow_grants_do_not_reach_the_ai_gateway(
+    gateway_daemon: Daemon, server: dict[str, Any], provider: FakeLlm
+) -> None:
+    iam = gateway_daemon.client("iam")
+    user = unique("genai-user")
+    iam.create_user(UserName=user)
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="mlflow",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "sagemaker-mlflow:*", "Resource": "*"}],
+            }
+        ),
+    )
+    created = iam.create_access_key(UserName=user)["AccessKey"]
+    auth = (created["AccessKeyId"], created["SecretAccessKey"])
+    url = f"{server['TrackingServerUrl']}/api/3.0/mlflow/gateway/secrets/list"
+
+    def answered(status: int) -> bool:
+        return requests.get(url, auth=auth, timeout=30).status_code == status
+
+    wait_for(lambda: answered(403), 10, what="the refusal of a sagemaker-mlflow:* holder")
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="gateway",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "mlfleet-mlflow:ListGateway*",
+                        "Resource": server["TrackingServerArn"],
+                    }
+                ],
+            }
+        ),
+    )
+    wait_for(lambda: answered(200), 10, what="the answer once mlfleet-mlflow is granted")
+
+
+def proxy_answer(daemon: Daemon, authorization: str | None) -> bytes:
+    path = daemon.data_dir / "run" / "egress" / "proxy.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        head = f"CONNECT 127.0.0.1:{daemon.port} HTTP/1.1\r\nHost: x\r\n"
+        if authorization:
+            head += f"Proxy-Authorization: Basic {authorization}\r\n"
+        sock.sendall((head + "\r\n").encode())
+        return sock.recv(4096)
+
+
+def test_the_proxy_serves_no_one_without_a_servers_key(
+    gateway_daemon: Daemon, server: dict[str, Any], provider: FakeLlm
+) -> None:
+    name = server["TrackingServerName"]
+    for given in (
+        None,
+        base64.b64encode(f"{name}:".encode()).decode(),
+        base64.b64encode(f"{name}:{'0' * 64}".encode()).decode(),
+        base64.b64encode(b"no-such-server:x").decode(),
+        "not base64!",
+    ):
+        assert proxy_answer(gateway_daemon, given).startswith(b"HTTP/1.1 407"), given
+
+
+def test_the_proxy_socket_is_not_reachable_by_other_users(gateway_daemon: Daemon) -> None:
+    run_dir = gateway_daemon.data_dir / "run"
+    assert run_dir.stat().st_mode & 0o077 == 0
+    assert Path(run_dir / "egress" / "proxy.sock").is_socket()
+
+
+def test_gateway_objects_are_mlflow_errors_when_absent(store: Any) -> None:
+    with pytest.raises(MlflowException) as raised:
+        store.get_gateway_endpoint(name="no-such-endpoint")
+    assert raised.value.error_code == "RESOURCE_DOES_NOT_EXIST"
