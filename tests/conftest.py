@@ -22,6 +22,7 @@ import requests
 from support.aws import ACCOUNT, unique
 from support.daemon import PG_URL, Daemon, free_port, postgres_reachable
 from support.events import Receiver
+from support.fake_llm import FakeLlm
 from support.slices import slices_of
 from support.waiting import wait_for
 
@@ -78,13 +79,28 @@ def shared_data_dirs(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
+def fake_llm() -> Iterator[FakeLlm]:
+    """A fake OpenAI-compatible provider on loopback, which the shared daemon may reach."""
+    provider = FakeLlm()
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="session")
 def daemon(
-    tmp_path_factory: pytest.TempPathFactory, s3_env: dict[str, str], shared_data_dirs: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_env: dict[str, str],
+    shared_data_dirs: Path,
+    fake_llm: FakeLlm,
 ) -> Iterator[Daemon]:
     """One SQLite-backed daemon shared by the tests that need no daemon of their own."""
     d = Daemon(shared_data_dirs / "sqlite", artifact_root=tmp_path_factory.getbasetemp())
     # Temporary credentials that expire within a test (AWS's floor is 900 s).
-    env = {**s3_env, "MLFLEET_STS_MIN_DURATION_SECONDS": "1"}
+    env = {
+        **s3_env,
+        "MLFLEET_STS_MIN_DURATION_SECONDS": "1",
+        "MLFLEET_EGRESS_ALLOW": f"127.0.0.1:{fake_llm.port}",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -16,11 +16,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.data
+import mlflow.genai
 import pandas as pd
 import pytest
 import requests
@@ -35,9 +37,11 @@ from mlflow.entities import (
     RunTag,
     ViewType,
 )
+from mlflow.genai.judges import make_judge
 
 from support.aws import unique
 from support.daemon import Daemon, free_port
+from support.fake_llm import FakeLlm, gateway_endpoint
 from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
@@ -47,6 +51,15 @@ VOLATILE_TEXT = [
     (re.compile(r"\b(?:m-|tr-)?[0-9a-f]{32}\b"), "<id>"),
     (re.compile(r"(mlflow-artifacts:/|experiment_id\W+)\d+"), r"\1<n>"),
 ]
+
+
+@dataclass(frozen=True)
+class Where:
+    """What a scenario may use besides its client: a folder of its own, and the fake LLM
+    provider that both servers' AI gateways may reach."""
+
+    tmp: Path
+    provider_url: str
 
 
 def masked(value: Any, key: str = "") -> Any:
@@ -76,7 +89,7 @@ def shape(entity: Any) -> Any:
     return masked(entity)
 
 
-def experiments(client: MlflowClient, name: str, tmp: Path) -> Any:
+def experiments(client: MlflowClient, name: str, where: Where) -> Any:
     created = client.create_experiment(f"{name}-a", tags={"team": "x"})
     client.set_experiment_tag(created, "stage", "dev")
     client.rename_experiment(created, f"{name}-b")
@@ -87,7 +100,7 @@ def experiments(client: MlflowClient, name: str, tmp: Path) -> Any:
     return [shape(e) for e in found], deleted, shape(client.get_experiment_by_name(f"{name}-b"))
 
 
-def runs(client: MlflowClient, name: str, tmp: Path) -> Any:
+def runs(client: MlflowClient, name: str, where: Where) -> Any:
     experiment = client.create_experiment(name)
     first = client.create_run(experiment, tags={"k": "v"}, run_name="first").info.run_id
     client.log_batch(
@@ -112,21 +125,21 @@ def runs(client: MlflowClient, name: str, tmp: Path) -> Any:
     )
 
 
-def artifacts(client: MlflowClient, name: str, tmp: Path) -> Any:
+def artifacts(client: MlflowClient, name: str, where: Where) -> Any:
     run = client.create_run(client.create_experiment(name)).info.run_id
     client.log_text(run, "hello\n", "notes/a.txt")
     client.log_dict(run, {"a": 1}, "config/c.json")
-    folder = tmp / name
+    folder = where.tmp / name
     (folder / "deep").mkdir(parents=True)
     (folder / "deep" / "b.bin").write_bytes(bytes(range(256)))
     client.log_artifacts(run, str(folder), "tree")
     listed = [(f.path, f.is_dir, f.file_size) for f in client.list_artifacts(run)]
     nested = [(f.path, f.is_dir, f.file_size) for f in client.list_artifacts(run, "tree/deep")]
-    fetched = Path(client.download_artifacts(run, "notes/a.txt", str(tmp / f"{name}-dl")))
+    fetched = Path(client.download_artifacts(run, "notes/a.txt", str(where.tmp / f"{name}-dl")))
     return listed, nested, fetched.read_text()
 
 
-def registry(client: MlflowClient, name: str, tmp: Path) -> Any:
+def registry(client: MlflowClient, name: str, where: Where) -> Any:
     client.create_registered_model(name, tags={"a": "b"}, description="d")
     run = client.create_run(client.create_experiment(name)).info.run_id
     for _ in range(2):
@@ -145,7 +158,7 @@ def registry(client: MlflowClient, name: str, tmp: Path) -> Any:
     )
 
 
-def logged_models(client: MlflowClient, name: str, tmp: Path) -> Any:
+def logged_models(client: MlflowClient, name: str, where: Where) -> Any:
     experiment = client.create_experiment(name)
     model = client.create_logged_model(experiment, name="lm", params={"a": "1"}, tags={"t": "v"})
     client.log_model_params(model.model_id, {"b": "2"})
@@ -154,7 +167,7 @@ def logged_models(client: MlflowClient, name: str, tmp: Path) -> Any:
     return [shape(m) for m in found], shape(client.get_logged_model(model.model_id))
 
 
-def prompts(client: MlflowClient, name: str, tmp: Path) -> Any:
+def prompts(client: MlflowClient, name: str, where: Where) -> Any:
     first = client.register_prompt(name, "Hello {{name}}", commit_message="first")
     second = client.register_prompt(name, "Hi {{name}}!", tags={"lang": "en"})
     loaded = client.load_prompt(f"prompts:/{name}/1")
@@ -166,7 +179,7 @@ def prompts(client: MlflowClient, name: str, tmp: Path) -> Any:
     )
 
 
-def datasets(client: MlflowClient, name: str, tmp: Path) -> Any:
+def datasets(client: MlflowClient, name: str, where: Where) -> Any:
     run = client.create_run(client.create_experiment(name)).info.run_id
     frame = pd.DataFrame({"x": [1, 2, 3], "y": [0, 1, 0]})
     dataset = mlflow.data.from_pandas(frame, name="train", targets="y")
@@ -176,7 +189,7 @@ def datasets(client: MlflowClient, name: str, tmp: Path) -> Any:
     return [shape(d) for d in inputs.dataset_inputs]
 
 
-def traces(client: MlflowClient, name: str, tmp: Path) -> Any:
+def traces(client: MlflowClient, name: str, where: Where) -> Any:
     experiment = client.create_experiment(name)
     root = client.start_trace("root", inputs={"q": 1}, experiment_id=experiment)
     child = client.start_span(
@@ -190,7 +203,34 @@ def traces(client: MlflowClient, name: str, tmp: Path) -> Any:
     return spans, trace.info.state, len(found)
 
 
-Scenario = Callable[[MlflowClient, str, Path], Any]
+def genai_evaluation(client: MlflowClient, name: str, where: Where) -> Any:
+    """A judge of MLflow's (``make_judge``) calling a model through the server's AI gateway
+    (``gateway:/<endpoint>``, the fake provider behind it), run by ``mlflow.genai.evaluate``."""
+    endpoint = gateway_endpoint(client._tracking_client.store, where.provider_url, name=name)
+    judge = make_judge(
+        name="echoed",
+        instructions="Does {{ outputs }} answer {{ inputs }}? Answer yes or no.",
+        model=f"gateway:/{endpoint}",
+        feedback_value_type=str,
+    )
+    experiment = client.create_experiment(name)
+    mlflow.set_experiment(experiment_id=experiment)
+    result = mlflow.genai.evaluate(
+        data=[{"inputs": {"question": "q1"}}, {"inputs": {"question": "q2"}}],
+        predict_fn=lambda question: f"answer to {question}",
+        scorers=[judge],
+    )
+    assessments = sorted(
+        (a.name, a.value, a.rationale)
+        for trace in client.search_traces(locations=[experiment])
+        for a in trace.info.assessments
+    )
+    # The judge ran (through the gateway, to the provider) on both sides, not nowhere on both.
+    assert [value for judged, value, _ in assessments if judged == "echoed"] == ["yes", "yes"]
+    return masked(result.metrics), assessments
+
+
+Scenario = Callable[[MlflowClient, str, Where], Any]
 SCENARIOS: list[Scenario] = [
     experiments,
     runs,
@@ -200,6 +240,7 @@ SCENARIOS: list[Scenario] = [
     prompts,
     datasets,
     traces,
+    genai_evaluation,
 ]
 
 
@@ -222,7 +263,13 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--workers",
         "1",
     ]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # A provider on loopback, over plain http, as a user would allow a local one.
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_GATEWAY_API_BASE_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES": "https,http",
+    }
     with (folder / "server.out").open("ab") as log:
         server = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -264,6 +311,7 @@ def test_the_client_api_answers_as_mlflow_does(
     direct: str,
     through_mlfleet: str,
     daemon: Daemon,
+    fake_llm: FakeLlm,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
@@ -278,6 +326,7 @@ def test_the_client_api_answers_as_mlflow_does(
         mlflow.set_tracking_uri(url)
         folder = tmp_path / str(side)
         folder.mkdir()
-        answers.append(scenario(MlflowClient(tracking_uri=url), name, folder))
+        where = Where(folder, fake_llm.url)
+        answers.append(scenario(MlflowClient(tracking_uri=url), name, where))
     mlflow.set_tracking_uri(None)
     assert answers[1] == answers[0]

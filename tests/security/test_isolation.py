@@ -7,6 +7,7 @@ tries the attack against a real daemon and asserts the refusal.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -22,10 +23,12 @@ import mlflow
 import pytest
 import requests
 
+from mlfleet.runtime.egress_forwarder import DIRECT_ENV, KEY_ENV, SOCKET_ENV, USER_ENV
 from support.daemon import Daemon
 from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
+EGRESS_VARIABLES = (SOCKET_ENV, USER_ENV, KEY_ENV, DIRECT_ENV)
 SANDBOX_USER_TOOL = "/usr/bin/setpriv"
 
 
@@ -60,9 +63,9 @@ def python_module_of(pid: int) -> str | None:
     return None
 
 
-def listening_tcp_inodes(pid: int) -> set[str]:
-    """Inodes of the TCP sockets listening in ``pid``'s network namespace."""
-    inodes = set()
+def listening_tcp(pid: int) -> dict[str, tuple[str, int]]:
+    """The TCP sockets listening in ``pid``'s network namespace: inode -> (address, port)."""
+    found = {}
     for table in ("tcp", "tcp6"):
         try:
             lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
@@ -71,8 +74,32 @@ def listening_tcp_inodes(pid: int) -> set[str]:
         for line in lines:
             fields = line.split()
             if fields[3] == "0A":  # TCP_LISTEN
-                inodes.add(fields[9])
-    return inodes
+                address, port = fields[1].split(":")
+                # /proc shows the address in the kernel's byte order, 32 bits at a time.
+                raw = b"".join(
+                    bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8)
+                )
+                found[fields[9]] = (str(ipaddress.ip_address(raw)), int(port, 16))
+    return found
+
+
+def listeners_of(pid: int) -> list[tuple[str, int]]:
+    """The TCP ports ``pid`` itself listens on."""
+    listening = listening_tcp(pid)
+    return [listening[inode] for inode in socket_inodes(pid) & set(listening)]
+
+
+def assert_only_an_egress_forwarder(pid: int, daemon_pid: int) -> None:
+    """What a worker may listen on: its egress forwarder (runtime.egress_forwarder), on
+    loopback, in a network namespace of its own; or, where it shares the host's network, one
+    that relays only to the egress proxy, which refuses a caller without the server's key."""
+    for address, port in listeners_of(pid):
+        assert ipaddress.ip_address(address).is_loopback, f"{pid} listens on {address}:{port}"
+        if os.readlink(f"/proc/{pid}/ns/net") != os.readlink(f"/proc/{daemon_pid}/ns/net"):
+            continue
+        with socket.create_connection((address, port), timeout=10) as conn:
+            conn.sendall(b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conn.recv(100).startswith(b"HTTP/1.1 407"), f"{pid} listens on {port}"
 
 
 def socket_inodes(pid: int) -> set[str]:
@@ -116,14 +143,15 @@ def workers_of(daemon: Daemon) -> list[int]:
 
 
 def test_no_worker_listens_on_tcp(daemon: Daemon, two_servers: list[str]) -> None:
+    assert daemon.proc is not None
     workers = workers_of(daemon)
     assert len(workers) >= 2
     for pid in workers:
-        assert not socket_inodes(pid) & listening_tcp_inodes(pid), f"worker {pid} listens on TCP"
+        assert_only_an_egress_forwarder(pid, daemon.proc.pid)
     # The whole tree: only the daemon itself listens (its one public port).
-    assert daemon.proc is not None
     for pid in descendants(daemon.proc.pid):
-        assert not socket_inodes(pid) & listening_tcp_inodes(pid), f"{pid} listens on TCP"
+        if pid not in workers:
+            assert not listeners_of(pid), f"{pid} listens on TCP"
 
 
 def test_worker_sockets_are_in_a_folder_only_the_daemon_can_open(
@@ -131,7 +159,8 @@ def test_worker_sockets_are_in_a_folder_only_the_daemon_can_open(
 ) -> None:
     run_dir = daemon.data_dir / "run"
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
-    sockets = list(run_dir.glob("*/*.sock"))
+    # The egress proxy's socket is for every sandbox (it asks each caller for its key).
+    sockets = [p for p in run_dir.glob("*/*.sock") if p.parent.name != "egress"]
     assert len(sockets) >= 2
     for path in sockets:
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -172,7 +201,9 @@ def test_a_worker_sees_only_its_own_database_and_artifacts(
         for secret in ("master.key", "credentials", "mlfleet.db", "config", "mlfleet.log"):
             assert not (inside / secret).exists(), f"worker {pid} sees {secret}"
         assert len(list((inside / "servers").iterdir())) == 1  # its own database's folder
-        assert len(list((inside / "run").iterdir())) == 1  # its own sockets' folder
+        # Its own sockets' folder, and the egress proxy's.
+        assert sorted(p.name for p in (inside / "run").iterdir())[0] == "egress"
+        assert len(list((inside / "run").iterdir())) == 2
         assert not (root / "etc/shadow").exists()
         assert (root / "etc/passwd").read_text().count("\n") == 1
         status = Path(f"/proc/{pid}/status").read_text()
@@ -308,9 +339,9 @@ def test_a_worker_does_not_inherit_the_daemons_environment(
     for pid in workers_of(daemon):
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         names = {item.split(b"=", 1)[0].decode() for item in environ if item}
-        assert not {
-            n for n in names if n.startswith("MLFLEET_") and n != "MLFLEET_BACKEND_STORE_URI"
-        }
+        # What the daemon gives the worker: its store, and its way out (runtime.egress_forwarder).
+        given = {"MLFLEET_BACKEND_STORE_URI", *EGRESS_VARIABLES}
+        assert not {n for n in names if n.startswith("MLFLEET_") and n not in given}
         assert "AWS_SECRET_ACCESS_KEY" not in names  # a folder store needs no AWS keys
 
 

@@ -1,15 +1,19 @@
 """A fake OpenAI-compatible LLM provider on a loopback port, for the AI gateway's tests.
 
-It answers chat completions with a fixed reply naming the model and the last message, and
-keeps what it was sent (path, API key, body) for the test to check.
+It answers every chat completion with the same JSON content, a verdict as MLflow's judges
+expect one (``{"result": "yes", "rationale": "echo: <the last message's first words>"}``),
+and keeps what it was sent (path, API key, body) for the test to check.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from mlflow.entities import GatewayEndpointModelConfig, GatewayModelLinkageType
 
 
 class FakeLlm:
@@ -23,7 +27,8 @@ class FakeLlm:
                 outer.requests.append(
                     {"path": self.path, "key": self.headers.get("Authorization"), "body": body}
                 )
-                last = body.get("messages", [{}])[-1].get("content", "")
+                last = str(body.get("messages", [{}])[-1].get("content", ""))
+                verdict = {"result": "yes", "rationale": f"echo: {last[:20]}"}
                 answer = {
                     "id": "chatcmpl-fake",
                     "object": "chat.completion",
@@ -32,7 +37,7 @@ class FakeLlm:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": f"echo: {last}"},
+                            "message": {"role": "assistant", "content": json.dumps(verdict)},
                             "finish_reason": "stop",
                         }
                     ],
@@ -56,3 +61,30 @@ class FakeLlm:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def gateway_endpoint(
+    store: Any, api_base: str, api_key: str = "sk-fake-key", name: str | None = None
+) -> str:
+    """A secret, a model definition and an endpoint calling ``api_base``: the endpoint's name."""
+    name = name or f"chat-{uuid.uuid4().hex[:8]}"
+    secret = store.create_gateway_secret(
+        secret_name=name,
+        secret_value={"api_key": api_key},
+        provider="openai",
+        auth_config={"api_base": api_base},
+    )
+    model = store.create_gateway_model_definition(
+        name=name, secret_id=secret.secret_id, provider="openai", model_name="gpt-fake"
+    )
+    store.create_gateway_endpoint(
+        name=name,
+        model_configs=[
+            GatewayEndpointModelConfig(
+                model_definition_id=model.model_definition_id,
+                linkage_type=GatewayModelLinkageType.PRIMARY,
+                weight=1.0,
+            )
+        ],
+    )
+    return name

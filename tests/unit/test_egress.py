@@ -137,3 +137,11 @@ def test_a_plain_http_request_is_sent_on_in_origin_form_without_proxy_headers() 
 def test_requests_the_proxy_does_not_serve(line: bytes) -> None:
     with pytest.raises(Refused):
         _destination(Head.parse(line))
+
+
+def test_names_nobody_allowed_are_refused_before_any_lookup() -> None:
+    assert not policy().may_admit("raw.githubusercontent.com", 443)
+    assert policy().may_admit("api.openai.com", 443)
+    # An address entry may admit whatever name resolves to its address, on its port.
+    assert policy("10.1.2.3:8000").may_admit("vllm.internal", 8000)
+    assert not policy("10.1.2.3:8000").may_admit("vllm.internal", 8001)

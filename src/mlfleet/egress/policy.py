@@ -107,6 +107,16 @@ class EgressPolicy:
         self._entries = allowlist(allowed)
         self._own = own
 
+    def may_admit(self, host: str, port: int) -> bool:
+        """Whether some address ``host`` resolves to could be allowed: False means it is
+        refused before any lookup (which, for a name nobody allowed, may take long)."""
+        name = host.lower().rstrip(".").strip("[]")
+        return any(
+            (entry.port is None or entry.port == port)
+            and (entry.network is not None or fnmatchcase(name, entry.pattern or ""))
+            for entry in self._entries
+        )
+
     def refusal(self, host: str, address: str, port: int, plain_http: bool = False) -> str | None:
         """Why connecting to ``address``:``port``, which ``host`` resolved to, is refused, or
         None when it is allowed. Plain HTTP goes only to destinations allowed by address: to
@@ -127,6 +137,10 @@ class EgressPolicy:
                 f"{host} resolves to {ip}, which is not a public address; allow it by address "
                 "(mlfleet up --egress-allow) if it is a provider of yours"
             )
+        return self.unlisted(host, port)
+
+    @staticmethod
+    def unlisted(host: str, port: int) -> str:
         return (
             f"{host}:{port} is not on the egress allowlist (the built-in provider hosts and "
             "mlfleet up --egress-allow)"

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 16 * 1024
 CONNECT_TIMEOUT_SECONDS = 10.0
+RESOLVE_TIMEOUT_SECONDS = 5.0
 EVENT_NAME = "mlfleet-mlflow:OutboundConnection"
 # How the trail names the one who connects: the tracking server, not a caller of it.
 SERVICE_NAME = "sagemaker-mlflow.amazonaws.com"
@@ -143,7 +144,7 @@ class EgressProxy:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         # Inside the daemon's private run dir; the sandbox user, whom bubblewrap shows only
         # this folder, must be able to connect (who connects is told by the key, not the uid).
-        self.socket_path.parent.chmod(0o755)
+        self.socket_path.parent.chmod(0o711)
         self.socket_path.unlink(missing_ok=True)
         self._server = await asyncio.start_unix_server(
             self._serve, path=str(self.socket_path), limit=MAX_HEAD_BYTES
@@ -220,11 +221,15 @@ class EgressProxy:
     async def _connect(
         self, host: str, port: int, plain_http: bool
     ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
+        if not self._policy.may_admit(host, port):
+            raise Refused(403, self._policy.unlisted(host, port))
         loop = asyncio.get_running_loop()
         try:
-            found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as exc:
-            raise Refused(502, f"cannot resolve {host}: {exc}") from exc
+            found = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_SECONDS
+            )
+        except (OSError, UnicodeError, TimeoutError) as exc:
+            raise Refused(502, f"cannot resolve {host}: {exc or 'no answer in time'}") from exc
         addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
         refusals = [self._policy.refusal(host, a, port, plain_http) for a in addresses]
         allowed = [a for a, why in zip(addresses, refusals, strict=True) if why is None]

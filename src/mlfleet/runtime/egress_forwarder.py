@@ -97,6 +97,9 @@ def install() -> None:
     # Plain http too (a model server on the operator's network): the proxy lets it through
     # only to an address the operator allowed.
     os.environ["MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES"] = "https,http"
+    # The UI's model lists come from the catalog MLflow ships: fetching newer ones from GitHub
+    # (per provider, retried) is no call of a tenant's and would wait minutes where it is refused.
+    os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
     import aiohttp
 
     aiohttp.ClientSession.__init__ = _trusting_env(aiohttp.ClientSession.__init__)  # type: ignore[method-assign]
