@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.tracking._tracking_service.utils import _get_store
 
 from support.console import SCREENSHOTS, launch, needs_chromium
 from support.daemon import Daemon
+from support.fake_llm import FakeLlm, gateway_endpoint
 from support.waiting import wait_for
 
 pytestmark = needs_chromium
@@ -84,21 +86,31 @@ def test_presigned_url_opens_mlflow_ui(
 
 
 def test_ui_pages_show_no_error_and_meet_no_refusal(
-    daemon: Daemon, shared_server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    daemon: Daemon,
+    shared_server: dict[str, Any],
+    fake_llm: FakeLlm,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Runs, a run and the models, each loaded afresh: every call the UI makes on its own
-    (the endpoint list of gateway-proxy, the Assistant's settings, users/current) is answered
-    by MLflow or as MLflow answers it, so no error toast shows and mlfleet refuses nothing."""
+    """Runs, a run, the models, the AI gateway's endpoints and keys, an experiment's judges and
+    the prompts, each loaded afresh: every call the UI makes on its own (the endpoint list of
+    gateway-proxy, the Assistant's settings, users/current, the gateway's providers) is
+    answered by MLflow or as MLflow answers it, so no error toast shows and mlfleet refuses
+    nothing."""
     from playwright.sync_api import expect, sync_playwright
 
     _, experiment_id, run = logged_run(daemon, shared_server, monkeypatch, "no-toast")
-    model = f"no-toast-model-{uuid.uuid4().hex[:6]}"
-    MlflowClient(tracking_uri=shared_server["TrackingServerUrl"]).create_registered_model(model)
     base = shared_server["TrackingServerUrl"]
+    model = f"no-toast-model-{uuid.uuid4().hex[:6]}"
+    MlflowClient(tracking_uri=base).create_registered_model(model)
+    endpoint = gateway_endpoint(_get_store(base), fake_llm.url)
     pages = {
         f"#/experiments/{experiment_id}/runs": "visible-run",
         f"#/experiments/{experiment_id}/runs/{run.info.run_id}": "loss",
         "#/models": model,
+        "#/gateway": endpoint,
+        "#/gateway/api-keys": endpoint,
+        f"#/experiments/{experiment_id}/judges": "Judges",
+        "#/prompts": "Prompts",
     }
     with sync_playwright() as p:
         browser = launch(p)

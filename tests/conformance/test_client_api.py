@@ -38,6 +38,8 @@ from mlflow.entities import (
     ViewType,
 )
 from mlflow.genai.judges import make_judge
+from mlflow.genai.scorers import delete_scorer, get_scorer, list_scorers
+from mlflow.utils.rest_utils import http_request
 
 from support.aws import unique
 from support.daemon import Daemon, free_port
@@ -50,6 +52,7 @@ VOLATILE_KEYS = {"execution_duration", "timestamp"}
 VOLATILE_TEXT = [
     (re.compile(r"\b(?:m-|tr-)?[0-9a-f]{32}\b"), "<id>"),
     (re.compile(r"(mlflow-artifacts:/|experiment_id\W+)\d+"), r"\1<n>"),
+    (re.compile(r'"utc_time_created": "[^"]*"'), '"utc_time_created": "<time>"'),
 ]
 
 
@@ -230,6 +233,49 @@ def genai_evaluation(client: MlflowClient, name: str, where: Where) -> Any:
     return masked(result.metrics), assessments
 
 
+def scorers(client: MlflowClient, name: str, where: Where) -> Any:
+    """A judge registered as a scorer of an experiment (stored only: running registered
+    scorers on the server needs MLflow's job runner), listed, read back and deleted."""
+    experiment = client.create_experiment(name)
+    judge = make_judge(
+        name="polite",
+        instructions="Is {{ outputs }} polite?",
+        model="openai:/gpt-fake",
+        feedback_value_type=bool,
+    )
+    judge.register(experiment_id=experiment)
+    judge.register(name="polite-2", experiment_id=experiment)
+    listed = sorted(s.name for s in list_scorers(experiment_id=experiment))
+    found = get_scorer(name="polite", experiment_id=experiment)
+    delete_scorer(name="polite-2", experiment_id=experiment, version="all")
+    remaining = sorted(s.name for s in list_scorers(experiment_id=experiment))
+    return listed, found.name, found.instructions, remaining
+
+
+def prompt_lab(client: MlflowClient, name: str, where: Where) -> Any:
+    """The UI's prompt lab: the run it records for a prompt evaluated on a gateway endpoint."""
+    experiment = client.create_experiment(name)
+    answer = http_request(
+        client._tracking_client.store.get_host_creds(),
+        "/ajax-api/2.0/mlflow/runs/create-promptlab-run",
+        "POST",
+        json={
+            "experiment_id": experiment,
+            "run_name": "lab",
+            "prompt_template": "Say {{ word }}",
+            "prompt_parameters": [{"key": "word", "value": "hi"}],
+            "model_route": "chat",
+            "model_parameters": [{"key": "temperature", "value": "0.1"}],
+            "model_input": "Say hi",
+            "model_output": "hi",
+            "mlflow_version": mlflow.__version__,
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    run = client.get_run(answer.json()["run"]["info"]["run_id"])
+    return shape(run), [(f.path, f.is_dir) for f in client.list_artifacts(run.info.run_id)]
+
+
 Scenario = Callable[[MlflowClient, str, Where], Any]
 SCENARIOS: list[Scenario] = [
     experiments,
@@ -241,6 +287,8 @@ SCENARIOS: list[Scenario] = [
     datasets,
     traces,
     genai_evaluation,
+    scorers,
+    prompt_lab,
 ]
 
 
