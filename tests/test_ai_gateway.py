@@ -131,8 +131,14 @@ def test_a_provider_key_is_stored_encrypted_and_never_shown(
     assert created and created[0]["requestParameters"]["body"]["secret_value"] == (
         "HIDDEN_DUE_TO_SECURITY_REASONS"
     )
-    # Encrypted with the server's own key: neither the value nor MLflow's default passphrase
-    # opens it from the database file.
+    # Encrypted with a key of the server's own, not MLflow's default passphrase (which is the
+    # same in every installation), and not in the database file in clear.
+    config = requests.get(
+        f"{server['TrackingServerUrl']}/ajax-api/3.0/mlflow/gateway/secrets/config",
+        auth=gateway_daemon.credentials,
+        timeout=30,
+    ).json()
+    assert config == {"secrets_available": True, "using_default_passphrase": False}
     database = gateway_daemon.data_dir / "servers" / server_id(gateway_daemon, server)
     files = [p for p in database.rglob("*.db*") if p.is_file()]
     assert files and all(key.encode() not in p.read_bytes() for p in files)

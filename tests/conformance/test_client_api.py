@@ -367,6 +367,12 @@ def test_the_client_api_answers_as_mlflow_does(
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", key)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
     monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
+    # A scenario may choose the active experiment (mlflow.genai.evaluate logs to it): it must
+    # not outlive the test, where another server has no experiment of that id.
+    # (setenv then delenv: the variable is unset during the test and removed again after it.)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "none")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
     name = f"{scenario.__name__}-{uuid.uuid4().hex[:6]}"
     answers = []
     for side, url in enumerate((direct, through_mlfleet)):

@@ -265,7 +265,9 @@ def test_model_code_reaches_nothing_but_its_model(
         "ArtifactStoreUri"
     ].removeprefix("file://")
     Path(other_store, "secret.txt").write_text("other tenant's data")
-    other_socket = next((daemon.data_dir / "run").glob("*/*.sock"))
+    other_socket = next(
+        p for p in (daemon.data_dir / "run").glob("*/*.sock") if p.parent.name != "egress"
+    )
 
     script = tmp_path / "probe.py"
     script.write_text(PROBE_MODEL)
@@ -275,11 +277,13 @@ def test_model_code_reaches_nothing_but_its_model(
         env.setenv("MLFLOW_TRACKING_USERNAME", key)
         env.setenv("MLFLOW_TRACKING_PASSWORD", secret)
         mlflow.set_tracking_uri(f"{daemon.url}/mlflow/{tenant}")
-        with mlflow.start_run():
-            mlflow.pyfunc.log_model(
-                name="model", python_model=str(script), registered_model_name=name
-            )
-        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+        try:
+            with mlflow.start_run():
+                mlflow.pyfunc.log_model(
+                    name="model", python_model=str(script), registered_model_name=name
+                )
+        finally:
+            mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
     model, config, endpoint = unique("probe"), unique("probe"), unique("probe")
     sm.create_model(
