@@ -88,7 +88,7 @@ def store_of(url: str, auth: tuple[str, str] | None) -> Any:
 def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
     plan = plan_of(quick)
     results = new_results("egress", quick, plan)
-    started = time.time()
+    started = time.perf_counter()
     provider = FakeLlm()
     os.environ["MLFLOW_GATEWAY_API_BASE_ALLOW_PRIVATE_IPS"] = "true"
     os.environ["MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES"] = "https,http"
@@ -103,7 +103,7 @@ def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
         sm = daemon.sagemaker()
         create_server(sm, "egress", daemon.artifacts)
         base = tracking_url(sm, "egress")
-        auth = daemon.credentials
+        auth = daemon.credentials()
         endpoints = {
             "stock": gateway_endpoint(store_of(stock.url, None), provider.url, name="bench"),
             "mlfleet": gateway_endpoint(store_of(base, auth), provider.url, name="bench"),

@@ -2,7 +2,7 @@
 
 A confined worker has a network namespace of its own with loopback only, and HTTP clients
 take a proxy by TCP address (``HTTPS_PROXY``), not by Unix socket. So the worker listens on
-an ephemeral loopback port of its own namespace, in a thread of its own, and relays each
+an ephemeral loopback port of its own namespace, on its own event loop, and relays each
 connection to the egress proxy's socket, which the sandbox shows it. The proxy authenticates
 the server by the credentials in the proxy URL and decides (egress.proxy).
 
@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import functools
 import os
-import threading
+import socket
 from typing import Any
 
 # Set by the daemon in a worker's environment (fleet.reconciler).
@@ -39,37 +39,31 @@ async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None
             sink.write_eof()
 
 
-def start_forwarder(socket_path: str) -> int:
-    """Relay a new loopback port to ``socket_path`` from a daemon thread; return the port."""
+class Forwarder:
+    """The forwarder's listening socket, bound before MLflow starts, and where it relays to."""
 
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            proxy_reader, proxy_writer = await asyncio.open_unix_connection(socket_path)
-        except OSError:
-            writer.close()
-            return
-        try:
-            await asyncio.gather(pump(reader, proxy_writer), pump(proxy_reader, writer))
-        finally:
-            proxy_writer.close()
-            writer.close()
+    def __init__(self, listening: socket.socket, proxy_socket: str) -> None:
+        self.listening = listening
+        self.proxy_socket = proxy_socket
+        self.server: asyncio.Server | None = None
 
-    ports: list[int] = []
-    bound = threading.Event()
+    async def serve(self) -> None:
+        """Relay each connection on the worker's own event loop: a thread of its own would
+        wait for the GIL at every hop while MLflow's loop runs (milliseconds per call)."""
 
-    async def serve() -> None:
-        server = await asyncio.start_server(relay, "127.0.0.1", 0)
-        ports.append(server.sockets[0].getsockname()[1])
-        bound.set()
-        async with server:
-            await server.serve_forever()
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                proxy_reader, proxy_writer = await asyncio.open_unix_connection(self.proxy_socket)
+            except OSError:
+                writer.close()
+                return
+            try:
+                await asyncio.gather(pump(reader, proxy_writer), pump(proxy_reader, writer))
+            finally:
+                proxy_writer.close()
+                writer.close()
 
-    threading.Thread(
-        target=asyncio.run, args=(serve(),), name="egress-forwarder", daemon=True
-    ).start()
-    if not bound.wait(10):
-        raise RuntimeError("the egress forwarder did not start")
-    return ports[0]
+        self.server = await asyncio.start_server(relay, sock=self.listening)
 
 
 def _trusting_env(init: Any) -> Any:
@@ -80,12 +74,16 @@ def _trusting_env(init: Any) -> Any:
     return __init__
 
 
-def install() -> None:
-    """Point this process's HTTP clients at the egress proxy, when the daemon gave one."""
+def install() -> Forwarder | None:
+    """Point this process's HTTP clients at the egress proxy, when the daemon gave one: its
+    forwarder, to be served on the worker's event loop."""
     socket_path = os.environ.get(SOCKET_ENV)
     if not socket_path:
-        return
-    port = start_forwarder(socket_path)
+        return None
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(64)
+    port = listening.getsockname()[1]
     url = f"http://{os.environ[USER_ENV]}:{os.environ[KEY_ENV]}@127.0.0.1:{port}"
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         os.environ[name] = url
@@ -103,3 +101,4 @@ def install() -> None:
     import aiohttp
 
     aiohttp.ClientSession.__init__ = _trusting_env(aiohttp.ClientSession.__init__)  # type: ignore[method-assign]
+    return Forwarder(listening, socket_path)

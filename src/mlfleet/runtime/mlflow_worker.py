@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--generation-fd", type=int)
     args = parser.parse_args()
     # Before MLflow starts: its HTTP clients go out through the daemon's egress proxy.
-    egress_forwarder.install()
+    forwarder = egress_forwarder.install()
 
     # mlflow.server decides once, when first imported (here, for its constants), whether it runs
     # as a server: only then does its Flask app get MLflow's host validation, CORS refusal and
@@ -154,6 +154,8 @@ def main() -> None:
     server = uvicorn.Server(config)
 
     async def serve() -> None:
+        if forwarder is not None:
+            await forwarder.serve()
         if args.handoff_fd is not None and args.generation_fd is not None:
             from mlfleet.runtime.fast_lane import Lane
             from mlfleet.runtime.handoff import Channel, Generation
