@@ -23,10 +23,13 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking._tracking_service.utils import _get_store
 
+from mlfleet.auth.secrets import SecretBox
+from mlfleet.egress.proxy import egress_key
 from support.aws import ACCOUNT, unique
 from support.chaos import trail_records
 from support.daemon import Daemon, free_port
 from support.fake_llm import FakeLlm, gateway_endpoint
+from support.iam import new_user, policy
 from support.waiting import wait_for
 
 NAMED_PORT = free_port()
@@ -210,40 +213,25 @@ def test_a_server_with_egress_off_connects_nowhere(
 def test_sagemaker_mlflow_grants_do_not_reach_the_ai_gateway(
     gateway_daemon: Daemon, server: dict[str, Any], fake_llm: FakeLlm
 ) -> None:
-    iam = gateway_daemon.client("iam")
-    user = unique("genai-user")
-    iam.create_user(UserName=user)
-    iam.put_user_policy(
-        UserName=user,
-        PolicyName="mlflow",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "sagemaker-mlflow:*", "Resource": "*"}],
-            }
-        ),
+    user = new_user(
+        gateway_daemon,
+        inline=policy({"Effect": "Allow", "Action": "sagemaker-mlflow:*", "Resource": "*"}),
     )
-    created = iam.create_access_key(UserName=user)["AccessKey"]
-    auth = (created["AccessKeyId"], created["SecretAccessKey"])
+    auth = (user["AccessKeyId"], user["SecretAccessKey"])
     url = f"{server['TrackingServerUrl']}/api/3.0/mlflow/gateway/secrets/list"
 
     def answered(status: int) -> bool:
         return requests.get(url, auth=auth, timeout=30).status_code == status
 
     wait_for(lambda: answered(403), 10, what="the refusal of a sagemaker-mlflow:* holder")
-    iam.put_user_policy(
-        UserName=user,
+    gateway_daemon.client("iam").put_user_policy(
+        UserName=user["UserName"],
         PolicyName="gateway",
-        PolicyDocument=json.dumps(
+        PolicyDocument=policy(
             {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Action": "mlfleet-mlflow:ListGateway*",
-                        "Resource": server["TrackingServerArn"],
-                    }
-                ],
+                "Effect": "Allow",
+                "Action": "mlfleet-mlflow:ListGateway*",
+                "Resource": server["TrackingServerArn"],
             }
         ),
     )
@@ -274,6 +262,29 @@ def test_the_proxy_serves_no_one_without_a_servers_key(
         "not base64!",
     ):
         assert proxy_answer(gateway_daemon, given).startswith(b"HTTP/1.1 407"), given
+
+
+def test_no_server_passes_for_another_with_its_own_key(
+    gateway_daemon: Daemon, server: dict[str, Any]
+) -> None:
+    """A worker knows its own proxy key: with another server's name it is no key at all."""
+    sm = gateway_daemon.client()
+    other = unique("genai-other")
+    sm.create_mlflow_tracking_server(
+        TrackingServerName=other,
+        ArtifactStoreUri=f"file://{gateway_daemon.data_dir.parent / 'artifacts' / other}",
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/mlfleet",
+    )
+    box = SecretBox.from_file(gateway_daemon.data_dir / "master.key")
+    own_key = egress_key(box, server_id(gateway_daemon, server))
+    own = base64.b64encode(f"{server['TrackingServerName']}:{own_key}".encode()).decode()
+    posing = base64.b64encode(f"{other}:{own_key}".encode()).decode()
+    # The key works under its own server's name (the proxy then decides on the destination)...
+    assert proxy_answer(gateway_daemon, own).startswith(b"HTTP/1.1 403")
+    # ...and under another server's name it is refused before anything else.
+    assert proxy_answer(gateway_daemon, posing).startswith(b"HTTP/1.1 407")
+    gateway_daemon.wait_status(other, "Created", "CreateFailed")
+    sm.delete_mlflow_tracking_server(TrackingServerName=other)
 
 
 def test_the_proxy_socket_is_not_reachable_by_other_users(gateway_daemon: Daemon) -> None:

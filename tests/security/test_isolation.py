@@ -315,6 +315,8 @@ def test_model_code_reaches_nothing_but_its_model(
         "file:/etc/shadow",
         f"list:{data}",
         f"unix:{other_socket}",
+        # Model code never gets the tracking servers' way out.
+        f"unix:{data / 'run' / 'egress' / 'proxy.sock'}",
         f"tcp:127.0.0.1:{daemon.port}",
         "tcp:127.0.0.1:5432",
     ]

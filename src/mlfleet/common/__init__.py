@@ -1,1 +1,1 @@
-"""Small helpers every layer may use: time stamps, paging tokens."""
+"""Small helpers every layer may use: time stamps, paging tokens, tag switches."""

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from mlfleet.common.tags import switched_off
 from mlfleet.events.egress import OwnAddress
 
 EGRESS_TAG = "mlfleet:egress"
@@ -49,7 +50,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def egress_on(tags: Sequence[dict[str, str]]) -> bool:
     """Whether a server with these tags may connect out (tag mlfleet:egress=off: not)."""
-    return not any(t["Key"] == EGRESS_TAG and t.get("Value", "").lower() == "off" for t in tags)
+    return not switched_off(tags, EGRESS_TAG)
+
+
+def _name(host: str) -> str:
+    """A host as entries are matched against it: lower case, no trailing dot or brackets."""
+    return host.lower().rstrip(".").strip("[]")
 
 
 def _public(address: IPAddress) -> bool:
@@ -110,7 +116,7 @@ class EgressPolicy:
     def may_admit(self, host: str, port: int) -> bool:
         """Whether some address ``host`` resolves to could be allowed: False means it is
         refused before any lookup (which, for a name nobody allowed, may take long)."""
-        name = host.lower().rstrip(".").strip("[]")
+        name = _name(host)
         return any(
             (entry.port is None or entry.port == port)
             and (entry.network is not None or fnmatchcase(name, entry.pattern or ""))
@@ -124,7 +130,7 @@ class EgressPolicy:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         if self._own.is_own(str(ip), port):
             return f"{host}:{port} is mlfleet itself"
-        name = host.lower().rstrip(".").strip("[]")
+        name = _name(host)
         admitting = [entry for entry in self._entries if entry.admits(name, ip, port)]
         if any(entry.network is not None for entry in admitting):
             return None

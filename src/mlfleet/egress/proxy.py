@@ -27,7 +27,6 @@ import asyncio
 import base64
 import binascii
 import hmac
-import logging
 import socket
 import time
 import uuid
@@ -40,9 +39,7 @@ from mlfleet.audit.trail import DataEvent
 from mlfleet.auth.identity import Principal
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.egress.policy import EgressPolicy, egress_on
-from mlfleet.runtime.egress_forwarder import DIRECT_ENV, KEY_ENV, SOCKET_ENV, USER_ENV, pump
-
-log = logging.getLogger(__name__)
+from mlfleet.runtime.egress_forwarder import DIRECT_ENV, KEY_ENV, SOCKET_ENV, USER_ENV, splice
 
 MAX_HEAD_BYTES = 16 * 1024
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -202,7 +199,7 @@ class EgressProxy:
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
                 upstream_writer.write(_origin_form(head, path))
-            await _relay(reader, writer, upstream_reader, upstream_writer)
+            await splice(reader, writer, upstream_reader, upstream_writer)
         finally:
             upstream_writer.close()
 
@@ -274,15 +271,6 @@ def _origin_form(head: Head, path: str) -> bytes:
     lines += [k + b": " + v for k, v in head.headers if k not in _PROXY_HEADERS]
     lines.append(b"connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-async def _relay(
-    client_reader: asyncio.StreamReader,
-    client_writer: asyncio.StreamWriter,
-    upstream_reader: asyncio.StreamReader,
-    upstream_writer: asyncio.StreamWriter,
-) -> None:
-    await asyncio.gather(pump(client_reader, upstream_writer), pump(upstream_reader, client_writer))
 
 
 def _event(

@@ -54,12 +54,11 @@ class StoreOutsideRoots(ArtifactStoreError):
     """Stays true until the store is updated or the daemon restarts with other roots."""
 
 
-def s3_hosts(settings: Settings) -> tuple[str, ...]:
-    """The hosts a worker with an s3:// store talks to directly, not through the egress
-    proxy: the store is the operator's choice, not a tenant's."""
+def s3_hosts(settings: Settings, region: str) -> tuple[str, ...]:
+    """The hosts a worker with an s3:// store in ``region`` talks to directly, not through the
+    egress proxy: the store is the operator's choice, not a tenant's."""
     if settings.s3_endpoint_url:
         return (urlparse(settings.s3_endpoint_url).hostname or "",)
-    region = boto3.Session().region_name or settings.region
     return tuple(
         f"{dot}{host}"
         for host in ("s3.amazonaws.com", f"s3.{region}.amazonaws.com")
@@ -221,7 +220,7 @@ class Reconciler:
         direct: tuple[str, ...] = ()
         if row.artifact_store_uri.startswith("s3://"):
             env.update(s3_environment(self._settings))
-            direct = s3_hosts(self._settings)
+            direct = s3_hosts(self._settings, env["AWS_DEFAULT_REGION"])
             network = True
         env.update(self._egress.environment(row.id, row.name, direct))
         # Resolved, as checked against the roots just before: a symbolic link swapped later

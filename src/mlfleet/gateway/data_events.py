@@ -10,6 +10,7 @@ from typing import Any
 
 from mlfleet.audit.trail import DataEvent
 from mlfleet.auth.identity import Principal
+from mlfleet.common.tags import switched_off
 from mlfleet.protocol.sensitive import HIDDEN
 
 # A write's JSON body up to this size is kept in its data event; larger ones are not.
@@ -23,11 +24,7 @@ SECRET_FIELDS = frozenset({"secret_value"})
 def data_events_on(tags: Sequence[dict[str, str]] | None) -> bool:
     """Whether MLflow writes to a server with these tags are audited (tag
     mlfleet:data-events=off: not); an unknown server (None) counts as audited."""
-    if tags is None:
-        return True
-    return not any(
-        t["Key"] == DATA_EVENTS_TAG and t.get("Value", "").lower() == "off" for t in tags
-    )
+    return tags is None or not switched_off(tags, DATA_EVENTS_TAG)
 
 
 def keeps_body(upstream_path: str, length: int | None) -> bool:

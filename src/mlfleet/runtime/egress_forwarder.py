@@ -29,7 +29,7 @@ KEY_ENV = "MLFLEET_EGRESS_KEY"
 DIRECT_ENV = "MLFLEET_EGRESS_DIRECT"
 
 
-async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
     """Copy one direction of a relayed connection, passing its end on."""
     with contextlib.suppress(ConnectionError):
         while chunk := await source.read(65536):
@@ -37,6 +37,16 @@ async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None
             await sink.drain()
         if sink.can_write_eof():
             sink.write_eof()
+
+
+async def splice(
+    a_reader: asyncio.StreamReader,
+    a_writer: asyncio.StreamWriter,
+    b_reader: asyncio.StreamReader,
+    b_writer: asyncio.StreamWriter,
+) -> None:
+    """Relay two connections both ways until both directions have ended."""
+    await asyncio.gather(_pump(a_reader, b_writer), _pump(b_reader, a_writer))
 
 
 class Forwarder:
@@ -58,7 +68,7 @@ class Forwarder:
                 writer.close()
                 return
             try:
-                await asyncio.gather(pump(reader, proxy_writer), pump(proxy_reader, writer))
+                await splice(reader, writer, proxy_reader, proxy_writer)
             finally:
                 proxy_writer.close()
                 writer.close()
