@@ -6,6 +6,10 @@ made through MLflow's own REST store, as the MLflow client and UI make them; cal
 endpoint reach the provider through the daemon's egress proxy, which records each connection.
 Every other destination (another loopback port, a name resolving to loopback, the metadata
 address, the daemon itself) is refused, and so is a server whose egress is switched off.
+
+Judges also run on the server, as MLflow's jobs (the UI's "Run judge", ``scorer/invoke``):
+the job calls the endpoint through the server's own gateway, and its verdict lands on the
+trace. Scorers defined by code stay refused, with MLflow's own words.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 import requests
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.genai.judges import make_judge
 from mlflow.tracking._tracking_service.utils import _get_store
 
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.egress.proxy import egress_key
+from mlfleet.runtime.egress_forwarder import OWN_GATEWAY_HOST
 from support.aws import ACCOUNT, unique
 from support.chaos import trail_records
 from support.daemon import Daemon, free_port
@@ -297,3 +305,117 @@ def test_gateway_objects_are_mlflow_errors_when_absent(store: Any) -> None:
     with pytest.raises(MlflowException) as raised:
         store.get_gateway_endpoint(name="no-such-endpoint")
     assert raised.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+@pytest.fixture
+def traced(server: dict[str, Any], store: Any) -> Iterator[MlflowClient]:
+    """A client of the server that traces write their spans to (the global tracking URI)."""
+    mlflow.set_tracking_uri(server["TrackingServerUrl"])
+    try:
+        yield MlflowClient(server["TrackingServerUrl"])
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+def answered_traces(client: MlflowClient, experiment: str, questions: list[str]) -> list[str]:
+    traces = []
+    for question in questions:
+        root = client.start_trace("agent", inputs={"q": question}, experiment_id=experiment)
+        client.end_trace(root.trace_id, outputs={"a": f"answer to {question}"})
+        traces.append(root.trace_id)
+    mlflow.flush_trace_async_logging()
+    return traces
+
+
+def run_judge(
+    daemon: Daemon, server: dict[str, Any], experiment: str, scorer: str, traces: list[str]
+) -> requests.Response:
+    """What the UI's "Run judge" sends."""
+    return requests.post(
+        f"{server['TrackingServerUrl']}/ajax-api/3.0/mlflow/scorer/invoke",
+        json={
+            "experiment_id": experiment,
+            "serialized_scorer": scorer,
+            "trace_ids": traces,
+            "log_assessments": True,
+        },
+        auth=daemon.credentials,
+        timeout=60,
+    )
+
+
+def finished_job(daemon: Daemon, server: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """The job once it has ended, as the UI polls it."""
+    url = f"{server['TrackingServerUrl']}/ajax-api/3.0/mlflow/jobs/{job_id}"
+
+    def ended() -> dict[str, Any] | None:
+        job = requests.get(url, auth=daemon.credentials, timeout=30).json()
+        return job if job.get("status") not in ("PENDING", "RUNNING") else None
+
+    return wait_for(ended, 120, what=f"job {job_id} to end")
+
+
+def test_a_judge_runs_on_the_server_through_its_own_gateway(
+    gateway_daemon: Daemon, server: dict[str, Any], store: Any, fake_llm: FakeLlm, traced: Any
+) -> None:
+    endpoint = gateway_endpoint(store, fake_llm.url, api_key="sk-judged")
+    experiment = traced.create_experiment(unique("judged"))
+    traces = answered_traces(traced, experiment, ["first question", "second question"])
+    judge = make_judge(
+        name="answered",
+        instructions="Does {{ outputs }} answer {{ inputs }}? Answer yes or no.",
+        model=f"gateway:/{endpoint}",
+        feedback_value_type=str,
+    )
+    before = len(fake_llm.requests)
+
+    answer = run_judge(gateway_daemon, server, experiment, json.dumps(judge.model_dump()), traces)
+    assert answer.status_code == 200, answer.text
+    jobs = answer.json()["jobs"]
+    assert sorted(t for job in jobs for t in job["trace_ids"]) == sorted(traces)
+    for job in jobs:
+        ended = finished_job(gateway_daemon, server, job["job_id"])
+        assert ended["status"] == "SUCCEEDED", ended
+
+    # The verdicts are the provider's, reached through the endpoint and its key.
+    assert len(fake_llm.requests) - before == len(traces)
+    assert {r["key"] for r in fake_llm.requests[before:]} == {"Bearer sk-judged"}
+    for trace_id in traces:
+        verdicts = [a for a in traced.get_trace(trace_id).info.assessments if a.name == "answered"]
+        assert [(v.value, v.rationale.startswith("echo: ")) for v in verdicts] == [("yes", True)]
+    # Started by the caller, as a data event with its action; the call out is the server's.
+    started = trail_records(gateway_daemon, "InvokeScorer")
+    assert started and started[-1]["resources"][0]["ARN"] == server["TrackingServerArn"]
+    assert outbound(gateway_daemon, fake_llm.port)
+
+
+def test_a_scorer_defined_by_code_is_refused_as_mlflow_refuses_it(
+    gateway_daemon: Daemon, server: dict[str, Any], traced: Any
+) -> None:
+    experiment = traced.create_experiment(unique("custom"))
+    traces = answered_traces(traced, experiment, ["q"])
+    scorer = {
+        "name": "sneaky",
+        "call_source": "import os\nreturn os.listdir('/')",
+        "call_signature": "(outputs)",
+        "original_func_name": "sneaky",
+        "mlflow_version": "3.17.2",
+        "serialization_version": 1,
+    }
+    answer = run_judge(gateway_daemon, server, experiment, json.dumps(scorer), traces)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "@scorer" in answer.json()["message"] or "custom" in answer.json()["message"].lower()
+
+
+def test_the_servers_own_gateway_host_serves_only_its_gateway_routes(
+    gateway_daemon: Daemon, server: dict[str, Any], store: Any, fake_llm: FakeLlm
+) -> None:
+    # An endpoint pointed at the host the server's jobs use for its own gateway: its calls
+    # reach no other route of the worker than the gateway's.
+    endpoint = gateway_endpoint(
+        store, f"http://{OWN_GATEWAY_HOST}/ajax-api/2.0/mlflow/experiments", api_key="sk-own"
+    )
+    answer = invoke(gateway_daemon, server, endpoint)
+    assert answer.status_code >= 400
+    assert "only the AI gateway's routes" in answer.text

@@ -68,8 +68,8 @@ def call(*args: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
     ("method", "path"),
     [
         ("POST", "/ajax-api/3.0/mlflow/assistant/message"),
-        ("GET", "/ajax-api/3.0/jobs/x"),
-        ("POST", "/ajax-api/3.0/mlflow/scorer/invoke"),
+        ("POST", "/ajax-api/3.0/jobs/"),
+        ("GET", "/api/2.0/mlflow/webhooks"),
     ],
 )
 def test_denied_routes_are_refused_with_the_reason(

@@ -309,6 +309,20 @@ def test_reads_need_read_actions_and_changes_need_write_actions() -> None:
         ("POST", "/api/3.0/mlflow/scorers/register", extension("RegisterScorer")),
         ("GET", "/api/3.0/mlflow/scorers/list", extension("ListScorers")),
         ("POST", "/ajax-api/2.0/mlflow/runs/create-promptlab-run", action("CreateRun")),
+        # MLflow's jobs, run in the worker's sandbox.
+        ("POST", "/ajax-api/3.0/mlflow/scorer/invoke", extension("InvokeScorer")),
+        ("POST", "/ajax-api/3.0/mlflow/genai/evaluate/invoke", extension("InvokeEvaluation")),
+        ("POST", "/ajax-api/3.0/mlflow/issues/invoke", extension("InvokeIssueDetection")),
+        ("GET", "/ajax-api/3.0/mlflow/jobs/j-1", extension("GetJob")),
+        ("GET", "/ajax-api/3.0/jobs/j-1", extension("GetJob")),
+        ("PATCH", "/ajax-api/3.0/mlflow/jobs/cancel/j-1", extension("CancelJob")),
+        ("POST", "/ajax-api/3.0/jobs/search", extension("SearchJobs")),
+        ("PUT", "/api/3.0/mlflow/scorers/online-config", extension("UpdateOnlineScoringConfig")),
+        (
+            "POST",
+            "/api/3.0/mlflow/prompt-optimization/jobs",
+            extension("CreatePromptOptimizationJob"),
+        ),
     ],
 )
 def test_spot_checks(method: str, path: str, expected: Requirement) -> None:
@@ -318,12 +332,8 @@ def test_spot_checks(method: str, path: str, expected: Requirement) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/ajax-api/3.0/mlflow/scorer/invoke"),
-        ("POST", "/ajax-api/3.0/mlflow/genai/evaluate/invoke"),
-        ("POST", "/ajax-api/3.0/mlflow/issues/invoke"),
-        ("POST", "/api/3.0/mlflow/issues/invoke"),
-        ("GET", "/ajax-api/3.0/mlflow/jobs/j-1"),
-        ("POST", "/ajax-api/3.0/jobs/search"),
+        # Any job function with any parameters: jobs start only by their feature's route.
+        ("POST", "/ajax-api/3.0/jobs/"),
         ("POST", "/ajax-api/3.0/mlflow/assistant/message"),
         ("PUT", "/ajax-api/3.0/mlflow/assistant/config"),
         ("GET", "/ajax-api/3.0/mlflow/assistant/providers/ollama/models"),
@@ -331,8 +341,6 @@ def test_spot_checks(method: str, path: str, expected: Requirement) -> None:
         ("POST", "/ajax-api/3.0/mlflow/demo/generate"),
         ("POST", "/api/2.0/mlflow/webhooks"),
         ("POST", "/api/2.0/mlflow/webhooks/w-1/test"),
-        ("PUT", "/api/3.0/mlflow/scorers/online-config"),
-        ("POST", "/api/3.0/mlflow/prompt-optimization/jobs"),
         ("POST", "/api/3.0/mlflow/workspaces"),
         ("POST", "/ajax-api/3.0/mlflow/ui-telemetry"),
         # Databricks-only RPCs that MLflow answers with 404.

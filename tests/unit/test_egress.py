@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mlfleet.egress.policy import EgressPolicy, Entry, allowlist, egress_on
-from mlfleet.egress.proxy import Head, Refused, _destination, _origin_form
+from mlfleet.egress.proxy import _destination
 from mlfleet.events.egress import OwnAddress
+from mlfleet.runtime.proxy_request import Head, Refused
 
 OWN = OwnAddress("127.0.0.1", 8470)
 
@@ -118,7 +119,7 @@ def test_a_plain_http_request_is_sent_on_in_origin_form_without_proxy_headers() 
         b"Content-Length: 2"
     )
     assert _destination(head) == ("10.1.2.3", 8000, "/v1/chat")
-    sent = _origin_form(head, "/v1/chat")
+    sent = head.origin_form("/v1/chat")
     assert sent.startswith(b"POST /v1/chat?x=1 HTTP/1.1\r\n")
     assert b"c2VjcmV0" not in sent and b"proxy-connection" not in sent
     assert sent.endswith(b"content-length: 2\r\nconnection: close\r\n\r\n")

@@ -40,16 +40,14 @@ from mlfleet.auth.identity import Principal
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.egress.policy import EgressPolicy, egress_on
 from mlfleet.runtime.egress_forwarder import DIRECT_ENV, KEY_ENV, SOCKET_ENV, USER_ENV, splice
+from mlfleet.runtime.proxy_request import MAX_HEAD_BYTES, Head, Refused
 
-MAX_HEAD_BYTES = 16 * 1024
 CONNECT_TIMEOUT_SECONDS = 10.0
 RESOLVE_TIMEOUT_SECONDS = 5.0
 EVENT_NAME = "mlfleet-mlflow:OutboundConnection"
 # How the trail names the one who connects: the tracking server, not a caller of it.
 SERVICE_NAME = "sagemaker-mlflow.amazonaws.com"
 _TAG_HINT = "tag mlfleet:egress = off"
-# Hop-by-hop headers of the client-proxy hop, not sent on.
-_PROXY_HEADERS = (b"proxy-authorization", b"proxy-connection", b"connection", b"keep-alive")
 
 
 def egress_key(box: SecretBox, server_id: str) -> str:
@@ -85,39 +83,6 @@ class EgressServer:
 
 
 ServerByName = Callable[[str], EgressServer | None]
-
-
-class Refused(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-@dataclass
-class Head:
-    method: str
-    target: str
-    version: str
-    headers: list[tuple[bytes, bytes]]
-
-    @classmethod
-    def parse(cls, raw: bytes) -> Head:
-        lines = raw.split(b"\r\n")
-        try:
-            method, target, version = lines[0].decode("ascii").split(" ")
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise Refused(400, "a malformed request line") from exc
-        headers = []
-        for line in lines[1:]:
-            if line:
-                name, sep, value = line.partition(b":")
-                if not sep:
-                    raise Refused(400, "a malformed header line")
-                headers.append((name.strip().lower(), value.strip()))
-        return cls(method, target, version, headers)
-
-    def header(self, name: bytes) -> bytes | None:
-        return next((value for key, value in self.headers if key == name), None)
 
 
 class EgressProxy:
@@ -185,12 +150,7 @@ class EgressProxy:
         except Refused as refused:
             if server is not None:
                 await self._record(_event(server, started, host, port, path, None, refused))
-            body = f"mlfleet egress: {refused}\n".encode()
-            writer.write(
-                f"HTTP/1.1 {refused.status} Refused\r\nContent-Type: text/plain\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
+            writer.write(refused.response("mlfleet egress"))
             await writer.drain()
             return
         await self._record(_event(server, started, host, port, path, address, None))
@@ -198,7 +158,7 @@ class EgressProxy:
             if head.method == "CONNECT":
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
-                upstream_writer.write(_origin_form(head, path))
+                upstream_writer.write(head.origin_form(path))
             await splice(reader, writer, upstream_reader, upstream_writer)
         finally:
             upstream_writer.close()
@@ -260,17 +220,6 @@ def _destination(head: Head) -> tuple[str, int, str]:
     except ValueError as exc:
         raise Refused(400, "a malformed port") from exc
     return parts.hostname, port, parts.path or "/"
-
-
-def _origin_form(head: Head, path: str) -> bytes:
-    """The request as the origin server expects it: origin-form target, no proxy headers, and
-    the connection closed after the answer (the next request may be for another host)."""
-    query = urlsplit(head.target).query
-    target = path + (f"?{query}" if query else "")
-    lines = [f"{head.method} {target} {head.version}".encode()]
-    lines += [k + b": " + v for k, v in head.headers if k not in _PROXY_HEADERS]
-    lines.append(b"connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def _event(

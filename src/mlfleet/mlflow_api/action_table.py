@@ -160,9 +160,23 @@ _NON_RPC_ROUTES = {
     ),
     ("GET", "/ajax-api/3.0/mlflow/gateway/provider-config"): _extension("GetGatewayProviderConfig"),
     ("GET", "/ajax-api/3.0/mlflow/gateway/secrets/config"): _extension("GetGatewaySecretsConfig"),
-    # The scorers page reads the online-scoring settings (none: setting them is refused).
+    # Online scoring: which registered scorers the server runs on new traces, and how often.
     ("GET", "/api/3.0/mlflow/scorers/online-configs"): _extension("GetOnlineScoringConfigs"),
     ("GET", "/ajax-api/3.0/mlflow/scorers/online-configs"): _extension("GetOnlineScoringConfigs"),
+    ("PUT", "/api/3.0/mlflow/scorers/online-config"): _extension("UpdateOnlineScoringConfig"),
+    ("PUT", "/ajax-api/3.0/mlflow/scorers/online-config"): _extension("UpdateOnlineScoringConfig"),
+    # MLflow's jobs, run by the server (runtime.mlflow_jobs): a judge on chosen traces, an
+    # evaluation and an issue detection started from the UI, and the jobs' own state. A job is
+    # started only by its feature's route: the generic POST /ajax-api/3.0/jobs/, which names any
+    # job function with any parameters, has no entry.
+    ("POST", "/ajax-api/3.0/mlflow/scorer/invoke"): _extension("InvokeScorer"),
+    ("POST", "/ajax-api/3.0/mlflow/genai/evaluate/invoke"): _extension("InvokeEvaluation"),
+    ("POST", "/ajax-api/3.0/mlflow/issues/invoke"): _extension("InvokeIssueDetection"),
+    ("GET", "/ajax-api/3.0/mlflow/jobs/<job_id>"): _extension("GetJob"),
+    ("GET", "/ajax-api/3.0/jobs/<job_id>"): _extension("GetJob"),
+    ("PATCH", "/ajax-api/3.0/mlflow/jobs/cancel/<job_id>"): _extension("CancelJob"),
+    ("PATCH", "/ajax-api/3.0/jobs/cancel/<job_id>"): _extension("CancelJob"),
+    ("POST", "/ajax-api/3.0/jobs/search"): _extension("SearchJobs"),
     # Prompt lab's run: an ordinary run with the prompt, parameters and output logged; the
     # prompt itself went to a gateway endpoint, with that endpoint's own action.
     ("POST", "/ajax-api/2.0/mlflow/runs/create-promptlab-run"): _action("CreateRun"),

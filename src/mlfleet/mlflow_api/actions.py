@@ -37,7 +37,14 @@ SERVICE = "sagemaker-mlflow"
 # not reach provider keys and paid LLM calls. By the path segments after /api/<v>/, or from the
 # root for the AI gateway's invocation routes.
 EXTENSION_SERVICE = "mlfleet-mlflow"
-EXTENSION_FAMILIES = frozenset({("mlflow", "gateway"), ("mlflow", "scorers"), ("gateway",)})
+EXTENSION_FAMILIES = frozenset(
+    {
+        ("mlflow", "gateway"),
+        ("mlflow", "scorers"),
+        ("mlflow", "prompt-optimization"),
+        ("gateway",),
+    }
+)
 
 TABLE_FILE = Path(__file__).with_name("action_table.json")
 
@@ -111,22 +118,15 @@ ACTIONS = frozenset(
 )
 
 _SSRF = "the tracking server would make outbound requests a tenant controls (SSRF)"
-_EXECUTION = "the tracking server would run models, judges or code on a tenant's behalf"
 _ADMIN = "MLflow's user administration is not enabled: callers are IAM principals of mlfleet"
 # Route families a tenant must never reach (spec mlflow-server.md section 8), by the path
 # segments after /api/<v>/ or /ajax-api/<v>/, or from the root for routes outside them.
 # Checked before any mapping, so nothing MLflow adds under them is ever forwarded.
 _DENIED_FAMILIES = {
     ("mlflow", "webhooks"): _SSRF,
-    ("mlflow", "scorer", "invoke"): _EXECUTION,
-    # Online scoring: registered scorers run by the server on new traces (its job runner).
-    ("mlflow", "scorers", "online-config"): _EXECUTION,
-    ("mlflow", "genai", "evaluate", "invoke"): _EXECUTION,
-    ("mlflow", "issues", "invoke"): _EXECUTION,
-    ("mlflow", "prompt-optimization"): _EXECUTION,
-    ("mlflow", "jobs"): _EXECUTION,
-    ("jobs",): _EXECUTION,
-    ("mlflow", "assistant"): _EXECUTION,
+    # A coding agent on the server's host. (MLflow's jobs, judges and evaluations, run in the
+    # worker's sandbox: runtime.mlflow_jobs.)
+    ("mlflow", "assistant"): "the tracking server would run an agent on a tenant's behalf",
     ("mlflow", "mcp-servers"): "the MCP server registry is not offered",
     ("mlflow", "demo"): "demo data generation is not offered",
     ("mlflow", "workspaces"): "workspaces are administered by mlfleet, not by tenants",

@@ -284,6 +284,9 @@ class Worker(SupervisedProcess):
     ) -> None:
         super().__init__(sandbox, folder_of("s", server_id), f"w-{index}", spec.log_dir)
         self.spec = spec
+        # One worker per server runs its MLflow jobs: MLflow's recovery, at a runner's start,
+        # takes a job left running by an earlier runner for one that died (runtime.mlflow_jobs).
+        self.runs_jobs = index == 0
         self._generation = generation
         self._on_channel = on_channel
         self.channel: Channel | None = None
@@ -330,6 +333,7 @@ class Worker(SupervisedProcess):
             str(self._their_end),
             "--generation-fd",
             str(self._generation.fd),
+            *(["--run-jobs"] if self.runs_jobs else []),
         ]
 
     def environment(self) -> dict[str, str]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mlfleet.runtime import egress_forwarder
+from mlfleet.runtime import egress_forwarder, mlflow_jobs
 
 if TYPE_CHECKING:
     from mlfleet.runtime.stored_events import StoredEvents
@@ -104,9 +104,11 @@ def main() -> None:
     # (runtime.handoff); without them the worker serves only its own port.
     parser.add_argument("--handoff-fd", type=int)
     parser.add_argument("--generation-fd", type=int)
+    # This worker runs the server's MLflow jobs (runtime.mlflow_jobs).
+    parser.add_argument("--run-jobs", action="store_true")
     args = parser.parse_args()
     # Before MLflow starts: its HTTP clients go out through the daemon's egress proxy.
-    forwarder = egress_forwarder.install()
+    forwarder = egress_forwarder.install(args.socket)
 
     # mlflow.server decides once, when first imported (here, for its constants), whether it runs
     # as a server: only then does its Flask app get MLflow's host validation, CORS refusal and
@@ -137,6 +139,7 @@ def main() -> None:
             _MLFLOW_SGI_NAME.name: "uvicorn",
         }
     )
+    mlflow_jobs.configure(own_gateway=forwarder is not None)
 
     from mlfleet.mlflow_api.hardening import MAX_REQUEST_HEAD
 
@@ -153,9 +156,13 @@ def main() -> None:
     )
     server = uvicorn.Server(config)
 
+    jobs = mlflow_jobs.JobRunner() if args.run_jobs else None
+
     async def serve() -> None:
         if forwarder is not None:
             await forwarder.serve()
+        if jobs is not None:
+            jobs.start()
         if args.handoff_fd is not None and args.generation_fd is not None:
             from mlfleet.runtime.fast_lane import Lane
             from mlfleet.runtime.handoff import Channel, Generation
@@ -177,7 +184,11 @@ def main() -> None:
 
     # What uvicorn.run does, with the lane started on the same event loop.
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-        runner.run(serve())
+        try:
+            runner.run(serve())
+        finally:
+            if jobs is not None:
+                jobs.stop()
 
 
 if __name__ == "__main__":
