@@ -419,3 +419,74 @@ def test_the_servers_own_gateway_host_serves_only_its_gateway_routes(
     answer = invoke(gateway_daemon, server, endpoint)
     assert answer.status_code >= 400
     assert "only the AI gateway's routes" in answer.text
+
+
+def test_an_evaluation_started_from_the_ui_runs_on_the_server(
+    gateway_daemon: Daemon, server: dict[str, Any], store: Any, fake_llm: FakeLlm, traced: Any
+) -> None:
+    endpoint = gateway_endpoint(store, fake_llm.url, api_key="sk-evaluated")
+    experiment = traced.create_experiment(unique("evaluated"))
+    traces = answered_traces(traced, experiment, ["one", "two", "three"])
+    judge = make_judge(
+        name="graded",
+        instructions="Does {{ outputs }} answer {{ inputs }}? Answer yes or no.",
+        model=f"gateway:/{endpoint}",
+        feedback_value_type=str,
+    )
+    answer = requests.post(
+        f"{server['TrackingServerUrl']}/ajax-api/3.0/mlflow/genai/evaluate/invoke",
+        json={
+            "experiment_id": experiment,
+            "trace_ids": traces,
+            "serialized_scorers": [json.dumps(judge.model_dump())],
+        },
+        auth=gateway_daemon.credentials,
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    started = answer.json()
+    ended = finished_job(gateway_daemon, server, started["job_id"])
+    assert ended["status"] == "SUCCEEDED", ended
+    # The evaluation run MLflow made for it, and the judge's verdicts on every trace.
+    run = traced.get_run(started["run_id"])
+    assert run.info.experiment_id == experiment
+    assert run.data.tags["mlflow.genaiEvaluate.jobId"] == started["job_id"]
+    verdicts = {
+        trace.info.trace_id: [a.value for a in trace.info.assessments if a.name == "graded"]
+        for trace in traced.search_traces(locations=[experiment])
+    }
+    assert verdicts == {trace_id: ["yes"] for trace_id in traces}
+
+
+def test_online_scoring_is_configured_through_mlfleet_mlflow_actions(
+    gateway_daemon: Daemon, server: dict[str, Any], store: Any, fake_llm: FakeLlm, traced: Any
+) -> None:
+    endpoint = gateway_endpoint(store, fake_llm.url, api_key="sk-online")
+    experiment = traced.create_experiment(unique("online"))
+    make_judge(
+        name="watched",
+        instructions="Is {{ outputs }} polite?",
+        model=f"gateway:/{endpoint}",
+        feedback_value_type=bool,
+    ).register(experiment_id=experiment)
+    url = f"{server['TrackingServerUrl']}/api/3.0/mlflow/scorers/online-config"
+    body = {"experiment_id": experiment, "name": "watched", "sample_rate": 0.5}
+    user = new_user(
+        gateway_daemon,
+        inline=policy({"Effect": "Allow", "Action": "sagemaker-mlflow:*", "Resource": "*"}),
+    )
+    refused = requests.put(url, json=body, auth=(user["AccessKeyId"], user["SecretAccessKey"]))
+    assert refused.status_code == 403, refused.text
+
+    answer = requests.put(url, json=body, auth=gateway_daemon.credentials, timeout=30)
+    assert answer.status_code == 200, answer.text
+    config = answer.json()["config"]
+    assert config["sample_rate"] == 0.5 and config["experiment_id"] == experiment
+    read = requests.get(
+        f"{url}s",
+        params={"scorer_ids": config["scorer_id"]},
+        auth=gateway_daemon.credentials,
+        timeout=30,
+    )
+    assert read.status_code == 200, read.text
+    assert [c["sample_rate"] for c in read.json()["configs"]] == [0.5]
