@@ -40,10 +40,12 @@ from types import TracebackType
 from typing import Any
 
 import boto3
+import botocore.session
 import requests
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
+from mlfleet.protocol.awsjson import with_mlfleet_models
 from mlfleet.runtime.sockets import WORKER_HOST
 
 REPO = Path(__file__).resolve().parent.parent
@@ -302,9 +304,11 @@ class BenchDaemon:
         return self.client("sagemaker")
 
     def client(self, service: str) -> Any:
-        """A boto3 client of ``service`` (sagemaker, iam, sts) signed with the admin's key."""
+        """A boto3 client of ``service`` (sagemaker, iam, sts, mlfleet) signed with the
+        admin's key."""
         key, secret = self.credentials()
-        return boto3.client(
+        session = boto3.Session(botocore_session=with_mlfleet_models(botocore.session.Session()))
+        return session.client(
             service,
             endpoint_url=self.url,
             region_name="us-east-1",

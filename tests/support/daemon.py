@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
 import requests
 
+from mlfleet.protocol.awsjson import with_mlfleet_models
 from support.waiting import wait_for
 
 PG_URL = os.environ.get("MLFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -115,7 +117,9 @@ class Daemon:
 
     def client(self, service: str = "sagemaker", **kwargs: Any):  # type: ignore[no-untyped-def]
         key, secret = self.credentials
-        return boto3.client(
+        # mlfleet's own service model, as a user's boto3 finds it through AWS_DATA_PATH.
+        session = boto3.Session(botocore_session=with_mlfleet_models(botocore.session.Session()))
+        return session.client(
             service,
             endpoint_url=self.url,
             region_name="us-east-1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,10 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from rich.console import Console
 from rich.markup import escape
 
+from mlfleet.protocol.awsjson import with_mlfleet_models
 from mlfleet.settings import DEFAULT_PORT, Settings
+
+TRANSITIONAL = {"Creating", "Updating", "Deleting", "Stopping", "Starting", "MaintenanceInProgress"}
 
 console = Console()
 err = Console(stderr=True)
@@ -66,7 +70,7 @@ def daemon_session(
     """A boto3 session with the data dir's credentials (else the environment's), and the URL."""
     profile = daemon_profile(data_dir)
     endpoint = endpoint_url or profile.get("endpoint_url") or f"http://127.0.0.1:{DEFAULT_PORT}"
-    core = botocore.session.get_session()
+    core = with_mlfleet_models(botocore.session.get_session())
     if profile.get("ca_bundle"):
         # The CA of the certificate a daemon made, as the AWS CLI reads it from the same file.
         core.set_config_variable("ca_bundle", profile["ca_bundle"])
@@ -95,7 +99,8 @@ def service_client(
     session, endpoint = daemon_session(data_dir, endpoint_url, region)
     client = session.client(service, endpoint_url=endpoint)
     if service == "sagemaker":
-        # FailureReason is an mlfleet extension that boto3's parser drops: keep it from the body.
+        # mlfleet's extensions (FailureReason, RestoreReport), which boto3's parser drops: kept
+        # from the body.
         client.meta.events.register(
             "after-call.sagemaker.DescribeMlflowTrackingServer", _keep_extras
         )
@@ -107,8 +112,9 @@ def _keep_extras(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
         raw = json.loads(http_response.content or b"{}")
     except ValueError:
         return
-    if "FailureReason" in raw:
-        parsed["FailureReason"] = raw["FailureReason"]
+    for extension in ("FailureReason", "RestoreReport"):
+        if extension in raw:
+            parsed[extension] = raw[extension]
 
 
 def call(
@@ -140,3 +146,32 @@ def call(
         raise typer.Exit(1) from exc
     result.pop("ResponseMetadata", None)
     return result
+
+
+def follow(client: BaseClient, name: str, gone_ok: bool = False) -> None:
+    """Show the status while it settles; exit non-zero on a …Failed status."""
+    last = None
+    with console.status(f"{name}: waiting") as spinner:
+        while True:
+            try:
+                desc = client.describe_mlflow_tracking_server(TrackingServerName=name)
+            except ClientError as exc:
+                if gone_ok and exc.response["Error"]["Code"] == "ResourceNotFound":
+                    console.print(f"{name}: deleted")
+                    return
+                raise
+            status = desc["TrackingServerStatus"]
+            if status != last:
+                spinner.update(f"{name}: {status}")
+                last = status
+            if status not in TRANSITIONAL:
+                break
+            time.sleep(0.5)
+    if status.endswith("Failed"):
+        err.print(
+            f"[red]{name}: {status}[/red]: {desc.get('FailureReason') or 'no reason recorded'}"
+        )
+        raise typer.Exit(1)
+    console.print(
+        f"{name}: [green]{status}[/green] ({desc['IsActive']}) {desc['TrackingServerUrl']}"
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import webbrowser
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,12 +10,11 @@ import requests
 import typer
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.client import BaseClient
-from botocore.exceptions import ClientError
 from rich.markup import escape
 from rich.table import Table
 
 from mlfleet.cli.audit import audit_app
+from mlfleet.cli.backups import backup, backups, maintenance, restore
 from mlfleet.cli.common import (
     DataDir,
     EndpointUrl,
@@ -25,6 +23,7 @@ from mlfleet.cli.common import (
     daemon_profile,
     daemon_session,
     err,
+    follow,
     service_client,
 )
 from mlfleet.cli.deploy import deploy
@@ -49,7 +48,10 @@ app.add_typer(
     events_app, name="events", help="Event deliveries: the dead-letter store and redrive."
 )
 app.command()(deploy)
-TRANSITIONAL = {"Creating", "Updating", "Deleting", "Stopping", "Starting", "MaintenanceInProgress"}
+app.command()(backup)
+app.command()(backups)
+app.command()(restore)
+app.command()(maintenance)
 
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the status until it settles.")]
 
@@ -147,35 +149,6 @@ def up(
 # client side ---------------------------------------------------------------------------------
 
 
-def _follow(client: BaseClient, name: str, gone_ok: bool = False) -> None:
-    """Show the status while it settles; exit non-zero on a …Failed status."""
-    last = None
-    with console.status(f"{name}: waiting") as spinner:
-        while True:
-            try:
-                desc = client.describe_mlflow_tracking_server(TrackingServerName=name)
-            except ClientError as exc:
-                if gone_ok and exc.response["Error"]["Code"] == "ResourceNotFound":
-                    console.print(f"{name}: deleted")
-                    return
-                raise
-            status = desc["TrackingServerStatus"]
-            if status != last:
-                spinner.update(f"{name}: {status}")
-                last = status
-            if status not in TRANSITIONAL:
-                break
-            time.sleep(0.5)
-    if status.endswith("Failed"):
-        err.print(
-            f"[red]{name}: {status}[/red]: {desc.get('FailureReason') or 'no reason recorded'}"
-        )
-        raise typer.Exit(1)
-    console.print(
-        f"{name}: [green]{status}[/green] ({desc['IsActive']}) {desc['TrackingServerUrl']}"
-    )
-
-
 @app.command()
 def create(
     name: str,
@@ -215,7 +188,7 @@ def create(
     arn = call(client, "create_mlflow_tracking_server", **params)["TrackingServerArn"]
     console.print(arn)
     if wait:
-        _follow(client, name)
+        follow(client, name)
 
 
 def _default_role(data_dir: Path | None) -> str:
@@ -267,7 +240,7 @@ def start(
     client = service_client(data_dir, endpoint_url)
     call(client, "start_mlflow_tracking_server", TrackingServerName=name)
     if wait:
-        _follow(client, name)
+        follow(client, name)
 
 
 @app.command()
@@ -278,7 +251,7 @@ def stop(
     client = service_client(data_dir, endpoint_url)
     call(client, "stop_mlflow_tracking_server", TrackingServerName=name)
     if wait:
-        _follow(client, name)
+        follow(client, name)
 
 
 @app.command()
@@ -308,7 +281,7 @@ def update(
             params[key] = value
     call(client, "update_mlflow_tracking_server", **params)
     if wait:
-        _follow(client, name)
+        follow(client, name)
 
 
 @app.command()
@@ -325,7 +298,7 @@ def delete(
     client = service_client(data_dir, endpoint_url)
     call(client, "delete_mlflow_tracking_server", TrackingServerName=name)
     if wait:
-        _follow(client, name, gone_ok=True)
+        follow(client, name, gone_ok=True)
 
 
 @app.command()

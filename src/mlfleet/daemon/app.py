@@ -23,6 +23,8 @@ from mlfleet.audit.trail import AuditTrail, open_trail
 from mlfleet.auth.credentials import ADMIN_USER, Credentials
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.auth.ui_sessions import UiSessions
+from mlfleet.backups.responses import mlfleet_endpoint
+from mlfleet.backups.service import Backups
 from mlfleet.console.app import PREFIX as CONSOLE_PREFIX
 from mlfleet.console.app import Console
 from mlfleet.console.charts import endpoint_charts, server_charts
@@ -30,6 +32,7 @@ from mlfleet.console.pages import ALL_PAGES as CONSOLE_PAGES
 from mlfleet.console.sessions import ConsoleSessions
 from mlfleet.daemon.control_plane import ControlPlane
 from mlfleet.daemon.operations import (
+    BACKUPS,
     DEPLOYMENT,
     MODEL_REGISTRY,
     SAGEMAKER_ACTIONS,
@@ -50,6 +53,7 @@ from mlfleet.events.responses import EventBridge, events_endpoint
 from mlfleet.events.sources import api_call_event
 from mlfleet.events.store import EventStore
 from mlfleet.fleet.lifecycle import Lifecycle
+from mlfleet.fleet.maintenance import MaintenanceWindows
 from mlfleet.fleet.reconciler import Reconciler
 from mlfleet.fleet.responses import sagemaker_endpoint
 from mlfleet.fleet.service import FleetService
@@ -90,6 +94,8 @@ class Daemon:
     settings: Settings
     runtime: LocalRuntime
     reconciler: Reconciler
+    backups: Backups
+    windows: MaintenanceWindows
     gateway: Gateway
     deliveries: DeliveryWorker
     control_plane: ControlPlane
@@ -201,17 +207,22 @@ def build_daemon(settings: Settings) -> Daemon:
     stores = ArtifactRoots.of(settings)
     lifecycle = Lifecycle(settings, runtime.is_serving, publish=bus.publish)
     egress = WorkerEgress(sandbox.run_dir / "egress" / "proxy.sock", box)
+    databases = MetadataDatabases(settings, mlflow_version, box)
     reconciler = Reconciler(
         settings,
         sessions,
         runtime,
-        MetadataDatabases(settings, mlflow_version, box),
+        databases,
         stores,
         lifecycle,
         on_serving=registry_sync.catch_up,
         record_left_over=handover.record_left_over,
         egress=egress,
         box=box,
+        # Bound once the backups exist (they create servers through the fleet, which kicks
+        # the reconciler); called only when a restored server is first brought up.
+        restore=lambda row: backups.restore_into(row),
+        back_up=lambda row: backups.back_up_now(row),
     )
     fleet = FleetService(
         settings,
@@ -223,6 +234,9 @@ def build_daemon(settings: Settings) -> Daemon:
         # The gateway authorizes on a server's tags and registers models by its settings.
         server_changed=routing.forget_server,
     )
+
+    backups = Backups(settings, sessions, databases, fleet)
+    windows = MaintenanceWindows(sessions, fleet)
 
     def egress_server(name: str) -> EgressServer | None:
         # Uncached: a server's egress switch is its tag as it is now.
@@ -332,6 +346,7 @@ def build_daemon(settings: Settings) -> Daemon:
         "events": events_endpoint(
             EventBridge(event_store, bus.put_events), credentials, pipeline, settings.region
         ),
+        "mlfleet": mlfleet_endpoint(BACKUPS.bind(backups), credentials, pipeline, settings.region),
     }
     console = Console(
         ConsoleSessions(sessions, credentials),
@@ -351,6 +366,8 @@ def build_daemon(settings: Settings) -> Daemon:
         settings=settings,
         runtime=runtime,
         reconciler=reconciler,
+        backups=backups,
+        windows=windows,
         gateway=gateway,
         deliveries=deliveries,
         control_plane=ControlPlane(services),
@@ -395,17 +412,24 @@ def build_app(daemon: Daemon) -> web.Application:
     for prefix in ("/api", "/ajax-api"):
         app.router.add_route("*", prefix + "/{tail:.*}", daemon.gateway.by_arn_header)
 
+    background: list[asyncio.Task[None]] = []
+
     async def on_startup(_app: web.Application) -> None:
         await daemon.egress.start()
         await daemon.gateway.start()
         await daemon.deliveries.start()
+        daemon.backups.resume()
         daemon.reconciler.resume_all()
         daemon.deployer.resume_all()
+        background.append(asyncio.get_running_loop().create_task(daemon.windows.run()))
 
     # aiohttp runs this on SIGTERM once no new connection is taken and the requests in flight
     # have finished (or shutdown_timeout passed).
     async def on_cleanup(_app: web.Application) -> None:
+        for task in background:
+            task.cancel()
         await daemon.deployer.close()
+        await daemon.backups.close()
         await daemon.reconciler.close()
         await daemon.runtime.close()
         await daemon.reconciler.record_all_left_over()

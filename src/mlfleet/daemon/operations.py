@@ -7,6 +7,7 @@ from typing import Any
 
 from mlfleet.api.operations import OperationTable
 from mlfleet.audit.responses import OPERATIONS as CLOUDTRAIL
+from mlfleet.backups.responses import OPERATIONS as BACKUPS
 from mlfleet.deploy.responses import OPERATIONS as DEPLOYMENT
 from mlfleet.deploy.responses import RUNTIME_OPERATIONS as SAGEMAKER_RUNTIME
 from mlfleet.events.responses import OPERATIONS as EVENTBRIDGE
@@ -24,6 +25,7 @@ OPERATION_TABLES: tuple[OperationTable[Any], ...] = (
     IAM,
     STS,
     CLOUDTRAIL,
+    BACKUPS,
 )
 # What the console's policy simulator offers for SageMaker: every sagemaker: action mlfleet serves.
 SAGEMAKER_ACTIONS = sorted(
@@ -34,6 +36,7 @@ SAGEMAKER_ACTIONS = sorted(
 )
 
 __all__ = [
+    "BACKUPS",
     "CLOUDTRAIL",
     "DEPLOYMENT",
     "EVENTBRIDGE",

@@ -22,9 +22,10 @@ from mlfleet.state.models import PresignedToken, TrackingServer, UiSession
 class Description(shapes.DescribeMlflowTrackingServerResponse, total=False):
     """DescribeMlflowTrackingServer's answer, which is also the lifecycle event's detail."""
 
-    # mlfleet extension (ignored by boto3, shown by `mlfleet describe`): why the last
-    # operation failed.
+    # mlfleet extensions (ignored by boto3, shown by `mlfleet describe`): why the last
+    # operation failed; for a server restored from a backup, what the restore found.
     FailureReason: str | None
+    RestoreReport: dict[str, object]
 
 
 class Lifecycle:
@@ -58,6 +59,7 @@ class Lifecycle:
             "TrackingServerUrl": self.url_for(row.name),
             "WeeklyMaintenanceWindowStart": row.weekly_maintenance_window_start,  # type: ignore[typeddict-item]
             "AutomaticModelRegistration": row.automatic_model_registration,
+            "TrackingServerMaintenanceStatus": row.maintenance_status,  # type: ignore[typeddict-item]
             "CreationTime": datetime.fromtimestamp(row.created_at).astimezone(),
             "CreatedBy": cast(shapes.UserContext, row.created_by),
             "LastModifiedTime": datetime.fromtimestamp(row.last_modified_at).astimezone(),
@@ -65,6 +67,7 @@ class Lifecycle:
             "S3BucketOwnerAccountId": row.s3_bucket_owner_account_id,  # type: ignore[typeddict-item]
             "S3BucketOwnerVerification": row.s3_bucket_owner_verification,
             "FailureReason": row.failure_reason,
+            **({"RestoreReport": row.restore_report} if row.restore_report else {}),
         }
 
     def announce(self, session: Session, row: TrackingServer, status: str | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -18,6 +19,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import CursorResult, make_url, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.secrets import SecretBox
@@ -96,6 +98,8 @@ class Reconciler:
         record_left_over: Callable[[str], Awaitable[None]],
         egress: WorkerEgress,
         box: SecretBox,
+        restore: Callable[[TrackingServer], Awaitable[str]],
+        back_up: Callable[[TrackingServer], Awaitable[str]],
     ) -> None:
         self._settings = settings
         self._egress = egress
@@ -111,6 +115,10 @@ class Reconciler:
         # Given a server's database once its workers stopped: data events they stored with
         # MLflow's writes and never sent reach the trail before the database may go.
         self._record_left_over = record_left_over
+        # Puts a backup's data in place for a server restored from it: its database's URI.
+        self._restore = restore
+        # Takes a backup of a server now (its first maintenance step): what was done.
+        self._back_up = back_up
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._retries: dict[str, asyncio.TimerHandle] = {}
@@ -214,7 +222,8 @@ class Reconciler:
         through the egress proxy."""
         # MLflow encrypts the AI gateway's secrets with a key made from this passphrase; its
         # default is the same for every MLflow installation.
-        env = {KEK_PASSPHRASE_ENV: self._box.derive(f"mlflow-kek:{row.id}").hex()}
+        key_of = row.secrets_key_of or row.id
+        env = {KEK_PASSPHRASE_ENV: self._box.derive(f"mlflow-kek:{key_of}").hex()}
         writable: list[Path] = []
         network = False
         direct: tuple[str, ...] = ()
@@ -322,7 +331,31 @@ class Reconciler:
             if row.status == "Stopping":
                 self._settle(row, "Stopped")
             return
+        if row.status == "MaintenanceInProgress":
+            await self._maintain(row)
+            return
         await self._bring_up(row)
+
+    async def _maintain(self, row: TrackingServer) -> None:
+        """The maintenance window's work (fleet.maintenance), the server serving again after it
+        whatever happens. Run again from the start if the daemon stopped in the middle."""
+        failure: str | None = None
+        try:
+            taken = await self._back_up(row)
+            await self._runtime.stop(row.id)
+            done = await self._databases.maintain(row.metadata_db_uri)
+            log.info("tracking server %s: maintenance: %s; %s", row.name, taken, done)
+        except (ProvisioningError, OSError, sqlite3.Error, DBAPIError) as exc:
+            failure = f"maintenance failed: {exc}"
+        try:
+            await self._databases.ready_for_workers(row.metadata_db_uri)
+            await self._runtime.start(row.id, self.spec_for(row))
+        except (StartError, ProvisioningError, OSError) as exc:
+            failure = f"{failure + '; ' if failure else ''}restarting after maintenance: {exc}"
+            self._retry_later(row.id)
+        status = "MaintenanceFailed" if failure else "MaintenanceComplete"
+        self._settle(row, status, failure, maintenance_status=status)
+        self._on_serving(row)
 
     async def _bring_up(self, row: TrackingServer) -> None:
         if row.status in ("CreateFailed", "StartFailed", "UpdateFailed"):
@@ -339,9 +372,12 @@ class Reconciler:
                 )
             if not row.metadata_db_uri:
                 await self._check_artifact_store(row.artifact_store_uri)
-                row.metadata_db_uri = await self._databases.create(
-                    row.id, round(row.created_at * 1000)
-                )
+                if row.restored_from:
+                    row.metadata_db_uri = await self._restore(row)
+                else:
+                    row.metadata_db_uri = await self._databases.create(
+                        row.id, round(row.created_at * 1000)
+                    )
                 with self._sessions.begin() as session:
                     session.execute(
                         update(TrackingServer)

@@ -130,8 +130,12 @@ class FleetService:
     # operations ----------------------------------------------------------------------------
 
     def create(
-        self, req: shapes.CreateMlflowTrackingServerRequest, principal: Principal
+        self,
+        req: shapes.CreateMlflowTrackingServerRequest,
+        principal: Principal,
+        restored_from: str | None = None,
     ) -> shapes.CreateMlflowTrackingServerResponse:
+        """Record a new server; ``restored_from``, a backup its data comes from (backups)."""
         name = req["TrackingServerName"]
         self.stores.check(req["ArtifactStoreUri"])
         version = self._check_version(req.get("MlflowVersion"))
@@ -168,6 +172,7 @@ class FleetService:
                 created_by=principal.user_context(),
                 last_modified_at=now,
                 last_modified_by=principal.user_context(),
+                restored_from=restored_from,
             )
             session.add(row)
             self._lifecycle.announce(session, row)
@@ -259,6 +264,19 @@ class FleetService:
             req["TrackingServerName"], principal, STARTABLE, "started", "Starting", "Running"
         )
         return {"TrackingServerArn": arn}
+
+    def start_maintenance(self, name: str, principal: Principal) -> str:
+        """Begin the maintenance window's work now (fleet.maintenance); the server's ARN."""
+        with self._sessions.begin() as session:
+            row = self._get(session, name)
+            if row.status not in SERVING:
+                raise ValidationException(self._status_forbids(row, "maintained"))
+            row.maintenance_status = "MaintenanceInProgress"
+            row.last_maintenance_at = time.time()
+            self._touch(row, principal, "MaintenanceInProgress")
+            server_id, arn = row.id, row.arn
+        self._kick(server_id)
+        return arn
 
     def delete(
         self, req: shapes.DeleteMlflowTrackingServerRequest, principal: Principal

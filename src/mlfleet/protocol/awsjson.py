@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import botocore.session
@@ -92,9 +93,24 @@ _JAVA_CLASSES = {
 PatternOverrides = Mapping[str, Callable[[str], bool]]
 
 
+# mlfleet's own service model (operations SageMaker has no word for: backups, restores), in
+# botocore's layout, so that botocore and boto3 load it as they load AWS's: clients find it
+# through AWS_DATA_PATH (``with_mlfleet_models``).
+MODELS_DIR = Path(__file__).with_name("models")
+
+
+def with_mlfleet_models(session: botocore.session.Session) -> botocore.session.Session:
+    """``session``, its loader also reading mlfleet's service model."""
+    loader = session.get_component("data_loader")
+    if str(MODELS_DIR) not in loader.search_paths:
+        loader.search_paths.insert(0, str(MODELS_DIR))
+    return session
+
+
 @functools.cache
 def load_service_model(service_name: str, api_version: str | None = None) -> ServiceModel:
-    return botocore.session.get_session().get_service_model(service_name, api_version)
+    session = with_mlfleet_models(botocore.session.get_session())
+    return session.get_service_model(service_name, api_version)
 
 
 class JsonProtocol:

@@ -31,6 +31,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import URL, Connection, create_engine, make_url, text
@@ -106,6 +107,18 @@ def _create_pending(uri: str) -> None:
         PENDING.create(engine, checkfirst=True)
     finally:
         engine.dispose()
+
+
+def _maintain_sqlite(path: Path) -> str:
+    with closing(sqlite3.connect(path)) as conn:
+        found = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        if found != ["ok"]:
+            raise ProvisioningError(f"the integrity check of {path.name} found: {'; '.join(found)}")
+        before = path.stat().st_size
+        conn.execute("VACUUM")
+        conn.execute("ANALYZE")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return f"integrity ok, VACUUM and ANALYZE ({before} -> {path.stat().st_size} bytes)"
 
 
 def scram_verifier(password: str) -> str:
@@ -198,6 +211,23 @@ class MetadataDatabases:
                 conn.execute(text(f'DROP ROLE "{name}"'))
 
         await asyncio.to_thread(self._pg_locked, work)
+
+    async def maintain(self, uri: str) -> str:
+        """A stopped server's database checked and compacted: what was done, for the log.
+        Raises ProvisioningError when the check finds damage."""
+        if uri.startswith("sqlite"):
+            return await asyncio.to_thread(_maintain_sqlite, Path(make_url(uri).database or ""))
+
+        def vacuum() -> str:
+            engine = create_engine(self.admin_uri(uri), poolclass=NullPool)
+            try:
+                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    conn.execute(text("VACUUM ANALYZE"))
+            finally:
+                engine.dispose()
+            return "VACUUM ANALYZE"
+
+        return await asyncio.to_thread(vacuum)
 
     # SQLite ---------------------------------------------------------------------------------
 

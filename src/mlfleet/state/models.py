@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -142,6 +152,39 @@ class TrackingServer(Base):
     created_by: Mapped[dict[str, Any]] = mapped_column(JSON)
     last_modified_at: Mapped[float] = mapped_column(Float)
     last_modified_by: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # A server made by RestoreTrackingServerBackup: the backup (until its data is in place),
+    # then what the restore found (artifacts copied, any missing from the backup).
+    restored_from: Mapped[str | None] = mapped_column(String(300))
+    restore_report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The server whose key encrypts this one's AI-gateway secrets when not its own: a restored
+    # server's secrets were encrypted by the server backed up.
+    secrets_key_of: Mapped[str | None] = mapped_column(String(32))
+    # TrackingServerMaintenanceStatus: the last maintenance's (fleet.maintenance), and when it
+    # started.
+    maintenance_status: Mapped[str | None] = mapped_column(String(32))
+    last_maintenance_at: Mapped[float | None] = mapped_column(Float)
+
+
+class TrackingServerBackup(Base):
+    """A backup of a tracking server; its files are under ``<data-dir>/backups`` (backups)."""
+
+    __tablename__ = "tracking_server_backups"
+
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    server_id: Mapped[str] = mapped_column(String(32))
+    # Kept when the server is deleted: its backups can still be listed and restored.
+    server_name: Mapped[str] = mapped_column(String(256), index=True)
+    server_arn: Mapped[str] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(16))  # InProgress, Completed, Failed
+    mlflow_version: Mapped[str] = mapped_column(String(16))
+    # The server's settings at the backup (size, registration, store), for a restore.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    artifact_count: Mapped[int] = mapped_column(Integer, default=0)
+    artifact_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    metadata_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class PresignedToken(Base):

@@ -1,0 +1,1 @@
+"""Backups of tracking servers and restores from them."""

@@ -1,0 +1,154 @@
+"""Backups on disk, under ``<data-dir>/backups/<server-id>/``.
+
+- ``objects/<sha256[:2]>/<sha256>``: the files of the server's folder artifact store, each
+  content kept once, so a backup copies only the files that earlier backups lack;
+- ``<backup-id>/metadata.db``: MLflow's database as at the backup, taken with SQLite's online
+  backup API (a consistent copy while the workers write);
+- ``<backup-id>/manifest.json``: every artifact (path, size, SHA-256), written last: a backup
+  folder without one is incomplete.
+
+The database is copied before the store is walked: an artifact that a run of the snapshot
+names was written before the snapshot, so the walk finds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mlfleet.runtime.stored_events import PENDING
+
+CHUNK = 1024 * 1024
+MANIFEST = "manifest.json"
+METADATA = "metadata.db"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str  # relative to the store, with "/"
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Taken:
+    artifacts: list[Artifact]
+    metadata_bytes: int
+
+
+@dataclass(frozen=True)
+class Restored:
+    copied: int
+    missing: list[str]  # artifacts the backup lacks, or holds damaged
+
+
+class Archive:
+    """One server's backups."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.objects = folder / "objects"
+
+    def take(self, backup_id: str, database: Path, store: Path) -> Taken:
+        target = self.folder / backup_id
+        target.mkdir(parents=True, exist_ok=True)
+        snapshot = target / METADATA
+        _snapshot_sqlite(database, snapshot)
+        artifacts = [self._keep(store, path) for path in _files(store)]
+        manifest = {"artifacts": [asdict(a) for a in artifacts]}
+        partial = target / f"{MANIFEST}.partial"
+        partial.write_text(json.dumps(manifest))
+        os.replace(partial, target / MANIFEST)
+        return Taken(artifacts, snapshot.stat().st_size)
+
+    def restore(self, backup_id: str, database: Path, store: Path) -> Restored:
+        """The backup's database at ``database`` and its artifacts in ``store``, each checked
+        against the manifest as it is copied."""
+        source = self.folder / backup_id
+        manifest = json.loads((source / MANIFEST).read_text())
+        database.parent.mkdir(parents=True, exist_ok=True)
+        partial = database.with_suffix(".restoring")
+        shutil.copyfile(source / METADATA, partial)
+        with closing(sqlite3.connect(partial)) as conn, conn:
+            # Data events the original server had not sent yet are the original's, not ours.
+            conn.execute(f"DELETE FROM {PENDING.name}")
+        os.replace(partial, database)
+        copied, missing = 0, []
+        for entry in map(lambda e: Artifact(**e), manifest["artifacts"]):
+            if self._put(entry, store):
+                copied += 1
+            else:
+                missing.append(entry.path)
+        return Restored(copied, missing)
+
+    def remove(self, backup_id: str) -> None:
+        shutil.rmtree(self.folder / backup_id, ignore_errors=True)
+
+    def _object(self, sha256: str) -> Path:
+        return self.objects / sha256[:2] / sha256
+
+    def _keep(self, store: Path, path: Path) -> Artifact:
+        """The file's entry, its content copied into the objects unless already there."""
+        # Named for this copy alone: a maintenance's backup may run beside one asked for.
+        staged = self.objects / f".incoming-{uuid.uuid4().hex}"
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        size = 0
+        with path.open("rb") as source, staged.open("wb") as copy:
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+                copy.write(chunk)
+                size += len(chunk)
+        sha256 = digest.hexdigest()
+        kept = self._object(sha256)
+        if kept.exists():
+            staged.unlink()
+        else:
+            kept.parent.mkdir(exist_ok=True)
+            os.replace(staged, kept)
+        return Artifact(path.relative_to(store).as_posix(), size, sha256)
+
+    def _put(self, entry: Artifact, store: Path) -> bool:
+        """Copy one artifact into ``store``: False when the backup lacks it or it is damaged."""
+        kept = self._object(entry.sha256)
+        target = store / entry.path
+        if not kept.is_file() or ".." in Path(entry.path).parts:
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.restoring")
+        digest = hashlib.sha256()
+        with kept.open("rb") as source, partial.open("wb") as copy:
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+                copy.write(chunk)
+        if digest.hexdigest() != entry.sha256:
+            partial.unlink()
+            return False
+        os.replace(partial, target)
+        return True
+
+
+def _snapshot_sqlite(database: Path, target: Path) -> None:
+    partial = target.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(partial)) as copy:
+        source.backup(copy)
+    os.replace(partial, target)
+
+
+def _files(store: Path) -> Iterator[Path]:
+    """The store's regular files, in a stable order (links are not followed)."""
+    for folder, subfolders, names in os.walk(store):
+        subfolders.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.is_file() and not path.is_symlink():
+                yield path

@@ -1,0 +1,332 @@
+"""Backups of tracking servers, and new servers restored from them (mlfleet's own operations).
+
+A backup is asked for by ``CreateTrackingServerBackup`` and taken in the background (the call
+answers at once, ``InProgress``): a snapshot of the server's metadata database and the files of
+its artifact store (backups.archive), while the server keeps serving. A backup outlives its
+server, so a deleted server can be brought back.
+
+``RestoreTrackingServerBackup`` never overwrites a server: it creates a new one, with the backed-up
+server's settings, whose reconciler puts the backup's database and artifacts in place
+(``restore_into``) before its workers start, checking each artifact against the manifest. What
+the restore found (artifacts copied, any the backup lacks or holds damaged) is the server's
+``RestoreReport``.
+
+Built: servers with an SQLite metadata database and a folder artifact store (the embedded
+default). PostgreSQL databases and ``s3://`` stores are refused with a clear error for now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sqlite3
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import make_url, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from mlfleet.auth.identity import Principal
+from mlfleet.backups.archive import Archive, Restored, Taken
+from mlfleet.common.paging import SAGEMAKER, page_of_query
+from mlfleet.fleet.service import FleetService
+from mlfleet.fleet.stores import local_folder, resolve
+from mlfleet.protocol.errors import ResourceNotFound, ValidationException
+from mlfleet.runtime.metadata_db import MetadataDatabases
+from mlfleet.runtime.mlflow_schema import ProvisioningError
+from mlfleet.settings import Settings
+from mlfleet.state.models import TrackingServer, TrackingServerBackup
+
+log = logging.getLogger(__name__)
+
+# A server whose database exists: a backup needs one.
+_BACKED_UP = {
+    "Created",
+    "Updated",
+    "Started",
+    "Stopped",
+    "MaintenanceComplete",
+    "MaintenanceFailed",
+    "UpdateFailed",
+    "StartFailed",
+    "StopFailed",
+}
+
+
+class Backups:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        databases: MetadataDatabases,
+        fleet: FleetService,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._databases = databases
+        self._fleet = fleet
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    def arn_for(self, backup_id: str) -> str:
+        s = self._settings
+        return (
+            f"arn:aws:sagemaker:{s.region}:{s.account_id}:mlflow-tracking-server-backup/{backup_id}"
+        )
+
+    def server_arn(self, name: str) -> str:
+        return self._fleet.arn_for(name)
+
+    def server_tags(self, name: str) -> list[dict[str, Any]]:
+        return self._fleet.tags_of(name)
+
+    def archive_of(self, server_id: str) -> Archive:
+        return Archive(self._settings.data_dir / "backups" / server_id)
+
+    # operations ----------------------------------------------------------------------------
+
+    def create(self, name: str) -> dict[str, Any]:
+        with self._sessions.begin() as session:
+            server = self._server(session, name)
+            if server.status not in _BACKED_UP or not server.metadata_db_uri:
+                raise ValidationException(
+                    f"Tracking Server {name} is in status {server.status}: it can be backed up "
+                    "once it is created, and not while it changes."
+                )
+            self._check_supported(server)
+            backup_id, work = self._begin(session, server)
+        task = asyncio.get_running_loop().create_task(self._take(backup_id, *work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return {
+            "BackupId": backup_id,
+            "BackupArn": self.arn_for(backup_id),
+            "BackupStatus": "InProgress",
+        }
+
+    def start_maintenance(self, name: str, principal: Principal) -> dict[str, Any]:
+        return {"TrackingServerArn": self._fleet.start_maintenance(name, principal)}
+
+    def describe(self, backup_id: str) -> dict[str, Any]:
+        with self._sessions() as session:
+            return self._summary(self._backup(session, backup_id))
+
+    def list(self, req: dict[str, Any]) -> dict[str, Any]:
+        query = select(TrackingServerBackup)
+        if "TrackingServerName" in req:
+            query = query.where(TrackingServerBackup.server_name == req["TrackingServerName"])
+        query = query.order_by(TrackingServerBackup.created_at.desc(), TrackingServerBackup.id)
+        page, token = page_of_query(self._sessions, query, req, SAGEMAKER, self._summary)
+        answer: dict[str, Any] = {"TrackingServerBackups": page}
+        if token is not None:
+            answer["NextToken"] = token
+        return answer
+
+    def restore(self, req: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        with self._sessions() as session:
+            backup = self._backup(session, req["BackupId"])
+            if backup.status != "Completed":
+                raise ValidationException(
+                    f"Backup {backup.id} is {backup.status}: only a completed backup restores."
+                )
+            settings = dict(backup.settings)
+            version = backup.mlflow_version
+        store = req.get("ArtifactStoreUri") or self._sibling_store(
+            settings["ArtifactStoreUri"], req["TrackingServerName"]
+        )
+        if local_folder(store) is None:
+            raise ValidationException(
+                "ArtifactStoreUri: a restore copies artifacts into a folder store (file://...); "
+                "s3:// stores are not restored yet."
+            )
+        created = {
+            "TrackingServerName": req["TrackingServerName"],
+            "ArtifactStoreUri": store,
+            "TrackingServerSize": settings["TrackingServerSize"],
+            "RoleArn": req.get("RoleArn") or settings["RoleArn"],
+            "AutomaticModelRegistration": settings["AutomaticModelRegistration"],
+            "MlflowVersion": version,
+        }
+        if settings.get("WeeklyMaintenanceWindowStart"):
+            created["WeeklyMaintenanceWindowStart"] = settings["WeeklyMaintenanceWindowStart"]
+        answer = self._fleet.create(created, principal, restored_from=backup.id)  # type: ignore[arg-type]
+        return {"TrackingServerArn": answer["TrackingServerArn"]}
+
+    # the work --------------------------------------------------------------------------------
+
+    async def restore_into(self, row: TrackingServer) -> str:
+        """The restored server's database URI, once the backup's data is in place. Its
+        AI-gateway secrets stay readable: they are read with the key of the server backed up."""
+        assert row.restored_from is not None
+        with self._sessions() as session:
+            backup = self._backup(session, row.restored_from)
+            archive = self.archive_of(backup.server_id)
+        uri = self._databases.uri_for(row.id)
+        database = Path(make_url(uri).database or "")
+        store = resolve(local_folder(row.artifact_store_uri) or "")
+        try:
+            restored: Restored = await asyncio.to_thread(
+                archive.restore, backup.id, database, store
+            )
+        except (OSError, ValueError, sqlite3.Error) as exc:
+            raise ProvisioningError(f"restoring backup {backup.id} failed: {exc}") from exc
+        report = {"BackupId": backup.id, "ArtifactsRestored": restored.copied}
+        if restored.missing:
+            report["MissingArtifacts"] = restored.missing
+            log.warning(
+                "tracking server %s restored from %s without %d artifacts the backup lacks",
+                row.name,
+                backup.id,
+                len(restored.missing),
+            )
+        row.restore_report, row.secrets_key_of = report, backup.server_id
+        with self._sessions.begin() as session:
+            session.execute(
+                update(TrackingServer)
+                .where(TrackingServer.id == row.id)
+                .values(restore_report=report, secrets_key_of=backup.server_id)
+            )
+        return uri
+
+    async def back_up_now(self, server: TrackingServer) -> str:
+        """A backup of ``server`` taken now (a maintenance's first step): what was done."""
+        try:
+            self._check_supported(server)
+        except ValidationException as unsupported:
+            return f"no backup ({unsupported})"
+        with self._sessions.begin() as session:
+            backup_id, work = self._begin(session, server)
+        if not await self._take(backup_id, *work):
+            raise ProvisioningError(f"backup {backup_id} failed: {self.describe(backup_id)}")
+        return f"backup {backup_id}"
+
+    def resume(self) -> None:
+        """At daemon start: a backup a stop cut short is failed (its partial files removed)."""
+        with self._sessions.begin() as session:
+            cut = session.scalars(
+                select(TrackingServerBackup).where(TrackingServerBackup.status == "InProgress")
+            ).all()
+            for backup in cut:
+                self.archive_of(backup.server_id).remove(backup.id)
+                backup.status = "Failed"
+                backup.finished_at = time.time()
+                backup.failure_reason = "the daemon stopped before the backup was complete"
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _begin(
+        self, session: Session, server: TrackingServer
+    ) -> tuple[str, tuple[Archive, Path, Path]]:
+        """Record a new backup of ``server``, InProgress: its id, and what ``_take`` needs."""
+        now = time.time()
+        stamp = datetime.fromtimestamp(now).strftime("%Y%m%dt%H%M%S")
+        backup_id = f"{server.name}-{stamp}-{secrets.token_hex(2)}"
+        session.add(
+            TrackingServerBackup(
+                id=backup_id,
+                server_id=server.id,
+                server_name=server.name,
+                server_arn=server.arn,
+                status="InProgress",
+                mlflow_version=server.mlflow_version,
+                settings={
+                    "ArtifactStoreUri": server.artifact_store_uri,
+                    "TrackingServerSize": server.size,
+                    "RoleArn": server.role_arn,
+                    "AutomaticModelRegistration": server.automatic_model_registration,
+                    "WeeklyMaintenanceWindowStart": server.weekly_maintenance_window_start,
+                },
+                created_at=now,
+                artifact_count=0,
+                artifact_bytes=0,
+                metadata_bytes=0,
+            )
+        )
+        database = Path(make_url(server.metadata_db_uri).database or "")
+        store = resolve(local_folder(server.artifact_store_uri) or "")
+        return backup_id, (self.archive_of(server.id), database, store)
+
+    async def _take(self, backup_id: str, archive: Archive, database: Path, store: Path) -> bool:
+        try:
+            taken: Taken = await asyncio.to_thread(archive.take, backup_id, database, store)
+        except Exception as exc:
+            log.exception("backup %s failed", backup_id)
+            archive.remove(backup_id)
+            self._finish(backup_id, status="Failed", failure_reason=str(exc)[:1024])
+            return False
+        self._finish(
+            backup_id,
+            status="Completed",
+            artifact_count=len(taken.artifacts),
+            artifact_bytes=sum(a.size for a in taken.artifacts),
+            metadata_bytes=taken.metadata_bytes,
+        )
+        log.info("backup %s completed: %d artifacts", backup_id, len(taken.artifacts))
+        return True
+
+    def _finish(self, backup_id: str, **values: object) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                update(TrackingServerBackup)
+                .where(TrackingServerBackup.id == backup_id)
+                .values(finished_at=time.time(), **values)
+            )
+
+    # helpers -------------------------------------------------------------------------------
+
+    def _check_supported(self, server: TrackingServer) -> None:
+        if not server.metadata_db_uri.startswith("sqlite"):
+            raise ValidationException(
+                "Backups of servers whose metadata database is on PostgreSQL are not built yet."
+            )
+        if local_folder(server.artifact_store_uri) is None:
+            raise ValidationException(
+                "Backups of servers with an s3:// artifact store are not built yet."
+            )
+
+    def _sibling_store(self, original: str, name: str) -> str:
+        """The restored server's default store: a folder named after it, beside the original's."""
+        folder = local_folder(original)
+        if folder is None:
+            raise ValidationException(
+                "ArtifactStoreUri is required: the backed-up server's store is not a folder."
+            )
+        return f"file://{Path(folder).parent / name}"
+
+    @staticmethod
+    def _server(session: Session, name: str) -> TrackingServer:
+        row = session.scalars(select(TrackingServer).where(TrackingServer.name == name)).first()
+        if row is None:
+            raise ResourceNotFound(f"Tracking Server with name {name} does not exist.")
+        return row
+
+    @staticmethod
+    def _backup(session: Session, backup_id: str) -> TrackingServerBackup:
+        row = session.get(TrackingServerBackup, backup_id)
+        if row is None:
+            raise ResourceNotFound(f"Backup {backup_id} does not exist.")
+        return row
+
+    def _summary(self, row: TrackingServerBackup) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "BackupId": row.id,
+            "BackupArn": self.arn_for(row.id),
+            "TrackingServerName": row.server_name,
+            "TrackingServerArn": row.server_arn,
+            "BackupStatus": row.status,
+            "CreationTime": datetime.fromtimestamp(row.created_at).astimezone(),
+            "MlflowVersion": row.mlflow_version,
+            "ArtifactCount": row.artifact_count,
+            "ArtifactBytes": row.artifact_bytes,
+            "MetadataBytes": row.metadata_bytes,
+        }
+        if row.finished_at is not None:
+            summary["CompletionTime"] = datetime.fromtimestamp(row.finished_at).astimezone()
+        if row.failure_reason:
+            summary["FailureReason"] = row.failure_reason
+        return summary

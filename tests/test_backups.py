@@ -1,0 +1,212 @@
+"""Backups of a serving tracking server, new servers restored from them, and maintenance, through
+boto3 (the ``mlfleet`` service model), the mlfleet CLI and the MLflow client."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from support.aws import ACCOUNT, unique
+from support.daemon import Daemon
+from support.events import Receiver, route_to, wait_received
+from support.iam import new_user
+from support.waiting import wait_for
+
+READ_ONLY = f"arn:aws:iam::{ACCOUNT}:policy/MlfleetReadOnlyAccess"
+
+
+def mlfleet(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlfleet", *args, "--data-dir", str(daemon.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def new_server(daemon: Daemon, folder: Path) -> dict[str, Any]:
+    name = unique("bk")
+    daemon.client().create_mlflow_tracking_server(
+        TrackingServerName=name,
+        ArtifactStoreUri=f"file://{folder / name}",
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/mlfleet",
+    )
+    desc = daemon.wait_status(name, "Created", "CreateFailed")
+    assert desc["TrackingServerStatus"] == "Created", desc
+    return desc
+
+
+@pytest.fixture
+def signed_in(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    key, secret = daemon.credentials
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", key)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+
+
+def completed(daemon: Daemon, backup_id: str) -> dict[str, Any]:
+    client = daemon.client("mlfleet")
+
+    def done() -> dict[str, Any] | None:
+        found = client.describe_tracking_server_backup(BackupId=backup_id)
+        return found if found["BackupStatus"] != "InProgress" else None
+
+    found = wait_for(done, 120, what=f"backup {backup_id}")
+    assert found["BackupStatus"] == "Completed", found
+    return found
+
+
+def test_a_restored_server_has_every_run_artifact_and_model_of_the_backup(
+    daemon: Daemon, tmp_path: Path, signed_in: None
+) -> None:
+    server = new_server(daemon, tmp_path)
+    client = MlflowClient(server["TrackingServerUrl"])
+    experiment = client.create_experiment("kept")
+    run = client.create_run(experiment).info.run_id
+    client.log_param(run, "alpha", "0.5")
+    for step in range(3):
+        client.log_metric(run, "loss", 1.0 / (step + 1), step=step)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("weights and measures")
+    client.log_artifact(run, str(notes), artifact_path="docs")
+    client.set_terminated(run)
+    client.create_registered_model("kept-model")
+    client.create_model_version("kept-model", f"runs:/{run}/docs", run_id=run)
+
+    started = daemon.client("mlfleet").create_tracking_server_backup(
+        TrackingServerName=server["TrackingServerName"]
+    )
+    assert started["BackupStatus"] == "InProgress"
+    assert started["BackupArn"].endswith(f"mlflow-tracking-server-backup/{started['BackupId']}")
+    backup = completed(daemon, started["BackupId"])
+    assert backup["ArtifactCount"] >= 1 and backup["MetadataBytes"] > 0
+    assert backup["TrackingServerArn"] == server["TrackingServerArn"]
+    # Written after the backup: not in what it restores.
+    client.create_run(experiment, run_name="later")
+
+    listed = daemon.client("mlfleet").list_tracking_server_backups(
+        TrackingServerName=server["TrackingServerName"]
+    )["TrackingServerBackups"]
+    assert [b["BackupId"] for b in listed] == [started["BackupId"]]
+
+    copy = unique("restored")
+    answer = mlfleet(daemon, "restore", started["BackupId"], "--to", copy)
+    assert answer.returncode == 0, answer.stderr
+    assert f"artifacts restored: {backup['ArtifactCount']}" in answer.stdout
+
+    restored = MlflowClient(daemon.wait_status(copy, "Created")["TrackingServerUrl"])
+    runs = restored.search_runs([restored.get_experiment_by_name("kept").experiment_id])
+    assert [r.info.run_id for r in runs] == [run]
+    assert runs[0].data.params == {"alpha": "0.5"}
+    history = restored.get_metric_history(run, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+    fetched = restored.download_artifacts(run, "docs/notes.txt", str(tmp_path / "fetched"))
+    assert Path(fetched).read_text() == "weights and measures"
+    versions = restored.search_model_versions("name='kept-model'")
+    assert [(v.version, v.run_id) for v in versions] == [("1", run)]
+    # The original serves on, untouched.
+    assert len(client.search_runs([experiment])) == 2
+
+
+def test_a_restore_reports_the_artifacts_the_backup_lacks(
+    daemon: Daemon, tmp_path: Path, signed_in: None
+) -> None:
+    server = new_server(daemon, tmp_path)
+    client = MlflowClient(server["TrackingServerUrl"])
+    run = client.create_run(client.create_experiment("damaged")).info.run_id
+    for name, text in (("kept.txt", "intact"), ("lost.txt", "gone")):
+        (tmp_path / name).write_text(text)
+        client.log_artifact(run, str(tmp_path / name))
+
+    taken = mlfleet(daemon, "backup", server["TrackingServerName"])
+    assert taken.returncode == 0, taken.stderr
+    backup_id = taken.stdout.split()[0]
+    assert "Completed" in taken.stdout
+    # The backup's copy of one file is damaged on disk.
+    objects = [p for p in (daemon.data_dir / "backups").glob("*/objects/*/*") if p.is_file()]
+    damaged = next(p for p in objects if p.read_bytes() == b"gone")
+    damaged.write_bytes(b"tampered")
+
+    copy = unique("partial")
+    answer = mlfleet(daemon, "restore", backup_id, "--to", copy)
+    assert answer.returncode == 2, answer.stdout + answer.stderr
+    assert "missing from the backup (1)" in answer.stderr
+    assert "lost.txt" in answer.stderr and "kept.txt" not in answer.stderr
+    restored = MlflowClient(daemon.wait_status(copy, "Created")["TrackingServerUrl"])
+    assert Path(restored.download_artifacts(run, "kept.txt", str(tmp_path / "k"))).read_text() == (
+        "intact"
+    )
+
+
+def test_backups_need_mlfleet_actions(daemon: Daemon, tmp_path: Path) -> None:
+    server = new_server(daemon, tmp_path)
+    reader = new_user(daemon, READ_ONLY)
+    as_reader = daemon.client(
+        "mlfleet", key=reader["AccessKeyId"], secret=reader["SecretAccessKey"]
+    )
+    with pytest.raises(ClientError) as refused:
+        as_reader.create_tracking_server_backup(TrackingServerName=server["TrackingServerName"])
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert "mlfleet:CreateTrackingServerBackup" in refused.value.response["Error"]["Message"]
+    assert "TrackingServerBackups" in as_reader.list_tracking_server_backups()
+
+
+def test_bad_requests_are_refused_with_the_reason(daemon: Daemon) -> None:
+    backups = daemon.client("mlfleet")
+    with pytest.raises(ClientError) as absent:
+        backups.create_tracking_server_backup(TrackingServerName=unique("absent"))
+    assert absent.value.response["Error"]["Code"] == "ResourceNotFound"
+    with pytest.raises(ClientError) as unknown:
+        backups.describe_tracking_server_backup(BackupId="no-such-backup")
+    assert unknown.value.response["Error"]["Code"] == "ResourceNotFound"
+    with pytest.raises(ClientError) as invalid:
+        backups.restore_tracking_server_backup(BackupId="b-1", TrackingServerName="bad name!")
+    error = invalid.value.response["Error"]
+    assert error["Code"] == "ValidationException"
+    assert "trackingServerName" in error["Message"] or "TrackingServerName" in error["Message"]
+
+
+def test_maintenance_backs_up_compacts_and_serves_again_with_its_events(
+    daemon: Daemon, receiver: Receiver, tmp_path: Path, signed_in: None
+) -> None:
+    server = new_server(daemon, tmp_path)
+    name = server["TrackingServerName"]
+    route_to(
+        daemon, receiver, {"source": ["aws.sagemaker"], "detail": {"TrackingServerName": [name]}}
+    )
+    client = MlflowClient(server["TrackingServerUrl"])
+    experiment = client.create_experiment("maintained")
+    run = client.create_run(experiment).info.run_id
+    client.log_batch(run, metrics=[Metric("m", float(i), 0, i) for i in range(500)])
+    client.delete_run(client.create_run(experiment).info.run_id)
+
+    answer = mlfleet(daemon, "maintenance", name)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    assert "MaintenanceComplete" in answer.stdout
+
+    desc = daemon.client().describe_mlflow_tracking_server(TrackingServerName=name)
+    assert desc["TrackingServerStatus"] == "MaintenanceComplete"
+    assert desc["TrackingServerMaintenanceStatus"] == "MaintenanceComplete"
+    assert desc["IsActive"] == "Active"
+    bodies = wait_received(receiver, 2)
+    assert [b["detail-type"] for b in bodies] == [
+        "SageMaker Tracking Server Maintenance In Progress",
+        "SageMaker Tracking Server Maintenance Complete",
+    ]
+    # Its first step, a backup, is listed; the data is intact and served.
+    taken = daemon.client("mlfleet").list_tracking_server_backups(TrackingServerName=name)
+    assert [b["BackupStatus"] for b in taken["TrackingServerBackups"]] == ["Completed"]
+    assert len(client.get_metric_history(run, "m")) == 500
+    # A maintenance is begun only from a serving status, as SageMaker words refusals.
+    daemon.client().stop_mlflow_tracking_server(TrackingServerName=name)
+    daemon.wait_status(name, "Stopped")
+    with pytest.raises(ClientError) as refused:
+        daemon.client("mlfleet").start_tracking_server_maintenance(TrackingServerName=name)
+    assert "can't be maintained" in refused.value.response["Error"]["Message"]
