@@ -14,13 +14,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from support.aws import ACCOUNT, unique
-from support.console import launch, needs_chromium, screenshot, sign_in_page
 from support.daemon import Daemon
 from support.events import Receiver, route_to, wait_received
 from support.iam import new_user
 from support.waiting import wait_for
 
-READ_ONLY = f"arn:aws:iam::{ACCOUNT}:policy/MlfleetReadOnlyAccess"
+READ_ONLY = "arn:aws:iam::aws:policy/MlfleetReadOnlyAccess"
 
 
 def mlfleet(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
@@ -196,8 +195,13 @@ def test_maintenance_backs_up_compacts_and_serves_again_with_its_events(
     assert desc["TrackingServerStatus"] == "MaintenanceComplete"
     assert desc["TrackingServerMaintenanceStatus"] == "MaintenanceComplete"
     assert desc["IsActive"] == "Active"
-    bodies = wait_received(receiver, 2)
-    assert [b["detail-type"] for b in bodies] == [
+
+    def maintenance_events() -> list[str] | None:
+        seen = [b["detail-type"] for b in wait_received(receiver, 1)]
+        found = [t for t in seen if t.startswith("SageMaker Tracking Server Maintenance")]
+        return found if len(found) >= 2 else None
+
+    assert wait_for(maintenance_events, 30, what="the maintenance events") == [
         "SageMaker Tracking Server Maintenance In Progress",
         "SageMaker Tracking Server Maintenance Complete",
     ]
@@ -211,36 +215,3 @@ def test_maintenance_backs_up_compacts_and_serves_again_with_its_events(
     with pytest.raises(ClientError) as refused:
         daemon.client("mlfleet").start_tracking_server_maintenance(TrackingServerName=name)
     assert "can't be maintained" in refused.value.response["Error"]["Message"]
-
-
-@needs_chromium
-def test_a_backup_is_taken_and_restored_from_the_console(daemon: Daemon, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
-
-    name = new_server(daemon, tmp_path)["TrackingServerName"]
-    copy = unique("from-console")
-    with sync_playwright() as p:
-        browser = launch(p)
-        try:
-            page = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()
-            page.goto(f"{daemon.url}/console/servers/{name}")
-            sign_in_page(page, daemon)
-            expect(page.get_by_role("heading", name=name)).to_be_visible()
-            expect(page.get_by_text("No backups yet")).to_be_visible()
-            page.get_by_role("button", name="Back up now").click()
-            expect(page.get_by_text(f"Backing up {name}.")).to_be_visible()
-
-            def completed() -> bool:
-                page.reload()
-                return page.get_by_role("button", name="Restore").count() == 1
-
-            wait_for(completed, 60, what="the completed backup on the server's page")
-            screenshot(page, "server-backups")
-            page.get_by_label("New server's name").fill(copy)
-            page.get_by_role("button", name="Restore").click()
-            expect(
-                page.get_by_text(f"Restoring into a new tracking server, {copy}.")
-            ).to_be_visible()
-        finally:
-            browser.close()
-    assert daemon.wait_status(copy, "Created", "CreateFailed")["TrackingServerStatus"] == "Created"

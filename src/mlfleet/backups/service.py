@@ -22,6 +22,7 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,14 @@ class Backups:
         sessions: sessionmaker[Session],
         databases: MetadataDatabases,
         fleet: FleetService,
+        give_all: Callable[[Path], None],
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._databases = databases
         self._fleet = fleet
+        # Hands what a restore wrote to the workers' user (runtime.sandbox).
+        self._give_all = give_all
         self._tasks: set[asyncio.Task[bool]] = set()
 
     def arn_for(self, backup_id: str) -> str:
@@ -172,6 +176,8 @@ class Backups:
             )
         except (OSError, ValueError, sqlite3.Error) as exc:
             raise ProvisioningError(f"restoring backup {backup.id} failed: {exc}") from exc
+        await asyncio.to_thread(self._give_all, store)
+        await asyncio.to_thread(self._give_all, database.parent)
         report = {"BackupId": backup.id, "ArtifactsRestored": restored.copied}
         if restored.missing:
             report["MissingArtifacts"] = restored.missing

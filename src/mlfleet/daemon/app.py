@@ -235,7 +235,7 @@ def build_daemon(settings: Settings) -> Daemon:
         server_changed=routing.forget_server,
     )
 
-    backups = Backups(settings, sessions, databases, fleet)
+    backups = Backups(settings, sessions, databases, fleet, sandbox.give_all)
     windows = MaintenanceWindows(sessions, fleet)
 
     def egress_server(name: str) -> EgressServer | None:

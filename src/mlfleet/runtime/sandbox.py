@@ -188,6 +188,18 @@ class Sandbox:
                     if path.lstat().st_uid != uid:
                         os.lchown(path, uid, gid)
 
+    def give_all(self, top: Path) -> None:
+        """Make a folder and everything in it the confined user's: files the daemon itself
+        wrote into a store (a restore's)."""
+        if self.owner is None or not self.confined:
+            return
+        uid, gid = self.owner
+        for folder, subfolders, names in os.walk(top):
+            for name in (".", *subfolders, *names):
+                path = Path(folder) / name
+                if path.lstat().st_uid != uid:
+                    os.lchown(path, uid, gid)
+
     @staticmethod
     def environment(extra: dict[str, str]) -> dict[str, str]:
         kept = {k: os.environ[k] for k in KEPT_ENVIRONMENT if k in os.environ}
