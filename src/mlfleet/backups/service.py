@@ -93,7 +93,7 @@ class Backups:
 
     def create(self, name: str) -> dict[str, Any]:
         with self._sessions.begin() as session:
-            server = self._server(session, name)
+            server = FleetService.server_named(session, name)
             if server.status not in _BACKED_UP or not server.metadata_db_uri:
                 raise ValidationException(
                     f"Tracking Server {name} is in status {server.status}: it can be backed up "
@@ -303,13 +303,6 @@ class Backups:
                 "ArtifactStoreUri is required: the backed-up server's store is not a folder."
             )
         return f"file://{Path(folder).parent / name}"
-
-    @staticmethod
-    def _server(session: Session, name: str) -> TrackingServer:
-        row = session.scalars(select(TrackingServer).where(TrackingServer.name == name)).first()
-        if row is None:
-            raise ResourceNotFound(f"Tracking Server with name {name} does not exist.")
-        return row
 
     @staticmethod
     def _backup(session: Session, backup_id: str) -> TrackingServerBackup:

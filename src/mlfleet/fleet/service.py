@@ -93,7 +93,8 @@ class FleetService:
             tags = session.scalar(select(TrackingServer.tags).where(TrackingServer.name == name))
         return list(tags or [])
 
-    def _get(self, session: Session, name: str) -> TrackingServer:
+    @staticmethod
+    def server_named(session: Session, name: str) -> TrackingServer:
         row = session.scalars(select(TrackingServer).where(TrackingServer.name == name)).first()
         if row is None:
             raise ResourceNotFound(f"Tracking Server with name {name} does not exist.")
@@ -184,7 +185,7 @@ class FleetService:
         self, req: shapes.DescribeMlflowTrackingServerRequest
     ) -> shapes.DescribeMlflowTrackingServerResponse:
         with self._sessions() as session:
-            row = self._get(session, req["TrackingServerName"])
+            row = self.server_named(session, req["TrackingServerName"])
             return self._lifecycle.describe(row)
 
     @staticmethod
@@ -214,7 +215,7 @@ class FleetService:
         if "ArtifactStoreUri" in req:
             self.stores.check(req["ArtifactStoreUri"])
         with self._sessions.begin() as session:
-            row = self._get(session, req["TrackingServerName"])
+            row = self.server_named(session, req["TrackingServerName"])
             if row.status not in UPDATABLE:
                 raise ValidationException(self._status_forbids(row, "updated"))
             if "ArtifactStoreUri" in req:
@@ -240,7 +241,7 @@ class FleetService:
     ) -> str:
         """Move the server to `status`, towards `desired`; its ARN."""
         with self._sessions.begin() as session:
-            row = self._get(session, name)
+            row = self.server_named(session, name)
             if row.status not in allowed:
                 raise ValidationException(self._status_forbids(row, verb))
             self._touch(row, principal, status)
@@ -268,7 +269,7 @@ class FleetService:
     def start_maintenance(self, name: str, principal: Principal) -> str:
         """Begin the maintenance window's work now (fleet.maintenance); the server's ARN."""
         with self._sessions.begin() as session:
-            row = self._get(session, name)
+            row = self.server_named(session, name)
             if row.status not in SERVING:
                 raise ValidationException(self._status_forbids(row, "maintained"))
             row.maintenance_status = "MaintenanceInProgress"
@@ -282,7 +283,7 @@ class FleetService:
         self, req: shapes.DeleteMlflowTrackingServerRequest, principal: Principal
     ) -> shapes.DeleteMlflowTrackingServerResponse:
         with self._sessions.begin() as session:
-            row = self._get(session, req["TrackingServerName"])
+            row = self.server_named(session, req["TrackingServerName"])
             if row.status in TRANSITIONAL:
                 raise ValidationException(
                     f"Tracking Server is in un-deletable state ({status_word(row.status)}), "
@@ -336,7 +337,7 @@ class FleetService:
     def add_tags(self, req: shapes.AddTagsInput) -> shapes.AddTagsOutput:
         name = self.name_of(req["ResourceArn"])
         with self._sessions.begin() as session:
-            row = self._get(session, name)
+            row = self.server_named(session, name)
             merged = {t["Key"]: t for t in row.tags}
             merged.update({t["Key"]: dict(t) for t in req["Tags"]})
             if len(merged) > MAX_TAGS:
@@ -348,7 +349,7 @@ class FleetService:
     def delete_tags(self, req: shapes.DeleteTagsInput) -> shapes.DeleteTagsOutput:
         name = self.name_of(req["ResourceArn"])
         with self._sessions.begin() as session:
-            row = self._get(session, name)
+            row = self.server_named(session, name)
             row.tags = [t for t in row.tags if t["Key"] not in set(req["TagKeys"])]
         self._server_changed(name)
         return {}
@@ -357,7 +358,7 @@ class FleetService:
         name = self.name_of(req["ResourceArn"])
         with self._sessions() as session:
             # The column holds the Tag list AddTags and CreateMlflowTrackingServer stored.
-            tags = cast(list[shapes.Tag], list(self._get(session, name).tags))
+            tags = cast(list[shapes.Tag], list(self.server_named(session, name).tags))
         page, token = page_by_offset(tags, req, TAG_PAGING)
         return {"Tags": page} if token is None else {"Tags": page, "NextToken": token}
 
@@ -371,7 +372,7 @@ class FleetService:
         expires_in = req.get("ExpiresInSeconds", 300)
         session_seconds = req.get("SessionExpirationDurationInSeconds", 43200)
         with self._sessions.begin() as session:
-            row = self._get(session, req["TrackingServerName"])
+            row = self.server_named(session, req["TrackingServerName"])
             session.add(
                 PresignedToken(
                     token_hash=token_hash,
