@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,21 @@ import requests
 
 from mlfleet.protocol.awsjson import with_mlfleet_models
 from support.waiting import wait_for
+
+# One session for every client, as in a user's program: botocore builds a client's exception
+# classes per session, so `pytest.raises(sm.exceptions.X)` only catches what a client of the
+# same session raised. Sessions are not thread-safe, hence the lock around client creation.
+_SESSION_LOCK = threading.Lock()
+_SESSION: boto3.Session | None = None
+
+
+def _session() -> boto3.Session:
+    global _SESSION
+    if _SESSION is None:
+        # mlfleet's own service model, as a user's boto3 finds it through AWS_DATA_PATH.
+        _SESSION = boto3.Session(botocore_session=with_mlfleet_models(botocore.session.Session()))
+    return _SESSION
+
 
 PG_URL = os.environ.get("MLFLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -117,17 +133,16 @@ class Daemon:
 
     def client(self, service: str = "sagemaker", **kwargs: Any):  # type: ignore[no-untyped-def]
         key, secret = self.credentials
-        # mlfleet's own service model, as a user's boto3 finds it through AWS_DATA_PATH.
-        session = boto3.Session(botocore_session=with_mlfleet_models(botocore.session.Session()))
-        return session.client(
-            service,
-            endpoint_url=self.url,
-            region_name="us-east-1",
-            aws_access_key_id=kwargs.pop("key", key),
-            aws_secret_access_key=kwargs.pop("secret", secret),
-            verify=kwargs.pop("verify", self.verify),
-            **kwargs,
-        )
+        with _SESSION_LOCK:
+            return _session().client(
+                service,
+                endpoint_url=self.url,
+                region_name="us-east-1",
+                aws_access_key_id=kwargs.pop("key", key),
+                aws_secret_access_key=kwargs.pop("secret", secret),
+                verify=kwargs.pop("verify", self.verify),
+                **kwargs,
+            )
 
     def cli_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
