@@ -3,8 +3,6 @@ boto3 (the ``mlfleet`` service model), the mlfleet CLI and the MLflow client."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +18,6 @@ from support.iam import new_user
 from support.waiting import wait_for
 
 READ_ONLY = "arn:aws:iam::aws:policy/MlfleetReadOnlyAccess"
-
-
-def mlfleet(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlfleet", *args, "--data-dir", str(daemon.data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def new_server(daemon: Daemon, folder: Path) -> dict[str, Any]:
@@ -97,7 +85,7 @@ def test_a_restored_server_has_every_run_artifact_and_model_of_the_backup(
     assert [b["BackupId"] for b in listed] == [started["BackupId"]]
 
     copy = unique("restored")
-    answer = mlfleet(daemon, "restore", started["BackupId"], "--to", copy)
+    answer = daemon.mlfleet("restore", started["BackupId"], "--to", copy)
     assert answer.returncode == 0, answer.stderr
     assert f"artifacts restored: {backup['ArtifactCount']}" in answer.stdout
 
@@ -125,7 +113,7 @@ def test_a_restore_reports_the_artifacts_the_backup_lacks(
         (tmp_path / name).write_text(text)
         client.log_artifact(run, str(tmp_path / name))
 
-    taken = mlfleet(daemon, "backup", server["TrackingServerName"])
+    taken = daemon.mlfleet("backup", server["TrackingServerName"])
     assert taken.returncode == 0, taken.stderr
     backup_id = taken.stdout.split()[0]
     assert "Completed" in taken.stdout
@@ -135,7 +123,7 @@ def test_a_restore_reports_the_artifacts_the_backup_lacks(
     damaged.write_bytes(b"tampered")
 
     copy = unique("partial")
-    answer = mlfleet(daemon, "restore", backup_id, "--to", copy)
+    answer = daemon.mlfleet("restore", backup_id, "--to", copy)
     assert answer.returncode == 2, answer.stdout + answer.stderr
     assert "missing from the backup (1)" in answer.stderr
     assert "lost.txt" in answer.stderr and "kept.txt" not in answer.stderr
@@ -187,7 +175,7 @@ def test_maintenance_backs_up_compacts_and_serves_again_with_its_events(
     client.log_batch(run, metrics=[Metric("m", float(i), 0, i) for i in range(500)])
     client.delete_run(client.create_run(experiment).info.run_id)
 
-    answer = mlfleet(daemon, "maintenance", name)
+    answer = daemon.mlfleet("maintenance", name)
     assert answer.returncode == 0, answer.stdout + answer.stderr
     assert "MaintenanceComplete" in answer.stdout
 

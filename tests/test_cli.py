@@ -12,16 +12,6 @@ from support.aws import aws
 from support.daemon import Daemon
 
 
-def mlfleet(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlfleet", *args, "--data-dir", str(daemon.data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-
 def test_aws_cli_every_operation(daemon: Daemon, tmp_path: Path) -> None:
     created = json.loads(
         aws(
@@ -92,38 +82,38 @@ def test_aws_cli_errors(daemon: Daemon) -> None:
 
 
 def test_mlfleet_cli(daemon: Daemon, tmp_path: Path) -> None:
-    made = mlfleet(daemon, "create", "by-hand", "--artifact-store-uri", f"file://{tmp_path}/a")
+    made = daemon.mlfleet("create", "by-hand", "--artifact-store-uri", f"file://{tmp_path}/a")
     assert made.returncode == 0, made.stderr
     assert "Created" in made.stdout and "/mlflow/by-hand" in made.stdout
 
-    listed = mlfleet(daemon, "list")
+    listed = daemon.mlfleet("list")
     assert listed.returncode == 0 and "by-hand" in listed.stdout
-    described = mlfleet(daemon, "describe", "by-hand")
+    described = daemon.mlfleet("describe", "by-hand")
     assert "TrackingServerStatus" in described.stdout and "Created" in described.stdout
-    link = mlfleet(daemon, "ui", "by-hand")
+    link = daemon.mlfleet("ui", "by-hand")
     assert "/mlflow/by-hand/auth?authToken=" in link.stdout
 
-    stopped = mlfleet(daemon, "stop", "by-hand")
+    stopped = daemon.mlfleet("stop", "by-hand")
     assert stopped.returncode == 0 and "Stopped" in stopped.stdout
-    again = mlfleet(daemon, "stop", "by-hand")
+    again = daemon.mlfleet("stop", "by-hand")
     assert again.returncode == 1
     assert "ValidationException" in again.stderr and "STOPPED" in again.stderr
-    started = mlfleet(daemon, "start", "by-hand")
+    started = daemon.mlfleet("start", "by-hand")
     assert started.returncode == 0 and "Started" in started.stdout
-    deleted = mlfleet(daemon, "delete", "by-hand", "--yes")
+    deleted = daemon.mlfleet("delete", "by-hand", "--yes")
     assert deleted.returncode == 0 and "deleted" in deleted.stdout
 
-    ghost = mlfleet(daemon, "describe", "ghost")
+    ghost = daemon.mlfleet("describe", "ghost")
     assert ghost.returncode == 1 and "ResourceNotFound" in ghost.stderr
     assert "Traceback" not in ghost.stderr
 
 
 def test_mlfleet_cli_shows_failure_reason(daemon: Daemon) -> None:
-    failed = mlfleet(daemon, "create", "no-bucket", "--artifact-store-uri", "s3://missing-bucket/x")
+    failed = daemon.mlfleet("create", "no-bucket", "--artifact-store-uri", "s3://missing-bucket/x")
     assert failed.returncode == 1
     assert "CreateFailed" in failed.stderr
     assert "missing-bucket" in failed.stderr
-    mlfleet(daemon, "delete", "no-bucket", "--yes")
+    daemon.mlfleet("delete", "no-bucket", "--yes")
 
 
 def test_unreachable_daemon_is_explained(tmp_path: Path) -> None:

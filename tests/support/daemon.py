@@ -144,6 +144,16 @@ class Daemon:
                 **kwargs,
             )
 
+    def mlfleet(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """The mlfleet CLI, run against this daemon."""
+        return subprocess.run(
+            [sys.executable, "-m", "mlfleet", *args, "--data-dir", str(self.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def cli_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env["AWS_CONFIG_FILE"] = str(self.data_dir / "config")

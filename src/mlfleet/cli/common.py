@@ -99,7 +99,8 @@ def service_client(
     session, endpoint = daemon_session(data_dir, endpoint_url, region)
     client = session.client(service, endpoint_url=endpoint)
     if service == "sagemaker":
-        # mlfleet's extensions (FailureReason, RestoreReport), which boto3's parser drops: kept
+        # mlfleet's extensions (FailureReason, StatusMessage, RestoreReport), which boto3's
+        # parser drops: kept
         # from the body.
         client.meta.events.register(
             "after-call.sagemaker.DescribeMlflowTrackingServer", _keep_extras
@@ -112,7 +113,7 @@ def _keep_extras(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
         raw = json.loads(http_response.content or b"{}")
     except ValueError:
         return
-    for extension in ("FailureReason", "RestoreReport"):
+    for extension in ("FailureReason", "StatusMessage", "RestoreReport"):
         if extension in raw:
             parsed[extension] = raw[extension]
 
@@ -161,9 +162,11 @@ def follow(client: BaseClient, name: str, gone_ok: bool = False) -> None:
                     return
                 raise
             status = desc["TrackingServerStatus"]
-            if status != last:
-                spinner.update(f"{name}: {status}")
-                last = status
+            # "Creating: installing MLflow 2.22.5 …" while its release is installed.
+            shown = ": ".join(filter(None, (status, desc.get("StatusMessage"))))
+            if shown != last:
+                spinner.update(f"{name}: {shown}")
+                last = shown
             if status not in TRANSITIONAL:
                 break
             time.sleep(0.5)

@@ -160,6 +160,13 @@ def create(
         ),
     ],
     size: Annotated[str, typer.Option(help="Small, Medium or Large.")] = "Small",
+    mlflow_version: Annotated[
+        str | None,
+        typer.Option(
+            help="An MLflow release (3.17.2) or line (3.16, 2.22, 3: its newest release), "
+            "2.10 or later; default: the one installed beside mlfleet."
+        ),
+    ] = None,
     role_arn: Annotated[
         str | None, typer.Option(help="Role the server acts as (default: arn:…:role/mlfleet).")
     ] = None,
@@ -183,6 +190,8 @@ def create(
     }
     if weekly_maintenance_window_start:
         params["WeeklyMaintenanceWindowStart"] = weekly_maintenance_window_start
+    if mlflow_version:
+        params["MlflowVersion"] = mlflow_version
     if tag:
         params["Tags"] = [dict(zip(("Key", "Value"), t.split("=", 1), strict=False)) for t in tag]
     arn = call(client, "create_mlflow_tracking_server", **params)["TrackingServerArn"]

@@ -85,6 +85,8 @@ from mlfleet.s3.objects import STALE_UPLOAD_SECONDS, Objects, uploads_folder
 from mlfleet.settings import Settings
 from mlfleet.state.db import open_database
 from mlfleet.state.models import TrackingServer
+from mlfleet.versions.environments import Environments
+from mlfleet.versions.releases import Releases
 
 log = logging.getLogger("mlfleet")
 
@@ -205,14 +207,21 @@ def build_daemon(settings: Settings) -> Daemon:
     runtime.on_channel = handover.listen
     # Raises ValueError for a root that would expose the data dir: the daemon must not start.
     stores = ArtifactRoots.of(settings)
-    lifecycle = Lifecycle(settings, runtime.is_serving, publish=bus.publish)
+    environments = Environments(
+        settings.data_dir / "mlflow-versions",
+        Releases(mlflow_version, local=lambda: environments.built()),
+    )
+    lifecycle = Lifecycle(
+        settings, runtime.is_serving, publish=bus.publish, progress=environments.progress
+    )
     egress = WorkerEgress(sandbox.run_dir / "egress" / "proxy.sock", box)
-    databases = MetadataDatabases(settings, mlflow_version, box)
+    databases = MetadataDatabases(settings, mlflow_version, environments.python, box)
     reconciler = Reconciler(
         settings,
         sessions,
         runtime,
         databases,
+        environments,
         stores,
         lifecycle,
         on_serving=registry_sync.catch_up,
@@ -227,7 +236,7 @@ def build_daemon(settings: Settings) -> Daemon:
     fleet = FleetService(
         settings,
         sessions,
-        mlflow_version,
+        environments.releases,
         stores,
         lifecycle,
         kick=reconciler.kick,

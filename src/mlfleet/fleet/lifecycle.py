@@ -23,17 +23,26 @@ class Description(shapes.DescribeMlflowTrackingServerResponse, total=False):
     """DescribeMlflowTrackingServer's answer, which is also the lifecycle event's detail."""
 
     # mlfleet extensions (ignored by boto3, shown by `mlfleet describe`): why the last
-    # operation failed; for a server restored from a backup, what the restore found.
+    # operation failed; what is being done now (installing its MLflow release); for a server
+    # restored from a backup, what the restore found.
     FailureReason: str | None
+    StatusMessage: str
     RestoreReport: dict[str, object]
 
 
 class Lifecycle:
     def __init__(
-        self, settings: Settings, is_serving: Callable[[str], bool], publish: Publish
+        self,
+        settings: Settings,
+        is_serving: Callable[[str], bool],
+        publish: Publish,
+        progress: Callable[[str], str | None],
     ) -> None:
         self._settings = settings
         self._is_serving = is_serving
+        # What is being done for an MLflow release (versions.environments), said while the
+        # server waits for it.
+        self._progress = progress
         # Status changes are events, stored in the transaction that makes the change.
         self._publish = publish
 
@@ -67,8 +76,14 @@ class Lifecycle:
             "S3BucketOwnerAccountId": row.s3_bucket_owner_account_id,  # type: ignore[typeddict-item]
             "S3BucketOwnerVerification": row.s3_bucket_owner_verification,
             "FailureReason": row.failure_reason,
+            **({"StatusMessage": message} if (message := self._status_message(row)) else {}),
             **({"RestoreReport": row.restore_report} if row.restore_report else {}),
         }
+
+    def _status_message(self, row: TrackingServer) -> str | None:
+        if row.status not in ("Creating", "Starting", "Updating"):
+            return None
+        return self._progress(row.mlflow_version)
 
     def announce(self, session: Session, row: TrackingServer, status: str | None = None) -> None:
         """Publish the server's status (or `status`) as its lifecycle event, in `session`."""

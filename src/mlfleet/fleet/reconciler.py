@@ -34,6 +34,7 @@ from mlfleet.runtime.sandbox import View
 from mlfleet.settings import Settings
 from mlfleet.state.db import database_unavailable, driver_message
 from mlfleet.state.models import TrackingServer
+from mlfleet.versions.environments import Environments, InstallError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Reconciler:
         sessions: sessionmaker[Session],
         runtime: LocalRuntime,
         databases: MetadataDatabases,
+        environments: Environments,
         stores: ArtifactRoots,
         lifecycle: Lifecycle,
         on_serving: Callable[[TrackingServer], None],
@@ -107,6 +109,7 @@ class Reconciler:
         self._sessions = sessions
         self._runtime = runtime
         self._databases = databases
+        self._environments = environments
         self._stores = stores
         self._lifecycle = lifecycle
         # Told each time a server is (again) serving: work that needs its MLflow (catching up
@@ -251,9 +254,13 @@ class Reconciler:
             env=env,
             view=View(
                 writable=tuple(writable),
-                readable=(self._egress.socket_path.parent,),
+                readable=(
+                    self._egress.socket_path.parent,
+                    *self._environments.software(row.mlflow_version),
+                ),
                 network=network,
             ),
+            python=self._environments.python(row.mlflow_version),
         )
 
     def _load(self, server_id: str) -> TrackingServer | None:
@@ -322,7 +329,9 @@ class Reconciler:
                 await self._databases.drop(row.metadata_db_uri)
             with self._sessions.begin() as session:
                 self._lifecycle.forget(session, server_id)
+                in_use = set(session.scalars(select(TrackingServer.mlflow_version).distinct()))
             log.info("tracking server %s deleted", row.name)
+            await asyncio.to_thread(self._environments.remove_unused, in_use)
             return
         if row.desired_state == "Stopped":
             await self._runtime.stop(server_id)
@@ -370,13 +379,15 @@ class Reconciler:
                     f"({self._stores.describe()}): update ArtifactStoreUri to a folder "
                     "inside one of them, or ask the operator for a root that holds it"
                 )
+            # Built on first use, and again if its folder went missing since.
+            await self._environments.ensure(row.mlflow_version)
             if not row.metadata_db_uri:
                 await self._check_artifact_store(row.artifact_store_uri)
                 if row.restored_from:
                     row.metadata_db_uri = await self._restore(row)
                 else:
                     row.metadata_db_uri = await self._databases.create(
-                        row.id, round(row.created_at * 1000)
+                        row.id, round(row.created_at * 1000), row.mlflow_version
                     )
                 with self._sessions.begin() as session:
                     session.execute(
@@ -388,7 +399,7 @@ class Reconciler:
                 await self._check_artifact_store(row.artifact_store_uri)
             await self._databases.ready_for_workers(row.metadata_db_uri)
             await self._runtime.start(row.id, self.spec_for(row))
-        except (StartError, ProvisioningError, ArtifactStoreError, OSError) as exc:
+        except (StartError, ProvisioningError, ArtifactStoreError, InstallError, OSError) as exc:
             if row.status in SERVING:
                 # A server that should be running could not be brought back (e.g. after a
                 # daemon restart): keep its status, say why, and try again later.

@@ -142,6 +142,8 @@ def sagemaker_endpoint(
                 "S3Uri": lambda value: local_folder(value) is not None,
                 # CreateModel's ModelDataUrl may name an MLflow model (mlfleet.deploy).
                 "Url": lambda value: value.startswith("models:/"),
+                # A major line alone ("3") names its newest release (versions.releases).
+                "MlflowVersion": lambda value: value.isdigit(),
             },
         ),
         service_name="sagemaker",

@@ -25,6 +25,7 @@ from mlfleet.protocol.errors import ResourceNotFound, ValidationException
 from mlfleet.protocol.shapes import sagemaker as shapes
 from mlfleet.settings import Settings
 from mlfleet.state.models import PresignedToken, TrackingServer
+from mlfleet.versions.releases import Releases, VersionError
 
 # Statuses from which each operation may start (the API model names the statuses, SageMaker's
 # error messages show which ones refuse; the rest is mlfleet's choice, documented in README).
@@ -65,7 +66,7 @@ class FleetService:
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
-        mlflow_version: str,
+        releases: Releases,
         stores: ArtifactRoots,
         lifecycle: Lifecycle,
         kick: Callable[[str], None],
@@ -75,7 +76,7 @@ class FleetService:
         self._sessions = sessions
         self.stores = stores
         self._lifecycle = lifecycle
-        self._mlflow_version = mlflow_version
+        self._releases = releases
         self._kick = kick
         # Whoever caches a server's record (the gateway authorizes on its tags and registers
         # models by its settings) must hear of changes.
@@ -118,15 +119,10 @@ class FleetService:
         self._lifecycle.announce(session, row)
 
     def _check_version(self, requested: str | None) -> str:
-        installed = self._mlflow_version
-        if requested in (None, "", installed):
-            return installed
-        major_minor = ".".join(installed.split(".")[:2])
-        if requested == major_minor:
-            return installed
-        raise ValidationException(
-            f"MlflowVersion {requested} is not available: this mlfleet serves MLflow {installed}."
-        )
+        try:
+            return self._releases.resolve(requested)
+        except VersionError as exc:
+            raise ValidationException(str(exc)) from None
 
     # operations ----------------------------------------------------------------------------
 

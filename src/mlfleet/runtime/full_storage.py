@@ -49,7 +49,7 @@ def _database_error(context: ExceptionContext) -> None:
         raise StorageFull from context.original_exception
 
 
-def answer_full_storage(flask_app: Any, fastapi_app: Any) -> None:
+def answer_full_storage(flask_app: Any, fastapi_app: Any | None) -> None:
     """Answer writes that fail for lack of space with 507, in each of MLflow's apps."""
     # Every engine of the process: MLflow's tracking and registry stores each have their own.
     event.listen(Engine, "handle_error", _database_error)
@@ -75,4 +75,5 @@ def answer_full_storage(flask_app: Any, fastapi_app: Any) -> None:
         )
 
     flask_app.register_error_handler(OSError, flask_answer)
-    fastapi_app.add_exception_handler(OSError, fastapi_answer)
+    if fastapi_app is not None:
+        fastapi_app.add_exception_handler(OSError, fastapi_answer)

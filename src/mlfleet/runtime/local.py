@@ -47,8 +47,11 @@ class ServerSpec:
     workers: int
     log_dir: Path
     env: dict[str, str] = field(default_factory=dict)
-    # What the workers see besides the software (their database's and artifacts' folders).
+    # What the workers see besides the software (their database's and artifacts' folders,
+    # their MLflow release's environment).
     view: View = field(default_factory=View)
+    # The interpreter of the server's MLflow release (versions.environments).
+    python: str = sys.executable
 
 
 class StartError(Exception):
@@ -318,7 +321,7 @@ class Worker(SupervisedProcess):
     def command(self) -> list[str]:
         assert self._their_end is not None
         return [
-            sys.executable,
+            self.spec.python,
             "-m",
             "mlfleet.runtime.mlflow_worker",
             "--socket",

@@ -1,10 +1,10 @@
 """Each tracking server's own MLflow metadata database: created from a template, dropped on delete.
 
 MLflow's migrations take seconds; copying a migrated template (a file for SQLite,
-``CREATE DATABASE ... TEMPLATE`` for PostgreSQL) takes milliseconds. The SQLite template itself
-comes from a shipped dump of those migrations when one matches the installed MLflow
-(runtime.mlflow_schema). A copy's Default experiment is dated at its server's creation, not at
-the template's.
+``CREATE DATABASE ... TEMPLATE`` for PostgreSQL) takes milliseconds. There is one template per
+MLflow release, built by that release; the installed MLflow's SQLite template comes from a
+shipped dump of its migrations (runtime.mlflow_schema). A copy's Default experiment is dated at
+its server's creation, not at the template's.
 
 On PostgreSQL, a server's workers log in as a role of their own, named as its database, that can
 open that database only: PostgreSQL lets every role (PUBLIC) connect to a new database, so that
@@ -132,9 +132,18 @@ def scram_verifier(password: str) -> str:
 
 
 class MetadataDatabases:
-    def __init__(self, settings: Settings, mlflow_version: str, secrets: SecretBox) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        installed: str,
+        python_for: Callable[[str], str],
+        secrets: SecretBox,
+    ) -> None:
+        """``installed``: the MLflow release beside mlfleet; ``python_for``, a release's
+        interpreter (versions.environments), which runs its migrations."""
         self._settings = settings
-        self._version = mlflow_version
+        self._installed = installed
+        self._python_for = python_for
         self._secrets = secrets
         self._template_lock = asyncio.Lock()
 
@@ -178,20 +187,23 @@ class MetadataDatabases:
             ) from exc
 
     async def prepare(self) -> None:
-        """Build this MLflow version's template now, so that the first create need not."""
+        """Build the installed MLflow's template now, so that the first create need not."""
+        version = self._installed
         if self._settings.uses_postgres:
-            await asyncio.to_thread(self._pg_locked, self._ensure_pg_template)
+            await asyncio.to_thread(
+                self._pg_locked, lambda conn: self._ensure_pg_template(conn, version)
+            )
         else:
-            await self._sqlite_template_ready()
+            await self._sqlite_template_ready(version)
 
-    async def create(self, server_id: str, created_ms: int) -> str:
-        """The server's database, copied from the template; ``created_ms`` is the server's
-        creation time (ms since the epoch), which its Default experiment reports."""
+    async def create(self, server_id: str, created_ms: int, version: str) -> str:
+        """The server's database, copied from ``version``'s template; ``created_ms`` is the
+        server's creation time (ms since the epoch), which its Default experiment reports."""
         uri = self.uri_for(server_id)
         if self._settings.uses_postgres:
-            await asyncio.to_thread(self._create_postgres_sync, uri, created_ms)
+            await asyncio.to_thread(self._create_postgres_sync, uri, created_ms, version)
         else:
-            await self._create_sqlite(uri, created_ms)
+            await self._create_sqlite(uri, created_ms, version)
         return uri
 
     async def drop(self, uri: str) -> None:
@@ -231,21 +243,23 @@ class MetadataDatabases:
 
     # SQLite ---------------------------------------------------------------------------------
 
-    def _sqlite_template(self) -> Path:
-        return self._settings.data_dir / "templates" / f"mlflow-{self._version}.db"
+    def _sqlite_template(self, version: str) -> Path:
+        return self._settings.data_dir / "templates" / f"mlflow-{version}.db"
 
-    async def _sqlite_template_ready(self) -> Path:
-        template = self._sqlite_template()
+    async def _sqlite_template_ready(self, version: str) -> Path:
+        template = self._sqlite_template(version)
         async with self._template_lock:
             if not template.exists():
                 template.parent.mkdir(parents=True, exist_ok=True)
                 building = template.with_suffix(".building")
                 building.unlink(missing_ok=True)
-                dump = sqlite_dump_path(self._version)
+                dump = sqlite_dump_path(version)
                 if dump.exists():
                     await asyncio.to_thread(load_sqlite_dump, dump, building)
                 else:
-                    await asyncio.to_thread(migrate, f"sqlite:///{building}")
+                    await asyncio.to_thread(
+                        migrate, f"sqlite:///{building}", self._python_for(version)
+                    )
                 # WAL lets the gateway's readers and writers overlap; the mode is stored in
                 # the file, so every copy inherits it.
                 with sqlite3.connect(building) as conn:
@@ -254,8 +268,8 @@ class MetadataDatabases:
                 os.replace(building, template)
         return template
 
-    async def _create_sqlite(self, uri: str, created_ms: int) -> None:
-        template = await self._sqlite_template_ready()
+    async def _create_sqlite(self, uri: str, created_ms: int, version: str) -> None:
+        template = await self._sqlite_template_ready(version)
         target = Path(make_url(uri).database or "")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
@@ -291,22 +305,23 @@ class MetadataDatabases:
     def _role_password(self, role: str) -> str:
         return self._secrets.derive(f"postgres-role:{role}").hex()
 
-    def _ensure_pg_template(self, conn: Connection) -> str:
-        """The template database's name, built first if missing (under the template lock)."""
-        template = TEMPLATE_PREFIX + self._version.replace(".", "_")
+    def _ensure_pg_template(self, conn: Connection, version: str) -> str:
+        """``version``'s template database's name, built first if missing (under the template
+        lock)."""
+        template = TEMPLATE_PREFIX + version.replace(".", "_")
         if not _pg_exists(conn, template):
             building = f"{template}_building"
             conn.execute(text(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)'))
             _create_closed(conn, building, "template0")
-            migrate(self._pg_url(building))
+            migrate(self._pg_url(building), self._python_for(version))
             conn.execute(text(f'ALTER DATABASE "{building}" RENAME TO "{template}"'))
         return template
 
-    def _create_postgres_sync(self, uri: str, created_ms: int) -> None:
+    def _create_postgres_sync(self, uri: str, created_ms: int, version: str) -> None:
         name = make_url(uri).database or ""
 
         def work(conn: Connection) -> None:
-            template = self._ensure_pg_template(conn)
+            template = self._ensure_pg_template(conn, version)
             if _pg_exists(conn, name):
                 _close_to_public(conn, name)  # left half-made by a crash, perhaps
             else:

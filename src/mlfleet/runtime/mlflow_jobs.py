@@ -15,6 +15,9 @@ Only MLflow's own job functions run. Scorers defined by code (``@scorer``) stay 
 MLflow itself (``MLFLOW_SERVER_ENABLE_CUSTOM_SCORERS`` off): their code would run beside the
 database where the worker keeps the data events the daemon has not had yet.
 
+Releases before MLflow's executor engine (every 2.x, the early 3.x) have no server-side jobs:
+``available`` says so, and their workers run none.
+
 A judge that names an AI-gateway endpoint (``gateway:/name``) calls the server's gateway over
 HTTP at ``MLFLOW_GATEWAY_URI``; the worker's egress forwarder serves that host from the
 worker's own socket (runtime.egress_forwarder).
@@ -22,6 +25,7 @@ worker's own socket (runtime.egress_forwarder).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -37,6 +41,14 @@ ONLINE_SCORING_SECONDS = 60.0
 CLAIM_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
+
+
+def available() -> bool:
+    """Whether the installed MLflow runs jobs with the executor engine."""
+    try:
+        return importlib.util.find_spec("mlflow.server.jobs._executor_runner") is not None
+    except ModuleNotFoundError:  # no mlflow.server.jobs at all
+        return False
 
 
 def configure(own_gateway: bool) -> None:

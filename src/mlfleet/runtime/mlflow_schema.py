@@ -4,7 +4,8 @@ Running MLflow's Alembic migrations costs seconds (importing MLflow is most of i
 fresh data dir pays that before its first tracking server can exist. For the MLflow version
 mlfleet pins, the package ships the SQLite result of those migrations as SQL text
 (``mlflow_schemas/mlflow-<version>.sqlite.sql``), which loads in milliseconds. Any other
-version falls back to the migrations. Regenerate the dump after changing the pin:
+version falls back to the migrations, run by that version's interpreter. Regenerate the dump
+after changing the pin:
 
     python -m mlfleet.runtime.mlflow_schema --write-sqlite-dump
 
@@ -40,10 +41,11 @@ def sqlite_dump_path(mlflow_version: str) -> Path:
     return DUMPS / f"mlflow-{mlflow_version}.sqlite.sql"
 
 
-def migrate(uri: str) -> None:
-    """MLflow's migrations on ``uri``, in a child process."""
+def migrate(uri: str, python: str = sys.executable) -> None:
+    """MLflow's migrations on ``uri``, in a child process of ``python`` (the MLflow release's
+    interpreter: versions.environments)."""
     done = subprocess.run(
-        [sys.executable, "-m", MODULE, uri],
+        [python, "-m", MODULE, uri],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         check=False,

@@ -12,7 +12,8 @@ middleware: host validation, CORS, security headers, workspace context. The Flas
 the same checks itself when it runs as a server (MLflow's gunicorn and waitress modes), so the
 chain only repeats them, at a cost the README's "How it is built" quotes. ``FlaskRoutesDirect``
 hands Flask's requests
-straight to Flask and leaves the native routes to the FastAPI app. Both answer a write that
+straight to Flask and leaves the native routes to the FastAPI app; MLflow 2.x has only the
+Flask app, which then serves everything. Both answer a write that
 fails for lack of space with 507 (runtime.full_storage); a call that meets the database away
 for a moment is a 503 with Retry-After (runtime.database_outage).
 """
@@ -22,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import importlib
+import importlib.util
 import os
 import uuid
 from typing import TYPE_CHECKING, Any, cast
@@ -38,16 +41,19 @@ BACKEND_STORE_ENV = "MLFLEET_BACKEND_STORE_URI"
 
 
 class FlaskRoutesDirect:
-    """MLflow's ASGI app, with the requests only its Flask app serves sent straight to Flask."""
+    """MLflow's ASGI app, with the requests only its Flask app serves sent straight to Flask
+    (all of them when there is no ASGI app: MLflow 2.x)."""
 
-    def __init__(self, fastapi_app: Any, flask_app: Any) -> None:
+    def __init__(self, fastapi_app: Any | None, flask_app: Any) -> None:
         from a2wsgi import WSGIMiddleware
 
-        self._fastapi_app: ASGIApp = fastapi_app
         self.flask_app = flask_app
         # An ASGI app: a2wsgi types its scope and messages as TypedDicts, Starlette as mappings.
         self._flask_app = cast(ASGIApp, WSGIMiddleware(flask_app))
-        native_routes = [r for r in fastapi_app.routes if not isinstance(r, Mount)]
+        self._fastapi_app: ASGIApp = fastapi_app or self._flask_app
+        native_routes = (
+            [r for r in fastapi_app.routes if not isinstance(r, Mount)] if fastapi_app else []
+        )
 
         # Remembered per path: matching walks every native route, and a training loop sends
         # the same few paths over and over.
@@ -68,10 +74,13 @@ class FlaskRoutesDirect:
 
 def build_app() -> FlaskRoutesDirect:
     from mlflow.server import app as flask_app
-    from mlflow.server.fastapi_app import app as fastapi_app
 
     from mlfleet.runtime.database_outage import answer_database_outage
     from mlfleet.runtime.full_storage import answer_full_storage
+
+    fastapi_app = None
+    if importlib.util.find_spec("mlflow.server.fastapi_app") is not None:
+        from mlflow.server.fastapi_app import app as fastapi_app
 
     answer_full_storage(flask_app, fastapi_app)
     answer_database_outage(flask_app)
@@ -114,32 +123,36 @@ def main() -> None:
     # as a server: only then does its Flask app get MLflow's host validation, CORS refusal and
     # security headers. It looks for uvicorn among the loaded modules.
     import uvicorn
-    from mlflow.environment_variables import (
-        _MLFLOW_IN_JOB_EXECUTOR,
-        _MLFLOW_SERVER_BOOT_ID,
-        _MLFLOW_SGI_NAME,
-    )
-    from mlflow.server.constants import (
-        ARTIFACT_ROOT_ENV_VAR,
-        ARTIFACTS_DESTINATION_ENV_VAR,
-        BACKEND_STORE_URI_ENV_VAR,
-        REGISTRY_STORE_URI_ENV_VAR,
-        SERVE_ARTIFACTS_ENV_VAR,
+    from mlflow import environment_variables
+
+    # MLflow 2.x keeps these in mlflow.server itself.
+    constants = importlib.import_module(
+        "mlflow.server.constants"
+        if importlib.util.find_spec("mlflow.server.constants") is not None
+        else "mlflow.server"
     )
 
     os.environ.update(
         {
-            BACKEND_STORE_URI_ENV_VAR: os.environ[BACKEND_STORE_ENV],
-            REGISTRY_STORE_URI_ENV_VAR: os.environ[BACKEND_STORE_ENV],
-            ARTIFACT_ROOT_ENV_VAR: "mlflow-artifacts:/",
-            SERVE_ARTIFACTS_ENV_VAR: "true",
-            ARTIFACTS_DESTINATION_ENV_VAR: args.artifacts_destination,
-            _MLFLOW_SERVER_BOOT_ID.name: args.boot_id,
-            _MLFLOW_IN_JOB_EXECUTOR.name: "false",
-            _MLFLOW_SGI_NAME.name: "uvicorn",
+            constants.BACKEND_STORE_URI_ENV_VAR: os.environ[BACKEND_STORE_ENV],
+            constants.REGISTRY_STORE_URI_ENV_VAR: os.environ[BACKEND_STORE_ENV],
+            constants.ARTIFACT_ROOT_ENV_VAR: "mlflow-artifacts:/",
+            constants.SERVE_ARTIFACTS_ENV_VAR: "true",
+            constants.ARTIFACTS_DESTINATION_ENV_VAR: args.artifacts_destination,
         }
     )
-    mlflow_jobs.configure(own_gateway=forwarder is not None)
+    # What `mlflow server` tells its workers, as far as this release knows each setting.
+    for setting, value in (
+        ("_MLFLOW_SERVER_BOOT_ID", args.boot_id),
+        ("_MLFLOW_IN_JOB_EXECUTOR", "false"),
+        ("_MLFLOW_SGI_NAME", "uvicorn"),
+    ):
+        variable = getattr(environment_variables, setting, None)
+        if variable is not None:
+            os.environ[variable.name] = value
+    runs_jobs = args.run_jobs and mlflow_jobs.available()
+    if mlflow_jobs.available():
+        mlflow_jobs.configure(own_gateway=forwarder is not None)
 
     from mlfleet.mlflow_api.hardening import MAX_REQUEST_HEAD
 
@@ -156,7 +169,7 @@ def main() -> None:
     )
     server = uvicorn.Server(config)
 
-    jobs = mlflow_jobs.JobRunner() if args.run_jobs else None
+    jobs = mlflow_jobs.JobRunner() if runs_jobs else None
 
     async def serve() -> None:
         if forwarder is not None:
