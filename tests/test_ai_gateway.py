@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,18 +149,12 @@ def test_a_provider_key_is_stored_encrypted_and_never_shown(
         timeout=30,
     ).json()
     assert config == {"secrets_available": True, "using_default_passphrase": False}
-    database = gateway_daemon.data_dir / "servers" / server_id(gateway_daemon, server)
+    database = (
+        gateway_daemon.data_dir / "servers" / gateway_daemon.server_id(server["TrackingServerName"])
+    )
     files = [p for p in database.rglob("*.db*") if p.is_file()]
     assert files and all(key.encode() not in p.read_bytes() for p in files)
     assert key not in (gateway_daemon.data_dir / "mlfleet.log").read_text()
-
-
-def server_id(daemon: Daemon, server: dict[str, Any]) -> str:
-    with sqlite3.connect(daemon.data_dir / "mlfleet.db") as db:
-        row = db.execute(
-            "SELECT id FROM tracking_servers WHERE name = ?", (server["TrackingServerName"],)
-        ).fetchone()
-    return str(row[0])
 
 
 @pytest.mark.parametrize(
@@ -284,7 +277,7 @@ def test_no_server_passes_for_another_with_its_own_key(
         RoleArn=f"arn:aws:iam::{ACCOUNT}:role/mlfleet",
     )
     box = SecretBox.from_file(gateway_daemon.data_dir / "master.key")
-    own_key = egress_key(box, server_id(gateway_daemon, server))
+    own_key = egress_key(box, gateway_daemon.server_id(server["TrackingServerName"]))
     own = base64.b64encode(f"{server['TrackingServerName']}:{own_key}".encode()).decode()
     posing = base64.b64encode(f"{other}:{own_key}".encode()).decode()
     # The key works under its own server's name (the proxy then decides on the destination)...

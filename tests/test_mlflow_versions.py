@@ -5,14 +5,18 @@ fast lane, data events and sandbox. Needs the package index (PyPI): skipped when
 from __future__ import annotations
 
 import os
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 import requests
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 
+from mlfleet.cli.common import service_client
 from mlfleet.versions.releases import Catalog, fetch_catalog, resolve
 from support.audit import logged_metric
 from support.aws import ACCOUNT, unique
@@ -126,9 +130,87 @@ def test_a_2x_server_beside_a_3x_server(
         assert (root / str(environment).lstrip("/") / "bin").is_dir()
         assert sorted(p.name for p in (inside / "mlflow-versions").iterdir()) == [release]
 
-    sm.delete_mlflow_tracking_server(TrackingServerName=name)
-    # No other server runs that release: its environment goes with the last one.
-    wait_for(lambda: not environment.exists(), 60, what=f"removal of {environment}")
+    upgraded_in_place(daemon, desc, environment, tmp_path)
+
+
+def upgraded_in_place(
+    daemon: Daemon, desc: dict[str, Any], environment: Path, tmp_path: Path
+) -> None:
+    """The 2.x server moved to mlfleet's own 3.x release: first an upgrade that fails in
+    MLflow's migrations (a table one of them creates is already there), rolled back; then one
+    that works. Its data is all there after each."""
+    name, old = desc["TrackingServerName"], desc["MlflowVersion"]
+    new = mlflow.__version__
+    client = MlflowClient(desc["TrackingServerUrl"])
+    before = snapshot(client, tmp_path)
+    database = daemon.data_dir / "servers" / daemon.server_id(name) / "mlflow.db"
+    with closing(sqlite3.connect(database)) as planted:
+        planted.execute("CREATE TABLE webhooks (id INTEGER)")  # MLflow 3.x's migrations make it
+        planted.commit()
+
+    failed = daemon.mlfleet("update", name, "--mlflow-version", new)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    after_failure = daemon.client().describe_mlflow_tracking_server(TrackingServerName=name)
+    assert after_failure["TrackingServerStatus"] == "UpdateFailed"
+    assert after_failure["MlflowVersion"] == old
+    assert after_failure["IsActive"] == "Active", "serving again on its old release"
+    # mlfleet's extension of Describe, which boto3 drops and mlfleet's CLI keeps.
+    extended = service_client(daemon.data_dir, None).describe_mlflow_tracking_server(
+        TrackingServerName=name
+    )
+    reason = extended["FailureReason"]
+    assert f"back on MLflow {old}" in reason and "webhooks" in reason, reason
+    assert snapshot(client, tmp_path) == before
+
+    with closing(sqlite3.connect(database)) as planted:
+        planted.execute("DROP TABLE webhooks")
+        planted.commit()
+    upgraded = daemon.mlfleet("update", name, "--mlflow-version", new)
+    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    after = daemon.client().describe_mlflow_tracking_server(TrackingServerName=name)
+    assert (after["TrackingServerStatus"], after["MlflowVersion"]) == ("Updated", new)
+    key, secret = daemon.credentials
+    answered = requests.get(f"{after['TrackingServerUrl']}/version", auth=(key, secret), timeout=30)
+    assert answered.text == new
+    assert snapshot(client, tmp_path) == before
+    # One backup per attempt, taken before anything changed.
+    backups = daemon.client("mlfleet").list_tracking_server_backups(TrackingServerName=name)
+    assert len(backups["TrackingServerBackups"]) == 2
+    # No server runs the old release any more: its environment is gone.
+    assert not environment.exists()
+    # And the new release serves writes as well as reads.
+    assert use(after["TrackingServerUrl"], tmp_path, "after")["status"] == "FINISHED"
+    daemon.client().delete_mlflow_tracking_server(TrackingServerName=name)
+
+
+def snapshot(client: MlflowClient, scratch: Path) -> dict[str, Any]:
+    """Every experiment, run (params, metrics' histories, tags, artifacts) and model version."""
+
+    def artifacts(run_id: str) -> dict[str, str]:
+        # Downloaded, not listed: MLflow 3's client lists a run's artifacts through logged
+        # models, which a 2.x server does not have.
+        folder = Path(client.download_artifacts(run_id, "docs", str(scratch / unique("a"))))
+        return {p.name: p.read_text() for p in folder.iterdir()}
+
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments])
+    return {
+        "experiments": sorted(e.name for e in experiments),
+        "runs": {
+            r.info.run_id: (
+                r.data.params,
+                {
+                    k: [m.value for m in client.get_metric_history(r.info.run_id, k)]
+                    for k in r.data.metrics
+                },
+                {k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.")},
+                artifacts(r.info.run_id),
+                r.info.status,
+            )
+            for r in runs
+        },
+        "versions": sorted((v.name, v.version, v.run_id) for v in client.search_model_versions()),
+    }
 
 
 def test_versions_that_cannot_run_are_refused_at_create(

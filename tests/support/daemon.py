@@ -7,9 +7,11 @@ import configparser
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,13 @@ class Daemon:
                 verify=kwargs.pop("verify", self.verify),
                 **kwargs,
             )
+
+    def server_id(self, name: str) -> str:
+        """A tracking server's id (its folder under ``servers``), from the control plane's
+        database."""
+        with closing(sqlite3.connect(self.data_dir / "mlfleet.db")) as db:
+            row = db.execute("SELECT id FROM tracking_servers WHERE name = ?", (name,)).fetchone()
+        return str(row[0])
 
     def mlfleet(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """The mlfleet CLI, run against this daemon."""

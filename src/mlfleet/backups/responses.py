@@ -1,11 +1,11 @@
-"""mlfleet's own operations (backups, restores, maintenance) at ``POST /`` (AWS JSON 1.1, service
-``mlfleet``).
+"""mlfleet's own operations (backups, restores, maintenance, MLflow upgrades) at ``POST /``
+(AWS JSON 1.1, service ``mlfleet``).
 
 The service model is mlfleet's (``protocol/models/mlfleet``), in botocore's format, so boto3 and
 the AWS CLI call it as any AWS service once ``AWS_DATA_PATH`` names that folder. Each operation
-is authorized as ``mlfleet:<Operation>``: a backup is taken, and a maintenance started, on a
-tracking server's ARN; a backup is described and restored by its own ARN, and a restore hands
-the new server its role.
+is authorized as ``mlfleet:<Operation>``: a backup is taken, a maintenance started and an
+upgrade begun on a tracking server's ARN; a backup is described and restored by its own ARN,
+and a restore hands the new server its role.
 """
 
 from __future__ import annotations
@@ -79,6 +79,15 @@ def start_tracking_server_maintenance(
 ) -> shapes.StartTrackingServerMaintenanceResponse:
     return backups.start_maintenance(  # type: ignore[return-value]
         call.params["TrackingServerName"], call.principal
+    )
+
+
+@declare(Access.WRITE, OPERATORS, resource=_server)
+def update_tracking_server_mlflow_version(
+    backups: Backups, call: Call[shapes.UpdateTrackingServerMlflowVersionRequest]
+) -> shapes.UpdateTrackingServerMlflowVersionResponse:
+    return backups.update_mlflow_version(  # type: ignore[return-value]
+        call.params["TrackingServerName"], call.params["MlflowVersion"], call.principal
     )
 
 

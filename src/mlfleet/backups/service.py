@@ -113,6 +113,11 @@ class Backups:
     def start_maintenance(self, name: str, principal: Principal) -> dict[str, Any]:
         return {"TrackingServerArn": self._fleet.start_maintenance(name, principal)}
 
+    def update_mlflow_version(
+        self, name: str, version: str, principal: Principal
+    ) -> dict[str, Any]:
+        return {"TrackingServerArn": self._fleet.update_mlflow_version(name, version, principal)}
+
     def describe(self, backup_id: str) -> dict[str, Any]:
         with self._sessions() as session:
             return self._summary(self._backup(session, backup_id))

@@ -273,11 +273,19 @@ def update(
         typer.Option("--automatic-model-registration/--no-automatic-model-registration"),
     ] = None,
     weekly_maintenance_window_start: str | None = None,
+    mlflow_version: Annotated[
+        str | None,
+        typer.Option(
+            help="Move the server to this MLflow release or line in place (mlfleet's "
+            "UpdateTrackingServerMlflowVersion): backup, migration, probe; rolled back on "
+            "failure."
+        ),
+    ] = None,
     wait: Wait = True,
     data_dir: DataDir = None,
     endpoint_url: EndpointUrl = None,
 ) -> None:
-    """Change a tracking server's settings."""
+    """Change a tracking server's settings, or the MLflow release it runs."""
     client = service_client(data_dir, endpoint_url)
     params: dict[str, Any] = {"TrackingServerName": name}
     for key, value in (
@@ -288,9 +296,19 @@ def update(
     ):
         if value is not None:
             params[key] = value
-    call(client, "update_mlflow_tracking_server", **params)
-    if wait:
-        follow(client, name)
+    if mlflow_version is None or len(params) > 1:
+        call(client, "update_mlflow_tracking_server", **params)
+        if wait or mlflow_version:
+            follow(client, name)
+    if mlflow_version:
+        call(
+            service_client(data_dir, endpoint_url, "mlfleet"),
+            "update_tracking_server_mlflow_version",
+            TrackingServerName=name,
+            MlflowVersion=mlflow_version,
+        )
+        if wait:
+            follow(client, name)
 
 
 @app.command()

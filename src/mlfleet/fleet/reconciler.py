@@ -219,10 +219,11 @@ class Reconciler:
 
         self._retries[server_id] = loop.call_later(RETRY_SECONDS, fire)
 
-    def spec_for(self, row: TrackingServer) -> ServerSpec:
+    def spec_for(self, row: TrackingServer, version: str | None = None) -> ServerSpec:
         """The workers' command, environment and view: their database and artifacts only,
         the network only for a store that needs it (PostgreSQL, S3), the rest of the way out
-        through the egress proxy."""
+        through the egress proxy. ``version``: the MLflow release to run, if not the row's."""
+        version = version or row.mlflow_version
         # MLflow encrypts the AI gateway's secrets with a key made from this passphrase; its
         # default is the same for every MLflow installation.
         key_of = row.secrets_key_of or row.id
@@ -256,11 +257,11 @@ class Reconciler:
                 writable=tuple(writable),
                 readable=(
                     self._egress.socket_path.parent,
-                    *self._environments.software(row.mlflow_version),
+                    *self._environments.software(version),
                 ),
                 network=network,
             ),
-            python=self._environments.python(row.mlflow_version),
+            python=self._environments.python(version),
         )
 
     def _load(self, server_id: str) -> TrackingServer | None:
@@ -343,6 +344,9 @@ class Reconciler:
         if row.status == "MaintenanceInProgress":
             await self._maintain(row)
             return
+        if row.status == "Updating" and row.upgrading_to:
+            await self._upgrade(row, row.upgrading_to)
+            return
         await self._bring_up(row)
 
     async def _maintain(self, row: TrackingServer) -> None:
@@ -366,8 +370,66 @@ class Reconciler:
         self._settle(row, status, failure, maintenance_status=status)
         self._on_serving(row)
 
+    async def _upgrade(self, row: TrackingServer, target: str) -> None:
+        """Move a serving server to MLflow ``target`` (FleetService.update_mlflow_version):
+        install it, back up, stop, migrate the database with ``target``'s migrations, start on
+        ``target`` and read data back. On any failure after the stop the database is put back
+        and the server serves again on its old release (UpdateFailed, with the reason). Run
+        again from the start if the daemon stopped in the middle."""
+        old = row.mlflow_version
+        try:
+            await self._environments.ensure(target)
+            taken = await self._back_up(row)
+        except (InstallError, ProvisioningError, OSError) as exc:
+            # Nothing was touched: the server never stopped serving.
+            self._settle(
+                row,
+                "UpdateFailed",
+                f"upgrade to MLflow {target}: {exc}",
+                upgrading_to=None,
+                rolled_back_from=target,
+            )
+            return
+        uri = row.metadata_db_uri
+        await self._runtime.stop(row.id)
+        await self._record_left_over(self._databases.admin_uri(uri))
+        try:
+            await self._databases.keep_for_rollback(uri)
+            await self._databases.upgrade(uri, target)
+            self._runtime.sandbox.give_all(Path(make_url(uri).database or "").parent)
+            await self._databases.ready_for_workers(uri)
+            await self._runtime.start(row.id, self.spec_for(row, target))
+            read = await self._runtime.read_back(row.id)
+        except (StartError, ProvisioningError, OSError, sqlite3.Error) as exc:
+            failure = f"upgrade to MLflow {target} failed, back on MLflow {old}: {exc}"
+            log.warning("tracking server %s: %s", row.name, failure)
+            await self._runtime.stop(row.id)
+            try:
+                await self._databases.put_back(uri)
+                self._databases.forget_rollback(uri)
+                await self._databases.ready_for_workers(uri)
+                await self._runtime.start(row.id, self.spec_for(row))
+            except (StartError, ProvisioningError, OSError) as again:
+                failure += f"; restarting on MLflow {old}: {again}"
+                self._retry_later(row.id)
+            self._settle(row, "UpdateFailed", failure, upgrading_to=None, rolled_back_from=target)
+            self._on_serving(row)
+            return
+        self._databases.forget_rollback(uri)
+        log.info(
+            "tracking server %s: MLflow %s -> %s (%s; read %s)", row.name, old, target, taken, read
+        )
+        self._settle(row, "Updated", mlflow_version=target, upgrading_to=None)
+        with self._sessions() as session:
+            in_use = set(session.scalars(select(TrackingServer.mlflow_version).distinct()))
+        await asyncio.to_thread(self._environments.remove_unused, in_use)
+        self._on_serving(row)
+
     async def _bring_up(self, row: TrackingServer) -> None:
-        if row.status in ("CreateFailed", "StartFailed", "UpdateFailed"):
+        # A failed upgrade left the server serving on its old release: it keeps serving.
+        if row.status in ("CreateFailed", "StartFailed", "UpdateFailed") and not (
+            row.rolled_back_from
+        ):
             await self._runtime.stop(row.id)
             return
         done, failed = OUTCOMES.get(row.status, (row.status, row.status))
@@ -409,6 +471,6 @@ class Reconciler:
             else:
                 self._settle(row, failed, str(exc))
             return
-        if row.status != done or row.failure_reason:
+        if (row.status != done or row.failure_reason) and not row.rolled_back_from:
             self._settle(row, done)
         self._on_serving(row)

@@ -25,7 +25,7 @@ from mlfleet.protocol.errors import ResourceNotFound, ValidationException
 from mlfleet.protocol.shapes import sagemaker as shapes
 from mlfleet.settings import Settings
 from mlfleet.state.models import PresignedToken, TrackingServer
-from mlfleet.versions.releases import Releases, VersionError
+from mlfleet.versions.releases import Releases, VersionError, check_move
 
 # Statuses from which each operation may start (the API model names the statuses, SageMaker's
 # error messages show which ones refuse; the rest is mlfleet's choice, documented in README).
@@ -111,6 +111,7 @@ class FleetService:
     def _touch(self, row: TrackingServer, principal: Principal, status: str) -> None:
         row.status = status
         row.failure_reason = None
+        row.rolled_back_from = None
         row.generation += 1
         row.last_modified_at = time.time()
         row.last_modified_by = principal.user_context()
@@ -271,6 +272,29 @@ class FleetService:
             row.maintenance_status = "MaintenanceInProgress"
             row.last_maintenance_at = time.time()
             self._touch(row, principal, "MaintenanceInProgress")
+            server_id, arn = row.id, row.arn
+        self._kick(server_id)
+        return arn
+
+    def update_mlflow_version(self, name: str, requested: str, principal: Principal) -> str:
+        """Begin moving a serving server to another MLflow release (the reconciler's upgrade);
+        its ARN."""
+        version = self._check_version(requested)
+        with self._sessions.begin() as session:
+            row = self.server_named(session, name)
+            if row.status not in UPDATABLE:
+                raise ValidationException(self._status_forbids(row, "updated"))
+            try:
+                check_move(row.mlflow_version, version)
+            except VersionError as exc:
+                raise ValidationException(f"Cannot update {name}: {exc}") from None
+            if not row.metadata_db_uri.startswith("sqlite"):
+                raise ValidationException(
+                    f"Cannot update {name}: moving a server to another MLflow release is built "
+                    "for SQLite metadata databases only, not yet for PostgreSQL."
+                )
+            row.upgrading_to = version
+            self._touch(row, principal, "Updating")
             server_id, arn = row.id, row.arn
         self._kick(server_id)
         return arn

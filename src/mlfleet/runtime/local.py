@@ -21,6 +21,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
@@ -445,6 +447,40 @@ class LocalRuntime:
         except BaseException:
             self._servers.pop(server_id, None)
             raise
+
+    async def read_back(self, server_id: str) -> str:
+        """What a health probe after an MLflow upgrade reads from the server's first worker:
+        an experiment, a run and a model version, each where one exists (MLflow's REST API,
+        as its clients call it). Raises StartError with MLflow's answer when a read fails."""
+        procs = self._servers.get(server_id)
+        if procs is None or not procs.serving:
+            raise StartError("the server does not serve")
+        worker = procs.workers[0]
+
+        async def read(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+            method = "GET" if body is None else "POST"  # MLflow searches runs by POST only
+            async with self._session().request(method, worker.url(path), json=body) as answer:
+                if answer.status != 200:
+                    text = (await answer.text())[:300]
+                    raise StartError(f"{method} {path}: {answer.status} {text}")
+                found: dict[str, Any] = await answer.json()
+                return found
+
+        api = "/api/2.0/mlflow"
+        read_items = []
+        experiments = (await read(f"{api}/experiments/search?max_results=100"))["experiments"]
+        read_items.append(f"experiment {experiments[0]['experiment_id']}")
+        ids = [e["experiment_id"] for e in experiments]
+        runs = await read(f"{api}/runs/search", {"experiment_ids": ids, "max_results": 1})
+        for run in runs.get("runs", []):
+            await read(f"{api}/runs/get?run_id={run['info']['run_id']}")
+            read_items.append(f"run {run['info']['run_id']}")
+        versions = await read(f"{api}/model-versions/search?max_results=1")
+        for version in versions.get("model_versions", [])[:1]:
+            name, number = quote(version["name"], safe=""), version["version"]
+            await read(f"{api}/model-versions/get?name={name}&version={number}")
+            read_items.append(f"model version {version['name']}/{number}")
+        return ", ".join(read_items)
 
     async def stop(self, server_id: str) -> None:
         procs = self._servers.pop(server_id, None)

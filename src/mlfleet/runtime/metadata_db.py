@@ -45,6 +45,7 @@ from mlfleet.runtime.mlflow_schema import (
     migrate,
     sqlite_dump_path,
     stamp_default_experiment,
+    upgrade,
 )
 from mlfleet.runtime.stored_events import PENDING
 from mlfleet.settings import Settings
@@ -107,6 +108,14 @@ def _create_pending(uri: str) -> None:
         PENDING.create(engine, checkfirst=True)
     finally:
         engine.dispose()
+
+
+def _sqlite_copy(source: Path, target: Path) -> None:
+    """A consistent copy of ``source``, WAL included (SQLite's online backup)."""
+    partial = target.with_suffix(".copying")
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(partial)) as dst:
+        src.backup(dst)
+    os.replace(partial, target)
 
 
 def _maintain_sqlite(path: Path) -> str:
@@ -240,6 +249,34 @@ class MetadataDatabases:
             return "VACUUM ANALYZE"
 
         return await asyncio.to_thread(vacuum)
+
+    # MLflow upgrades (SQLite only, for now) --------------------------------------------------
+
+    @staticmethod
+    def _before_upgrade(uri: str) -> Path:
+        return Path(f"{make_url(uri).database}.before-upgrade")
+
+    async def keep_for_rollback(self, uri: str) -> None:
+        """A copy of a stopped server's database to go back to (put_back). A copy left by an
+        upgrade cut short is put back first: the database may be half migrated."""
+        kept = self._before_upgrade(uri)
+        if kept.exists():
+            await self.put_back(uri)
+        await asyncio.to_thread(_sqlite_copy, Path(make_url(uri).database or ""), kept)
+
+    async def put_back(self, uri: str) -> None:
+        """The database as keep_for_rollback found it."""
+        database = Path(make_url(uri).database or "")
+        for suffix in ("-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+        await asyncio.to_thread(shutil.copyfile, self._before_upgrade(uri), database)
+
+    def forget_rollback(self, uri: str) -> None:
+        self._before_upgrade(uri).unlink(missing_ok=True)
+
+    async def upgrade(self, uri: str, version: str) -> None:
+        """A stopped server's database migrated to ``version``'s schema, by ``version``."""
+        await asyncio.to_thread(upgrade, self.admin_uri(uri), self._python_for(version))
 
     # SQLite ---------------------------------------------------------------------------------
 

@@ -10,11 +10,13 @@ after changing the pin:
     python -m mlfleet.runtime.mlflow_schema --write-sqlite-dump
 
 Run with a database URI, this module migrates that database (the daemon does so in a child
-process, so that the daemon never imports MLflow).
+process, so that the daemon never imports MLflow); with ``--upgrade`` and a URI, it brings an
+existing database to the running MLflow's schema, as ``mlflow db upgrade`` does.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +33,9 @@ DUMPS = Path(__file__).with_name("mlflow_schemas")
 _STAMP_DEFAULT_EXPERIMENT = text(
     "UPDATE experiments SET creation_time = :ms, last_update_time = :ms WHERE experiment_id = 0"
 )
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): .*$", re.MULTILINE)
 
 
 class ProvisioningError(Exception):
@@ -53,6 +58,21 @@ def migrate(uri: str, python: str = sys.executable) -> None:
     if done.returncode != 0:
         tail = done.stdout.decode(errors="replace")[-2000:]
         raise ProvisioningError(f"creating the MLflow schema failed: {tail}")
+
+
+def upgrade(uri: str, python: str) -> None:
+    """``uri``'s schema brought to that of the MLflow ``python`` runs, by MLflow's migrations."""
+    done = subprocess.run(
+        [python, "-m", MODULE, "--upgrade", uri],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        # The traceback's exception line, without what SQLAlchemy adds after it (the statement,
+        # which may quote data, and a link).
+        raised = _EXCEPTION_LINE.findall(done.stdout.decode(errors="replace"))
+        raise ProvisioningError(f"MLflow's migrations failed: {raised[-1] if raised else '?'}")
 
 
 def load_sqlite_dump(dump: Path, database: Path) -> None:
@@ -97,13 +117,21 @@ def _run_migrations(uri: str) -> None:
     RegistryStore(uri)
 
 
+def _upgrade(uri: str) -> None:
+    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
+
+    _upgrade_db(create_sqlalchemy_engine_with_retry(uri))
+
+
 def main() -> None:
     if sys.argv[1:] == ["--write-sqlite-dump"]:
         print(write_sqlite_dump())
+    elif len(sys.argv) == 3 and sys.argv[1] == "--upgrade":
+        _upgrade(sys.argv[2])
     elif len(sys.argv) == 2:
         _run_migrations(sys.argv[1])
     else:
-        sys.exit(f"usage: python -m {MODULE} (DATABASE_URI | --write-sqlite-dump)")
+        sys.exit(f"usage: python -m {MODULE} (DATABASE_URI | --upgrade URI | --write-sqlite-dump)")
 
 
 if __name__ == "__main__":

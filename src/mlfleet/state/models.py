@@ -163,6 +163,11 @@ class TrackingServer(Base):
     # started.
     maintenance_status: Mapped[str | None] = mapped_column(String(32))
     last_maintenance_at: Mapped[float | None] = mapped_column(Float)
+    # While Updating to another MLflow release (fleet.reconciler): that release; mlflow_version
+    # stays the old one until the new one serves. After a failed move (UpdateFailed, serving
+    # again on mlflow_version): the release it failed to reach, until the next operation.
+    upgrading_to: Mapped[str | None] = mapped_column(String(16))
+    rolled_back_from: Mapped[str | None] = mapped_column(String(16))
 
 
 class TrackingServerBackup(Base):

@@ -100,6 +100,21 @@ def resolve(requested: str, known: Iterable[str]) -> str | None:
     return str(max(matching)) if matching else None
 
 
+def check_move(current: str, target: str) -> None:
+    """Raises VersionError unless a server on ``current`` can be moved to ``target``: MLflow's
+    migrations go forward only, so a server goes back only within its minor line (whose
+    releases share a schema)."""
+    if target == current:
+        raise VersionError(f"the server already runs MLflow {current}.")
+    now, then = Version(current), Version(target)
+    if then < now and then.release[:2] != now.release[:2]:
+        raise VersionError(
+            f"MLflow {target} is older than the server's MLflow {current}, and MLflow's "
+            f"migrations go forward only: a server goes back only within its minor line "
+            f"({now.major}.{now.minor})."
+        )
+
+
 def fetch_catalog() -> Catalog:
     request = urllib.request.Request(f"{index_url()}/mlflow/", headers={"Accept": SIMPLE_JSON})
     with urllib.request.urlopen(request, timeout=INDEX_TIMEOUT_SECONDS) as response:

@@ -66,3 +66,12 @@ class TrackingServerBackup(TypedDict, total=False):
     ArtifactBytes: int
     MetadataBytes: int
     FailureReason: str
+
+
+class UpdateTrackingServerMlflowVersionRequest(TypedDict, total=False):
+    TrackingServerName: Required[str]
+    MlflowVersion: Required[str]
+
+
+class UpdateTrackingServerMlflowVersionResponse(TypedDict, total=False):
+    TrackingServerArn: str
