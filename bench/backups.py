@@ -1,18 +1,22 @@
-"""Benchmark a backup and a restore of a tracking server with 10 k runs; write
-bench/results/backups-latest.{json,md}.
+"""Benchmark a backup, a restore and an in-place MLflow upgrade of a tracking server with
+10 k runs; write bench/results/backups-latest.{json,md}.
 
 Run: ``.venv/bin/python bench/backups.py [--quick] [--out bench/results] [--keep]``
 
-A Small server is filled through the MLflow client (HTTP Basic, through the gateway): ``runs``
+A Small server on MLflow ``OLD_RELEASE`` (created first: its environment is installed, timed)
+is filled through the MLflow client (HTTP Basic, through the gateway): ``runs``
 runs, each with 5 params and 20 metrics in one LogBatch, and ``artifacts`` files of 1 MiB of
 random bytes. Then ``CreateTrackingServerBackup`` is timed until Describe says Completed, and
 ``RestoreTrackingServerBackup`` until the new server is Created (database and every artifact
 copied and checked); throughput is what each moved (database + artifacts) per second. A second
-backup, with nothing new, shows what the content-addressed objects save.
+backup, with nothing new, shows what the content-addressed objects save. Last, the server is
+upgraded in place to the MLflow installed beside mlfleet (UpdateTrackingServerMlflowVersion:
+backup, migrations, probe), timed until Updated.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import time
 from pathlib import Path
@@ -31,6 +35,7 @@ from common import (
 
 MIB = 1024 * 1024
 TIMEOUT = 1800.0
+OLD_RELEASE = "2.22"
 
 
 def fill(url: str, auth: tuple[str, str], runs: int, artifacts: int, folder: Path) -> None:
@@ -74,7 +79,12 @@ def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
     try:
         daemon.start()
         sm, backups = daemon.sagemaker(), daemon.client("mlfleet")
-        create_server(sm, "filled", daemon.artifacts)
+        results["create_old_release_s"] = create_server(
+            sm, "filled", daemon.artifacts, mlflow_version=OLD_RELEASE
+        )
+        results["old_release"] = sm.describe_mlflow_tracking_server(TrackingServerName="filled")[
+            "MlflowVersion"
+        ]
         filling = time.perf_counter()
         fill(tracking_url(sm, "filled"), daemon.credentials(), runs, artifacts, data_dir / "f")
         results["fill_s"] = time.perf_counter() - filling
@@ -101,6 +111,18 @@ def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
         )
         until(lambda: status_of(sm, "restored") == "Created", "the restore")
         results["restore"] = {"seconds": time.perf_counter() - restoring, "mib": taken[0]["mib"]}
+        upgrading = time.perf_counter()
+        backups.update_tracking_server_mlflow_version(
+            TrackingServerName="filled", MlflowVersion=importlib.metadata.version("mlflow")
+        )
+        until(lambda: status_of(sm, "filled") in ("Updated", "UpdateFailed"), "the upgrade")
+        upgraded = sm.describe_mlflow_tracking_server(TrackingServerName="filled")
+        if upgraded["TrackingServerStatus"] != "Updated":
+            raise RuntimeError(f"the upgrade failed: {upgraded}")
+        results["upgrade"] = {
+            "seconds": time.perf_counter() - upgrading,
+            "to": upgraded["MlflowVersion"],
+        }
     finally:
         daemon.close()
     finish_results(results, started)
@@ -108,18 +130,21 @@ def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    plan, first, second, restore = (
+    plan, first, second, restore, upgrade = (
         results["plan"],
         results["backup"],
         results["second_backup"],
         results["restore"],
+        results["upgrade"],
     )
     return "\n".join(
         [
             *header("# mlfleet: backup and restore of a tracking server", results),
             "",
-            f"A Small server with {plan['runs']} runs (5 params, 20 metrics each, by LogBatch) "
-            f"and {plan['artifact_files']} artifact files of 1 MiB, filled through the MLflow "
+            f"A Small server on MLflow {results['old_release']} (created in "
+            f"{results['create_old_release_s']:.1f} s, its environment installed with it) with "
+            f"{plan['runs']} runs (5 params, 20 metrics each, by LogBatch) and "
+            f"{plan['artifact_files']} artifact files of 1 MiB, filled through the MLflow "
             f"client in {results['fill_s']:.0f} s.",
             "",
             "| step | time | moved | throughput |",
@@ -130,6 +155,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {second['mib']:.1f} MiB listed | {second['mib'] / second['seconds']:.0f} MiB/s |",
             f"| restore to a new server, until Created | {restore['seconds']:.2f} s "
             f"| {restore['mib']:.1f} MiB | {restore['mib'] / restore['seconds']:.0f} MiB/s |",
+            f"| upgrade in place to MLflow {upgrade['to']}, until Updated (backup, migrations, "
+            f"probe) | {upgrade['seconds']:.2f} s | | |",
             "",
         ]
     )

@@ -383,6 +383,7 @@ def create_server(
     artifacts: Path,
     size: str = "Small",
     tags: list[dict[str, str]] | None = None,
+    mlflow_version: str | None = None,
 ) -> float:
     return timed_transition(
         sm,
@@ -393,6 +394,7 @@ def create_server(
             RoleArn="arn:aws:iam::123456789012:role/mlfleet-bench",
             TrackingServerSize=size,
             **({"Tags": tags} if tags else {}),
+            **({"MlflowVersion": mlflow_version} if mlflow_version else {}),
         ),
         "Created",
     )
