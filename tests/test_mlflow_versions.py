@@ -15,6 +15,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
+from packaging.version import Version
 
 from mlfleet.cli.common import service_client
 from mlfleet.versions.releases import Catalog, fetch_catalog, resolve
@@ -232,3 +233,45 @@ def test_versions_that_cannot_run_are_refused_at_create(
         error = refused.value.response["Error"]
         assert error["Code"] == "ValidationException", requested
         assert says in error["Message"], error["Message"]
+
+
+def test_maintenance_installs_the_newest_patch_release_when_tagged(
+    daemon: Daemon, tmp_path: Path, signed_in: None, index: Catalog
+) -> None:
+    line = sorted((v for v in index if v.startswith(f"{OLD_LINE}.")), key=Version)
+    if len(line) < 2:
+        pytest.skip(f"MLflow {OLD_LINE} has one release only")
+    older, newest = line[-2], line[-1]
+    sm = daemon.client()
+    name = unique("patch")
+    sm.create_mlflow_tracking_server(
+        TrackingServerName=name,
+        ArtifactStoreUri=f"file://{tmp_path / name}",
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/mlfleet",
+        MlflowVersion=older,
+        Tags=[{"Key": "mlfleet:patch-upgrades", "Value": "on"}],
+    )
+    desc = daemon.wait_status(name, "Created", "CreateFailed", timeout=600)
+    assert (desc["TrackingServerStatus"], desc["MlflowVersion"]) == ("Created", older)
+    client = MlflowClient(desc["TrackingServerUrl"])
+    use(desc["TrackingServerUrl"], tmp_path, "patch")
+    before = snapshot(client, tmp_path)
+
+    done = daemon.mlfleet("maintenance", name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = sm.describe_mlflow_tracking_server(TrackingServerName=name)
+    assert after["TrackingServerStatus"] == "MaintenanceComplete"
+    assert after["TrackingServerMaintenanceStatus"] == "MaintenanceComplete"
+    assert after["MlflowVersion"] == newest
+    key, secret = daemon.credentials
+    answered = requests.get(f"{after['TrackingServerUrl']}/version", auth=(key, secret), timeout=30)
+    assert answered.text == newest
+    assert snapshot(client, tmp_path) == before
+
+    sm.delete_mlflow_tracking_server(TrackingServerName=name)
+    versions = daemon.data_dir / "mlflow-versions"
+    wait_for(
+        lambda: not (versions / older).exists() and not (versions / newest).exists(),
+        60,
+        what="removal of the environments no server runs",
+    )

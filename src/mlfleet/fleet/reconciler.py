@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
+from packaging.version import Version
 from sqlalchemy import CursorResult, make_url, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +36,7 @@ from mlfleet.settings import Settings
 from mlfleet.state.db import database_unavailable, driver_message
 from mlfleet.state.models import TrackingServer
 from mlfleet.versions.environments import Environments, InstallError
+from mlfleet.versions.releases import VersionError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ OUTCOMES = {
     "Stopping": ("Stopped", "StopFailed"),
 }
 RETRY_SECONDS = 15.0
+# A server tagged with it = "on" gets the newest patch release of its MLflow line at each
+# maintenance (off by default: a release change is the owner's choice).
+PATCH_UPGRADES_TAG = "mlfleet:patch-upgrades"
 KEK_PASSPHRASE_ENV = "MLFLOW_CRYPTO_KEK_PASSPHRASE"
 
 
@@ -330,9 +335,8 @@ class Reconciler:
                 await self._databases.drop(row.metadata_db_uri)
             with self._sessions.begin() as session:
                 self._lifecycle.forget(session, server_id)
-                in_use = set(session.scalars(select(TrackingServer.mlflow_version).distinct()))
             log.info("tracking server %s deleted", row.name)
-            await asyncio.to_thread(self._environments.remove_unused, in_use)
+            await self._remove_unused_environments()
             return
         if row.desired_state == "Stopped":
             await self._runtime.stop(server_id)
@@ -351,8 +355,11 @@ class Reconciler:
 
     async def _maintain(self, row: TrackingServer) -> None:
         """The maintenance window's work (fleet.maintenance), the server serving again after it
-        whatever happens. Run again from the start if the daemon stopped in the middle."""
+        whatever happens: backup, database check and compaction, and, for a server tagged
+        ``mlfleet:patch-upgrades`` = ``on``, the newest patch release of its MLflow line. Run
+        again from the start if the daemon stopped in the middle."""
         failure: str | None = None
+        upgraded_to: str | None = None
         try:
             taken = await self._back_up(row)
             await self._runtime.stop(row.id)
@@ -360,22 +367,61 @@ class Reconciler:
             log.info("tracking server %s: maintenance: %s; %s", row.name, taken, done)
         except (ProvisioningError, OSError, sqlite3.Error, DBAPIError) as exc:
             failure = f"maintenance failed: {exc}"
-        try:
-            await self._databases.ready_for_workers(row.metadata_db_uri)
-            await self._runtime.start(row.id, self.spec_for(row))
-        except (StartError, ProvisioningError, OSError) as exc:
-            failure = f"{failure + '; ' if failure else ''}restarting after maintenance: {exc}"
-            self._retry_later(row.id)
+        target = None if failure else await self._patch_release(row)
+        if target is not None:
+            try:
+                await self._environments.ensure(target)
+                read = await self._run_on(row, target)
+                log.info(
+                    "tracking server %s: MLflow %s -> %s (read %s)",
+                    row.name,
+                    row.mlflow_version,
+                    target,
+                    read,
+                )
+                upgraded_to = target
+            except (InstallError, StartError, ProvisioningError, OSError, sqlite3.Error) as exc:
+                failure = (
+                    f"upgrade to MLflow {target} failed, back on MLflow {row.mlflow_version}: {exc}"
+                )
+        if upgraded_to is None:
+            failure = await self._start_again(row, failure, "restarting after maintenance")
         status = "MaintenanceFailed" if failure else "MaintenanceComplete"
-        self._settle(row, status, failure, maintenance_status=status)
+        self._settle(
+            row,
+            status,
+            failure,
+            maintenance_status=status,
+            **({"mlflow_version": upgraded_to} if upgraded_to else {}),
+        )
+        if upgraded_to:
+            await self._remove_unused_environments()
         self._on_serving(row)
+
+    async def _patch_release(self, row: TrackingServer) -> str | None:
+        """The newer patch release of the server's MLflow line that maintenance installs, for a
+        server tagged ``mlfleet:patch-upgrades`` = ``on`` (off by default)."""
+        tags = {t["Key"]: t["Value"] for t in row.tags}
+        if tags.get(PATCH_UPGRADES_TAG, "").lower() != "on":
+            return None
+        if not row.metadata_db_uri.startswith("sqlite"):
+            log.warning("tracking server %s: patch upgrades are built for SQLite only", row.name)
+            return None
+        current = Version(row.mlflow_version)
+        try:
+            newest = await asyncio.to_thread(
+                self._environments.releases.resolve, f"{current.major}.{current.minor}"
+            )
+        except VersionError as exc:
+            log.warning("tracking server %s: no patch upgrade: %s", row.name, exc)
+            return None
+        return newest if Version(newest) > current else None
 
     async def _upgrade(self, row: TrackingServer, target: str) -> None:
         """Move a serving server to MLflow ``target`` (FleetService.update_mlflow_version):
-        install it, back up, stop, migrate the database with ``target``'s migrations, start on
-        ``target`` and read data back. On any failure after the stop the database is put back
-        and the server serves again on its old release (UpdateFailed, with the reason). Run
-        again from the start if the daemon stopped in the middle."""
+        install it, back up, stop, then ``_run_on`` it. On any failure after the stop the
+        server serves again on its old release (UpdateFailed, with the reason, serving also
+        after a daemon restart). Run again from the start if the daemon stopped in the middle."""
         old = row.mlflow_version
         try:
             await self._environments.ensure(target)
@@ -390,40 +436,62 @@ class Reconciler:
                 rolled_back_from=target,
             )
             return
-        uri = row.metadata_db_uri
         await self._runtime.stop(row.id)
-        await self._record_left_over(self._databases.admin_uri(uri))
+        await self._record_left_over(self._databases.admin_uri(row.metadata_db_uri))
         try:
-            await self._databases.keep_for_rollback(uri)
-            await self._databases.upgrade(uri, target)
-            self._runtime.sandbox.give_all(Path(make_url(uri).database or "").parent)
-            await self._databases.ready_for_workers(uri)
-            await self._runtime.start(row.id, self.spec_for(row, target))
-            read = await self._runtime.read_back(row.id)
+            read = await self._run_on(row, target)
         except (StartError, ProvisioningError, OSError, sqlite3.Error) as exc:
-            failure = f"upgrade to MLflow {target} failed, back on MLflow {old}: {exc}"
-            log.warning("tracking server %s: %s", row.name, failure)
-            await self._runtime.stop(row.id)
-            try:
-                await self._databases.put_back(uri)
-                self._databases.forget_rollback(uri)
-                await self._databases.ready_for_workers(uri)
-                await self._runtime.start(row.id, self.spec_for(row))
-            except (StartError, ProvisioningError, OSError) as again:
-                failure += f"; restarting on MLflow {old}: {again}"
-                self._retry_later(row.id)
+            failed = f"upgrade to MLflow {target} failed, back on MLflow {old}: {exc}"
+            log.warning("tracking server %s: %s", row.name, failed)
+            failure = await self._start_again(row, failed, f"restarting on MLflow {old}")
             self._settle(row, "UpdateFailed", failure, upgrading_to=None, rolled_back_from=target)
             self._on_serving(row)
             return
-        self._databases.forget_rollback(uri)
         log.info(
             "tracking server %s: MLflow %s -> %s (%s; read %s)", row.name, old, target, taken, read
         )
         self._settle(row, "Updated", mlflow_version=target, upgrading_to=None)
+        await self._remove_unused_environments()
+        self._on_serving(row)
+
+    async def _run_on(self, row: TrackingServer, target: str) -> str:
+        """With the server's workers stopped: its database migrated by MLflow ``target``'s own
+        migrations, its workers started on ``target`` and data read back through MLflow's API
+        (what was read). On any failure the workers are stopped, the database is put back as
+        it was, and the error raised: the caller starts the old release again."""
+        uri = row.metadata_db_uri
+        await self._databases.keep_for_rollback(uri)
+        try:
+            await self._databases.upgrade(uri, target)
+            # The migrations ran as the daemon: what they wrote goes back to the workers' user.
+            self._runtime.sandbox.give_all(Path(make_url(uri).database or "").parent)
+            await self._databases.ready_for_workers(uri)
+            await self._runtime.start(row.id, self.spec_for(row, target))
+            return await self._runtime.read_back(row.id)
+        except BaseException:
+            await self._runtime.stop(row.id)
+            await self._databases.put_back(uri)
+            raise
+        finally:
+            self._databases.forget_rollback(uri)
+
+    async def _start_again(
+        self, row: TrackingServer, failure: str | None, doing: str
+    ) -> str | None:
+        """Start the server's workers on its recorded release after maintenance or a failed
+        upgrade; ``failure`` so far, with what starting them met added."""
+        try:
+            await self._databases.ready_for_workers(row.metadata_db_uri)
+            await self._runtime.start(row.id, self.spec_for(row))
+        except (StartError, ProvisioningError, OSError) as exc:
+            self._retry_later(row.id)
+            return f"{failure + '; ' if failure else ''}{doing}: {exc}"
+        return failure
+
+    async def _remove_unused_environments(self) -> None:
         with self._sessions() as session:
             in_use = set(session.scalars(select(TrackingServer.mlflow_version).distinct()))
         await asyncio.to_thread(self._environments.remove_unused, in_use)
-        self._on_serving(row)
 
     async def _bring_up(self, row: TrackingServer) -> None:
         # A failed upgrade left the server serving on its old release: it keeps serving.
