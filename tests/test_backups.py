@@ -3,6 +3,7 @@ boto3 (the ``mlfleet`` service model), the mlfleet CLI and the MLflow client."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +204,55 @@ def test_maintenance_backs_up_compacts_and_serves_again_with_its_events(
     with pytest.raises(ClientError) as refused:
         daemon.client("mlfleet").start_tracking_server_maintenance(TrackingServerName=name)
     assert "can't be maintained" in refused.value.response["Error"]["Message"]
+
+
+def test_daily_backups_are_taken_and_the_oldest_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schedule, a day made two seconds: a server is backed up each "day", backups the
+    daemon took are removed once older than its retention (a tag, in days; here 3.5 s), the
+    one a user asked for stays, and a server tagged off gets none."""
+    monkeypatch.setenv("MLFLEET_DAILY_BACKUP_SECONDS", "2")
+    own = Daemon(tmp_path / "daily").start()
+    try:
+        sm, backups = own.client(), own.client("mlfleet")
+        for name, tag in (
+            ("daily", {"Key": "mlfleet:backup-retention-days", "Value": "0.00004"}),
+            ("no-daily", {"Key": "mlfleet:daily-backups", "Value": "off"}),
+        ):
+            sm.create_mlflow_tracking_server(
+                TrackingServerName=name,
+                ArtifactStoreUri=f"file://{tmp_path / 'artifacts' / name}",
+                RoleArn=f"arn:aws:iam::{ACCOUNT}:role/mlfleet",
+                Tags=[tag],
+            )
+            assert own.wait_status(name, "Created", "CreateFailed")["TrackingServerStatus"] == (
+                "Created"
+            )
+        manual = backups.create_tracking_server_backup(TrackingServerName="daily")["BackupId"]
+        completed(own, manual)
+
+        def listed(name: str) -> dict[str, str]:
+            found = backups.list_tracking_server_backups(TrackingServerName=name)
+            return {b["BackupId"]: b["BackupOrigin"] for b in found["TrackingServerBackups"]}
+
+        first = wait_for(
+            lambda: next((i for i, o in listed("daily").items() if o == "Daily"), None),
+            60,
+            what="a daily backup",
+        )
+        wait_for(lambda: first not in listed("daily"), 60, what=f"removal of {first}")
+        now = listed("daily")
+        assert now[manual] == "Manual"
+        assert "Daily" in now.values()
+        assert listed("no-daily") == {}
+        # What the removed backups alone held is gone from the objects too.
+        objects = own.data_dir / "backups" / own.server_id("daily") / "objects"
+        named = set()
+        for backup_id in now:
+            manifest = objects.parent / backup_id / "manifest.json"
+            if manifest.exists():
+                named |= {a["sha256"] for a in json.loads(manifest.read_text())["artifacts"]}
+        assert {p.name for p in objects.glob("*/*")} <= named
+    finally:
+        own.stop()

@@ -54,6 +54,9 @@ class Settings:
     # requests are still authenticated but never refused by policy, for a single-user machine
     # and for measuring what authorization costs (bench/); the daemon warns at start.
     authorization: str = "iam"
+    # How often a tracking server is backed up by the daily schedule (backups.schedule);
+    # shorter only to watch the schedule in tests and demos.
+    daily_backup_seconds: float = 86400.0
     # Longest wait between two attempts to deliver an event to a target that is failing.
     event_retry_max_backoff_seconds: float = 30.0
     # Folders that file: artifact stores may live under (none given: <data-dir>/artifacts).

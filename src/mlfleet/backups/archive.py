@@ -92,6 +92,19 @@ class Archive:
     def remove(self, backup_id: str) -> None:
         shutil.rmtree(self.folder / backup_id, ignore_errors=True)
 
+    def collect(self) -> int:
+        """Remove the objects no backup's manifest names any more (after ``remove``); how many.
+        Must not run beside a ``take`` of the same archive, whose objects have no manifest yet."""
+        named: set[str] = set()
+        for manifest in self.folder.glob(f"*/{MANIFEST}"):
+            named.update(a["sha256"] for a in json.loads(manifest.read_text())["artifacts"])
+        removed = 0
+        for kept in self.objects.glob("*/*"):
+            if kept.name not in named:
+                kept.unlink()
+                removed += 1
+        return removed
+
     def _object(self, sha256: str) -> Path:
         return self.objects / sha256[:2] / sha256
 

@@ -22,7 +22,7 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,8 @@ from mlfleet.state.models import TrackingServer, TrackingServerBackup
 
 log = logging.getLogger(__name__)
 
-# A server whose database exists: a backup needs one.
-_BACKED_UP = {
+# A server whose database exists: a backup needs one (a schedule or a user asks for one).
+BACKED_UP = {
     "Created",
     "Updated",
     "Started",
@@ -73,6 +73,8 @@ class Backups:
         # Hands what a restore wrote to the workers' user (runtime.sandbox).
         self._give_all = give_all
         self._tasks: set[asyncio.Task[bool]] = set()
+        # Per server: a take and the removal of unused objects never overlap (Archive.collect).
+        self._archive_locks: dict[str, asyncio.Lock] = {}
 
     def arn_for(self, backup_id: str) -> str:
         s = self._settings
@@ -94,7 +96,7 @@ class Backups:
     def create(self, name: str) -> dict[str, Any]:
         with self._sessions.begin() as session:
             server = FleetService.server_named(session, name)
-            if server.status not in _BACKED_UP or not server.metadata_db_uri:
+            if server.status not in BACKED_UP or not server.metadata_db_uri:
                 raise ValidationException(
                     f"Tracking Server {name} is in status {server.status}: it can be backed up "
                     "once it is created, and not while it changes."
@@ -201,14 +203,15 @@ class Backups:
             )
         return uri
 
-    async def back_up_now(self, server: TrackingServer) -> str:
-        """A backup of ``server`` taken now (a maintenance's first step): what was done."""
+    async def back_up_now(self, server: TrackingServer, origin: str) -> str:
+        """A backup of ``server`` taken now by the daemon (``origin``: Daily, or the first step
+        of a Maintenance or an Upgrade): what was done."""
         try:
             self._check_supported(server)
         except ValidationException as unsupported:
             return f"no backup ({unsupported})"
         with self._sessions.begin() as session:
-            backup_id, work = self._begin(session, server)
+            backup_id, work = self._begin(session, server, origin)
         if not await self._take(backup_id, *work):
             raise ProvisioningError(f"backup {backup_id} failed: {self.describe(backup_id)}")
         return f"backup {backup_id}"
@@ -230,8 +233,22 @@ class Backups:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def remove_expired(self, server_id: str, backup_ids: Sequence[str]) -> None:
+        """Remove these backups of one server (the schedule's retention), then the objects no
+        other backup of it names."""
+        archive = self.archive_of(server_id)
+        async with self._archive_locks.setdefault(server_id, asyncio.Lock()):
+            with self._sessions.begin() as session:
+                for backup_id in backup_ids:
+                    archive.remove(backup_id)
+                    row = session.get(TrackingServerBackup, backup_id)
+                    if row is not None:
+                        session.delete(row)
+            removed = await asyncio.to_thread(archive.collect)
+        log.info("removed backups %s (%d objects no other backup names)", backup_ids, removed)
+
     def _begin(
-        self, session: Session, server: TrackingServer
+        self, session: Session, server: TrackingServer, origin: str = "Manual"
     ) -> tuple[str, tuple[Archive, Path, Path]]:
         """Record a new backup of ``server``, InProgress: its id, and what ``_take`` needs."""
         now = time.time()
@@ -244,6 +261,7 @@ class Backups:
                 server_name=server.name,
                 server_arn=server.arn,
                 status="InProgress",
+                origin=origin,
                 mlflow_version=server.mlflow_version,
                 settings={
                     "ArtifactStoreUri": server.artifact_store_uri,
@@ -263,8 +281,10 @@ class Backups:
         return backup_id, (self.archive_of(server.id), database, store)
 
     async def _take(self, backup_id: str, archive: Archive, database: Path, store: Path) -> bool:
+        lock = self._archive_locks.setdefault(archive.folder.name, asyncio.Lock())
         try:
-            taken: Taken = await asyncio.to_thread(archive.take, backup_id, database, store)
+            async with lock:
+                taken: Taken = await asyncio.to_thread(archive.take, backup_id, database, store)
         except Exception as exc:
             log.exception("backup %s failed", backup_id)
             archive.remove(backup_id)
@@ -323,6 +343,7 @@ class Backups:
             "TrackingServerName": row.server_name,
             "TrackingServerArn": row.server_arn,
             "BackupStatus": row.status,
+            "BackupOrigin": row.origin,
             "CreationTime": datetime.fromtimestamp(row.created_at).astimezone(),
             "MlflowVersion": row.mlflow_version,
             "ArtifactCount": row.artifact_count,

@@ -24,6 +24,7 @@ from mlfleet.auth.credentials import ADMIN_USER, Credentials
 from mlfleet.auth.secrets import SecretBox
 from mlfleet.auth.ui_sessions import UiSessions
 from mlfleet.backups.responses import mlfleet_endpoint
+from mlfleet.backups.schedule import DailyBackups
 from mlfleet.backups.service import Backups
 from mlfleet.console.app import PREFIX as CONSOLE_PREFIX
 from mlfleet.console.app import Console
@@ -98,6 +99,7 @@ class Daemon:
     reconciler: Reconciler
     backups: Backups
     windows: MaintenanceWindows
+    daily_backups: DailyBackups
     gateway: Gateway
     deliveries: DeliveryWorker
     control_plane: ControlPlane
@@ -231,7 +233,7 @@ def build_daemon(settings: Settings) -> Daemon:
         # Bound once the backups exist (they create servers through the fleet, which kicks
         # the reconciler); called only when a restored server is first brought up.
         restore=lambda row: backups.restore_into(row),
-        back_up=lambda row: backups.back_up_now(row),
+        back_up=lambda row, origin: backups.back_up_now(row, origin),
     )
     fleet = FleetService(
         settings,
@@ -246,6 +248,7 @@ def build_daemon(settings: Settings) -> Daemon:
 
     backups = Backups(settings, sessions, databases, fleet, sandbox.give_all)
     windows = MaintenanceWindows(sessions, fleet)
+    daily_backups = DailyBackups(sessions, backups, settings.daily_backup_seconds)
 
     def egress_server(name: str) -> EgressServer | None:
         # Uncached: a server's egress switch is its tag as it is now.
@@ -377,6 +380,7 @@ def build_daemon(settings: Settings) -> Daemon:
         reconciler=reconciler,
         backups=backups,
         windows=windows,
+        daily_backups=daily_backups,
         gateway=gateway,
         deliveries=deliveries,
         control_plane=ControlPlane(services),
@@ -430,7 +434,8 @@ def build_app(daemon: Daemon) -> web.Application:
         daemon.backups.resume()
         daemon.reconciler.resume_all()
         daemon.deployer.resume_all()
-        background.append(asyncio.get_running_loop().create_task(daemon.windows.run()))
+        for loop in (daemon.windows.run(), daemon.daily_backups.run()):
+            background.append(asyncio.get_running_loop().create_task(loop))
 
     # aiohttp runs this on SIGTERM once no new connection is taken and the requests in flight
     # have finished (or shutdown_timeout passed).

@@ -106,7 +106,7 @@ class Reconciler:
         egress: WorkerEgress,
         box: SecretBox,
         restore: Callable[[TrackingServer], Awaitable[str]],
-        back_up: Callable[[TrackingServer], Awaitable[str]],
+        back_up: Callable[[TrackingServer, str], Awaitable[str]],
     ) -> None:
         self._settings = settings
         self._egress = egress
@@ -125,7 +125,8 @@ class Reconciler:
         self._record_left_over = record_left_over
         # Puts a backup's data in place for a server restored from it: its database's URI.
         self._restore = restore
-        # Takes a backup of a server now (its first maintenance step): what was done.
+        # Takes a backup of a server now (the first step of a maintenance or an upgrade, the
+        # backup's origin): what was done.
         self._back_up = back_up
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -361,7 +362,7 @@ class Reconciler:
         failure: str | None = None
         upgraded_to: str | None = None
         try:
-            taken = await self._back_up(row)
+            taken = await self._back_up(row, "Maintenance")
             await self._runtime.stop(row.id)
             done = await self._databases.maintain(row.metadata_db_uri)
             log.info("tracking server %s: maintenance: %s; %s", row.name, taken, done)
@@ -425,7 +426,7 @@ class Reconciler:
         old = row.mlflow_version
         try:
             await self._environments.ensure(target)
-            taken = await self._back_up(row)
+            taken = await self._back_up(row, "Upgrade")
         except (InstallError, ProvisioningError, OSError) as exc:
             # Nothing was touched: the server never stopped serving.
             self._settle(

@@ -181,6 +181,8 @@ class TrackingServerBackup(Base):
     server_name: Mapped[str] = mapped_column(String(256), index=True)
     server_arn: Mapped[str] = mapped_column(String(2048))
     status: Mapped[str] = mapped_column(String(16))  # InProgress, Completed, Failed
+    # Manual (asked for), or the daemon's: Daily, Maintenance, Upgrade (backups.schedule).
+    origin: Mapped[str] = mapped_column(String(16), default="Manual", server_default="Manual")
     mlflow_version: Mapped[str] = mapped_column(String(16))
     # The server's settings at the backup (size, registration, store), for a restore.
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -66,6 +66,7 @@ class TrackingServerBackup(TypedDict, total=False):
     ArtifactBytes: int
     MetadataBytes: int
     FailureReason: str
+    BackupOrigin: str
 
 
 class UpdateTrackingServerMlflowVersionRequest(TypedDict, total=False):
