@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from support.aws import ACCOUNT, unique
+from support.console import launch, needs_chromium, screenshot, sign_in_page
 from support.daemon import Daemon
 from support.events import Receiver, route_to, wait_received
 from support.iam import new_user
@@ -256,3 +258,43 @@ def test_daily_backups_are_taken_and_the_oldest_removed(
         assert {p.name for p in objects.glob("*/*")} <= named
     finally:
         own.stop()
+
+
+@needs_chromium
+def test_a_backup_is_taken_and_restored_from_the_console(daemon: Daemon, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    name = new_server(daemon, tmp_path)["TrackingServerName"]
+    copy = unique("from-console")
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()
+            sign_in_page(page, daemon)
+            page.goto(f"{daemon.url}/console/servers/{name}")
+            expect(page.get_by_role("heading", name=name)).to_be_visible()
+            expect(page.get_by_text("No backups yet")).to_be_visible()
+            page.get_by_role("button", name="Back up now").click()
+            expect(page.get_by_text(f"Backing up {name}.")).to_be_visible()
+
+            def completed() -> bool:
+                page.reload()
+                return page.get_by_role("button", name="Restore").count() == 1
+
+            wait_for(completed, 60, what="the completed backup on the server's page")
+            screenshot(page, "server-backups")
+            page.get_by_label("New server's name").fill(copy)
+            page.get_by_role("button", name="Restore").click()
+            expect(
+                page.get_by_text(f"Restoring into a new tracking server, {copy}.")
+            ).to_be_visible()
+            # The release form runs mlfleet's upgrade, refusals shown as the API words them.
+            page.get_by_text("Change MLflow release").click()
+            page.get_by_label("MLflow release").fill(mlflow.__version__)
+            page.get_by_role("button", name="Change release").click()
+            expect(
+                page.get_by_text(f"the server already runs MLflow {mlflow.__version__}")
+            ).to_be_visible()
+        finally:
+            browser.close()
+    assert daemon.wait_status(copy, "Created", "CreateFailed")["TrackingServerStatus"] == "Created"

@@ -1,4 +1,6 @@
-"""Tracking servers: list with live status, create, describe, update, start, stop, delete, UI."""
+"""Tracking servers: list with live status, create, describe, update, start, stop, delete, UI;
+a server's backups (take one, restore one into a new server), its maintenance, run now, and the
+MLflow release it runs, changed in place."""
 
 from __future__ import annotations
 
@@ -112,11 +114,51 @@ async def detail(visit: Visit) -> web.StreamResponse:
     return visit.render(
         "servers/detail.html",
         server=server,
+        backups=_backups(visit, name),
         tags=tags_text(_tags(visit, server["TrackingServerArn"])),
         settling=server["TrackingServerStatus"] in TRANSITIONAL,
         sizes=enum_values("sagemaker", "TrackingServerSize"),
         charts=charts,
         error=None,
+    )
+
+
+def _backups(visit: Visit, name: str) -> list[dict[str, Any]] | None:
+    """The server's backups, newest first; None when the caller may not list them."""
+    try:
+        answer = visit.call("mlfleet", "ListTrackingServerBackups", {"TrackingServerName": name})
+    except AwsError:
+        return None
+    return list(answer["TrackingServerBackups"])
+
+
+async def restore(visit: Visit) -> web.StreamResponse:
+    name = visit.request.match_info["name"]
+    new_name = visit.field("TrackingServerName")
+    attempt(
+        visit,
+        lambda: visit.call(
+            "mlfleet",
+            "RestoreTrackingServerBackup",
+            {"BackupId": visit.field("BackupId"), "TrackingServerName": new_name},
+        ),
+        _detail(name),
+        f"Restoring into a new tracking server, {new_name}.",
+    )
+
+
+async def change_release(visit: Visit) -> web.StreamResponse:
+    name = visit.request.match_info["name"]
+    release = visit.field("MlflowVersion")
+    attempt(
+        visit,
+        lambda: visit.call(
+            "mlfleet",
+            "UpdateTrackingServerMlflowVersion",
+            {"TrackingServerName": name, "MlflowVersion": release},
+        ),
+        _detail(name),
+        f"Moving {name} to MLflow {release}.",
     )
 
 
@@ -155,8 +197,8 @@ _DELETION = Deletion(
 )
 
 
-def _lifecycle(operation: str, done: str) -> Page:
-    return named_action("sagemaker", operation, "TrackingServerName", _detail, done)
+def _lifecycle(operation: str, done: str, service: str = "sagemaker") -> Page:
+    return named_action(service, operation, "TrackingServerName", _detail, done)
 
 
 async def open_ui(visit: Visit) -> web.StreamResponse:
@@ -186,6 +228,18 @@ ROUTES = [
         "POST", "/servers/{name}/stop", _lifecycle("StopMlflowTrackingServer", "Stopping {name}.")
     ),
     PageRoute("POST", "/servers/{name}/update", update),
+    PageRoute(
+        "POST",
+        "/servers/{name}/backup",
+        _lifecycle("CreateTrackingServerBackup", "Backing up {name}.", service="mlfleet"),
+    ),
+    PageRoute(
+        "POST",
+        "/servers/{name}/maintenance",
+        _lifecycle("StartTrackingServerMaintenance", "Maintaining {name}.", service="mlfleet"),
+    ),
+    PageRoute("POST", "/servers/{name}/restore", restore),
+    PageRoute("POST", "/servers/{name}/mlflow-version", change_release),
     PageRoute("GET", "/servers/{name}/delete", _DELETION.confirm),
     PageRoute("POST", "/servers/{name}/delete", _DELETION.delete),
     PageRoute("POST", "/servers/{name}/ui", open_ui),
