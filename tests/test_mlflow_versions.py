@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import psycopg
 import pytest
 import requests
 from botocore.exceptions import ClientError
@@ -131,23 +133,33 @@ def test_a_2x_server_beside_a_3x_server(
         assert (root / str(environment).lstrip("/") / "bin").is_dir()
         assert sorted(p.name for p in (inside / "mlflow-versions").iterdir()) == [release]
 
-    upgraded_in_place(daemon, desc, environment, tmp_path)
+    database = daemon.data_dir / "servers" / daemon.server_id(desc["TrackingServerName"])
+
+    def in_sqlite(statement: str) -> None:
+        with closing(sqlite3.connect(database / "mlflow.db")) as conn:
+            conn.execute(statement)
+            conn.commit()
+
+    upgraded_in_place(daemon, desc, environment, tmp_path, in_sqlite)
 
 
 def upgraded_in_place(
-    daemon: Daemon, desc: dict[str, Any], environment: Path, tmp_path: Path
+    daemon: Daemon,
+    desc: dict[str, Any],
+    environment: Path,
+    tmp_path: Path,
+    in_database: Callable[[str], None],
+    backed_up: bool = True,
 ) -> None:
     """The 2.x server moved to mlfleet's own 3.x release: first an upgrade that fails in
     MLflow's migrations (a table one of them creates is already there), rolled back; then one
-    that works. Its data is all there after each."""
+    that works. Its data is all there after each. ``in_database`` runs a statement in the
+    server's database, as its operator could; ``backed_up``, whether backups of it are built."""
     name, old = desc["TrackingServerName"], desc["MlflowVersion"]
     new = mlflow.__version__
     client = MlflowClient(desc["TrackingServerUrl"])
     before = snapshot(client, tmp_path)
-    database = daemon.data_dir / "servers" / daemon.server_id(name) / "mlflow.db"
-    with closing(sqlite3.connect(database)) as planted:
-        planted.execute("CREATE TABLE webhooks (id INTEGER)")  # MLflow 3.x's migrations make it
-        planted.commit()
+    in_database("CREATE TABLE webhooks (id INTEGER)")  # MLflow 3.x's migrations make it
 
     failed = daemon.mlfleet("update", name, "--mlflow-version", new)
     assert failed.returncode == 1, failed.stdout + failed.stderr
@@ -156,16 +168,14 @@ def upgraded_in_place(
     assert after_failure["MlflowVersion"] == old
     assert after_failure["IsActive"] == "Active", "serving again on its old release"
     # mlfleet's extension of Describe, which boto3 drops and mlfleet's CLI keeps.
-    extended = service_client(daemon.data_dir, None).describe_mlflow_tracking_server(
+    extended = service_client(daemon.data_dir, daemon.url).describe_mlflow_tracking_server(
         TrackingServerName=name
     )
     reason = extended["FailureReason"]
     assert f"back on MLflow {old}" in reason and "webhooks" in reason, reason
     assert snapshot(client, tmp_path) == before
 
-    with closing(sqlite3.connect(database)) as planted:
-        planted.execute("DROP TABLE webhooks")
-        planted.commit()
+    in_database("DROP TABLE webhooks")
     upgraded = daemon.mlfleet("update", name, "--mlflow-version", new)
     assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
     after = daemon.client().describe_mlflow_tracking_server(TrackingServerName=name)
@@ -176,7 +186,7 @@ def upgraded_in_place(
     assert snapshot(client, tmp_path) == before
     # One backup per attempt, taken before anything changed.
     backups = daemon.client("mlfleet").list_tracking_server_backups(TrackingServerName=name)
-    assert len(backups["TrackingServerBackups"]) == 2
+    assert len(backups["TrackingServerBackups"]) == (2 if backed_up else 0)
     # No server runs the old release any more: its environment is gone.
     assert not environment.exists()
     # And the new release serves writes as well as reads.
@@ -275,3 +285,36 @@ def test_maintenance_installs_the_newest_patch_release_when_tagged(
         60,
         what="removal of the environments no server runs",
     )
+
+
+def test_a_2x_server_on_postgresql_upgraded_in_place(
+    pg_daemon: Daemon, tmp_path: Path, index: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same upgrade, failed and then done, with the server's database on PostgreSQL (the
+    copy to go back to is a database made from it as a template)."""
+    key, secret = pg_daemon.credentials
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", key)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+    release = resolve(OLD_LINE, index)
+    name = unique("v2pg")
+    pg_daemon.client().create_mlflow_tracking_server(
+        TrackingServerName=name,
+        ArtifactStoreUri=f"file://{tmp_path / name}",
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/mlfleet",
+        MlflowVersion=OLD_LINE,
+    )
+    desc = pg_daemon.wait_status(name, "Created", "CreateFailed", timeout=600)
+    assert (desc["TrackingServerStatus"], desc["MlflowVersion"]) == ("Created", release)
+    assert use(desc["TrackingServerUrl"], tmp_path, "pg")["status"] == "FINISHED"
+    control = pg_daemon.extra[pg_daemon.extra.index("--database-url") + 1]
+    with psycopg.connect(control, autocommit=True) as conn:
+        found = conn.execute("SELECT id FROM tracking_servers WHERE name = %s", (name,)).fetchone()
+    assert found is not None
+    tenant = control.rsplit("/", 1)[0] + f"/mlfleet_ts_{found[0]}"
+
+    def in_postgresql(statement: str) -> None:
+        with psycopg.connect(tenant, autocommit=True) as conn:
+            conn.execute(statement)
+
+    environment = pg_daemon.data_dir / "mlflow-versions" / str(release)
+    upgraded_in_place(pg_daemon, desc, environment, tmp_path, in_postgresql, backed_up=False)

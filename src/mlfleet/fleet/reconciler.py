@@ -254,7 +254,7 @@ class Reconciler:
         else:
             network = True
         return ServerSpec(
-            backend_store_uri=self._databases.worker_uri(row.metadata_db_uri),
+            backend_store_uri=self._databases.worker_uri(row.metadata_db_uri, version),
             artifacts_destination=f"file://{folder}" if folder else row.artifact_store_uri,
             workers=WORKERS_BY_SIZE[row.size],
             log_dir=self._settings.data_dir / "servers" / row.id / "logs",
@@ -405,9 +405,6 @@ class Reconciler:
         tags = {t["Key"]: t["Value"] for t in row.tags}
         if tags.get(PATCH_UPGRADES_TAG, "").lower() != "on":
             return None
-        if not row.metadata_db_uri.startswith("sqlite"):
-            log.warning("tracking server %s: patch upgrades are built for SQLite only", row.name)
-            return None
         current = Version(row.mlflow_version)
         try:
             newest = await asyncio.to_thread(
@@ -464,8 +461,9 @@ class Reconciler:
         await self._databases.keep_for_rollback(uri)
         try:
             await self._databases.upgrade(uri, target)
-            # The migrations ran as the daemon: what they wrote goes back to the workers' user.
-            self._runtime.sandbox.give_all(Path(make_url(uri).database or "").parent)
+            if uri.startswith("sqlite"):
+                # The migrations ran as the daemon: what they wrote goes to the workers' user.
+                self._runtime.sandbox.give_all(Path(make_url(uri).database or "").parent)
             await self._databases.ready_for_workers(uri)
             await self._runtime.start(row.id, self.spec_for(row, target))
             return await self._runtime.read_back(row.id)
@@ -474,7 +472,7 @@ class Reconciler:
             await self._databases.put_back(uri)
             raise
         finally:
-            self._databases.forget_rollback(uri)
+            await self._databases.forget_rollback(uri)
 
     async def _start_again(
         self, row: TrackingServer, failure: str | None, doing: str

@@ -288,11 +288,6 @@ class FleetService:
                 check_move(row.mlflow_version, version)
             except VersionError as exc:
                 raise ValidationException(f"Cannot update {name}: {exc}") from None
-            if not row.metadata_db_uri.startswith("sqlite"):
-                raise ValidationException(
-                    f"Cannot update {name}: moving a server to another MLflow release is built "
-                    "for SQLite metadata databases only, not yet for PostgreSQL."
-                )
             row.upgrading_to = version
             self._touch(row, principal, "Updating")
             server_id, arn = row.id, row.arn

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
+from packaging.version import Version
 from sqlalchemy import URL, Connection, create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
@@ -54,6 +55,8 @@ from mlfleet.settings import Settings
 _PG_TEMPLATE_LOCK = 0x6D6C666C
 TENANT_PREFIX = "mlfleet_ts_"
 TEMPLATE_PREFIX = "mlfleet_tpl_"
+# A tenant database's copy while its server moves to another MLflow release (keep_for_rollback).
+ROLLBACK_SUFFIX = "_before_upgrade"
 # PostgreSQL's own default for the verifiers it computes.
 SCRAM_ITERATIONS = 4096
 # mlfleet's databases (of every daemon sharing the server) that PUBLIC may still open, and
@@ -108,6 +111,35 @@ def _create_pending(uri: str) -> None:
         PENDING.create(engine, checkfirst=True)
     finally:
         engine.dispose()
+
+
+def _name(uri: str) -> str:
+    return make_url(uri).database or ""
+
+
+def _disconnect(conn: Connection, database: str) -> None:
+    """End every session on ``database`` (the daemon's own leftovers: its workers are stopped),
+    which CREATE DATABASE ... TEMPLATE requires."""
+    conn.execute(
+        text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = :n AND pid <> pg_backend_pid()"
+        ),
+        {"n": database},
+    )
+
+
+def _pg_keep(conn: Connection, database: str) -> None:
+    copy = database + ROLLBACK_SUFFIX
+    if _pg_exists(conn, copy):
+        _pg_put_back(conn, database)
+    _disconnect(conn, database)
+    _create_closed(conn, copy, database)
+
+
+def _pg_put_back(conn: Connection, database: str) -> None:
+    conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    conn.execute(text(f'ALTER DATABASE "{database}{ROLLBACK_SUFFIX}" RENAME TO "{database}"'))
 
 
 def _sqlite_copy(source: Path, target: Path) -> None:
@@ -170,12 +202,13 @@ class MetadataDatabases:
             return uri
         return self._pg_url(make_url(uri).database or "")
 
-    def worker_uri(self, uri: str) -> str:
-        """A stored URI as the server's workers connect to it: on PostgreSQL, as their role."""
+    def worker_uri(self, uri: str, version: str) -> str:
+        """A stored URI as the workers of MLflow ``version`` connect to it: on PostgreSQL, as
+        their role, with the driver that release works with."""
         if uri.startswith("sqlite"):
             return uri
         role = make_url(uri).database or ""
-        url = self._pg(role).set(username=role, password=self._role_password(role))
+        url = self._pg(role, version).set(username=role, password=self._role_password(role))
         return url.render_as_string(hide_password=False)
 
     async def ready_for_workers(self, uri: str) -> None:
@@ -250,15 +283,19 @@ class MetadataDatabases:
 
         return await asyncio.to_thread(vacuum)
 
-    # MLflow upgrades (SQLite only, for now) --------------------------------------------------
+    # MLflow upgrades -------------------------------------------------------------------------
 
     @staticmethod
     def _before_upgrade(uri: str) -> Path:
         return Path(f"{make_url(uri).database}.before-upgrade")
 
     async def keep_for_rollback(self, uri: str) -> None:
-        """A copy of a stopped server's database to go back to (put_back). A copy left by an
-        upgrade cut short is put back first: the database may be half migrated."""
+        """A copy of a stopped server's database to go back to (put_back): a file beside it,
+        or on PostgreSQL a database made from it as a template. A copy left by an upgrade cut
+        short is put back first: the database may be half migrated."""
+        if not uri.startswith("sqlite"):
+            await asyncio.to_thread(self._pg_locked, lambda conn: _pg_keep(conn, _name(uri)))
+            return
         kept = self._before_upgrade(uri)
         if kept.exists():
             await self.put_back(uri)
@@ -266,12 +303,22 @@ class MetadataDatabases:
 
     async def put_back(self, uri: str) -> None:
         """The database as keep_for_rollback found it."""
+        if not uri.startswith("sqlite"):
+            await asyncio.to_thread(self._pg_locked, lambda conn: _pg_put_back(conn, _name(uri)))
+            return
         database = Path(make_url(uri).database or "")
         for suffix in ("-wal", "-shm"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
         await asyncio.to_thread(shutil.copyfile, self._before_upgrade(uri), database)
 
-    def forget_rollback(self, uri: str) -> None:
+    async def forget_rollback(self, uri: str) -> None:
+        if not uri.startswith("sqlite"):
+            copy = _name(uri) + ROLLBACK_SUFFIX
+            await asyncio.to_thread(
+                self._pg_locked,
+                lambda conn: conn.execute(text(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')),
+            )
+            return
         self._before_upgrade(uri).unlink(missing_ok=True)
 
     async def upgrade(self, uri: str, version: str) -> None:
@@ -332,12 +379,15 @@ class MetadataDatabases:
         finally:
             engine.dispose()
 
-    def _pg(self, database: str) -> URL:
+    def _pg(self, database: str, version: str | None = None) -> URL:
+        """``database`` on the daemon's PostgreSQL server; for MLflow ``version``, with its
+        driver: MLflow 2.x compares ids across types in ways only psycopg2 lets pass."""
+        driver = "psycopg2" if version and Version(version).major < 3 else "psycopg"
         base = make_url(self._settings.control_db_url)
-        return base.set(drivername="postgresql+psycopg", database=database)
+        return base.set(drivername=f"postgresql+{driver}", database=database)
 
-    def _pg_url(self, database: str) -> str:
-        return self._pg(database).render_as_string(hide_password=False)
+    def _pg_url(self, database: str, version: str | None = None) -> str:
+        return self._pg(database, version).render_as_string(hide_password=False)
 
     def _role_password(self, role: str) -> str:
         return self._secrets.derive(f"postgres-role:{role}").hex()
@@ -350,7 +400,7 @@ class MetadataDatabases:
             building = f"{template}_building"
             conn.execute(text(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)'))
             _create_closed(conn, building, "template0")
-            migrate(self._pg_url(building), self._python_for(version))
+            migrate(self._pg_url(building, version), self._python_for(version))
             conn.execute(text(f'ALTER DATABASE "{building}" RENAME TO "{template}"'))
         return template
 

@@ -41,6 +41,8 @@ WORKER_REQUIREMENTS = (
     "aiohttp",
     "botocore",
     "psycopg[binary]",
+    # MLflow 2.x on PostgreSQL (runtime.metadata_db picks the driver by release).
+    "psycopg2-binary",
 )
 READY = "READY"
 # Room after a release's publication for the fixes of its dependencies released with it.
