@@ -57,6 +57,21 @@ def completed(daemon: Daemon, backup_id: str) -> dict[str, Any]:
 def test_a_restored_server_has_every_run_artifact_and_model_of_the_backup(
     daemon: Daemon, tmp_path: Path, signed_in: None
 ) -> None:
+    backed_up_and_restored(daemon, tmp_path)
+
+
+def test_a_server_on_postgresql_is_backed_up_with_pg_dump_and_restored(
+    pg_daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, secret = pg_daemon.credentials
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", key)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+    backed_up_and_restored(pg_daemon, tmp_path)
+
+
+def backed_up_and_restored(daemon: Daemon, tmp_path: Path) -> None:
+    """A backup of a serving server restored into a new one: everything of the moment of the
+    backup, nothing written after it, the original untouched."""
     server = new_server(daemon, tmp_path)
     client = MlflowClient(server["TrackingServerUrl"])
     experiment = client.create_experiment("kept")

@@ -2,8 +2,9 @@
 
 - ``objects/<sha256[:2]>/<sha256>``: the files of the server's folder artifact store, each
   content kept once, so a backup copies only the files that earlier backups lack;
-- ``<backup-id>/metadata.db``: MLflow's database as at the backup, taken with SQLite's online
-  backup API (a consistent copy while the workers write);
+- ``<backup-id>/metadata.db`` or ``metadata.pgdump``: MLflow's database as at the backup, a
+  consistent copy taken while the workers write (SQLite's online backup API, or pg_dump: see
+  ``MetadataDatabases.snapshot``);
 - ``<backup-id>/manifest.json``: every artifact (path, size, SHA-256), written last: a backup
   folder without one is incomplete.
 
@@ -17,18 +18,13 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
 import uuid
-from collections.abc import Iterator
-from contextlib import closing
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlfleet.runtime.stored_events import PENDING
-
 CHUNK = 1024 * 1024
 MANIFEST = "manifest.json"
-METADATA = "metadata.db"
 
 
 @dataclass(frozen=True)
@@ -57,11 +53,12 @@ class Archive:
         self.folder = folder
         self.objects = folder / "objects"
 
-    def take(self, backup_id: str, database: Path, store: Path) -> Taken:
+    def take(self, backup_id: str, snapshot_into: Callable[[Path], Path], store: Path) -> Taken:
+        """A backup: the database's snapshot (``snapshot_into`` a folder: the file it wrote),
+        then every file of ``store``."""
         target = self.folder / backup_id
         target.mkdir(parents=True, exist_ok=True)
-        snapshot = target / METADATA
-        _snapshot_sqlite(database, snapshot)
+        snapshot = snapshot_into(target)
         artifacts = [self._keep(store, path) for path in _files(store)]
         manifest = {"artifacts": [asdict(a) for a in artifacts]}
         partial = target / f"{MANIFEST}.partial"
@@ -69,18 +66,13 @@ class Archive:
         os.replace(partial, target / MANIFEST)
         return Taken(artifacts, snapshot.stat().st_size)
 
-    def restore(self, backup_id: str, database: Path, store: Path) -> Restored:
-        """The backup's database at ``database`` and its artifacts in ``store``, each checked
-        against the manifest as it is copied."""
+    def restore(self, backup_id: str, load: Callable[[Path], None], store: Path) -> Restored:
+        """The backup's database given to ``load`` (its snapshot file) and its artifacts put
+        in ``store``, each checked against the manifest as it is copied."""
         source = self.folder / backup_id
         manifest = json.loads((source / MANIFEST).read_text())
-        database.parent.mkdir(parents=True, exist_ok=True)
-        partial = database.with_suffix(".restoring")
-        shutil.copyfile(source / METADATA, partial)
-        with closing(sqlite3.connect(partial)) as conn, conn:
-            # Data events the original server had not sent yet are the original's, not ours.
-            conn.execute(f"DELETE FROM {PENDING.name}")
-        os.replace(partial, database)
+        snapshot = next(p for p in source.glob("metadata.*") if p.suffix != ".partial")
+        load(snapshot)
         copied, missing = 0, []
         for entry in map(lambda e: Artifact(**e), manifest["artifacts"]):
             if self._put(entry, store):
@@ -147,14 +139,6 @@ class Archive:
             return False
         os.replace(partial, target)
         return True
-
-
-def _snapshot_sqlite(database: Path, target: Path) -> None:
-    partial = target.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(partial)) as copy:
-        source.backup(copy)
-    os.replace(partial, target)
 
 
 def _files(store: Path) -> Iterator[Path]:

@@ -1,6 +1,6 @@
 """Daily backups and their retention.
 
-Every server whose backups are built (an SQLite database and a folder store) is backed up once a
+Every server whose backups are built (a folder store) is backed up once a
 day (``Settings.daily_backup_seconds``) unless tagged ``mlfleet:daily-backups`` = ``off``: the
 first a day after its creation, each next a day after its newest completed backup of any origin
 (a maintenance's backup counts). A stopped server is backed up too: its data is as precious, and
@@ -108,8 +108,6 @@ class DailyBackups:
                 )
             session.expunge_all()
         for server in servers:
-            if not server.metadata_db_uri.startswith("sqlite"):
-                continue
             if local_folder(server.artifact_store_uri) is None:
                 continue
             tags = {t["Key"]: t["Value"] for t in server.tags}

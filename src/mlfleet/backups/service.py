@@ -11,8 +11,8 @@ server's settings, whose reconciler puts the backup's database and artifacts in 
 the restore found (artifacts copied, any the backup lacks or holds damaged) is the server's
 ``RestoreReport``.
 
-Built: servers with an SQLite metadata database and a folder artifact store (the embedded
-default). PostgreSQL databases and ``s3://`` stores are refused with a clear error for now.
+Built: servers with a folder artifact store, their metadata database on SQLite (the embedded
+default) or PostgreSQL. ``s3://`` stores are refused with a clear error for now.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import make_url, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.identity import Principal
@@ -175,16 +176,18 @@ class Backups:
             backup = self._backup(session, row.restored_from)
             archive = self.archive_of(backup.server_id)
         uri = self._databases.uri_for(row.id)
-        database = Path(make_url(uri).database or "")
         store = resolve(local_folder(row.artifact_store_uri) or "")
+
+        def load(snapshot: Path) -> None:
+            self._databases.load_snapshot(uri, snapshot)
+
         try:
-            restored: Restored = await asyncio.to_thread(
-                archive.restore, backup.id, database, store
-            )
-        except (OSError, ValueError, sqlite3.Error) as exc:
+            restored: Restored = await asyncio.to_thread(archive.restore, backup.id, load, store)
+        except (OSError, ValueError, sqlite3.Error, DBAPIError) as exc:
             raise ProvisioningError(f"restoring backup {backup.id} failed: {exc}") from exc
         await asyncio.to_thread(self._give_all, store)
-        await asyncio.to_thread(self._give_all, database.parent)
+        if uri.startswith("sqlite"):
+            await asyncio.to_thread(self._give_all, Path(make_url(uri).database or "").parent)
         report = {"BackupId": backup.id, "ArtifactsRestored": restored.copied}
         if restored.missing:
             report["MissingArtifacts"] = restored.missing
@@ -249,7 +252,7 @@ class Backups:
 
     def _begin(
         self, session: Session, server: TrackingServer, origin: str = "Manual"
-    ) -> tuple[str, tuple[Archive, Path, Path]]:
+    ) -> tuple[str, tuple[Archive, str, Path]]:
         """Record a new backup of ``server``, InProgress: its id, and what ``_take`` needs."""
         now = time.time()
         stamp = datetime.fromtimestamp(now).strftime("%Y%m%dt%H%M%S")
@@ -276,15 +279,20 @@ class Backups:
                 metadata_bytes=0,
             )
         )
-        database = Path(make_url(server.metadata_db_uri).database or "")
         store = resolve(local_folder(server.artifact_store_uri) or "")
-        return backup_id, (self.archive_of(server.id), database, store)
+        return backup_id, (self.archive_of(server.id), server.metadata_db_uri, store)
 
-    async def _take(self, backup_id: str, archive: Archive, database: Path, store: Path) -> bool:
+    async def _take(self, backup_id: str, archive: Archive, uri: str, store: Path) -> bool:
         lock = self._archive_locks.setdefault(archive.folder.name, asyncio.Lock())
+
+        def snapshot_into(folder: Path) -> Path:
+            return self._databases.snapshot(uri, folder)
+
         try:
             async with lock:
-                taken: Taken = await asyncio.to_thread(archive.take, backup_id, database, store)
+                taken: Taken = await asyncio.to_thread(
+                    archive.take, backup_id, snapshot_into, store
+                )
         except Exception as exc:
             log.exception("backup %s failed", backup_id)
             archive.remove(backup_id)
@@ -311,10 +319,6 @@ class Backups:
     # helpers -------------------------------------------------------------------------------
 
     def _check_supported(self, server: TrackingServer) -> None:
-        if not server.metadata_db_uri.startswith("sqlite"):
-            raise ValidationException(
-                "Backups of servers whose metadata database is on PostgreSQL are not built yet."
-            )
         if local_folder(server.artifact_store_uri) is None:
             raise ValidationException(
                 "Backups of servers with an s3:// artifact store are not built yet."

@@ -30,6 +30,7 @@ import hmac
 import os
 import shutil
 import sqlite3
+import subprocess
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -55,6 +56,9 @@ from mlfleet.settings import Settings
 _PG_TEMPLATE_LOCK = 0x6D6C666C
 TENANT_PREFIX = "mlfleet_ts_"
 TEMPLATE_PREFIX = "mlfleet_tpl_"
+# A backup's copy of a server's database (backups.archive), by kind of database.
+SQLITE_SNAPSHOT = "metadata.db"
+PG_SNAPSHOT = "metadata.pgdump"
 # A tenant database's copy while its server moves to another MLflow release (keep_for_rollback).
 ROLLBACK_SUFFIX = "_before_upgrade"
 # PostgreSQL's own default for the verifiers it computes.
@@ -282,6 +286,78 @@ class MetadataDatabases:
             return "VACUUM ANALYZE"
 
         return await asyncio.to_thread(vacuum)
+
+    # Backups ---------------------------------------------------------------------------------
+
+    def snapshot(self, uri: str, folder: Path) -> Path:
+        """A consistent copy of a (serving) server's database in ``folder``, the file written:
+        SQLite's online backup, or pg_dump's archive (one transaction's snapshot). Blocking."""
+        if uri.startswith("sqlite"):
+            target = folder / SQLITE_SNAPSHOT
+            _sqlite_copy(Path(make_url(uri).database or ""), target)
+            return target
+        target = folder / PG_SNAPSHOT
+        partial = target.with_suffix(".partial")
+        self._pg_tool(
+            "pg_dump",
+            _name(uri),
+            "--format=custom",
+            "--no-owner",
+            "--no-privileges",
+            f"--file={partial}",
+        )
+        os.replace(partial, target)
+        return target
+
+    def load_snapshot(self, uri: str, snapshot: Path) -> None:
+        """A new server's database at ``uri``, made from a ``snapshot`` of another's, without
+        the data events that server had not sent yet (they are its own). Blocking."""
+        if uri.startswith("sqlite"):
+            database = Path(make_url(uri).database or "")
+            database.parent.mkdir(parents=True, exist_ok=True)
+            partial = database.with_suffix(".restoring")
+            shutil.copyfile(snapshot, partial)
+            with closing(sqlite3.connect(partial)) as copy, copy:
+                copy.execute(f"DELETE FROM {PENDING.name}")
+            os.replace(partial, database)
+            return
+        name = _name(uri)
+
+        def empty(conn: Connection) -> None:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            _create_closed(conn, name, "template0")
+
+        self._pg_locked(empty)
+        self._pg_tool("pg_restore", name, "--no-owner", "--no-privileges", str(snapshot))
+        engine = create_engine(self.admin_uri(uri), poolclass=NullPool)
+        try:
+            with engine.begin() as restored:
+                restored.execute(text(f"DELETE FROM {PENDING.name}"))
+        finally:
+            engine.dispose()
+
+    def _pg_tool(self, tool: str, database: str, *args: str) -> None:
+        """PostgreSQL's ``pg_dump`` or ``pg_restore`` on ``database`` as the daemon's role; the
+        password goes in the environment, never on a command line anyone may read."""
+        url = self._pg(database)
+        env = {
+            **os.environ,
+            "PGHOST": url.host or "localhost",
+            "PGPORT": str(url.port or 5432),
+            "PGUSER": url.username or "",
+            "PGDATABASE": database,
+        }
+        if url.password:
+            env["PGPASSWORD"] = str(url.password)
+        done = subprocess.run(
+            [tool, *args, *(["--dbname", database] if tool == "pg_restore" else [])],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ProvisioningError(f"{tool} failed: {done.stderr.strip()[-1000:]}")
 
     # MLflow upgrades -------------------------------------------------------------------------
 
