@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import boto3
 import mlflow
 import pytest
 from botocore.exceptions import ClientError
@@ -313,3 +314,47 @@ def test_a_backup_is_taken_and_restored_from_the_console(daemon: Daemon, tmp_pat
         finally:
             browser.close()
     assert daemon.wait_status(copy, "Created", "CreateFailed")["TrackingServerStatus"] == "Created"
+
+
+def test_a_server_with_an_s3_store_is_backed_up_and_restored_into_a_new_prefix(
+    daemon: Daemon, tmp_path: Path, signed_in: None, s3_env: dict[str, str]
+) -> None:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_env["MLFLEET_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    bucket, name = unique("backed"), unique("on-s3")
+    s3.create_bucket(Bucket=bucket)
+    daemon.client().create_mlflow_tracking_server(
+        TrackingServerName=name,
+        ArtifactStoreUri=f"s3://{bucket}/team/{name}",
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/mlfleet",
+    )
+    server = daemon.wait_status(name, "Created", "CreateFailed")
+    assert server["TrackingServerStatus"] == "Created", server
+    client = MlflowClient(server["TrackingServerUrl"])
+    run = client.create_run(client.create_experiment("in-s3")).info.run_id
+    (tmp_path / "weights.bin").write_bytes(b"\x00\x01" * 4096)
+    client.log_artifact(run, str(tmp_path / "weights.bin"), artifact_path="model")
+
+    taken = daemon.client("mlfleet").create_tracking_server_backup(TrackingServerName=name)
+    backup = completed(daemon, taken["BackupId"])
+    assert backup["ArtifactCount"] == 1
+
+    copy = unique("s3-copy")
+    daemon.client("mlfleet").restore_tracking_server_backup(
+        BackupId=backup["BackupId"], TrackingServerName=copy
+    )
+    restored = daemon.wait_status(copy, "Created", "CreateFailed")
+    assert restored["TrackingServerStatus"] == "Created", restored
+    # Beside the original's prefix, named after the new server.
+    assert restored["ArtifactStoreUri"] == f"s3://{bucket}/team/{copy}"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"team/{copy}/")["Contents"]]
+    assert len(keys) == 1 and keys[0].endswith("/model/weights.bin")
+    fetched = MlflowClient(restored["TrackingServerUrl"]).download_artifacts(
+        run, "model/weights.bin", str(tmp_path / "fetched")
+    )
+    assert Path(fetched).read_bytes() == b"\x00\x01" * 4096

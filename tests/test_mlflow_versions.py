@@ -149,12 +149,11 @@ def upgraded_in_place(
     environment: Path,
     tmp_path: Path,
     in_database: Callable[[str], None],
-    backed_up: bool = True,
 ) -> None:
     """The 2.x server moved to mlfleet's own 3.x release: first an upgrade that fails in
     MLflow's migrations (a table one of them creates is already there), rolled back; then one
     that works. Its data is all there after each. ``in_database`` runs a statement in the
-    server's database, as its operator could; ``backed_up``, whether backups of it are built."""
+    server's database, as its operator could."""
     name, old = desc["TrackingServerName"], desc["MlflowVersion"]
     new = mlflow.__version__
     client = MlflowClient(desc["TrackingServerUrl"])
@@ -186,7 +185,7 @@ def upgraded_in_place(
     assert snapshot(client, tmp_path) == before
     # One backup per attempt, taken before anything changed.
     backups = daemon.client("mlfleet").list_tracking_server_backups(TrackingServerName=name)
-    assert len(backups["TrackingServerBackups"]) == (2 if backed_up else 0)
+    assert len(backups["TrackingServerBackups"]) == 2
     # No server runs the old release any more: its environment is gone.
     assert not environment.exists()
     # And the new release serves writes as well as reads.
@@ -317,4 +316,4 @@ def test_a_2x_server_on_postgresql_upgraded_in_place(
             conn.execute(statement)
 
     environment = pg_daemon.data_dir / "mlflow-versions" / str(release)
-    upgraded_in_place(pg_daemon, desc, environment, tmp_path, in_postgresql, backed_up=False)
+    upgraded_in_place(pg_daemon, desc, environment, tmp_path, in_postgresql)

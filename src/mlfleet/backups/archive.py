@@ -1,7 +1,8 @@
 """Backups on disk, under ``<data-dir>/backups/<server-id>/``.
 
-- ``objects/<sha256[:2]>/<sha256>``: the files of the server's folder artifact store, each
-  content kept once, so a backup copies only the files that earlier backups lack;
+- ``objects/<sha256[:2]>/<sha256>``: the files of the server's artifact store (a folder or an
+  ``s3://`` prefix: backups.stores), each content kept once, so a backup copies only the files
+  that earlier backups lack;
 - ``<backup-id>/metadata.db`` or ``metadata.pgdump``: MLflow's database as at the backup, a
   consistent copy taken while the workers write (SQLite's online backup API, or pg_dump: see
   ``MetadataDatabases.snapshot``);
@@ -19,9 +20,11 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from mlfleet.backups.stores import ArtifactFiles
 
 CHUNK = 1024 * 1024
 MANIFEST = "manifest.json"
@@ -53,20 +56,24 @@ class Archive:
         self.folder = folder
         self.objects = folder / "objects"
 
-    def take(self, backup_id: str, snapshot_into: Callable[[Path], Path], store: Path) -> Taken:
+    def take(
+        self, backup_id: str, snapshot_into: Callable[[Path], Path], store: ArtifactFiles
+    ) -> Taken:
         """A backup: the database's snapshot (``snapshot_into`` a folder: the file it wrote),
         then every file of ``store``."""
         target = self.folder / backup_id
         target.mkdir(parents=True, exist_ok=True)
         snapshot = snapshot_into(target)
-        artifacts = [self._keep(store, path) for path in _files(store)]
+        artifacts = [self._keep(store, path) for path in store.paths()]
         manifest = {"artifacts": [asdict(a) for a in artifacts]}
         partial = target / f"{MANIFEST}.partial"
         partial.write_text(json.dumps(manifest))
         os.replace(partial, target / MANIFEST)
         return Taken(artifacts, snapshot.stat().st_size)
 
-    def restore(self, backup_id: str, load: Callable[[Path], None], store: Path) -> Restored:
+    def restore(
+        self, backup_id: str, load: Callable[[Path], None], store: ArtifactFiles
+    ) -> Restored:
         """The backup's database given to ``load`` (its snapshot file) and its artifacts put
         in ``store``, each checked against the manifest as it is copied."""
         source = self.folder / backup_id
@@ -100,14 +107,14 @@ class Archive:
     def _object(self, sha256: str) -> Path:
         return self.objects / sha256[:2] / sha256
 
-    def _keep(self, store: Path, path: Path) -> Artifact:
+    def _keep(self, store: ArtifactFiles, path: str) -> Artifact:
         """The file's entry, its content copied into the objects unless already there."""
         # Named for this copy alone: a maintenance's backup may run beside one asked for.
         staged = self.objects / f".incoming-{uuid.uuid4().hex}"
         staged.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         size = 0
-        with path.open("rb") as source, staged.open("wb") as copy:
+        with store.open(path) as source, staged.open("wb") as copy:
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
                 copy.write(chunk)
@@ -119,33 +126,20 @@ class Archive:
         else:
             kept.parent.mkdir(exist_ok=True)
             os.replace(staged, kept)
-        return Artifact(path.relative_to(store).as_posix(), size, sha256)
+        return Artifact(path, size, sha256)
 
-    def _put(self, entry: Artifact, store: Path) -> bool:
-        """Copy one artifact into ``store``: False when the backup lacks it or it is damaged."""
+    def _put(self, entry: Artifact, store: ArtifactFiles) -> bool:
+        """Copy one artifact into ``store``: False when the backup lacks it or it is damaged
+        (checked before anything is written)."""
         kept = self._object(entry.sha256)
-        target = store / entry.path
-        if not kept.is_file() or ".." in Path(entry.path).parts:
+        if not kept.is_file() or ".." in entry.path.split("/"):
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.restoring")
         digest = hashlib.sha256()
-        with kept.open("rb") as source, partial.open("wb") as copy:
+        with kept.open("rb") as source:
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
-                copy.write(chunk)
         if digest.hexdigest() != entry.sha256:
-            partial.unlink()
             return False
-        os.replace(partial, target)
+        with kept.open("rb") as source:
+            store.write(entry.path, source)
         return True
-
-
-def _files(store: Path) -> Iterator[Path]:
-    """The store's regular files, in a stable order (links are not followed)."""
-    for folder, subfolders, names in os.walk(store):
-        subfolders.sort()
-        for name in sorted(names):
-            path = Path(folder) / name
-            if path.is_file() and not path.is_symlink():
-                yield path

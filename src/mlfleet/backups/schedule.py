@@ -1,10 +1,10 @@
 """Daily backups and their retention.
 
-Every server whose backups are built (a folder store) is backed up once a
-day (``Settings.daily_backup_seconds``) unless tagged ``mlfleet:daily-backups`` = ``off``: the
-first a day after its creation, each next a day after its newest completed backup of any origin
-(a maintenance's backup counts). A stopped server is backed up too: its data is as precious, and
-its database is not being written.
+A server with a folder store (whose files live only on this machine) is backed up once a day
+(``Settings.daily_backup_seconds``) unless tagged ``mlfleet:daily-backups`` = ``off``; one with an
+``s3://`` store only when tagged ``on``. The first a day after its creation, each next a day
+after its newest completed backup of any origin (a maintenance's backup counts). A stopped
+server is backed up too: its data is as precious, and its database is not being written.
 
 Backups the daemon took itself (``Daily``, ``Maintenance``, ``Upgrade``) are removed once older than
 the server's retention (tag ``mlfleet:backup-retention-days``, ``DEFAULT_RETENTION_DAYS`` by
@@ -108,14 +108,14 @@ class DailyBackups:
                 )
             session.expunge_all()
         for server in servers:
-            if local_folder(server.artifact_store_uri) is None:
-                continue
             tags = {t["Key"]: t["Value"] for t in server.tags}
             mine = kept.get(server.id, [])
             old = expired(mine, now, retention_days(tags))
             if old:
                 await self._backups.remove_expired(server.id, old)
-            daily = tags.get(DAILY_TAG, "on").lower() != "off"
+            # On by default for folder stores, whose files live only here; S3 keeps its own.
+            default = "on" if local_folder(server.artifact_store_uri) else "off"
+            daily = tags.get(DAILY_TAG, default).lower() == "on"
             if daily and backup_due(server.created_at, mine, now, self._every):
                 log.info(
                     "daily backup of %s: %s",

@@ -11,8 +11,9 @@ server's settings, whose reconciler puts the backup's database and artifacts in 
 the restore found (artifacts copied, any the backup lacks or holds damaged) is the server's
 ``RestoreReport``.
 
-Built: servers with a folder artifact store, their metadata database on SQLite (the embedded
-default) or PostgreSQL. ``s3://`` stores are refused with a clear error for now.
+Every kind of server is backed up: its metadata database on SQLite (the embedded default) or
+PostgreSQL, its artifacts in a folder or an ``s3://`` prefix (backups.stores); the backup itself
+lives under the data dir.
 """
 
 from __future__ import annotations
@@ -26,16 +27,19 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import make_url, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.identity import Principal
 from mlfleet.backups.archive import Archive, Restored, Taken
+from mlfleet.backups.stores import ArtifactFiles, FolderFiles, files_of
 from mlfleet.common.paging import SAGEMAKER, page_of_query
 from mlfleet.fleet.service import FleetService
-from mlfleet.fleet.stores import local_folder, resolve
+from mlfleet.fleet.stores import local_folder
 from mlfleet.protocol.errors import ResourceNotFound, ValidationException
 from mlfleet.runtime.metadata_db import MetadataDatabases
 from mlfleet.runtime.mlflow_schema import ProvisioningError
@@ -102,7 +106,6 @@ class Backups:
                     f"Tracking Server {name} is in status {server.status}: it can be backed up "
                     "once it is created, and not while it changes."
                 )
-            self._check_supported(server)
             backup_id, work = self._begin(session, server)
         task = asyncio.get_running_loop().create_task(self._take(backup_id, *work))
         self._tasks.add(task)
@@ -148,11 +151,6 @@ class Backups:
         store = req.get("ArtifactStoreUri") or self._sibling_store(
             settings["ArtifactStoreUri"], req["TrackingServerName"]
         )
-        if local_folder(store) is None:
-            raise ValidationException(
-                "ArtifactStoreUri: a restore copies artifacts into a folder store (file://...); "
-                "s3:// stores are not restored yet."
-            )
         created = {
             "TrackingServerName": req["TrackingServerName"],
             "ArtifactStoreUri": store,
@@ -176,16 +174,17 @@ class Backups:
             backup = self._backup(session, row.restored_from)
             archive = self.archive_of(backup.server_id)
         uri = self._databases.uri_for(row.id)
-        store = resolve(local_folder(row.artifact_store_uri) or "")
+        store = files_of(row.artifact_store_uri, self._settings)
 
         def load(snapshot: Path) -> None:
             self._databases.load_snapshot(uri, snapshot)
 
         try:
             restored: Restored = await asyncio.to_thread(archive.restore, backup.id, load, store)
-        except (OSError, ValueError, sqlite3.Error, DBAPIError) as exc:
+        except (OSError, ValueError, sqlite3.Error, DBAPIError, BotoCoreError, ClientError) as exc:
             raise ProvisioningError(f"restoring backup {backup.id} failed: {exc}") from exc
-        await asyncio.to_thread(self._give_all, store)
+        if isinstance(store, FolderFiles):
+            await asyncio.to_thread(self._give_all, store.root)
         if uri.startswith("sqlite"):
             await asyncio.to_thread(self._give_all, Path(make_url(uri).database or "").parent)
         report = {"BackupId": backup.id, "ArtifactsRestored": restored.copied}
@@ -209,10 +208,6 @@ class Backups:
     async def back_up_now(self, server: TrackingServer, origin: str) -> str:
         """A backup of ``server`` taken now by the daemon (``origin``: Daily, or the first step
         of a Maintenance or an Upgrade): what was done."""
-        try:
-            self._check_supported(server)
-        except ValidationException as unsupported:
-            return f"no backup ({unsupported})"
         with self._sessions.begin() as session:
             backup_id, work = self._begin(session, server, origin)
         if not await self._take(backup_id, *work):
@@ -252,7 +247,7 @@ class Backups:
 
     def _begin(
         self, session: Session, server: TrackingServer, origin: str = "Manual"
-    ) -> tuple[str, tuple[Archive, str, Path]]:
+    ) -> tuple[str, tuple[Archive, str, ArtifactFiles]]:
         """Record a new backup of ``server``, InProgress: its id, and what ``_take`` needs."""
         now = time.time()
         stamp = datetime.fromtimestamp(now).strftime("%Y%m%dt%H%M%S")
@@ -279,10 +274,10 @@ class Backups:
                 metadata_bytes=0,
             )
         )
-        store = resolve(local_folder(server.artifact_store_uri) or "")
+        store = files_of(server.artifact_store_uri, self._settings)
         return backup_id, (self.archive_of(server.id), server.metadata_db_uri, store)
 
-    async def _take(self, backup_id: str, archive: Archive, uri: str, store: Path) -> bool:
+    async def _take(self, backup_id: str, archive: Archive, uri: str, store: ArtifactFiles) -> bool:
         lock = self._archive_locks.setdefault(archive.folder.name, asyncio.Lock())
 
         def snapshot_into(folder: Path) -> Path:
@@ -318,20 +313,16 @@ class Backups:
 
     # helpers -------------------------------------------------------------------------------
 
-    def _check_supported(self, server: TrackingServer) -> None:
-        if local_folder(server.artifact_store_uri) is None:
-            raise ValidationException(
-                "Backups of servers with an s3:// artifact store are not built yet."
-            )
-
-    def _sibling_store(self, original: str, name: str) -> str:
-        """The restored server's default store: a folder named after it, beside the original's."""
+    @staticmethod
+    def _sibling_store(original: str, name: str) -> str:
+        """The restored server's default store: a folder or prefix named after it, beside the
+        original's."""
         folder = local_folder(original)
-        if folder is None:
-            raise ValidationException(
-                "ArtifactStoreUri is required: the backed-up server's store is not a folder."
-            )
-        return f"file://{Path(folder).parent / name}"
+        if folder is not None:
+            return f"file://{Path(folder).parent / name}"
+        parsed = urlparse(original)
+        parent = parsed.path.strip("/").rpartition("/")[0]
+        return f"s3://{parsed.netloc}/{parent + '/' if parent else ''}{name}"
 
     @staticmethod
     def _backup(session: Session, backup_id: str) -> TrackingServerBackup:
