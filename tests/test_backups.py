@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from mlfleet.cli.common import service_client
 from support.aws import ACCOUNT, unique
 from support.console import launch, needs_chromium, screenshot, sign_in_page
 from support.daemon import Daemon
@@ -222,6 +223,51 @@ def test_maintenance_backs_up_compacts_and_serves_again_with_its_events(
     with pytest.raises(ClientError) as refused:
         daemon.client("mlfleet").start_tracking_server_maintenance(TrackingServerName=name)
     assert "can't be maintained" in refused.value.response["Error"]["Message"]
+
+
+def test_a_failed_maintenance_says_why_and_the_server_serves_on(
+    daemon: Daemon, receiver: Receiver, tmp_path: Path, signed_in: None
+) -> None:
+    """A real fault: where the server's backups go is a file, so the maintenance's backup
+    cannot be written. The maintenance fails with the reason; the server serves meanwhile and
+    after; once the fault is gone, the next one completes."""
+    server = new_server(daemon, tmp_path)
+    name = server["TrackingServerName"]
+    route_to(
+        daemon, receiver, {"source": ["aws.sagemaker"], "detail": {"TrackingServerName": [name]}}
+    )
+    client = MlflowClient(server["TrackingServerUrl"])
+    experiment = client.create_experiment("still-here")
+    blocked = daemon.data_dir / "backups" / daemon.server_id(name)
+    blocked.parent.mkdir(exist_ok=True)
+    blocked.write_text("not a folder")
+    try:
+        answer = daemon.mlfleet("maintenance", name)
+        assert answer.returncode == 1, answer.stdout + answer.stderr
+        described = service_client(daemon.data_dir, daemon.url).describe_mlflow_tracking_server(
+            TrackingServerName=name
+        )
+        assert described["TrackingServerStatus"] == "MaintenanceFailed"
+        assert described["TrackingServerMaintenanceStatus"] == "MaintenanceFailed"
+        assert described["IsActive"] == "Active"
+        assert "maintenance failed: backup" in described["FailureReason"]
+        assert client.get_experiment(experiment).name == "still-here"
+        client.create_run(experiment)
+
+        def maintenance_events() -> list[str] | None:
+            seen = [b["detail-type"] for b in wait_received(receiver, 1)]
+            found = [t for t in seen if t.startswith("SageMaker Tracking Server Maintenance")]
+            return found if len(found) >= 2 else None
+
+        assert wait_for(maintenance_events, 30, what="the maintenance events") == [
+            "SageMaker Tracking Server Maintenance In Progress",
+            "SageMaker Tracking Server Maintenance Failed",
+        ]
+    finally:
+        blocked.unlink()
+    again = daemon.mlfleet("maintenance", name)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "MaintenanceComplete" in again.stdout
 
 
 def test_daily_backups_are_taken_and_the_oldest_removed(
