@@ -225,6 +225,36 @@ def test_maintenance_backs_up_compacts_and_serves_again_with_its_events(
     assert "can't be maintained" in refused.value.response["Error"]["Message"]
 
 
+def test_a_backup_is_deleted_with_the_copies_only_it_held(
+    daemon: Daemon, tmp_path: Path, signed_in: None
+) -> None:
+    server = new_server(daemon, tmp_path)
+    name = server["TrackingServerName"]
+    client = MlflowClient(server["TrackingServerUrl"])
+    run = client.create_run(client.create_experiment("twice")).info.run_id
+    (tmp_path / "shared.txt").write_text("in both backups")
+    client.log_artifact(run, str(tmp_path / "shared.txt"))
+    first = daemon.mlfleet("backup", name).stdout.split()[0]
+    (tmp_path / "later.txt").write_text("in the second only")
+    client.log_artifact(run, str(tmp_path / "later.txt"))
+    second = daemon.mlfleet("backup", name).stdout.split()[0]
+    objects = daemon.data_dir / "backups" / daemon.server_id(name) / "objects"
+
+    def contents() -> set[bytes]:
+        return {p.read_bytes() for p in objects.glob("*/*")}
+
+    assert contents() == {b"in both backups", b"in the second only"}
+    deleted = daemon.mlfleet("delete-backup", second)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    mlfleet_api = daemon.client("mlfleet")
+    listed = mlfleet_api.list_tracking_server_backups(TrackingServerName=name)
+    assert [b["BackupId"] for b in listed["TrackingServerBackups"]] == [first]
+    with pytest.raises(ClientError) as gone:
+        mlfleet_api.describe_tracking_server_backup(BackupId=second)
+    assert gone.value.response["Error"]["Code"] == "ResourceNotFound"
+    wait_for(lambda: contents() == {b"in both backups"}, 30, what="the second's own copy removed")
+
+
 def test_a_failed_maintenance_says_why_and_the_server_serves_on(
     daemon: Daemon, receiver: Receiver, tmp_path: Path, signed_in: None
 ) -> None:

@@ -4,7 +4,8 @@
 The service model is mlfleet's (``protocol/models/mlfleet``), in botocore's format, so boto3 and
 the AWS CLI call it as any AWS service once ``AWS_DATA_PATH`` names that folder. Each operation
 is authorized as ``mlfleet:<Operation>``: a backup is taken, a maintenance started and an
-upgrade begun on a tracking server's ARN; a backup is described and restored by its own ARN,
+upgrade begun on a tracking server's ARN; a backup is described, restored and deleted by its own
+ARN,
 and a restore hands the new server its role.
 """
 
@@ -71,6 +72,13 @@ def restore_tracking_server_backup(
     backups: Backups, call: Call[shapes.RestoreTrackingServerBackupRequest]
 ) -> shapes.RestoreTrackingServerBackupResponse:
     return backups.restore(dict(call.params), call.principal)  # type: ignore[return-value]
+
+
+@declare(Access.WRITE, OPERATORS, resource=_backup)
+def delete_tracking_server_backup(
+    backups: Backups, call: Call[shapes.DeleteTrackingServerBackupRequest]
+) -> shapes.DeleteTrackingServerBackupResponse:
+    return backups.delete(call.params["BackupId"])  # type: ignore[return-value]
 
 
 @declare(Access.WRITE, OPERATORS, resource=_server)

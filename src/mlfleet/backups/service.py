@@ -78,6 +78,7 @@ class Backups:
         # Hands what a restore wrote to the workers' user (runtime.sandbox).
         self._give_all = give_all
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._cleanups: set[asyncio.Task[None]] = set()
         # Per server: a take and the removal of unused objects never overlap (Archive.collect).
         self._archive_locks: dict[str, asyncio.Lock] = {}
 
@@ -227,23 +228,49 @@ class Backups:
                 backup.failure_reason = "the daemon stopped before the backup was complete"
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._cleanups]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._cleanups, return_exceptions=True)
+
+    def delete(self, backup_id: str) -> dict[str, Any]:
+        """Delete a backup now; the objects only it held go in the background, once no backup
+        of the server is being taken."""
+        with self._sessions.begin() as session:
+            backup = self._backup(session, backup_id)
+            if backup.status == "InProgress":
+                raise ValidationException(
+                    f"Backup {backup_id} is InProgress: it can be deleted once it is done."
+                )
+            server_id = backup.server_id
+            self.archive_of(server_id).remove(backup_id)
+            session.delete(backup)
+        task = asyncio.get_running_loop().create_task(self._collect(server_id))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        return {"BackupArn": self.arn_for(backup_id)}
 
     async def remove_expired(self, server_id: str, backup_ids: Sequence[str]) -> None:
         """Remove these backups of one server (the schedule's retention), then the objects no
         other backup of it names."""
         archive = self.archive_of(server_id)
+        with self._sessions.begin() as session:
+            for backup_id in backup_ids:
+                archive.remove(backup_id)
+                row = session.get(TrackingServerBackup, backup_id)
+                if row is not None:
+                    session.delete(row)
+        await self._collect(server_id)
+        log.info("removed backups %s", backup_ids)
+
+    async def _collect(self, server_id: str) -> None:
+        archive = self.archive_of(server_id)
         async with self._archive_locks.setdefault(server_id, asyncio.Lock()):
-            with self._sessions.begin() as session:
-                for backup_id in backup_ids:
-                    archive.remove(backup_id)
-                    row = session.get(TrackingServerBackup, backup_id)
-                    if row is not None:
-                        session.delete(row)
-            removed = await asyncio.to_thread(archive.collect)
-        log.info("removed backups %s (%d objects no other backup names)", backup_ids, removed)
+            try:
+                removed = await asyncio.to_thread(archive.collect)
+            except OSError:
+                log.exception("removing the unused objects of %s's backups failed", server_id)
+                return
+        log.info("removed %d objects no backup of %s names", removed, server_id)
 
     def _begin(
         self, session: Session, server: TrackingServer, origin: str = "Manual"

@@ -100,6 +100,15 @@ def restore(
         raise typer.Exit(2)
 
 
+def delete_backup(
+    backup_id: str, data_dir: DataDir = None, endpoint_url: EndpointUrl = None
+) -> None:
+    """Delete a backup (and the artifact copies only it holds)."""
+    client = service_client(data_dir, endpoint_url, "mlfleet")
+    call(client, "delete_tracking_server_backup", BackupId=backup_id)
+    console.print(f"{backup_id}: deleted")
+
+
 def maintenance(
     name: str, wait: Wait = True, data_dir: DataDir = None, endpoint_url: EndpointUrl = None
 ) -> None:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mlfleet.cli.audit import audit_app
-from mlfleet.cli.backups import backup, backups, maintenance, restore
+from mlfleet.cli.backups import backup, backups, delete_backup, maintenance, restore
 from mlfleet.cli.common import (
     DataDir,
     EndpointUrl,
@@ -51,6 +51,7 @@ app.command()(deploy)
 app.command()(backup)
 app.command()(backups)
 app.command()(restore)
+app.command("delete-backup")(delete_backup)
 app.command()(maintenance)
 
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the status until it settles.")]

@@ -19,6 +19,14 @@ class CreateTrackingServerBackupResponse(TypedDict, total=False):
     BackupStatus: str
 
 
+class DeleteTrackingServerBackupRequest(TypedDict, total=False):
+    BackupId: Required[str]
+
+
+class DeleteTrackingServerBackupResponse(TypedDict, total=False):
+    BackupArn: str
+
+
 class DescribeTrackingServerBackupRequest(TypedDict, total=False):
     BackupId: Required[str]
 
