@@ -434,3 +434,56 @@ def test_a_server_with_an_s3_store_is_backed_up_and_restored_into_a_new_prefix(
         run, "model/weights.bin", str(tmp_path / "fetched")
     )
     assert Path(fetched).read_bytes() == b"\x00\x01" * 4096
+
+
+def test_backups_kept_in_the_operators_s3_location(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_env: dict[str, str]
+) -> None:
+    """With ``backup_location`` an s3:// URI, a server's backups live there (nothing under the
+    data dir but staging), restore from there, and are deleted there."""
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_env["MLFLEET_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    bucket = unique("vault")
+    s3.create_bucket(Bucket=bucket)
+    for variable, value in {**s3_env, "MLFLEET_BACKUP_LOCATION": f"s3://{bucket}/mlfleet"}.items():
+        monkeypatch.setenv(variable, value)
+    own = Daemon(tmp_path / "vaulted").start()
+    try:
+        key, secret = own.credentials
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", key)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+        server = new_server(own, tmp_path / "artifacts")
+        client = MlflowClient(server["TrackingServerUrl"])
+        run = client.create_run(client.create_experiment("vaulted")).info.run_id
+        (tmp_path / "notes.txt").write_text("kept in the vault")
+        client.log_artifact(run, str(tmp_path / "notes.txt"))
+        backup_id = own.mlfleet("backup", server["TrackingServerName"]).stdout.split()[0]
+        server_id = own.server_id(server["TrackingServerName"])
+
+        def stored() -> list[str]:
+            found = s3.list_objects_v2(Bucket=bucket, Prefix=f"mlfleet/{server_id}/")
+            return sorted(o["Key"].split("/", 2)[2] for o in found.get("Contents", []))
+
+        kept = stored()
+        assert f"{backup_id}/manifest.json" in kept and f"{backup_id}/metadata.db" in kept
+        assert len([k for k in kept if k.startswith("objects/")]) == 1
+        assert not (own.data_dir / "backups" / server_id).exists()
+
+        copy = unique("from-vault")
+        restored = own.mlfleet("restore", backup_id, "--to", copy)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        url = own.client().describe_mlflow_tracking_server(TrackingServerName=copy)[
+            "TrackingServerUrl"
+        ]
+        fetched = MlflowClient(url).download_artifacts(run, "notes.txt", str(tmp_path / "f"))
+        assert Path(fetched).read_text() == "kept in the vault"
+
+        assert own.mlfleet("delete-backup", backup_id).returncode == 0
+        wait_for(lambda: stored() == [], 30, what="the backup's keys removed from S3")
+    finally:
+        own.stop()

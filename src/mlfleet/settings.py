@@ -54,6 +54,9 @@ class Settings:
     # requests are still authenticated but never refused by policy, for a single-user machine
     # and for measuring what authorization costs (bench/); the daemon warns at start.
     authorization: str = "iam"
+    # Where backups are kept: empty for <data-dir>/backups, or s3://bucket[/prefix] (the daemon's
+    # AWS credentials and s3_endpoint_url), each server's under <prefix>/<server-id>/.
+    backup_location: str = ""
     # How often a tracking server is backed up by the daily schedule (backups.schedule);
     # shorter only to watch the schedule in tests and demos.
     daily_backup_seconds: float = 86400.0

@@ -1,4 +1,5 @@
-"""Backups on disk, under ``<data-dir>/backups/<server-id>/``.
+"""A server's backups on its shelf (``<data-dir>/backups/<server-id>/`` or the operator's
+``s3://`` location: backups.shelves), by key:
 
 - ``objects/<sha256[:2]>/<sha256>``: the files of the server's artifact store (a folder or an
   ``s3://`` prefix: backups.stores), each content kept once, so a backup copies only the files
@@ -17,17 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mlfleet.backups.shelves import Shelf
 from mlfleet.backups.stores import ArtifactFiles
+from mlfleet.runtime.metadata_db import PG_SNAPSHOT, SQLITE_SNAPSHOT
 
 CHUNK = 1024 * 1024
 MANIFEST = "manifest.json"
+OBJECTS = "objects/"
+SNAPSHOTS = (SQLITE_SNAPSHOT, PG_SNAPSHOT)
 
 
 @dataclass(frozen=True)
@@ -50,36 +54,41 @@ class Restored:
 
 
 class Archive:
-    """One server's backups."""
+    """One server's backups, on its shelf (backups.shelves)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.objects = folder / "objects"
+    def __init__(self, shelf: Shelf) -> None:
+        self.shelf = shelf
 
     def take(
         self, backup_id: str, snapshot_into: Callable[[Path], Path], store: ArtifactFiles
     ) -> Taken:
         """A backup: the database's snapshot (``snapshot_into`` a folder: the file it wrote),
-        then every file of ``store``."""
-        target = self.folder / backup_id
-        target.mkdir(parents=True, exist_ok=True)
-        snapshot = snapshot_into(target)
+        then every file of ``store``, then the manifest."""
+        with tempfile.TemporaryDirectory(dir=self.shelf.staging) as scratch:
+            snapshot = snapshot_into(Path(scratch))
+            metadata_bytes = snapshot.stat().st_size
+            self.shelf.put(f"{backup_id}/{snapshot.name}", snapshot)
         artifacts = [self._keep(store, path) for path in store.paths()]
-        manifest = {"artifacts": [asdict(a) for a in artifacts]}
-        partial = target / f"{MANIFEST}.partial"
-        partial.write_text(json.dumps(manifest))
-        os.replace(partial, target / MANIFEST)
-        return Taken(artifacts, snapshot.stat().st_size)
+        staged = self._staged()
+        staged.write_text(json.dumps({"artifacts": [asdict(a) for a in artifacts]}))
+        self.shelf.put(f"{backup_id}/{MANIFEST}", staged)
+        return Taken(artifacts, metadata_bytes)
 
     def restore(
         self, backup_id: str, load: Callable[[Path], None], store: ArtifactFiles
     ) -> Restored:
         """The backup's database given to ``load`` (its snapshot file) and its artifacts put
-        in ``store``, each checked against the manifest as it is copied."""
-        source = self.folder / backup_id
-        manifest = json.loads((source / MANIFEST).read_text())
-        snapshot = next(p for p in source.glob("metadata.*") if p.suffix != ".partial")
-        load(snapshot)
+        in ``store``, each checked against the manifest before it is written."""
+        with self.shelf.local(f"{backup_id}/{MANIFEST}") as manifest_file:
+            if manifest_file is None:
+                raise ValueError(f"backup {backup_id} has no manifest: it is incomplete")
+            manifest = json.loads(manifest_file.read_text())
+        snapshot_key = next(
+            k for k in self.shelf.names(f"{backup_id}/") if k.split("/")[-1] in SNAPSHOTS
+        )
+        with self.shelf.local(snapshot_key) as snapshot:
+            assert snapshot is not None
+            load(snapshot)
         copied, missing = 0, []
         for entry in map(lambda e: Artifact(**e), manifest["artifacts"]):
             if self._put(entry, store):
@@ -89,29 +98,31 @@ class Archive:
         return Restored(copied, missing)
 
     def remove(self, backup_id: str) -> None:
-        shutil.rmtree(self.folder / backup_id, ignore_errors=True)
+        self.shelf.drop(list(self.shelf.names(f"{backup_id}/")))
 
     def collect(self) -> int:
         """Remove the objects no backup's manifest names any more (after ``remove``); how many.
         Must not run beside a ``take`` of the same archive, whose objects have no manifest yet."""
         named: set[str] = set()
-        for manifest in self.folder.glob(f"*/{MANIFEST}"):
-            named.update(a["sha256"] for a in json.loads(manifest.read_text())["artifacts"])
-        removed = 0
-        for kept in self.objects.glob("*/*"):
-            if kept.name not in named:
-                kept.unlink()
-                removed += 1
-        return removed
+        for key in [k for k in self.shelf.names() if k.endswith(f"/{MANIFEST}")]:
+            with self.shelf.local(key) as manifest:
+                if manifest is not None:
+                    named.update(a["sha256"] for a in json.loads(manifest.read_text())["artifacts"])
+        unused = [k for k in self.shelf.names(OBJECTS) if k.rsplit("/", 1)[-1] not in named]
+        self.shelf.drop(unused)
+        return len(unused)
 
-    def _object(self, sha256: str) -> Path:
-        return self.objects / sha256[:2] / sha256
+    def _staged(self) -> Path:
+        # Named for this copy alone: a maintenance's backup may run beside one asked for.
+        return self.shelf.staging / f"incoming-{uuid.uuid4().hex}"
+
+    @staticmethod
+    def _object(sha256: str) -> str:
+        return f"{OBJECTS}{sha256[:2]}/{sha256}"
 
     def _keep(self, store: ArtifactFiles, path: str) -> Artifact:
-        """The file's entry, its content copied into the objects unless already there."""
-        # Named for this copy alone: a maintenance's backup may run beside one asked for.
-        staged = self.objects / f".incoming-{uuid.uuid4().hex}"
-        staged.parent.mkdir(parents=True, exist_ok=True)
+        """The file's entry, its content put on the shelf unless already there."""
+        staged = self._staged()
         digest = hashlib.sha256()
         size = 0
         with store.open(path) as source, staged.open("wb") as copy:
@@ -120,26 +131,26 @@ class Archive:
                 copy.write(chunk)
                 size += len(chunk)
         sha256 = digest.hexdigest()
-        kept = self._object(sha256)
-        if kept.exists():
+        if self.shelf.has(self._object(sha256)):
             staged.unlink()
         else:
-            kept.parent.mkdir(exist_ok=True)
-            os.replace(staged, kept)
+            self.shelf.put(self._object(sha256), staged)
         return Artifact(path, size, sha256)
 
     def _put(self, entry: Artifact, store: ArtifactFiles) -> bool:
         """Copy one artifact into ``store``: False when the backup lacks it or it is damaged
         (checked before anything is written)."""
-        kept = self._object(entry.sha256)
-        if not kept.is_file() or ".." in entry.path.split("/"):
+        if ".." in entry.path.split("/"):
             return False
-        digest = hashlib.sha256()
-        with kept.open("rb") as source:
-            while chunk := source.read(CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != entry.sha256:
-            return False
-        with kept.open("rb") as source:
-            store.write(entry.path, source)
+        with self.shelf.local(self._object(entry.sha256)) as kept:
+            if kept is None:
+                return False
+            digest = hashlib.sha256()
+            with kept.open("rb") as source:
+                while chunk := source.read(CHUNK):
+                    digest.update(chunk)
+            if digest.hexdigest() != entry.sha256:
+                return False
+            with kept.open("rb") as source:
+                store.write(entry.path, source)
         return True

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.identity import Principal
 from mlfleet.backups.archive import Archive, Restored, Taken
+from mlfleet.backups.shelves import shelf_for
 from mlfleet.backups.stores import ArtifactFiles, FolderFiles, files_of
 from mlfleet.common.paging import SAGEMAKER, page_of_query
 from mlfleet.fleet.service import FleetService
@@ -95,7 +96,7 @@ class Backups:
         return self._fleet.tags_of(name)
 
     def archive_of(self, server_id: str) -> Archive:
-        return Archive(self._settings.data_dir / "backups" / server_id)
+        return Archive(shelf_for(self._settings, server_id))
 
     # operations ----------------------------------------------------------------------------
 
@@ -274,7 +275,7 @@ class Backups:
 
     def _begin(
         self, session: Session, server: TrackingServer, origin: str = "Manual"
-    ) -> tuple[str, tuple[Archive, str, ArtifactFiles]]:
+    ) -> tuple[str, tuple[str, Archive, str, ArtifactFiles]]:
         """Record a new backup of ``server``, InProgress: its id, and what ``_take`` needs."""
         now = time.time()
         stamp = datetime.fromtimestamp(now).strftime("%Y%m%dt%H%M%S")
@@ -302,10 +303,12 @@ class Backups:
             )
         )
         store = files_of(server.artifact_store_uri, self._settings)
-        return backup_id, (self.archive_of(server.id), server.metadata_db_uri, store)
+        return backup_id, (server.id, self.archive_of(server.id), server.metadata_db_uri, store)
 
-    async def _take(self, backup_id: str, archive: Archive, uri: str, store: ArtifactFiles) -> bool:
-        lock = self._archive_locks.setdefault(archive.folder.name, asyncio.Lock())
+    async def _take(
+        self, backup_id: str, server_id: str, archive: Archive, uri: str, store: ArtifactFiles
+    ) -> bool:
+        lock = self._archive_locks.setdefault(server_id, asyncio.Lock())
 
         def snapshot_into(folder: Path) -> Path:
             return self._databases.snapshot(uri, folder)

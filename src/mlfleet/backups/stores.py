@@ -79,16 +79,20 @@ class S3Files:
         self._client.upload_fileobj(source, self._bucket, self._prefix + path)
 
 
+def s3_client(settings: Settings) -> Any:
+    """An S3 client with the daemon's credentials, at its S3 endpoint if it has one."""
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url or None,
+        region_name=settings.region,
+        config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}),
+    )
+
+
 def files_of(uri: str, settings: Settings) -> ArtifactFiles:
     """The store an ``ArtifactStoreUri`` names."""
     folder = local_folder(uri)
     if folder is not None:
         return FolderFiles(resolve(folder))
     parsed = urlparse(uri)
-    client = boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url or None,
-        region_name=settings.region,
-        config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}),
-    )
-    return S3Files(client, parsed.netloc, parsed.path)
+    return S3Files(s3_client(settings), parsed.netloc, parsed.path)

@@ -74,6 +74,10 @@ def up(
     public_url: Annotated[
         str | None, typer.Option(help="URL clients use to reach this daemon.")
     ] = None,
+    backup_location: Annotated[
+        str | None,
+        typer.Option(help="s3://bucket[/prefix] to keep backups in (default DATA_DIR/backups)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Settings file (default DATA_DIR/mlfleet.toml).")
     ] = None,
@@ -126,6 +130,7 @@ def up(
                 "database_url": database_url,
                 "s3_endpoint_url": s3_endpoint_url,
                 "public_url": public_url,
+                "backup_location": backup_location,
                 "tls_cert": tls_cert,
                 "tls_key": tls_key,
                 "artifact_roots": tuple(artifact_root) if artifact_root else None,

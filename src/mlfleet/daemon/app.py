@@ -26,6 +26,7 @@ from mlfleet.auth.ui_sessions import UiSessions
 from mlfleet.backups.responses import mlfleet_endpoint
 from mlfleet.backups.schedule import DailyBackups
 from mlfleet.backups.service import Backups
+from mlfleet.backups.shelves import check_location
 from mlfleet.console.app import PREFIX as CONSOLE_PREFIX
 from mlfleet.console.app import Console
 from mlfleet.console.charts import endpoint_charts, server_charts
@@ -124,6 +125,7 @@ def build_daemon(settings: Settings) -> Daemon:
     store = IamStore(
         sessions, settings.account_id, box, on_change=lambda: [f() for f in on_iam_change]
     )
+    check_location(settings.backup_location)
     if settings.authorization not in AUTHORIZATION_MODES:
         raise ValueError(
             f"authorization = {settings.authorization!r}: expected one of {AUTHORIZATION_MODES}"
