@@ -25,6 +25,7 @@ from support.audit import logged_metric
 from support.aws import ACCOUNT, unique
 from support.chaos import worker_pids
 from support.daemon import Daemon
+from support.events import Receiver, route_to, wait_received
 from support.waiting import wait_for
 
 # The newest 2.x line: the oldest MLflow line the README says is tested.
@@ -74,7 +75,12 @@ def use(url: str, tmp_path: Path, tag: str) -> dict[str, Any]:
 
 
 def test_a_2x_server_beside_a_3x_server(
-    daemon: Daemon, tmp_path: Path, signed_in: None, index: Catalog, shared_server: dict[str, Any]
+    daemon: Daemon,
+    tmp_path: Path,
+    signed_in: None,
+    index: Catalog,
+    shared_server: dict[str, Any],
+    receiver: Receiver,
 ) -> None:
     release = resolve(OLD_LINE, index)
     assert release is not None
@@ -87,6 +93,7 @@ def test_a_2x_server_beside_a_3x_server(
         f"file://{tmp_path / 'artifacts'}",
         "--mlflow-version",
         OLD_LINE,
+        "--automatic-model-registration",
     )
     assert created.returncode == 0, created.stdout + created.stderr
     desc = sm.describe_mlflow_tracking_server(TrackingServerName=name)
@@ -106,10 +113,21 @@ def test_a_2x_server_beside_a_3x_server(
         "version": True,
         "status": "FINISHED",
     }
-    for server, tag in ((desc, "old"), (shared_server, "new")):
-        seen = use(server["TrackingServerUrl"], tmp_path, tag + unique(""))
+    old_tag = unique("old")
+    for server, tag in ((desc, old_tag), (shared_server, unique("new"))):
+        seen = use(server["TrackingServerUrl"], tmp_path, tag)
         assert seen.pop("artifact").startswith("weights of")
         assert seen == expected, server["TrackingServerName"]
+    # Automatic registration works for its model versions as for any server's.
+    old_client = MlflowClient(desc["TrackingServerUrl"])
+    registered = wait_for(
+        lambda: old_client.get_model_version(f"model-{old_tag}", "1").tags.get(
+            "sagemaker.model_package_arn"
+        ),
+        60,
+        what="the model package of the 2.x server's model version",
+    )
+    assert f"model-package/model-{old_tag}-" in registered
 
     # Its writes are data events in the trail, as any server's.
     arn = desc["TrackingServerArn"]
@@ -140,7 +158,22 @@ def test_a_2x_server_beside_a_3x_server(
             conn.execute(statement)
             conn.commit()
 
+    route_to(
+        daemon, receiver, {"source": ["aws.sagemaker"], "detail": {"TrackingServerName": [name]}}
+    )
     upgraded_in_place(daemon, desc, environment, tmp_path, in_sqlite)
+
+    def upgrade_events() -> list[str] | None:
+        seen = [b["detail-type"] for b in wait_received(receiver, 1)]
+        found = [t for t in seen if "Updat" in t]
+        return found if len(found) >= 4 else None
+
+    assert wait_for(upgrade_events, 30, what="the upgrade's events") == [
+        "SageMaker Tracking Server Updating",
+        "SageMaker Tracking Server Update Failed",
+        "SageMaker Tracking Server Updating",
+        "SageMaker Tracking Server Updated",
+    ]
 
 
 def upgraded_in_place(
