@@ -47,7 +47,7 @@ def backups(
 ) -> None:
     """List backups, newest first (also those of servers since deleted)."""
     client = service_client(data_dir, endpoint_url, "mlfleet")
-    table = Table("backup", "server", "status", "mlflow", "artifacts", "size", "taken")
+    table = Table("backup", "server", "status", "by", "mlflow", "artifacts", "size", "taken")
     params: dict[str, Any] = {"TrackingServerName": name} if name else {}
     while True:
         page = call(client, "list_tracking_server_backups", **params)
@@ -56,6 +56,7 @@ def backups(
                 b["BackupId"],
                 b["TrackingServerName"],
                 b["BackupStatus"],
+                b["BackupOrigin"],
                 b["MlflowVersion"],
                 str(b["ArtifactCount"]),
                 _size(b["ArtifactBytes"] + b["MetadataBytes"]),
@@ -72,7 +73,10 @@ def restore(
     to: Annotated[str, typer.Option("--to", help="The new tracking server's name.")],
     artifact_store_uri: Annotated[
         str | None,
-        typer.Option(help="Its store (default: a folder named after it beside the original's)."),
+        typer.Option(
+            help="Its store (default: a folder or s3:// prefix named after it beside the "
+            "original's)."
+        ),
     ] = None,
     wait: Wait = True,
     data_dir: DataDir = None,
