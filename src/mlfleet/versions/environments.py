@@ -11,8 +11,8 @@ older lines (SQLAlchemy 2.1 breaks MLflow 2.22). An environment is ready once it
 file exists; one without it is a build that did not finish and is built again.
 
 Environments are world-readable (umask 022), because the sandbox's unprivileged user runs the
-workers from them. An environment no server uses any more is removed, and uv's cache with the
-last one.
+workers from them. An environment no server uses any more is removed; uv's cache
+(``.cache``) stays, since a build may be using it at that moment.
 """
 
 from __future__ import annotations
@@ -162,8 +162,4 @@ class Environments:
                     shutil.rmtree(self._folder(version))
                     removed.append(version)
                     log.info("removed the environment of MLflow %s: no server runs it", version)
-        if removed and not self.built() and not self._installing:
-            # The installer's cache only speeds up builds: with no environment left, its
-            # hundreds of MiB go too.
-            shutil.rmtree(self.root / ".cache", ignore_errors=True)
         return removed
