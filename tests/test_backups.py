@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import boto3
 import mlflow
 import pytest
 from botocore.exceptions import ClientError
@@ -15,10 +14,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from mlfleet.cli.common import service_client
-from support.aws import ACCOUNT, unique
+from support.aws import ACCOUNT, moto_s3, unique
 from support.console import launch, needs_chromium, screenshot, sign_in_page
 from support.daemon import Daemon
-from support.events import Receiver, route_to, wait_received
+from support.events import Receiver, detail_types, route_to
 from support.iam import new_user
 from support.waiting import wait_for
 
@@ -204,12 +203,7 @@ def test_maintenance_backs_up_compacts_and_serves_again_with_its_events(
     assert desc["TrackingServerMaintenanceStatus"] == "MaintenanceComplete"
     assert desc["IsActive"] == "Active"
 
-    def maintenance_events() -> list[str] | None:
-        seen = [b["detail-type"] for b in wait_received(receiver, 1)]
-        found = [t for t in seen if t.startswith("SageMaker Tracking Server Maintenance")]
-        return found if len(found) >= 2 else None
-
-    assert wait_for(maintenance_events, 30, what="the maintenance events") == [
+    assert detail_types(receiver, "Tracking Server Maintenance", 2) == [
         "SageMaker Tracking Server Maintenance In Progress",
         "SageMaker Tracking Server Maintenance Complete",
     ]
@@ -284,12 +278,7 @@ def test_a_failed_maintenance_says_why_and_the_server_serves_on(
         assert client.get_experiment(experiment).name == "still-here"
         client.create_run(experiment)
 
-        def maintenance_events() -> list[str] | None:
-            seen = [b["detail-type"] for b in wait_received(receiver, 1)]
-            found = [t for t in seen if t.startswith("SageMaker Tracking Server Maintenance")]
-            return found if len(found) >= 2 else None
-
-        assert wait_for(maintenance_events, 30, what="the maintenance events") == [
+        assert detail_types(receiver, "Tracking Server Maintenance", 2) == [
             "SageMaker Tracking Server Maintenance In Progress",
             "SageMaker Tracking Server Maintenance Failed",
         ]
@@ -395,13 +384,7 @@ def test_a_backup_is_taken_and_restored_from_the_console(daemon: Daemon, tmp_pat
 def test_a_server_with_an_s3_store_is_backed_up_and_restored_into_a_new_prefix(
     daemon: Daemon, tmp_path: Path, signed_in: None, s3_env: dict[str, str]
 ) -> None:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_env["MLFLEET_S3_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
-    )
+    s3 = moto_s3(s3_env)
     bucket, name = unique("backed"), unique("on-s3")
     s3.create_bucket(Bucket=bucket)
     daemon.client().create_mlflow_tracking_server(
@@ -441,13 +424,7 @@ def test_backups_kept_in_the_operators_s3_location(
 ) -> None:
     """With ``backup_location`` an s3:// URI, a server's backups live there (nothing under the
     data dir but staging), restore from there, and are deleted there."""
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_env["MLFLEET_S3_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
-    )
+    s3 = moto_s3(s3_env)
     bucket = unique("vault")
     s3.create_bucket(Bucket=bucket)
     for variable, value in {**s3_env, "MLFLEET_BACKUP_LOCATION": f"s3://{bucket}/mlfleet"}.items():

@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from support.aws import error_of, unique
+from support.aws import error_of, moto_s3, unique
 from support.daemon import Daemon
 from support.events import Receiver, route_to, wait_received
 from support.iam import DATA_SCIENTIST, new_user
@@ -389,13 +388,7 @@ def test_a_model_in_an_s3_store_is_served(daemon: Daemon, s3_env: dict[str, str]
     """The instance's model comes from S3 through a tracking-server worker: the fetch has no
     network, so it must not be sent to S3 itself by presigned URLs."""
     bucket, server, name = unique("models"), unique("on-s3"), unique("from-s3")
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_env["MLFLEET_S3_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
-    )
+    s3 = moto_s3(s3_env)
     s3.create_bucket(Bucket=bucket)
     sm = daemon.client()
     sm.create_mlflow_tracking_server(

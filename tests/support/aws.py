@@ -6,7 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -14,6 +16,17 @@ from support.daemon import Daemon
 
 ACCOUNT = "123456789012"
 AWS = [sys.executable, "-m", "awscli"]
+
+
+def moto_s3(s3_env: dict[str, str]) -> Any:
+    """A boto3 S3 client of the moto server the tests' daemons use (the ``s3_env`` fixture)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_env["MLFLEET_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 def unique(prefix: str) -> str:

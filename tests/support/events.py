@@ -86,3 +86,15 @@ def route_to(daemon: Daemon, receiver: Receiver, pattern: dict[str, Any], **targ
 def wait_received(receiver: Receiver, count: int, timeout: float = 60) -> list[Any]:
     wait_for(lambda: len(receiver.received) >= count, timeout, what=f"{count} deliveries")
     return receiver.bodies()
+
+
+def detail_types(receiver: Receiver, containing: str, count: int) -> list[str]:
+    """The detail-types of the first ``count`` events received whose detail-type contains
+    ``containing``, once that many have come."""
+
+    def found() -> list[str] | None:
+        seen = [b["detail-type"] for b in receiver.bodies()]
+        matching = [t for t in seen if containing in t]
+        return matching[:count] if len(matching) >= count else None
+
+    return wait_for(found, 60, what=f"{count} events of {containing!r}")
