@@ -11,7 +11,6 @@ import requests
 from mlflow import MlflowClient
 
 from support.daemon import PG_URL, Daemon
-from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
 
@@ -108,14 +107,7 @@ def test_lifecycle(any_daemon: Daemon, tmp_path: Path, monkeypatch: pytest.Monke
     # Delete: the record and the metadata DB go, the artifacts stay.
     sm.delete_mlflow_tracking_server(TrackingServerName=name)
 
-    def gone() -> bool:
-        try:
-            sm.describe_mlflow_tracking_server(TrackingServerName=name)
-        except sm.exceptions.ResourceNotFound:
-            return True
-        return False
-
-    wait_for(gone, 60, what=f"{name} to be deleted")
+    daemon.wait_gone(name)
     if metadata_db.startswith("sqlite"):
         assert not Path(metadata_db.split("sqlite:///", 1)[1]).exists()
     else:

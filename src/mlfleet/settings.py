@@ -34,6 +34,12 @@ class Settings:
     s3_endpoint_url: str = ""
     # How long the gateway waits for a server that is starting before answering 503.
     gateway_start_wait_seconds: float = 5.0
+    # How long the gateway holds a request that woke a sleeping server (fleet.idle) before
+    # answering 503; its wake is a worker's start, seconds on a loaded machine.
+    gateway_wake_wait_seconds: float = 120.0
+    # How long a tracking server goes without a request before it sleeps (fleet.idle), for a
+    # server without the tag mlfleet:idle-timeout: 30s, 15m, 2h; empty: never.
+    idle_timeout: str = ""
     # In-flight API requests per MLflow worker process; the rest queue in the gateway
     # (bench/: 2 keeps throughput and cuts p99 at concurrency 8 from ~0.7 s to ~0.1 s).
     max_inflight_per_worker: int = 2

@@ -177,3 +177,16 @@ class Daemon:
             return desc if desc["TrackingServerStatus"] in statuses else None
 
         return wait_for(settled, timeout, 0.2, f"{name} to reach {statuses}")
+
+    def wait_gone(self, name: str, timeout: float = 60) -> None:
+        """Wait until the server called ``name`` is deleted (Describe: ResourceNotFound)."""
+        sm = self.client()
+
+        def gone() -> bool:
+            try:
+                sm.describe_mlflow_tracking_server(TrackingServerName=name)
+            except sm.exceptions.ResourceNotFound:
+                return True
+            return False
+
+        wait_for(gone, timeout, what=f"{name} to be deleted")

@@ -300,6 +300,34 @@ class AuditTrail:
         self.append(document, _username(call.principal))
         return document
 
+    def record_service_event(
+        self, name: str, resource_arn: str, resource_type: str, details: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Append what mlfleet did to a resource on its own (a tracking server put to sleep,
+        woken), as CloudTrail records an AWS service's own actions: an ``AwsServiceEvent``."""
+        document: dict[str, Any] = {
+            "eventVersion": EVENT_VERSION,
+            "userIdentity": {"accountId": self._account, "invokedBy": "sagemaker.amazonaws.com"},
+            "eventTime": iso_time(time.time()),
+            "eventSource": "sagemaker.amazonaws.com",
+            "eventName": name,
+            "awsRegion": self._region,
+            "sourceIPAddress": "sagemaker.amazonaws.com",
+            "userAgent": "sagemaker.amazonaws.com",
+            "requestParameters": None,
+            "responseElements": None,
+            "eventID": str(uuid.uuid4()),
+            "readOnly": False,
+            "resources": [{"accountId": self._account, "type": resource_type, "ARN": resource_arn}],
+            "eventType": "AwsServiceEvent",
+            "managementEvent": True,
+            "recipientAccountId": self._account,
+            "serviceEventDetails": details,
+            "eventCategory": "Management",
+        }
+        self.append(document, None)
+        return document
+
     def record_data_event(self, event: DataEvent) -> Awaitable[None]:
         """An MLflow write through the gateway, as a CloudTrail data event; await it."""
         return self.append_async(*self._data_event_document(event))

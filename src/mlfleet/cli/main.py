@@ -78,6 +78,14 @@ def up(
         str | None,
         typer.Option(help="s3://bucket[/prefix] to keep backups in (default DATA_DIR/backups)."),
     ] = None,
+    idle_timeout: Annotated[
+        str | None,
+        typer.Option(
+            help="Put a tracking server to sleep after this long without a request (30s, 15m, "
+            "2h) unless its tag mlfleet:idle-timeout says otherwise; its next request wakes it. "
+            "Default: never."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Settings file (default DATA_DIR/mlfleet.toml).")
     ] = None,
@@ -131,6 +139,7 @@ def up(
                 "s3_endpoint_url": s3_endpoint_url,
                 "public_url": public_url,
                 "backup_location": backup_location,
+                "idle_timeout": idle_timeout,
                 "tls_cert": tls_cert,
                 "tls_key": tls_key,
                 "artifact_roots": tuple(artifact_root) if artifact_root else None,

@@ -27,6 +27,7 @@ from mlfleet.backups.responses import mlfleet_endpoint
 from mlfleet.backups.schedule import DailyBackups
 from mlfleet.backups.service import Backups
 from mlfleet.backups.shelves import check_location
+from mlfleet.common.durations import parse_duration
 from mlfleet.console.app import PREFIX as CONSOLE_PREFIX
 from mlfleet.console.app import Console
 from mlfleet.console.charts import endpoint_charts, server_charts
@@ -54,6 +55,7 @@ from mlfleet.events.egress import OwnAddress
 from mlfleet.events.responses import EventBridge, events_endpoint
 from mlfleet.events.sources import api_call_event
 from mlfleet.events.store import EventStore
+from mlfleet.fleet.idle import IdleServers
 from mlfleet.fleet.lifecycle import Lifecycle
 from mlfleet.fleet.maintenance import MaintenanceWindows
 from mlfleet.fleet.reconciler import Reconciler
@@ -101,6 +103,7 @@ class Daemon:
     backups: Backups
     windows: MaintenanceWindows
     daily_backups: DailyBackups
+    idle: IdleServers
     gateway: Gateway
     deliveries: DeliveryWorker
     control_plane: ControlPlane
@@ -126,6 +129,10 @@ def build_daemon(settings: Settings) -> Daemon:
         sessions, settings.account_id, box, on_change=lambda: [f() for f in on_iam_change]
     )
     check_location(settings.backup_location)
+    try:
+        default_idle_timeout = parse_duration(settings.idle_timeout or "never")
+    except ValueError as exc:
+        raise ValueError(f"idle_timeout: {exc}") from None
     if settings.authorization not in AUTHORIZATION_MODES:
         raise ValueError(
             f"authorization = {settings.authorization!r}: expected one of {AUTHORIZATION_MODES}"
@@ -196,15 +203,20 @@ def build_daemon(settings: Settings) -> Daemon:
                     TrackingServer.role_arn,
                     TrackingServer.automatic_model_registration,
                     TrackingServer.artifact_store_uri,
+                    TrackingServer.asleep,
                 ).where(TrackingServer.name == name)
             ).first()
         if row is None:
             return None
-        return ServerRecord(row[0], row[1], row[2], tuple(row[3]), row[4], row[5], row[6])
+        return ServerRecord(row[0], row[1], row[2], tuple(row[3]), row[4], row[5], row[6], row[7])
 
     # The gateway's parts, built first: the fleet and the registry sync need some of them.
     routing = Routing(settings, runtime, lookup)
-    admission = Admission(settings, runtime, lookup, server_metrics)
+    # Bound once the idle servers exist (they need the reconciler, which needs the gateway's
+    # parts); called only when a request meets a sleeping server.
+    admission = Admission(
+        settings, runtime, lookup, server_metrics, wake=lambda sid, why: idle.wake(sid, why)
+    )
     forwarding = Forwarding(runtime.sandbox.run_dir)
     registry_sync = RegistrySync(registry, OwnCalls(admission, forwarding), settings.account_id)
     handover = Handover(settings, runtime, credentials, authorizer, trail, server_metrics)
@@ -220,6 +232,11 @@ def build_daemon(settings: Settings) -> Daemon:
     )
     egress = WorkerEgress(sandbox.run_dir / "egress" / "proxy.sock", box)
     databases = MetadataDatabases(settings, mlflow_version, environments.python, box)
+
+    def serving(row: TrackingServer) -> None:
+        registry_sync.catch_up(row)  # registrations that came due while it was away
+        idle.serving(row)
+
     reconciler = Reconciler(
         settings,
         sessions,
@@ -228,7 +245,7 @@ def build_daemon(settings: Settings) -> Daemon:
         environments,
         stores,
         lifecycle,
-        on_serving=registry_sync.catch_up,
+        on_serving=serving,
         record_left_over=handover.record_left_over,
         egress=egress,
         box=box,
@@ -246,6 +263,17 @@ def build_daemon(settings: Settings) -> Daemon:
         kick=reconciler.kick,
         # The gateway authorizes on a server's tags and registers models by its settings.
         server_changed=routing.forget_server,
+        idle_timeout=default_idle_timeout,
+    )
+    idle = IdleServers(
+        sessions,
+        runtime,
+        server_metrics,
+        admission.busy,
+        lifecycle,
+        trail,
+        reconciler.kick,
+        default_idle_timeout,
     )
 
     backups = Backups(settings, sessions, databases, fleet, sandbox.give_all)
@@ -301,6 +329,8 @@ def build_daemon(settings: Settings) -> Daemon:
             server_id = session.scalar(select(TrackingServer.id).where(TrackingServer.name == name))
         procs = runtime.get(server_id) if server_id else None
         healthy = [w for w in procs.workers if w.healthy] if procs else []
+        if not healthy and server_id:
+            idle.wake(server_id, "an endpoint fetches a model")  # nothing unless asleep
         return healthy[0].socket_path if healthy else None
 
     deployer = Deployer(
@@ -383,6 +413,7 @@ def build_daemon(settings: Settings) -> Daemon:
         backups=backups,
         windows=windows,
         daily_backups=daily_backups,
+        idle=idle,
         gateway=gateway,
         deliveries=deliveries,
         control_plane=ControlPlane(services),
@@ -436,7 +467,7 @@ def build_app(daemon: Daemon) -> web.Application:
         daemon.backups.resume()
         daemon.reconciler.resume_all()
         daemon.deployer.resume_all()
-        for loop in (daemon.windows.run(), daemon.daily_backups.run()):
+        for loop in (daemon.windows.run(), daemon.daily_backups.run(), daemon.idle.run()):
             background.append(asyncio.get_running_loop().create_task(loop))
 
     # aiohttp runs this on SIGTERM once no new connection is taken and the requests in flight

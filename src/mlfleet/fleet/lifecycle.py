@@ -92,6 +92,13 @@ class Lifecycle:
             description.update({"TrackingServerStatus": status, "IsActive": "Inactive"})
         self._publish([lifecycle_event(description, status or row.status)], session)
 
+    def announce_sleep(self, session: Session, row: TrackingServer, awake: bool) -> None:
+        """Publish a server's falling asleep or waking (fleet.idle), its status unchanged:
+        detail-types "SageMaker Tracking Server Asleep" and "... Awake"."""
+        description = self.describe(row)
+        description["IsActive"] = "Active" if awake else "Inactive"
+        self._publish([lifecycle_event(description, "Awake" if awake else "Asleep")], session)
+
     def forget(self, session: Session, server_id: str) -> None:
         """Remove a deleted server's record and every UI link and session that pointed at it."""
         for model in (PresignedToken, UiSession):

@@ -344,7 +344,8 @@ class Reconciler:
             if row.metadata_db_uri:
                 await self._record_left_over(self._databases.admin_uri(row.metadata_db_uri))
             if row.status == "Stopping":
-                self._settle(row, "Stopped")
+                # A server stopped asleep starts awake.
+                self._settle(row, "Stopped", asleep=False)
             return
         if row.status == "MaintenanceInProgress":
             await self._maintain(row)
@@ -388,11 +389,14 @@ class Reconciler:
         if upgraded_to is None:
             failure = await self._start_again(row, failure, "restarting after maintenance")
         status = "MaintenanceFailed" if failure else "MaintenanceComplete"
+        # Its workers were started again: a server maintained asleep is awake now, and falls
+        # asleep again when idle.
         self._settle(
             row,
             status,
             failure,
             maintenance_status=status,
+            asleep=False,
             **({"mlflow_version": upgraded_to} if upgraded_to else {}),
         )
         if upgraded_to:
@@ -442,13 +446,20 @@ class Reconciler:
             failed = f"upgrade to MLflow {target} failed, back on MLflow {old}: {exc}"
             log.warning("tracking server %s: %s", row.name, failed)
             failure = await self._start_again(row, failed, f"restarting on MLflow {old}")
-            self._settle(row, "UpdateFailed", failure, upgrading_to=None, rolled_back_from=target)
+            self._settle(
+                row,
+                "UpdateFailed",
+                failure,
+                upgrading_to=None,
+                rolled_back_from=target,
+                asleep=False,
+            )
             self._on_serving(row)
             return
         log.info(
             "tracking server %s: MLflow %s -> %s (%s; read %s)", row.name, old, target, taken, read
         )
-        self._settle(row, "Updated", mlflow_version=target, upgrading_to=None)
+        self._settle(row, "Updated", mlflow_version=target, upgrading_to=None, asleep=False)
         await self._remove_unused_environments()
         self._on_serving(row)
 
@@ -526,8 +537,11 @@ class Reconciler:
                     )
             elif row.status == "Updating":
                 await self._check_artifact_store(row.artifact_store_uri)
-            await self._databases.ready_for_workers(row.metadata_db_uri)
-            await self._runtime.start(row.id, self.spec_for(row))
+            if row.asleep:
+                await self._fall_asleep(row)
+            else:
+                await self._databases.ready_for_workers(row.metadata_db_uri)
+                await self._runtime.start(row.id, self.spec_for(row))
         except (StartError, ProvisioningError, ArtifactStoreError, InstallError, OSError) as exc:
             if row.status in SERVING:
                 # A server that should be running could not be brought back (e.g. after a
@@ -540,4 +554,12 @@ class Reconciler:
             return
         if (row.status != done or row.failure_reason) and not row.rolled_back_from:
             self._settle(row, done)
-        self._on_serving(row)
+        if not row.asleep:
+            self._on_serving(row)
+
+    async def _fall_asleep(self, row: TrackingServer) -> None:
+        """A sleeping server (fleet.idle) holds no process: its workers stop, and what they
+        stored with MLflow's writes and had not sent reaches the trail."""
+        if self._runtime.get(row.id) is not None:
+            await self._runtime.stop(row.id)
+            await self._record_left_over(self._databases.admin_uri(row.metadata_db_uri))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.identity import Principal
 from mlfleet.common.paging import SAGEMAKER, page_by_offset, page_of_query
+from mlfleet.common.tags import idle_timeout
 from mlfleet.fleet.lifecycle import Lifecycle
 from mlfleet.fleet.stores import ArtifactRoots, local_folder, resolve
 from mlfleet.protocol.errors import ResourceNotFound, ValidationException
@@ -71,8 +72,11 @@ class FleetService:
         lifecycle: Lifecycle,
         kick: Callable[[str], None],
         server_changed: Callable[[str], None],
+        idle_timeout: float | None = None,
     ) -> None:
         self._settings = settings
+        # The idle timeout of a server not tagged with its own (fleet.idle).
+        self._idle_timeout = idle_timeout
         self._sessions = sessions
         self.stores = stores
         self._lifecycle = lifecycle
@@ -119,6 +123,12 @@ class FleetService:
         assert session is not None, "a status changes inside the transaction that loaded it"
         self._lifecycle.announce(session, row)
 
+    def _checked_idle_timeout(self, tags: Sequence[Mapping[str, object]]) -> float | None:
+        try:
+            return idle_timeout(tags, self._idle_timeout)
+        except ValueError as exc:
+            raise ValidationException(str(exc)) from None
+
     def _check_version(self, requested: str | None) -> str:
         try:
             return self._releases.resolve(requested)
@@ -137,6 +147,8 @@ class FleetService:
         name = req["TrackingServerName"]
         self.stores.check(req["ArtifactStoreUri"])
         version = self._check_version(req.get("MlflowVersion"))
+        # One that would sleep when idle is created asleep: nothing runs until it is used.
+        asleep = self._checked_idle_timeout(req.get("Tags", [])) is not None
         now = time.time()
         server_id = uuid.uuid4().hex[:16]
         with self._sessions.begin() as session:
@@ -171,6 +183,7 @@ class FleetService:
                 last_modified_at=now,
                 last_modified_by=principal.user_context(),
                 restored_from=restored_from,
+                asleep=asleep,
             )
             session.add(row)
             self._lifecycle.announce(session, row)
@@ -357,6 +370,7 @@ class FleetService:
             merged.update({t["Key"]: dict(t) for t in req["Tags"]})
             if len(merged) > MAX_TAGS:
                 raise ValidationException(f"A resource can have at most {MAX_TAGS} tags.")
+            self._checked_idle_timeout(list(merged.values()))
             row.tags = list(merged.values())
         self._server_changed(name)
         return {"Tags": req["Tags"]}

@@ -46,6 +46,8 @@ class ServerRecord:
     role_arn: str = ""
     automatic_model_registration: bool = False
     artifact_store_uri: str = ""
+    # Idle past its timeout (fleet.idle): its next request wakes it.
+    asleep: bool = False
 
 
 # name -> the server's record, or None for an unknown name.

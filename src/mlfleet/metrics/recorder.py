@@ -71,6 +71,7 @@ class Recorder:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._rings: dict[str, list[_Minute]] = {}
+        self._last: dict[str, float] = {}
 
     def _now(self, key: str) -> _Minute:
         minute = int(self._clock() // 60)
@@ -85,12 +86,17 @@ class Recorder:
     def request(self, key: str, status: int, seconds: float) -> None:
         """One answered request: its HTTP status (5xx is an error) and how long it took."""
         slot = self._now(key)
+        self._last[key] = self._clock()
         slot.requests += 1
         if status >= 500:
             slot.errors += 1
         slot.latency[bisect_left(BOUNDS, seconds)] += 1
         if seconds > slot.slowest:
             slot.slowest = seconds
+
+    def last_request(self, key: str) -> float | None:
+        """When the last request of ``key`` was answered (``clock`` time), None if none was."""
+        return self._last.get(key)
 
     def throttled(self, key: str) -> None:
         """A request that had to wait for capacity."""

@@ -430,6 +430,10 @@ class LocalRuntime:
     def get(self, server_id: str) -> ServerProcesses | None:
         return self._servers.get(server_id)
 
+    def server_ids(self) -> list[str]:
+        """The servers whose processes run (or are being started)."""
+        return list(self._servers)
+
     def is_serving(self, server_id: str) -> bool:
         procs = self._servers.get(server_id)
         return procs is not None and procs.serving

@@ -86,6 +86,9 @@ class Objects:
     @asynccontextmanager
     async def _worker(self, store: Store) -> AsyncIterator[Worker]:
         worker = await self._admission.acquire(store.server_id, capped=True)
+        if worker is None and isinstance(await self._admission.serving_id(store.name), str):
+            # It was asleep, or (re)starting: it serves now.
+            worker = await self._admission.acquire(store.server_id, capped=True)
         if worker is None:
             raise S3Error(
                 503,

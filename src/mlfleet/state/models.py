@@ -168,6 +168,9 @@ class TrackingServer(Base):
     # again on mlflow_version): the release it failed to reach, until the next operation.
     upgrading_to: Mapped[str | None] = mapped_column(String(16))
     rolled_back_from: Mapped[str | None] = mapped_column(String(16))
+    # Idle past its timeout (fleet.idle): no process runs until its next request wakes it; its
+    # status stays what it was.
+    asleep: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class TrackingServerBackup(Base):
