@@ -9,16 +9,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import mlflow
 import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
-from mlflow.store.artifact.s3_artifact_repo import _cached_get_s3_client
 
 from support.chaos import trail_records
 from support.daemon import Daemon
+from support.plugin import as_notebook
 
 
 class Doubler(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
@@ -31,22 +30,7 @@ def plugin(
     daemon: Daemon, shared_server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> MlflowClient:
     """An MLflow client set up as a SageMaker notebook is, against the daemon."""
-    for name, value in daemon.cli_env().items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    monkeypatch.setenv("SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT", daemon.url)
-    # A notebook sets these before boto3 first reads its configuration: the test process's
-    # default session and MLflow's cached S3 clients are made again from them.
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
-    _cached_get_s3_client.cache_clear()
-    arn = shared_server["TrackingServerArn"]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", arn)
-    mlflow.set_tracking_uri(arn)
-    return MlflowClient()
+    return as_notebook(daemon, monkeypatch, shared_server["TrackingServerArn"])
 
 
 def plain(

@@ -66,6 +66,7 @@ SECRET_MEMBERS = frozenset(
 )
 # Data events are calls to a tracking server's MLflow API.
 TRACKING_SERVER_TYPE = "AWS::SageMaker::MlflowTrackingServer"
+MLFLOW_APP_TYPE = "AWS::SageMaker::MlflowApp"
 LOOKUP_COLUMNS = {
     "EventId": AuditRecord.event_id,
     "EventName": AuditRecord.event_name,

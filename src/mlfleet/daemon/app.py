@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from mlfleet.api.endpoint import Endpoint
 from mlfleet.api.pipeline import ApiCall, Pipeline
+from mlfleet.apps.service import Apps
 from mlfleet.audit.responses import cloudtrail_endpoint
 from mlfleet.audit.trail import AuditTrail, open_trail
 from mlfleet.auth.credentials import ADMIN_USER, Credentials
@@ -37,6 +38,7 @@ from mlfleet.daemon.control_plane import ControlPlane
 from mlfleet.daemon.operations import (
     BACKUPS,
     DEPLOYMENT,
+    MLFLOW_APPS,
     MODEL_REGISTRY,
     SAGEMAKER_ACTIONS,
     TRACKING_SERVERS,
@@ -56,7 +58,7 @@ from mlfleet.events.responses import EventBridge, events_endpoint
 from mlfleet.events.sources import api_call_event
 from mlfleet.events.store import EventStore
 from mlfleet.fleet.idle import IdleServers
-from mlfleet.fleet.lifecycle import Lifecycle
+from mlfleet.fleet.lifecycle import APP, SERVER, Lifecycle
 from mlfleet.fleet.maintenance import MaintenanceWindows
 from mlfleet.fleet.reconciler import Reconciler
 from mlfleet.fleet.responses import sagemaker_endpoint
@@ -204,11 +206,15 @@ def build_daemon(settings: Settings) -> Daemon:
                     TrackingServer.automatic_model_registration,
                     TrackingServer.artifact_store_uri,
                     TrackingServer.asleep,
+                    TrackingServer.arn,
+                    TrackingServer.kind,
                 ).where(TrackingServer.name == name)
             ).first()
         if row is None:
             return None
-        return ServerRecord(row[0], row[1], row[2], tuple(row[3]), row[4], row[5], row[6], row[7])
+        return ServerRecord(
+            row[0], row[1], row[2], tuple(row[3]), row[4], row[5], row[6], row[7], row[8], row[9]
+        )
 
     # The gateway's parts, built first: the fleet and the registry sync need some of them.
     routing = Routing(settings, runtime, lookup)
@@ -265,6 +271,15 @@ def build_daemon(settings: Settings) -> Daemon:
         server_changed=routing.forget_server,
         idle_timeout=default_idle_timeout,
     )
+    apps = Apps(
+        settings,
+        sessions,
+        fleet,
+        lifecycle,
+        kick=reconciler.kick,
+        server_changed=routing.forget_server,
+        idle_timeout=default_idle_timeout,
+    )
     idle = IdleServers(
         sessions,
         runtime,
@@ -273,7 +288,7 @@ def build_daemon(settings: Settings) -> Daemon:
         lifecycle,
         trail,
         reconciler.kick,
-        default_idle_timeout,
+        {SERVER: default_idle_timeout, APP: apps.idle_timeout},
     )
 
     backups = Backups(settings, sessions, databases, fleet, sandbox.give_all)
@@ -365,6 +380,7 @@ def build_daemon(settings: Settings) -> Daemon:
 
     sagemaker_operations = {
         **TRACKING_SERVERS.bind(fleet),
+        **MLFLOW_APPS.bind(apps),
         **MODEL_REGISTRY.bind(registry),
         **DEPLOYMENT.bind(deployments),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlfleet.api.operations import OperationTable
+from mlfleet.apps.responses import OPERATIONS as MLFLOW_APPS
 from mlfleet.audit.responses import OPERATIONS as CLOUDTRAIL
 from mlfleet.backups.responses import OPERATIONS as BACKUPS
 from mlfleet.deploy.responses import OPERATIONS as DEPLOYMENT
@@ -18,6 +19,7 @@ from mlfleet.registry.responses import OPERATIONS as MODEL_REGISTRY
 
 OPERATION_TABLES: tuple[OperationTable[Any], ...] = (
     TRACKING_SERVERS,
+    MLFLOW_APPS,
     MODEL_REGISTRY,
     DEPLOYMENT,
     SAGEMAKER_RUNTIME,
@@ -41,6 +43,7 @@ __all__ = [
     "DEPLOYMENT",
     "EVENTBRIDGE",
     "IAM",
+    "MLFLOW_APPS",
     "MODEL_REGISTRY",
     "OPERATION_TABLES",
     "SAGEMAKER_ACTIONS",

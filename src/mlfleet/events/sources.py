@@ -45,6 +45,21 @@ def lifecycle_event(description: Mapping[str, Any], status: str) -> Event:
     )
 
 
+def app_detail_type(status: str) -> str:
+    """CreateFailed -> "SageMaker MLflow App Create Failed" (one per status)."""
+    return "SageMaker MLflow App " + _WORD.sub(" ", status)
+
+
+def app_event(description: Mapping[str, Any], status: str) -> Event:
+    """An MLflow App's status changed: its DescribeMlflowApp answer."""
+    return Event(
+        source=SAGEMAKER,
+        detail_type=app_detail_type(status),
+        detail=_jsonable(description),
+        resources=[description["Arn"]],
+    )
+
+
 def model_package_event(description: Mapping[str, Any]) -> Event:
     """A model package created or approved, rejected, ...: its DescribeModelPackage answer."""
     return Event(

@@ -1,11 +1,12 @@
 """Scale to zero: a tracking server idle past its timeout sleeps, and its next request wakes it.
 
 A server's idle timeout is its tag ``mlfleet:idle-timeout`` (``30s``, ``15m``, ``2h``, ``never``),
-else the daemon's ``idle_timeout`` setting (empty: never). A server is idle when no request to it
-(through the gateway, a handed-over connection, the S3 endpoint or mlfleet's own calls) was
-answered for that long and none is in flight. Asleep (``TrackingServer.asleep``) it holds no
-process; its status stays what it was, and IsActive says Inactive. A server created with a
-timeout is created asleep: it costs nothing until its first request.
+else the daemon's ``idle_timeout`` setting (empty: never; an MLflow App's default is
+``apps.service.APP_IDLE_SECONDS``). A server is idle when no request to it (through the gateway,
+a handed-over connection, the S3 endpoint or mlfleet's own calls) was answered for that long
+and none is in flight. Asleep (``TrackingServer.asleep``) it holds no process; its status stays
+what it was, and IsActive says Inactive. A server created with a timeout is created asleep: it
+costs nothing until its first request.
 
 The gateway holds a request for a sleeping server and calls ``wake`` (gateway.admission); the
 reconciler starts its workers, and the request is answered once one serves. Control-plane
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,7 +52,7 @@ class IdleServers:
         lifecycle: Lifecycle,
         trail: AuditTrail,
         kick: Callable[[str], None],
-        default_timeout: float | None,
+        default_timeouts: Mapping[str, float | None],
     ) -> None:
         self._sessions = sessions
         self._runtime = runtime
@@ -62,7 +63,8 @@ class IdleServers:
         self._lifecycle = lifecycle
         self._trail = trail
         self._kick = kick
-        self._default = default_timeout
+        # By kind (a server, an App: TrackingServer.kind), for one without the tag.
+        self._defaults = default_timeouts
         # When each server last started serving: its idle time counts from then at the latest.
         self._serving_since: dict[str, float] = {}
         self._waking: set[str] = set()
@@ -81,16 +83,16 @@ class IdleServers:
             return
         with self._sessions() as session:
             rows = session.execute(
-                select(TrackingServer.id, TrackingServer.tags).where(
+                select(TrackingServer.id, TrackingServer.tags, TrackingServer.kind).where(
                     TrackingServer.id.in_(serving),
                     TrackingServer.asleep.is_(False),
                     TrackingServer.desired_state == "Running",
                     TrackingServer.status.in_(SERVING),
                 )
             ).all()
-        for server_id, tags in rows:
+        for server_id, tags, kind in rows:
             try:
-                timeout = idle_timeout(tags, self._default)
+                timeout = idle_timeout(tags, self._defaults.get(kind))
             except ValueError:  # refused at the API: only a tag written before this release
                 continue
             if timeout is None or self._busy(server_id):

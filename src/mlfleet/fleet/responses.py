@@ -22,7 +22,7 @@ from mlfleet.api.operations import (
     anywhere,
 )
 from mlfleet.api.pipeline import Pipeline
-from mlfleet.audit.trail import TRACKING_SERVER_TYPE
+from mlfleet.audit.trail import MLFLOW_APP_TYPE, TRACKING_SERVER_TYPE
 from mlfleet.auth.credentials import Credentials
 from mlfleet.auth.ui_sessions import new_token
 from mlfleet.fleet.service import FleetService
@@ -46,13 +46,19 @@ def _new_server(fleet: FleetService, call: Call[Any]) -> Target:
 
 def _tagged(fleet: FleetService, call: Call[Any]) -> Target:
     arn = call.params["ResourceArn"]
-    return Target(arn, fleet.tags_of(fleet.name_of(arn)), request_tags=call.params.get("Tags"))
+    tags = fleet.tags_of_arn(arn)
+    return Target(arn, tags, request_tags=call.params.get("Tags"), type=_type_of(arn))
 
 
 def _untagged(fleet: FleetService, call: Call[Any]) -> Target:
     arn = call.params["ResourceArn"]
     removed = {"aws:TagKeys": list(call.params["TagKeys"])}
-    return Target(arn, fleet.tags_of(fleet.name_of(arn)), keys=removed)
+    return Target(arn, fleet.tags_of_arn(arn), keys=removed, type=_type_of(arn))
+
+
+def _type_of(arn: str) -> str:
+    """Tags are kept for tracking servers and MLflow Apps: the audit record says which."""
+    return MLFLOW_APP_TYPE if ":mlflow-app/" in arn else TRACKING_SERVER_TYPE
 
 
 # A create also passes its role to the server, as in AWS.

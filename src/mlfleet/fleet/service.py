@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mlfleet.auth.identity import Principal
 from mlfleet.common.paging import SAGEMAKER, page_by_offset, page_of_query
 from mlfleet.common.tags import idle_timeout
-from mlfleet.fleet.lifecycle import Lifecycle
+from mlfleet.fleet.lifecycle import APP, SERVER, Lifecycle
 from mlfleet.fleet.stores import ArtifactRoots, local_folder, resolve
 from mlfleet.protocol.errors import ResourceNotFound, ValidationException
 from mlfleet.protocol.shapes import sagemaker as shapes
@@ -95,24 +95,59 @@ class FleetService:
     def tags_of(self, name: str) -> list[dict[str, Any]]:
         """A server's tags (aws:ResourceTag/...), or none for a server that does not exist."""
         with self._sessions() as session:
-            tags = session.scalar(select(TrackingServer.tags).where(TrackingServer.name == name))
+            tags = session.scalar(
+                select(TrackingServer.tags).where(
+                    TrackingServer.name == name, TrackingServer.kind == SERVER
+                )
+            )
+        return list(tags or [])
+
+    def _kind_and_name(self, arn: str) -> tuple[str, str]:
+        for kind, resource in ((SERVER, "mlflow-tracking-server/"), (APP, "mlflow-app/")):
+            prefix = f"arn:aws:sagemaker:{self._settings.region}:{self._settings.account_id}:"
+            prefix += resource
+            if arn.startswith(prefix) and len(arn) > len(prefix):
+                return kind, arn[len(prefix) :]
+        raise ResourceNotFound(
+            f"Resource {arn} not found: tags are kept for tracking servers and MLflow Apps."
+        )
+
+    def tags_of_arn(self, arn: str) -> list[dict[str, Any]]:
+        """The tags of the server or App an ARN names, none if there is none."""
+        try:
+            kind, name = self._kind_and_name(arn)
+        except ResourceNotFound:
+            return []
+        with self._sessions() as session:
+            tags = session.scalar(
+                select(TrackingServer.tags).where(
+                    TrackingServer.name == name, TrackingServer.kind == kind
+                )
+            )
         return list(tags or [])
 
     @staticmethod
-    def server_named(session: Session, name: str) -> TrackingServer:
-        row = session.scalars(select(TrackingServer).where(TrackingServer.name == name)).first()
+    def server_named(
+        session: Session, name: str, kinds: tuple[str, ...] = (SERVER,)
+    ) -> TrackingServer:
+        """The tracking server called ``name`` (or, with ``kinds``, the App of that id)."""
+        row = session.scalars(
+            select(TrackingServer).where(
+                TrackingServer.name == name, TrackingServer.kind.in_(kinds)
+            )
+        ).first()
         if row is None:
             raise ResourceNotFound(f"Tracking Server with name {name} does not exist.")
         return row
 
     @staticmethod
-    def _status_forbids(row: TrackingServer, verb: str) -> str:
+    def status_forbids(row: TrackingServer, verb: str) -> str:
         return (
             f"Tracking Server with ARN {row.arn} is currently in status "
             f"{status_word(row.status)}, can't be {verb}."
         )
 
-    def _touch(self, row: TrackingServer, principal: Principal, status: str) -> None:
+    def touch(self, row: TrackingServer, principal: Principal, status: str) -> None:
         row.status = status
         row.failure_reason = None
         row.rolled_back_from = None
@@ -123,13 +158,17 @@ class FleetService:
         assert session is not None, "a status changes inside the transaction that loaded it"
         self._lifecycle.announce(session, row)
 
-    def _checked_idle_timeout(self, tags: Sequence[Mapping[str, object]]) -> float | None:
+    def checked_idle_timeout(
+        self, tags: Sequence[Mapping[str, object]], default: float | None
+    ) -> float | None:
+        """A server's idle timeout (its tag, else ``default``); ValidationException for a tag
+        that is no duration."""
         try:
-            return idle_timeout(tags, self._idle_timeout)
+            return idle_timeout(tags, default)
         except ValueError as exc:
             raise ValidationException(str(exc)) from None
 
-    def _check_version(self, requested: str | None) -> str:
+    def check_version(self, requested: str | None) -> str:
         try:
             return self._releases.resolve(requested)
         except VersionError as exc:
@@ -146,10 +185,7 @@ class FleetService:
         """Record a new server; ``restored_from``, a backup its data comes from (backups)."""
         name = req["TrackingServerName"]
         self.stores.check(req["ArtifactStoreUri"])
-        version = self._check_version(req.get("MlflowVersion"))
-        # One that would sleep when idle is created asleep: nothing runs until it is used.
-        asleep = self._checked_idle_timeout(req.get("Tags", [])) is not None
-        now = time.time()
+        version = self.check_version(req.get("MlflowVersion"))
         server_id = uuid.uuid4().hex[:16]
         with self._sessions.begin() as session:
             taken = session.scalars(select(TrackingServer.id).where(TrackingServer.name == name))
@@ -158,8 +194,9 @@ class FleetService:
                     f"Cannot create tracking server {name}: a tracking server with this name "
                     "already exists."
                 )
-            self._check_own_folder(session, req["ArtifactStoreUri"], server_id)
-            row = TrackingServer(
+            row = self.add(
+                session,
+                principal,
                 id=server_id,
                 name=name,
                 arn=self.arn_for(name),
@@ -174,22 +211,42 @@ class FleetService:
                 ),
                 s3_bucket_owner_verification=req.get("S3BucketOwnerVerification", True),
                 tags=req.get("Tags", []),
-                status="Creating",
-                desired_state="Running",
-                generation=1,
-                metadata_db_uri="",
-                created_at=now,
-                created_by=principal.user_context(),
-                last_modified_at=now,
-                last_modified_by=principal.user_context(),
                 restored_from=restored_from,
-                asleep=asleep,
             )
-            session.add(row)
-            self._lifecycle.announce(session, row)
             arn = row.arn
         self._kick(server_id)
         return {"TrackingServerArn": arn}
+
+    def add(
+        self,
+        session: Session,
+        principal: Principal,
+        idle_default: float | None = None,
+        **columns: Any,
+    ) -> TrackingServer:
+        """Record a new server (or App) made of ``columns`` in ``session``: Creating, towards
+        Running, asleep if it would sleep when idle (its tags, else ``idle_default``, else the
+        daemon's default): nothing runs until it is used. The caller kicks the reconciler once
+        the transaction is committed."""
+        self.check_own_folder(session, columns["artifact_store_uri"], columns["id"])
+        default = self._idle_timeout if idle_default is None else idle_default
+        asleep = self.checked_idle_timeout(columns.get("tags", []), default) is not None
+        now = time.time()
+        row = TrackingServer(
+            status="Creating",
+            desired_state="Running",
+            generation=1,
+            metadata_db_uri="",
+            created_at=now,
+            created_by=principal.user_context(),
+            last_modified_at=now,
+            last_modified_by=principal.user_context(),
+            asleep=asleep,
+            **columns,
+        )
+        session.add(row)
+        self._lifecycle.announce(session, row)
+        return row
 
     def describe(
         self, req: shapes.DescribeMlflowTrackingServerRequest
@@ -199,7 +256,7 @@ class FleetService:
             return self._lifecycle.describe(row)
 
     @staticmethod
-    def _check_own_folder(session: Session, uri: str, server_id: str) -> None:
+    def check_own_folder(session: Session, uri: str, server_id: str) -> None:
         """A local folder store is its server's own: MLflow serves all of it to that server's
         users, so a folder that holds, or lies in, another server's store would hand them the
         other server's artifacts. (The other server is not named: it may be none of the
@@ -227,14 +284,14 @@ class FleetService:
         with self._sessions.begin() as session:
             row = self.server_named(session, req["TrackingServerName"])
             if row.status not in UPDATABLE:
-                raise ValidationException(self._status_forbids(row, "updated"))
+                raise ValidationException(self.status_forbids(row, "updated"))
             if "ArtifactStoreUri" in req:
-                self._check_own_folder(session, req["ArtifactStoreUri"], row.id)
+                self.check_own_folder(session, req["ArtifactStoreUri"], row.id)
             members: Mapping[str, object] = req
             for member, column in UPDATABLE_MEMBERS.items():
                 if member in members:
                     setattr(row, column, members[member])
-            self._touch(row, principal, "Updating")
+            self.touch(row, principal, "Updating")
             server_id, arn = row.id, row.arn
         self._server_changed(req["TrackingServerName"])
         self._kick(server_id)
@@ -253,8 +310,8 @@ class FleetService:
         with self._sessions.begin() as session:
             row = self.server_named(session, name)
             if row.status not in allowed:
-                raise ValidationException(self._status_forbids(row, verb))
-            self._touch(row, principal, status)
+                raise ValidationException(self.status_forbids(row, verb))
+            self.touch(row, principal, status)
             row.desired_state = desired
             server_id, arn = row.id, row.arn
         self._kick(server_id)
@@ -279,12 +336,12 @@ class FleetService:
     def start_maintenance(self, name: str, principal: Principal) -> str:
         """Begin the maintenance window's work now (fleet.maintenance); the server's ARN."""
         with self._sessions.begin() as session:
-            row = self.server_named(session, name)
+            row = self.server_named(session, name, (SERVER, APP))
             if row.status not in SERVING:
-                raise ValidationException(self._status_forbids(row, "maintained"))
+                raise ValidationException(self.status_forbids(row, "maintained"))
             row.maintenance_status = "MaintenanceInProgress"
             row.last_maintenance_at = time.time()
-            self._touch(row, principal, "MaintenanceInProgress")
+            self.touch(row, principal, "MaintenanceInProgress")
             server_id, arn = row.id, row.arn
         self._kick(server_id)
         return arn
@@ -292,17 +349,17 @@ class FleetService:
     def update_mlflow_version(self, name: str, requested: str, principal: Principal) -> str:
         """Begin moving a serving server to another MLflow release (the reconciler's upgrade);
         its ARN."""
-        version = self._check_version(requested)
+        version = self.check_version(requested)
         with self._sessions.begin() as session:
             row = self.server_named(session, name)
             if row.status not in UPDATABLE:
-                raise ValidationException(self._status_forbids(row, "updated"))
+                raise ValidationException(self.status_forbids(row, "updated"))
             try:
                 check_move(row.mlflow_version, version)
             except VersionError as exc:
                 raise ValidationException(f"Cannot update {name}: {exc}") from None
             row.upgrading_to = version
-            self._touch(row, principal, "Updating")
+            self.touch(row, principal, "Updating")
             server_id, arn = row.id, row.arn
         self._kick(server_id)
         return arn
@@ -317,7 +374,7 @@ class FleetService:
                     f"Tracking Server is in un-deletable state ({status_word(row.status)}), "
                     "so it cannot be deleted."
                 )
-            self._touch(row, principal, "Deleting")
+            self.touch(row, principal, "Deleting")
             row.desired_state = "Deleted"
             server_id, arn = row.id, row.arn
         self._kick(server_id)
@@ -326,7 +383,7 @@ class FleetService:
     def list(
         self, req: shapes.ListMlflowTrackingServersRequest
     ) -> shapes.ListMlflowTrackingServersResponse:
-        query = select(TrackingServer)
+        query = select(TrackingServer).where(TrackingServer.kind == SERVER)
         if "CreatedAfter" in req:
             query = query.where(TrackingServer.created_at > req["CreatedAfter"].timestamp())
         if "CreatedBefore" in req:
@@ -356,38 +413,38 @@ class FleetService:
 
     # tags (AddTags, DeleteTags, ListTags on a tracking server's ARN) -------------------------
 
-    def name_of(self, arn: str) -> str:
-        prefix = self.arn_for("")
-        if not arn.startswith(prefix) or len(arn) == len(prefix):
-            raise ResourceNotFound(f"Resource {arn} not found: tags are kept for tracking servers.")
-        return arn[len(prefix) :]
+    def _tagged(self, session: Session, arn: str) -> TrackingServer:
+        kind, name = self._kind_and_name(arn)
+        try:
+            return self.server_named(session, name, (kind,))
+        except ResourceNotFound:
+            raise ResourceNotFound(f"Resource {arn} not found.") from None
 
     def add_tags(self, req: shapes.AddTagsInput) -> shapes.AddTagsOutput:
-        name = self.name_of(req["ResourceArn"])
         with self._sessions.begin() as session:
-            row = self.server_named(session, name)
+            row = self._tagged(session, req["ResourceArn"])
             merged = {t["Key"]: t for t in row.tags}
             merged.update({t["Key"]: dict(t) for t in req["Tags"]})
             if len(merged) > MAX_TAGS:
                 raise ValidationException(f"A resource can have at most {MAX_TAGS} tags.")
-            self._checked_idle_timeout(list(merged.values()))
+            self.checked_idle_timeout(list(merged.values()), None)
             row.tags = list(merged.values())
+            name = row.name
         self._server_changed(name)
         return {"Tags": req["Tags"]}
 
     def delete_tags(self, req: shapes.DeleteTagsInput) -> shapes.DeleteTagsOutput:
-        name = self.name_of(req["ResourceArn"])
         with self._sessions.begin() as session:
-            row = self.server_named(session, name)
+            row = self._tagged(session, req["ResourceArn"])
             row.tags = [t for t in row.tags if t["Key"] not in set(req["TagKeys"])]
+            name = row.name
         self._server_changed(name)
         return {}
 
     def list_tags(self, req: shapes.ListTagsInput) -> shapes.ListTagsOutput:
-        name = self.name_of(req["ResourceArn"])
         with self._sessions() as session:
-            # The column holds the Tag list AddTags and CreateMlflowTrackingServer stored.
-            tags = cast(list[shapes.Tag], list(self.server_named(session, name).tags))
+            # The column holds the Tag list AddTags and the create stored.
+            tags = cast(list[shapes.Tag], list(self._tagged(session, req["ResourceArn"]).tags))
         page, token = page_by_offset(tags, req, TAG_PAGING)
         return {"Tags": page} if token is None else {"Tags": page, "NextToken": token}
 
@@ -398,20 +455,31 @@ class FleetService:
         token: str,
         token_hash: str,
     ) -> shapes.CreatePresignedMlflowTrackingServerUrlResponse:
-        expires_in = req.get("ExpiresInSeconds", 300)
-        session_seconds = req.get("SessionExpirationDurationInSeconds", 43200)
         with self._sessions.begin() as session:
             row = self.server_named(session, req["TrackingServerName"])
-            session.add(
-                PresignedToken(
-                    token_hash=token_hash,
-                    server_id=row.id,
-                    principal_arn=principal.arn,
-                    principal_id=principal.user_id,
-                    expires_at=time.time() + expires_in,
-                    session_seconds=session_seconds,
-                    used=False,
-                )
-            )
-            url = f"{self._lifecycle.url_for(row.name)}/auth?authToken={token}"
+            url = self.presign(session, row, principal, token, token_hash, req)
         return {"AuthorizedUrl": url}
+
+    def presign(
+        self,
+        session: Session,
+        row: TrackingServer,
+        principal: Principal,
+        token: str,
+        token_hash: str,
+        req: Mapping[str, Any],
+    ) -> str:
+        """A one-time link to the MLflow UI of a server (or an App), in ``session``; ``req``'s
+        ExpiresInSeconds and SessionExpirationDurationInSeconds, by default 300 and 43200."""
+        session.add(
+            PresignedToken(
+                token_hash=token_hash,
+                server_id=row.id,
+                principal_arn=principal.arn,
+                principal_id=principal.user_id,
+                expires_at=time.time() + req.get("ExpiresInSeconds", 300),
+                session_seconds=req.get("SessionExpirationDurationInSeconds", 43200),
+                used=False,
+            )
+        )
+        return f"{self._lifecycle.url_for(row.name)}/auth?authToken={token}"

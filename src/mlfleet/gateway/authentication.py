@@ -42,10 +42,10 @@ class Authentication:
         self._ui = ui_sessions
 
     async def authenticate(
-        self, request: web.Request, server_id: str
+        self, request: web.Request, server_id: str, signing_service: str = "sagemaker-mlflow"
     ) -> tuple[Principal, bytes | None, str | None]:
-        """Return the caller, the body if it was read, and the SigV4 payload hash to enforce;
-        raise AuthenticationError or AwsError."""
+        """Return the caller, the body if it was read, and the SigV4 payload hash to enforce
+        (signed for ``signing_service``); raise AuthenticationError or AwsError."""
         header = request.headers.get("Authorization", "")
         if header.startswith("AWS4-HMAC-SHA256"):
             length = request.content_length or 0
@@ -58,7 +58,7 @@ class Authentication:
             principal = self._credentials.verify_sigv4(
                 request,
                 body,
-                service="sagemaker-mlflow",
+                service=signing_service,
                 payload_hash=payload_hash,
             )
             return principal, body, payload_hash

@@ -15,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from mlfleet.api.operations import Check, Target
 from mlfleet.api.pipeline import Pipeline
-from mlfleet.audit.trail import TRACKING_SERVER_TYPE
+from mlfleet.audit.trail import MLFLOW_APP_TYPE, TRACKING_SERVER_TYPE
 from mlfleet.auth.credentials import AuthenticationError
 from mlfleet.auth.identity import Principal
+from mlfleet.fleet.lifecycle import APP
 from mlfleet.gateway.admission import Admission, capped
 from mlfleet.gateway.authentication import Authentication, unauthenticated
 from mlfleet.gateway.data_events import data_events_on
@@ -107,9 +109,14 @@ class Gateway:
     async def _serve(self, request: web.Request, route: Route) -> web.StreamResponse:
         # Authenticate before saying whether a server exists: names are not for strangers.
         server = self._routing.server(route.name)
+        if server is not None and server.arn != route.arn:
+            if route.prefix:  # an App's URL (its id is its name): it is authorized as an App
+                route = replace(route, arn=server.arn)
+            else:  # the ARN of the other kind, with this name: none of this kind is called so
+                server = None
         try:
             principal, body, payload_hash = await self._authentication.authenticate(
-                request, server.id if server else ""
+                request, server.id if server else "", route.signing_service
             )
         except (AuthenticationError, AwsError) as exc:
             return unauthenticated(exc)
@@ -163,7 +170,8 @@ class Gateway:
         if action is not None:
             # Decided before the server's existence is revealed, on the ARN the name gives.
             target = Target(route.arn, server.tags if server else ())
-            check = Check(action, target, TRACKING_SERVER_TYPE)
+            kind = MLFLOW_APP_TYPE if server and server.kind == APP else TRACKING_SERVER_TYPE
+            check = Check(action, target, kind)
             result = self._pipeline.decide(principal, check, facts_of(request, server))
             if not result.allowed:
                 message = denial_message(principal, action, route.arn, result)

@@ -1,8 +1,10 @@
 """Routing: which tracking server a data-plane request is for, and what is known of it.
 
-A request names its server either in its path, a TrackingServerUrl (``/mlflow/<name>/...``),
-or, on MLflow's own paths (``/api/...``, ``/ajax-api/...``), in the ARN header that the
-sagemaker-mlflow plugin sends. ``Routing`` turns either into a ``Route``; a request that names
+A request names its server either in its path, a TrackingServerUrl (``/mlflow/<name>/...``; an
+MLflow App's id is its name there), or, on MLflow's own paths (``/api/...``, ``/ajax-api/...``),
+in the ARN header that the sagemaker-mlflow plugin sends (``x-mlflow-sm-tracking-server-arn``
+for a tracking server, signed for ``sagemaker-mlflow``; ``x-sm-mlflow-app-arn`` for an App,
+signed for ``sagemaker``). ``Routing`` turns either into a ``Route``; a request that names
 no server of this mlfleet gets MLflow's 404 instead.
 
 Server records come from the control plane through a ``ServerLookup``. The record of a server
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from mlfleet.gateway.errors import mlflow_error
-from mlfleet.mlflow_api.hardening import ARN_HEADER
+from mlfleet.mlflow_api.hardening import APP_ARN_HEADER, ARN_HEADER
 from mlfleet.runtime.local import LocalRuntime
 from mlfleet.settings import Settings
 
@@ -33,6 +35,8 @@ class Route:
     arn: str
     # What precedes upstream_path in the client's URL: "/mlflow/<name>", or "" (ARN header).
     prefix: str = ""
+    # The service SigV4 signatures are made for.
+    signing_service: str = "sagemaker-mlflow"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class ServerRecord:
     artifact_store_uri: str = ""
     # Idle past its timeout (fleet.idle): its next request wakes it.
     asleep: bool = False
+    arn: str = ""
+    # "server", or "app" for an MLflow App (TrackingServer.kind).
+    kind: str = "server"
 
 
 # name -> the server's record, or None for an unknown name.
@@ -62,6 +69,10 @@ class Routing:
         self._servers: dict[str, ServerRecord] = {}
         arn_prefix = f"arn:aws:sagemaker:{settings.region}:{settings.account_id}:"
         self._arn_prefix = arn_prefix + "mlflow-tracking-server/"
+        self._headers = (
+            (ARN_HEADER, self._arn_prefix, "sagemaker-mlflow"),
+            (APP_ARN_HEADER, arn_prefix + "mlflow-app/", "sagemaker"),
+        )
 
     def by_path(self, request: web.Request) -> Route:
         """The route of ``/mlflow/<name>/...``; ``/mlflow/<name>`` is redirected to its folder."""
@@ -75,22 +86,31 @@ class Routing:
     def by_arn_header(self, request: web.Request) -> Route | web.Response:
         """The route of an MLflow path with the server's ARN header, or the 404 for a request
         with no such header or with the ARN of no tracking server of this mlfleet."""
-        arn = request.headers.get(ARN_HEADER)
-        if not arn:
+        addressed = next(
+            (
+                (request.headers[h], prefix, service)
+                for h, prefix, service in self._headers
+                if request.headers.get(h)
+            ),
+            None,
+        )
+        if addressed is None:
             return mlflow_error(
                 404,
                 "ENDPOINT_NOT_FOUND",
                 f"No tracking server addressed: use a TrackingServerUrl (/mlflow/<name>/...) "
-                f"or send the {ARN_HEADER} header (the sagemaker-mlflow plugin does).",
+                f"or send the {ARN_HEADER} or {APP_ARN_HEADER} header (the sagemaker-mlflow "
+                "plugin does).",
             )
-        if not arn.startswith(self._arn_prefix) or len(arn) == len(self._arn_prefix):
+        arn, prefix, service = addressed
+        if not arn.startswith(prefix) or len(arn) == len(prefix):
             return mlflow_error(
                 404,
                 "RESOURCE_DOES_NOT_EXIST",
-                f"{arn} is not a tracking server of this mlfleet "
-                f"(expected {self._arn_prefix}<name>).",
+                f"{arn} is not a tracking server or MLflow App of this mlfleet "
+                f"(expected {prefix}<id>).",
             )
-        return Route(arn[len(self._arn_prefix) :], request.raw_path, arn)
+        return Route(arn[len(prefix) :], request.raw_path, arn, signing_service=service)
 
     def server(self, name: str) -> ServerRecord | None:
         """The record of the server called ``name``, None if there is none."""

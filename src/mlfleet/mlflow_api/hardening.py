@@ -486,6 +486,8 @@ class HeaderNames(frozenset[str]):
 
 
 ARN_HEADER = "x-mlflow-sm-tracking-server-arn"
+# The sagemaker-mlflow plugin's routing header for an MLflow App's ARN.
+APP_ARN_HEADER = "x-sm-mlflow-app-arn"
 HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -509,6 +511,7 @@ STRIPPED_REQUEST = HeaderNames(
         "x-amz-content-sha256",
         "x-amz-security-token",
         ARN_HEADER,
+        APP_ARN_HEADER,
         "x-mlflow-authorization",
         "x-mlflow-workspace",
         "x-real-ip",

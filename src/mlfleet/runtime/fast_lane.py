@@ -60,6 +60,7 @@ from mlfleet.auth import sigv4
 from mlfleet.common.storage import INSUFFICIENT_STORAGE, NOT_RECORDED, RESOURCE_EXHAUSTED
 from mlfleet.mlflow_api.actions import SERVICE, is_write, required_action
 from mlfleet.mlflow_api.hardening import (
+    APP_ARN_HEADER,
     ARN_HEADER,
     MAX_REQUEST_HEAD,
     MAX_REQUEST_LINE,
@@ -103,7 +104,9 @@ FLASK_API_PREFIXES = ("/api/2.0/mlflow/", "/api/3.0/mlflow/")
 LANE_METHODS = frozenset({"GET", "POST", "PATCH", "DELETE"})
 # Headers that must not repeat in a request the lane takes: a duplicate could be read one way
 # here and another way by MLflow, or by the gateway.
-SINGLE = frozenset({"content-length", "authorization", "host", ARN_HEADER, "content-type"})
+SINGLE = frozenset(
+    {"content-length", "authorization", "host", ARN_HEADER, APP_ARN_HEADER, "content-type"}
+)
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
@@ -319,7 +322,7 @@ class Lane:
             if not head.target.startswith(ticket.prefix + "/"):
                 return None
             upstream = head.target[len(ticket.prefix) :]
-        elif head.header(ARN_HEADER) == ticket.arn:
+        elif ticket.arn in (head.header(ARN_HEADER), head.header(APP_ARN_HEADER)):
             upstream = head.target
         else:
             return None

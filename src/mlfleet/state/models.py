@@ -171,6 +171,16 @@ class TrackingServer(Base):
     # Idle past its timeout (fleet.idle): no process runs until its next request wakes it; its
     # status stays what it was.
     asleep: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "server", or "app" for an MLflow App (apps): its ``name`` is then its id, the last part
+    # of its ARN, and these hold what only an App has. ``declared_store_uri``: the
+    # ArtifactStoreUri it was given, when ``artifact_store_uri`` is where its artifacts really
+    # go (an s3:// store kept under the data dir when no S3 endpoint is configured).
+    kind: Mapped[str] = mapped_column(String(16), default="server")
+    display_name: Mapped[str | None] = mapped_column(String(256))
+    declared_store_uri: Mapped[str | None] = mapped_column(String(1024))
+    kms_key_id: Mapped[str | None] = mapped_column(String(2048))
+    account_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_domain_ids: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class TrackingServerBackup(Base):

@@ -195,6 +195,22 @@ class CreateEndpointOutput(TypedDict, total=False):
     EndpointArn: Required[str]
 
 
+class CreateMlflowAppRequest(TypedDict, total=False):
+    Name: Required[str]
+    ArtifactStoreUri: Required[str]
+    RoleArn: Required[str]
+    KmsKeyId: str
+    ModelRegistrationMode: str
+    WeeklyMaintenanceWindowStart: str
+    AccountDefaultStatus: str
+    DefaultDomainIdList: list[str]
+    Tags: list[Tag]
+
+
+class CreateMlflowAppResponse(TypedDict, total=False):
+    Arn: str
+
+
 class CreateMlflowTrackingServerRequest(TypedDict, total=False):
     TrackingServerName: Required[str]
     ArtifactStoreUri: Required[str]
@@ -270,6 +286,16 @@ class CreateModelPackageOutput(TypedDict, total=False):
     ModelPackageArn: Required[str]
 
 
+class CreatePresignedMlflowAppUrlRequest(TypedDict, total=False):
+    Arn: Required[str]
+    ExpiresInSeconds: int
+    SessionExpirationDurationInSeconds: int
+
+
+class CreatePresignedMlflowAppUrlResponse(TypedDict, total=False):
+    AuthorizedUrl: str
+
+
 class CreatePresignedMlflowTrackingServerUrlRequest(TypedDict, total=False):
     TrackingServerName: Required[str]
     ExpiresInSeconds: int
@@ -308,6 +334,14 @@ class DeleteEndpointConfigInput(TypedDict, total=False):
 
 class DeleteEndpointInput(TypedDict, total=False):
     EndpointName: Required[str]
+
+
+class DeleteMlflowAppRequest(TypedDict, total=False):
+    Arn: Required[str]
+
+
+class DeleteMlflowAppResponse(TypedDict, total=False):
+    Arn: str
 
 
 class DeleteMlflowTrackingServerRequest(TypedDict, total=False):
@@ -398,6 +432,29 @@ class DescribeEndpointOutput(TypedDict, total=False):
     ShadowProductionVariants: list[ProductionVariantSummary]
     MetricsConfig: MetricsConfig
     CrossRegionTrafficConfig: CrossRegionTrafficConfig
+
+
+class DescribeMlflowAppRequest(TypedDict, total=False):
+    Arn: Required[str]
+
+
+class DescribeMlflowAppResponse(TypedDict, total=False):
+    Arn: str
+    Name: str
+    ArtifactStoreUri: str
+    MlflowVersion: str
+    RoleArn: str
+    KmsKeyId: str
+    Status: str
+    ModelRegistrationMode: str
+    AccountDefaultStatus: str
+    DefaultDomainIdList: list[str]
+    CreationTime: datetime
+    CreatedBy: UserContext
+    LastModifiedTime: datetime
+    LastModifiedBy: UserContext
+    WeeklyMaintenanceWindowStart: str
+    MaintenanceStatus: str
 
 
 class DescribeMlflowTrackingServerRequest(TypedDict, total=False):
@@ -630,6 +687,24 @@ class ListEndpointsOutput(TypedDict, total=False):
     NextToken: str
 
 
+class ListMlflowAppsRequest(TypedDict, total=False):
+    CreatedAfter: datetime
+    CreatedBefore: datetime
+    Status: str
+    MlflowVersion: str
+    DefaultForDomainId: str
+    AccountDefaultStatus: str
+    SortBy: str
+    SortOrder: str
+    NextToken: str
+    MaxResults: int
+
+
+class ListMlflowAppsResponse(TypedDict, total=False):
+    Summaries: list[MlflowAppSummary]
+    NextToken: str
+
+
 class ListMlflowTrackingServersRequest(TypedDict, total=False):
     CreatedAfter: datetime
     CreatedBefore: datetime
@@ -732,6 +807,15 @@ class MetricsSource(TypedDict, total=False):
     ContentType: Required[str]
     ContentDigest: str
     S3Uri: Required[str]
+
+
+class MlflowAppSummary(TypedDict, total=False):
+    Arn: str
+    Name: str
+    Status: str
+    CreationTime: datetime
+    LastModifiedTime: datetime
+    MlflowVersion: str
 
 
 class ModelAccessConfig(TypedDict, total=False):
@@ -1096,6 +1180,20 @@ class UpdateEndpointInput(TypedDict, total=False):
 
 class UpdateEndpointOutput(TypedDict, total=False):
     EndpointArn: Required[str]
+
+
+class UpdateMlflowAppRequest(TypedDict, total=False):
+    Arn: Required[str]
+    Name: str
+    ArtifactStoreUri: str
+    ModelRegistrationMode: str
+    WeeklyMaintenanceWindowStart: str
+    DefaultDomainIdList: list[str]
+    AccountDefaultStatus: str
+
+
+class UpdateMlflowAppResponse(TypedDict, total=False):
+    Arn: str
 
 
 class UpdateMlflowTrackingServerRequest(TypedDict, total=False):
