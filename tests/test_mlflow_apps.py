@@ -4,6 +4,7 @@ the plain MLflow client at its URL, and opened in the UI by presigned URL."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from mlflow import MlflowClient
 
 from support.aws import ACCOUNT, moto_s3, unique
 from support.chaos import live_workers, trail_records
+from support.console import launch, needs_chromium, screenshot, sign_in_page
 from support.daemon import Daemon
 from support.iam import READ_ONLY, as_key, new_user
 from support.plugin import as_notebook
@@ -261,3 +263,45 @@ def test_an_app_opens_in_the_ui_by_presigned_url(daemon: Daemon, bucket: Any) ->
     assert answer.status_code == 200 and "experiments" in answer.json()
     # The link is used up.
     assert requests.get(url["AuthorizedUrl"], timeout=30).status_code in (401, 403)
+
+
+@needs_chromium
+def test_an_app_is_created_opened_and_deleted_in_the_console(daemon: Daemon, bucket: Any) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    name = unique("console-app")
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 860})
+            page = context.new_page()
+            sign_in_page(page, daemon)
+            page.goto(f"{daemon.url}/console/apps")
+            page.get_by_role("link", name="Create MLflow App").click()
+            page.locator("#f-Name").fill(name)
+            page.get_by_label("Artifact store URI").fill(f"s3://{BUCKET}/{name}")
+            page.get_by_role("button", name="Create").click()
+            expect(page.get_by_text(f"Creating MLflow App {name}.")).to_be_visible()
+            expect(page.get_by_role("heading", name=name)).to_be_visible()
+
+            def created() -> bool:
+                page.reload()
+                html = page.content()
+                return ">Created<" in html and "asleep: its next request starts it" in html
+
+            wait_for(created, 60, what="the App created, asleep")
+            screenshot(page, "app-detail")
+            # Open MLflow UI: a new tab on the App's UI, which wakes it.
+            with context.expect_page() as opened:
+                page.get_by_role("button", name="Open MLflow UI").click()
+            ui = opened.value
+            ui.wait_for_load_state()
+            expect(ui).to_have_title(re.compile("MLflow"))
+            ui.close()
+
+            page.get_by_role("link", name="Delete…").click()
+            page.get_by_label(re.compile("Type")).fill(page.url.rsplit("/", 2)[1])
+            page.get_by_role("button", name=re.compile("Delete")).click()
+            expect(page.get_by_text(re.compile("Deleting app-"))).to_be_visible()
+        finally:
+            browser.close()

@@ -416,6 +416,7 @@ def build_daemon(settings: Settings) -> Daemon:
             "sagemaker_actions": SAGEMAKER_ACTIONS,
             "default_role_arn": f"arn:aws:iam::{settings.account_id}:role/mlfleet",
             "server_charts": charts_of_server,
+            "app_arn": apps.arn_for,
             "endpoint_charts": lambda name: endpoint_charts(endpoint_metrics.window(name)),
             # Not API operations: the outbox and dead letters, and InvokeEndpoint (runtime).
             "deliveries": DeliveryLog(sessions, event_store, pipeline),
