@@ -85,11 +85,14 @@ def free_port() -> int:
 
 
 def cmdline(pid: int) -> list[str]:
+    """A process's command line; a warm-started worker (runtime.warm) rewrote its own to what a
+    cold one runs, as one string of words separated by spaces."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    parts = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    return parts[0].split(" ") if len(parts) == 1 else parts
 
 
 def all_pids() -> Iterator[int]:

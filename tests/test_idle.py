@@ -160,7 +160,12 @@ def test_control_plane_operations_work_on_a_sleeping_server(
     assert workers_of(daemon, name) == []
     client = MlflowClient(tracking_uri=desc["TrackingServerUrl"])
     client.create_experiment("medium")
-    wait_for(lambda: len(workers_of(daemon, name)) == 2, 60, what="two workers (Medium)")
+
+    def two_workers() -> bool:
+        client.search_experiments()  # kept busy: it would sleep 2 s after the last call
+        return len(workers_of(daemon, name)) == 2
+
+    wait_for(two_workers, 60, what="two workers (Medium)")
 
     wait_asleep(daemon, name)
     sm.stop_mlflow_tracking_server(TrackingServerName=name)

@@ -26,6 +26,7 @@ from support.aws import ACCOUNT, unique
 from support.chaos import worker_pids
 from support.daemon import Daemon
 from support.events import Receiver, detail_types, route_to
+from support.procs import argv_of
 from support.waiting import wait_for
 
 # The newest 2.x line: the oldest MLflow line the README says is tested.
@@ -137,8 +138,7 @@ def test_a_2x_server_beside_a_3x_server(
     workers = [
         pid
         for pid in worker_pids(daemon.data_dir)
-        if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-        == str(environment / "bin" / "python").encode()
+        if argv_of(pid)[:1] == [str(environment / "bin" / "python")]
     ]
     assert len(workers) == 1, "the server's one worker runs its release's interpreter"
     health = requests.get(f"{daemon.url}/health", timeout=5).json()
@@ -219,8 +219,8 @@ def upgraded_in_place(
     # One backup per attempt, taken before anything changed.
     backups = daemon.client("mlfleet").list_tracking_server_backups(TrackingServerName=name)
     assert len(backups["TrackingServerBackups"]) == 2
-    # No server runs the old release any more: its environment is gone.
-    assert not environment.exists()
+    # No server runs the old release any more: its environment goes (removed after Updated).
+    wait_for(lambda: not environment.exists(), 60, what=f"removal of {environment}")
     # And the new release serves writes as well as reads.
     assert use(after["TrackingServerUrl"], tmp_path, "after")["status"] == "FINISHED"
     daemon.client().delete_mlflow_tracking_server(TrackingServerName=name)

@@ -37,6 +37,10 @@ class Settings:
     # How long the gateway holds a request that woke a sleeping server (fleet.idle) before
     # answering 503; its wake is a worker's start, seconds on a loaded machine.
     gateway_wake_wait_seconds: float = 120.0
+    # Keep a spare MLflow worker with MLflow imported, so that a server's worker starts in a
+    # fraction of a second (runtime.warm; needs root). Off: every worker starts cold, and the
+    # spare's memory (about that of one worker) is saved.
+    warm_starts: bool = True
     # How long a tracking server goes without a request before it sleeps (fleet.idle), for a
     # server without the tag mlfleet:idle-timeout: 30s, 15m, 2h; empty: never.
     idle_timeout: str = ""

@@ -25,6 +25,7 @@ import requests
 
 from mlfleet.runtime.egress_forwarder import DIRECT_ENV, KEY_ENV, SOCKET_ENV, USER_ENV
 from support.daemon import Daemon
+from support.procs import argv_of
 from support.waiting import wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/mlfleet"
@@ -54,12 +55,9 @@ def descendants(pid: int) -> list[int]:
 
 def python_module_of(pid: int) -> str | None:
     """``mlfleet.runtime.…`` for a process run as ``python -m mlfleet.runtime.…``."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    if argv[1:2] == [b"-m"] and argv[2].startswith(b"mlfleet.runtime."):
-        return argv[2].decode()
+    argv = argv_of(pid)
+    if argv[1:2] == ["-m"] and argv[2].startswith("mlfleet.runtime."):
+        return argv[2]
     return None
 
 
@@ -142,6 +140,16 @@ def workers_of(daemon: Daemon) -> list[int]:
     ]
 
 
+def tenants_and_spares(daemon: Daemon, server_ids: list[str]) -> list[int]:
+    """The workers of the given servers (other tests' servers of the shared daemon have other
+    stores and releases), and the spares (runtime.warm)."""
+    return [
+        pid
+        for pid in workers_of(daemon)
+        if any(sid in " ".join(argv_of(pid)) for sid in [*server_ids, "--spare-fd"])
+    ]
+
+
 def test_no_worker_listens_on_tcp(daemon: Daemon, two_servers: list[str]) -> None:
     assert daemon.proc is not None
     workers = workers_of(daemon)
@@ -195,15 +203,28 @@ def test_a_worker_sees_only_its_own_database_and_artifacts(
     health = requests.get(f"{daemon.url}/health", timeout=5).json()
     if not health["sandbox"]["confined"]:
         pytest.skip(f"processes are not confined here: {health['sandbox']['reason']}")
-    for pid in workers_of(daemon):
+    server_ids = [daemon.server_id(name) for name in two_servers]
+    for pid in tenants_and_spares(daemon, server_ids):
         root = Path(f"/proc/{pid}/root")
         inside = root / str(daemon.data_dir).lstrip("/")
         for secret in ("master.key", "credentials", "mlfleet.db", "config", "mlfleet.log"):
             assert not (inside / secret).exists(), f"worker {pid} sees {secret}"
-        assert len(list((inside / "servers").iterdir())) == 1  # its own database's folder
-        # Its own sockets' folder, and the egress proxy's.
-        assert sorted(p.name for p in (inside / "run").iterdir())[0] == "egress"
-        assert len(list((inside / "run").iterdir())) == 2
+        # Every file it sees in the data dir: its own database's and sockets' (at their own
+        # paths, or in its slot when it started warm: runtime.warm), the egress proxy's
+        # socket; a spare, not yet a server's worker, sees only that socket.
+        seen = [p for p in inside.rglob("*") if not p.is_dir()]
+        own = {p.relative_to(inside).parts[0] for p in seen} - {"run"}
+        assert own <= {"servers", "mlflow-versions"}, f"worker {pid} sees {sorted(own)}"
+        databases = [p for p in seen if p.name.endswith(".db")]
+        sockets = [p for p in seen if p.suffix == ".sock" and p.parent.name != "egress"]
+        assert len(databases) <= 1 and len(sockets) <= 1, f"worker {pid} sees {seen}"
+        argv = " ".join(argv_of(pid))
+        if "--spare-fd" in argv:
+            assert databases == sockets == [], f"spare {pid} sees {seen}"
+        else:
+            assert databases and sockets, f"worker {pid} sees {seen}"
+            (other,) = [sid for sid in server_ids if sid not in argv]
+            assert not any(other in str(p) for p in seen), f"worker {pid} sees {other}'s"
         assert not (root / "etc/shadow").exists()
         assert (root / "etc/passwd").read_text().count("\n") == 1
         status = Path(f"/proc/{pid}/status").read_text()
@@ -278,7 +299,8 @@ def test_model_code_reaches_nothing_but_its_model(
         env.setenv("MLFLOW_TRACKING_PASSWORD", secret)
         mlflow.set_tracking_uri(f"{daemon.url}/mlflow/{tenant}")
         try:
-            with mlflow.start_run():
+            # The default experiment: another test's fluent experiment is not this server's.
+            with mlflow.start_run(experiment_id="0"):
                 mlflow.pyfunc.log_model(
                     name="model", python_model=str(script), registered_model_name=name
                 )
@@ -342,7 +364,8 @@ def test_a_worker_does_not_inherit_the_daemons_environment(
     daemon: Daemon, two_servers: list[str]
 ) -> None:
     """The daemon's variables (database URLs, keys) stay with the daemon."""
-    for pid in workers_of(daemon):
+    server_ids = [daemon.server_id(name) for name in two_servers]
+    for pid in tenants_and_spares(daemon, server_ids):
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         names = {item.split(b"=", 1)[0].decode() for item in environ if item}
         # What the daemon gives the worker: its store, and its way out (runtime.egress_forwarder).
@@ -450,3 +473,36 @@ def test_the_ui_gateway_proxy_calls_nothing_on_the_machine(
             listener.accept()
     for pid in workers_of(daemon):
         assert b"MLFLOW_DEPLOYMENTS_TARGET" not in Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def test_warm_start_mounts_stay_in_the_daemons_own_namespace(
+    daemon: Daemon, two_servers: list[str]
+) -> None:
+    """A warm-started worker's folders are mounted into its slot (runtime.warm) in the
+    daemon's own mount namespace: none of it shows on the machine, and a slot holds one
+    server's folders only."""
+    starts = requests.get(f"{daemon.url}/health", timeout=5).json()["workerStarts"]
+    if not starts["warm"]:
+        pytest.skip(f"workers start cold here: {starts['reason']}")
+    assert daemon.proc is not None
+    slots = daemon.data_dir / "run" / "slots"
+    assert str(slots) not in Path("/proc/self/mountinfo").read_text()
+    assert os.readlink(f"/proc/{daemon.proc.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    server_ids = {daemon.server_id(name): name for name in two_servers}
+    warm = [
+        p
+        for p in tenants_and_spares(daemon, list(server_ids))
+        if "slots/" in (Path(f"/proc/{p}/mountinfo").read_text())
+    ]
+    assert warm, "a warm worker or a spare among the tenants' workers"
+    for pid in warm:
+        mounts = [
+            line.split()[3:5]  # the mounted folder's root, and where it is mounted
+            for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+            if f"{slots}/" in line.split()[4]
+        ]
+        slot_roots = {where.split("/slots/", 1)[1].split("/", 1)[0] for _, where in mounts}
+        assert len(slot_roots) == 1, f"{pid} sees two slots: {mounts}"
+        mounted = {root for root, where in mounts if where.count("/") > str(slots).count("/") + 1}
+        owners = {sid for sid in server_ids for root in mounted if sid in root}
+        assert len(owners) <= 1, f"{pid} sees the folders of {owners}"

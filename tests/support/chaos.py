@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from support.daemon import Daemon
+from support.procs import argv_of
 from support.waiting import wait_for
 
 T = TypeVar("T")
@@ -68,12 +69,9 @@ def worker_pids(data_dir: Path) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline[1:3] == [b"-m", b"mlfleet.runtime.mlflow_worker"] and any(
-            str(data_dir).encode() in part for part in cmdline
+        argv = argv_of(int(entry.name))
+        if argv[1:3] == ["-m", "mlfleet.runtime.mlflow_worker"] and any(
+            str(data_dir) in part for part in argv
         ):
             pids.append(int(entry.name))
     return sorted(pids)

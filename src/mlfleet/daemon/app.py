@@ -86,6 +86,7 @@ from mlfleet.runtime.local import LocalRuntime
 from mlfleet.runtime.metadata_db import MetadataDatabases
 from mlfleet.runtime.sandbox import Sandbox
 from mlfleet.runtime.sockets import run_dir_for
+from mlfleet.runtime.warm import own_mount_namespace
 from mlfleet.s3.endpoint import S3Endpoint, signed_for_s3
 from mlfleet.s3.objects import STALE_UPLOAD_SECONDS, Objects, uploads_folder
 from mlfleet.settings import Settings
@@ -118,7 +119,9 @@ class Daemon:
     credentials_path: Path | None
 
 
-def build_daemon(settings: Settings) -> Daemon:
+def build_daemon(settings: Settings, own_mounts: bool = False) -> Daemon:
+    """The daemon's parts, wired; ``own_mounts``: it has a mount namespace of its own
+    (runtime.warm.own_mount_namespace), so workers may start warm."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sessions = open_database(settings.control_db_url)
     box = SecretBox.from_file(settings.master_key_path)
@@ -168,7 +171,7 @@ def build_daemon(settings: Settings) -> Daemon:
             sandbox.reason,
             "allowed (--allow-unconfined-model-code)" if sandbox.allow_unconfined else "refused",
         )
-    runtime = LocalRuntime(sandbox)
+    runtime = LocalRuntime(sandbox, own_mounts and settings.warm_starts)
     # Connections handed over to workers hold decisions made before the change.
     on_iam_change.append(runtime.generation.bump)
     own = OwnAddress(settings.host, settings.port)
@@ -460,10 +463,13 @@ def build_app(daemon: Daemon) -> web.Application:
         client_max_size=daemon.settings.max_api_body_bytes,
         middlewares=[refuse_secrets_in_clear, s3_requests],
     )
-    sandbox = daemon.runtime.sandbox
+    sandbox, warm = daemon.runtime.sandbox, daemon.runtime.warm
 
     async def health(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "sandbox": sandbox.describe()})
+        starts = {"warm": True} if warm.enabled else {"warm": False, "reason": warm.reason}
+        return web.json_response(
+            {"status": "ok", "sandbox": sandbox.describe(), "workerStarts": starts}
+        )
 
     app.router.add_get("/health", health)
     app.router.add_post("/", daemon.control_plane.handle)
@@ -539,6 +545,8 @@ def configure_logging(settings: Settings) -> None:
 
 
 def run(settings: Settings, banner: bool = True) -> None:
+    # First, while this process has one thread (a mount namespace is per thread).
+    own_mounts = own_mount_namespace()
     tightened = make_private(settings.data_dir)
     configure_logging(settings)
     if tightened:
@@ -547,7 +555,7 @@ def run(settings: Settings, banner: bool = True) -> None:
     tls = serve_tls(settings)
     if tls:
         log.info("serving HTTPS, certificate SHA-256 fingerprint %s", tls.fingerprint)
-    daemon = build_daemon(settings)
+    daemon = build_daemon(settings, own_mounts)
     if banner:
         print(
             f"mlfleet is up\n"

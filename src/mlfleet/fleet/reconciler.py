@@ -161,6 +161,14 @@ class Reconciler:
             self.kick(server_id)
         # MLflow's migrations take seconds: run them now rather than in the first create.
         self._warm_up = asyncio.get_running_loop().create_task(self._prepare_template())
+        # A worker of the most common kind (the installed release, a database and artifacts
+        # on this machine) starts warm from the first create (runtime.warm).
+        installed = self._environments.installed
+        self._runtime.warm.prepare(
+            self._runtime.warm.key_of(
+                self._environments.python(installed), self._view(installed, (), network=False)
+            )
+        )
 
     async def _prepare_template(self) -> None:
         try:
@@ -259,16 +267,15 @@ class Reconciler:
             workers=WORKERS_BY_SIZE[row.size],
             log_dir=self._settings.data_dir / "servers" / row.id / "logs",
             env=env,
-            view=View(
-                writable=tuple(writable),
-                readable=(
-                    self._egress.socket_path.parent,
-                    *self._environments.software(version),
-                ),
-                network=network,
-            ),
+            view=self._view(version, tuple(writable), network),
             python=self._environments.python(version),
         )
+
+    def _view(self, version: str, writable: tuple[Path, ...], network: bool) -> View:
+        """What a worker of MLflow ``version`` sees: ``writable``, its release's software and
+        the egress proxy's socket; the network only if its stores need it."""
+        readable = (self._egress.socket_path.parent, *self._environments.software(version))
+        return View(writable=writable, readable=readable, network=network)
 
     def _load(self, server_id: str) -> TrackingServer | None:
         with self._sessions() as session:

@@ -31,6 +31,7 @@ from mlfleet.runtime.handoff import Channel, Generation, channel_pair
 from mlfleet.runtime.mlflow_worker import BACKEND_STORE_ENV
 from mlfleet.runtime.sandbox import Sandbox, Spawned, View
 from mlfleet.runtime.sockets import folder_of, socket_session, socket_url
+from mlfleet.runtime.warm import WORKER_MODULE, Spare, WarmPool
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +150,18 @@ class SupervisedProcess(ABC):
         """Descriptors the process inherits (named in its command)."""
         return ()
 
-    async def _spawn(self) -> None:
+    def _prepare(self) -> View:
+        """Make the process's log and socket folders ready: what it will see."""
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(mode=0o700, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         view = self.view()
         view = View((*view.writable, self.socket_dir), view.readable, view.network)
         self._sandbox.give(*view.writable)
+        return view
+
+    async def _spawn(self) -> None:
+        view = self._prepare()
         with self.log_path.open("ab") as logfile:
             spawning = asyncio.ensure_future(
                 self._sandbox.spawn(
@@ -286,9 +292,12 @@ class Worker(SupervisedProcess):
         spec: ServerSpec,
         generation: Generation,
         on_channel: OnChannel,
+        warm: WarmPool | None = None,
     ) -> None:
         super().__init__(sandbox, folder_of("s", server_id), f"w-{index}", spec.log_dir)
         self.spec = spec
+        # Spares to start from (runtime.warm); a cold start where there is none.
+        self._warm = warm
         # One worker per server runs its MLflow jobs: MLflow's recovery, at a runner's start,
         # takes a job left running by an earlier runner for one that died (runtime.mlflow_jobs).
         self.runs_jobs = index == 0
@@ -299,6 +308,12 @@ class Worker(SupervisedProcess):
 
     async def _spawn(self) -> None:
         self._close_channel()
+        if self._warm is not None:
+            key = self._warm.key_of(self.spec.python, self.spec.view)
+            spare = self._warm.take(key)
+            if spare is not None:
+                self._start_warm(spare)
+                return
         self.channel, self._their_end = channel_pair()
         if self._on_channel is not None:
             self._on_channel(self.channel)
@@ -306,6 +321,17 @@ class Worker(SupervisedProcess):
             await super()._spawn()
         finally:
             os.close(self._their_end)  # the worker has its copy (or failed to start)
+
+    def _start_warm(self, spare: Spare) -> None:
+        """Become ``spare`` (runtime.warm): MLflow is imported already."""
+        assert self._warm is not None
+        view = self._prepare()
+        self.channel = spare.channel
+        if self._on_channel is not None:
+            self._on_channel(self.channel)
+        self._spawned = self._warm.assign(
+            spare, view.writable, self.arguments(), self.environment(), self.log_path
+        )
 
     def _close_channel(self) -> None:
         if self.channel is not None:
@@ -320,12 +346,9 @@ class Worker(SupervisedProcess):
         assert self._their_end is not None
         return (self._their_end, self._generation.fd)
 
-    def command(self) -> list[str]:
-        assert self._their_end is not None
+    def arguments(self) -> list[str]:
+        """What the worker is told besides its descriptors (a spare has its own)."""
         return [
-            self.spec.python,
-            "-m",
-            "mlfleet.runtime.mlflow_worker",
             "--socket",
             str(self.socket_path),
             "--server-dir",
@@ -334,11 +357,20 @@ class Worker(SupervisedProcess):
             self.spec.artifacts_destination,
             "--boot-id",
             uuid.uuid4().hex,
+            *(["--run-jobs"] if self.runs_jobs else []),
+        ]
+
+    def command(self) -> list[str]:
+        assert self._their_end is not None
+        return [
+            self.spec.python,
+            "-m",
+            WORKER_MODULE,
+            *self.arguments(),
             "--handoff-fd",
             str(self._their_end),
             "--generation-fd",
             str(self._generation.fd),
-            *(["--run-jobs"] if self.runs_jobs else []),
         ]
 
     def environment(self) -> dict[str, str]:
@@ -358,10 +390,12 @@ class ServerProcesses:
         spec: ServerSpec,
         generation: Generation,
         on_channel: OnChannel,
+        warm: WarmPool | None = None,
     ) -> None:
         self.spec = spec
         self.workers = [
-            Worker(sandbox, server_id, i, spec, generation, on_channel) for i in range(spec.workers)
+            Worker(sandbox, server_id, i, spec, generation, on_channel, warm)
+            for i in range(spec.workers)
         ]
 
         self._others: asyncio.Task[None] | None = None
@@ -412,13 +446,16 @@ async def _keep_starting(
 class LocalRuntime:
     """Starts, stops and watches the MLflow processes of every tracking server."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: Sandbox, own_mounts: bool = False) -> None:
         self.sandbox = sandbox
         self._servers: dict[str, ServerProcesses] = {}
         self._slots = StartSlots(max(2, os.cpu_count() or 2))
         self._http: aiohttp.ClientSession | None = None
         # Bumped (by the daemon) when what a handed-over connection may do could change.
         self.generation = Generation()
+        # Spare workers with MLflow imported (runtime.warm), where the daemon may mount
+        # (``own_mounts``: it has a mount namespace of its own).
+        self.warm = WarmPool(sandbox, self.generation, self._slots, own_mounts)
         # Told of each worker's new channel (the gateway's handover listens to all of them).
         self.on_channel: OnChannel = None
 
@@ -444,7 +481,9 @@ class LocalRuntime:
             if current.spec == spec and current.serving:
                 return
             await self.stop(server_id)
-        procs = ServerProcesses(self.sandbox, server_id, spec, self.generation, self.on_channel)
+        procs = ServerProcesses(
+            self.sandbox, server_id, spec, self.generation, self.on_channel, self.warm
+        )
         self._servers[server_id] = procs
         try:
             await procs.start(self._session(), self._slots)
@@ -493,5 +532,6 @@ class LocalRuntime:
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop(sid) for sid in list(self._servers)))
+        await self.warm.close()
         if self._http is not None:
             await self._http.close()

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import importlib
 import importlib.util
+import json
 import os
+import sys
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
@@ -101,13 +104,14 @@ def stored_events() -> StoredEvents | None:
     return stored
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--socket", required=True)
+    # Required of a worker, not of a spare (given once it is assigned).
+    parser.add_argument("--socket")
     # Only identifies the process in `ps`; the store URI comes from the environment because
     # it may carry a database password, and command lines are world-readable.
-    parser.add_argument("--server-dir", required=True)
-    parser.add_argument("--artifacts-destination", required=True)
+    parser.add_argument("--server-dir")
+    parser.add_argument("--artifacts-destination")
     parser.add_argument("--boot-id", default=uuid.uuid4().hex)
     # The daemon's channel for handed-over connections, and its shared generation counter
     # (runtime.handoff); without them the worker serves only its own port.
@@ -115,7 +119,93 @@ def main() -> None:
     parser.add_argument("--generation-fd", type=int)
     # This worker runs the server's MLflow jobs (runtime.mlflow_jobs).
     parser.add_argument("--run-jobs", action="store_true")
+    # A spare (runtime.warm): import MLflow, then wait on this socket for the worker to be.
+    parser.add_argument("--spare-fd", type=int)
+    return parser
+
+
+def main() -> None:
+    parser = _parser()
     args = parser.parse_args()
+    if args.spare_fd is not None:
+        args = _wait_as_spare(parser, args)
+    elif args.socket is None or args.artifacts_destination is None:
+        parser.error("--socket and --artifacts-destination are required")
+    serve(args)
+
+
+# What `mlflow server` tells every worker, the same for every server: set before a spare imports
+# MLflow, as before a cold worker builds its app.
+SERVING_ARTIFACTS = {
+    "SERVE_ARTIFACTS_ENV_VAR": "true",
+    "ARTIFACT_ROOT_ENV_VAR": "mlflow-artifacts:/",
+}
+
+
+def _wait_as_spare(
+    parser: argparse.ArgumentParser, spare: argparse.Namespace
+) -> argparse.Namespace:
+    """Import what a worker needs ahead of time, say so, then wait for the daemon's assignment
+    (runtime.warm): the worker's arguments and environment, and its log file, which takes
+    over this process's output. Returns the worker's arguments."""
+    import socket
+
+    control = socket.socket(fileno=spare.spare_fd)
+    import uvicorn  # noqa: F401  (first: mlflow.server looks for it, see serve)
+
+    constants = _constants()
+    for name, value in SERVING_ARTIFACTS.items():
+        os.environ[getattr(constants, name)] = value
+    _preload()
+    control.sendall(b"ready")
+    message, fds, _, _ = socket.recv_fds(control, 1 << 20, 1)
+    if not message:
+        raise SystemExit("the daemon went away before this spare was needed")
+    assignment = json.loads(message)
+    for fd in fds:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    os.environ.update(assignment["env"])
+    args = parser.parse_args(assignment["argv"])
+    args.handoff_fd, args.generation_fd = spare.handoff_fd, spare.generation_fd
+    # `ps` shows what it serves, as for a cold worker (where the release's environment has it).
+    with contextlib.suppress(ImportError):
+        from setproctitle import setproctitle
+
+        setproctitle(" ".join([sys.executable, "-m", *assignment["title"]]))
+    return args
+
+
+def _preload() -> None:
+    """Import what a worker's start would: MLflow's apps and stores, and the worker's own."""
+    from mlflow.server import app  # noqa: F401
+
+    for module in (
+        "mlflow.server.fastapi_app",  # MLflow 3 only
+        "mlflow.store.tracking.sqlalchemy_store",
+        "mlflow.store.model_registry.sqlalchemy_store",
+        "mlflow.store.artifact.local_artifact_repo",
+        "a2wsgi",
+        "mlfleet.runtime.database_outage",
+        "mlfleet.runtime.full_storage",
+        "mlfleet.runtime.fast_lane",
+        "mlfleet.runtime.stored_events",
+    ):
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
+def _constants() -> Any:
+    """MLflow's server constants (MLflow 2.x keeps these in mlflow.server itself)."""
+    return importlib.import_module(
+        "mlflow.server.constants"
+        if importlib.util.find_spec("mlflow.server.constants") is not None
+        else "mlflow.server"
+    )
+
+
+def serve(args: argparse.Namespace) -> None:
     # Before MLflow starts: its HTTP clients go out through the daemon's egress proxy.
     forwarder = egress_forwarder.install(args.socket)
 
@@ -125,20 +215,13 @@ def main() -> None:
     import uvicorn
     from mlflow import environment_variables
 
-    # MLflow 2.x keeps these in mlflow.server itself.
-    constants = importlib.import_module(
-        "mlflow.server.constants"
-        if importlib.util.find_spec("mlflow.server.constants") is not None
-        else "mlflow.server"
-    )
-
+    constants = _constants()
     os.environ.update(
         {
             constants.BACKEND_STORE_URI_ENV_VAR: os.environ[BACKEND_STORE_ENV],
             constants.REGISTRY_STORE_URI_ENV_VAR: os.environ[BACKEND_STORE_ENV],
-            constants.ARTIFACT_ROOT_ENV_VAR: "mlflow-artifacts:/",
-            constants.SERVE_ARTIFACTS_ENV_VAR: "true",
             constants.ARTIFACTS_DESTINATION_ENV_VAR: args.artifacts_destination,
+            **{getattr(constants, name): value for name, value in SERVING_ARTIFACTS.items()},
         }
     )
     # What `mlflow server` tells its workers, as far as this release knows each setting.

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 WORKER_REQUIREMENTS = (
     "uvicorn[standard]",
     "a2wsgi",
+    "setproctitle",
     "starlette",
     "aiohttp",
     "botocore",
