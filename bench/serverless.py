@@ -211,7 +211,7 @@ def listing(sm: Any) -> list[dict[str, Any]]:
 def run_benchmark(data_dir: Path, quick: bool) -> dict[str, Any]:
     count, wake_count = (3, 3) if quick else (10, 10)
     servers, apps, awake = (50, 10, 5) if quick else (1000, 100, 20)
-    results = new_results("serverless", quick)
+    results = new_results("bench/serverless.py", quick)
     results["plan"] = {
         "starts": count,
         "wakes": wake_count,

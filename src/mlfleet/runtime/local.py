@@ -312,8 +312,12 @@ class Worker(SupervisedProcess):
             key = self._warm.key_of(self.spec.python, self.spec.view)
             spare = self._warm.take(key)
             if spare is not None:
-                self._start_warm(spare)
-                return
+                try:
+                    self._start_warm(spare)
+                    return
+                except OSError as exc:  # it died meanwhile, or its folders cannot be mounted
+                    log.warning("%s: a spare could not be used (%s); starting cold", self.name, exc)
+                    self._close_channel()
         self.channel, self._their_end = channel_pair()
         if self._on_channel is not None:
             self._on_channel(self.channel)

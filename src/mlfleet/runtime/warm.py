@@ -48,8 +48,10 @@ log = logging.getLogger(__name__)
 WORKER_MODULE = "mlfleet.runtime.mlflow_worker"
 # A spare waits below every start a server waits for (runtime.local's FIRST and MORE).
 SPARE_PRIORITY = 2
-# What a spare says on its control socket once MLflow is imported.
+# What a spare says on its control socket once MLflow is imported; the start slot it holds
+# meanwhile is given back after this long whatever it says.
 READY = b"ready"
+READY_TIMEOUT_SECONDS = 180.0
 
 
 class Slots(Protocol):
@@ -185,8 +187,9 @@ class WarmPool:
                 return
             self._spares.setdefault(key, []).append(spare)
             self._starting.pop(key, None)
-            with contextlib.suppress(OSError):
-                await asyncio.get_running_loop().sock_recv(spare.control, len(READY))
+            with contextlib.suppress(OSError, TimeoutError):
+                ready = asyncio.get_running_loop().sock_recv(spare.control, len(READY))
+                await asyncio.wait_for(ready, READY_TIMEOUT_SECONDS)
 
     async def _spawn(self, key: Key) -> Spare:
         slot = self.slots_dir / uuid.uuid4().hex[:12]
