@@ -146,8 +146,8 @@ def test_duplicate_name_and_status_conflicts(daemon: Daemon, shared_server: dict
 
 def test_unknown_and_unimplemented_operations(daemon: Daemon) -> None:
     sm = daemon.client()
-    code, message = error_of(sm.list_mlflow_apps)
-    assert code == "UnknownOperationException" and "ListMlflowApps" in message
+    code, message = error_of(sm.list_training_jobs)
+    assert code == "UnknownOperationException" and "ListTrainingJobs" in message
     key, secret = daemon.credentials
     response = signed_post(daemon, key, secret, target="SageMaker.NoSuchThing", body=b"{}")
     assert response.status_code == 400

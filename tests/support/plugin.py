@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import boto3
-import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.store.artifact.s3_artifact_repo import _cached_get_s3_client
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from support.daemon import Daemon
 
@@ -28,5 +28,7 @@ def as_notebook(daemon: Daemon, monkeypatch: pytest.MonkeyPatch, arn: str) -> Ml
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     _cached_get_s3_client.cache_clear()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", arn)
-    mlflow.set_tracking_uri(arn)
+    # What mlflow.set_tracking_uri sets, put back after the test: a later test's client must
+    # not inherit this one's server.
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", arn)
     return MlflowClient()

@@ -21,6 +21,7 @@ the runtime, the gateway and scale to zero (fleet.idle) treat both alike. What d
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -40,6 +41,8 @@ from mlfleet.settings import Settings
 from mlfleet.state.models import TrackingServer
 
 APP_IDLE_SECONDS = 900.0
+# What a DefaultDomainIdList entry may be (botocore's DomainId shape).
+DOMAIN_ID = re.compile(r"d-(-*[a-z0-9]){1,61}")
 ENABLED = "AutoModelRegistrationEnabled"
 SORT_COLUMNS = {
     "Name": TrackingServer.display_name,
@@ -217,9 +220,11 @@ class Apps:
         query = query.order_by(column.desc() if descending else column.asc(), TrackingServer.id)
         domain = req.get("DefaultForDomainId")
         if domain is not None:
+            if not DOMAIN_ID.fullmatch(domain):  # no App can have it (the model leaves it free)
+                return {"Summaries": []}
             # The ids are a JSON list; as text, alike in SQLite and PostgreSQL, each is quoted.
             as_text = cast_to(TrackingServer.default_domain_ids, String)
-            query = query.where(as_text.contains(f'"{domain}"', autoescape=True))
+            query = query.where(as_text.contains(f'"{domain}"'))
 
         def summary(row: TrackingServer) -> shapes.MlflowAppSummary:
             return {

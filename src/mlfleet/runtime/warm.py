@@ -199,7 +199,8 @@ class WarmPool:
             folder.mkdir()
             folder.chmod(0o755)
         channel, their_end = channel_pair()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Messages, not a stream: the assignment arrives whole, with its log file.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
         argv = [
             key.python,
