@@ -18,6 +18,7 @@ from support.aws import ACCOUNT, unique
 from support.chaos import live_workers, trail_records
 from support.daemon import Daemon
 from support.events import Receiver, detail_types, route_to
+from support.iam import new_user
 from support.waiting import wait_for
 
 IDLE_TAG = "mlfleet:idle-timeout"
@@ -237,3 +238,29 @@ def test_the_daemon_default_and_a_restart_keep_servers_asleep(tmp_path: Path) ->
         assert requests.get(url, auth=own.credentials, timeout=120).status_code == 200
     finally:
         own.stop()
+
+
+def test_a_stranger_or_a_caller_refused_wakes_nothing(daemon: Daemon, tmp_path: Path) -> None:
+    """Waking costs a worker: only a caller authenticated and allowed the action wakes a
+    server. The rest are answered as at any server, and it stays asleep."""
+    desc = create_sleepy(daemon, tmp_path)
+    name, arn = desc["TrackingServerName"], desc["TrackingServerArn"]
+    url = f"{desc['TrackingServerUrl']}/api/2.0/mlflow/experiments/search?max_results=1"
+    nobody = new_user(daemon)  # no policy at all
+    key, _ = daemon.credentials
+    for auth, refused in (
+        (None, 401),
+        ((key, "not-the-secret"), 401),
+        ((nobody["AccessKeyId"], nobody["SecretAccessKey"]), 403),
+    ):
+        answer = requests.get(url, auth=auth, timeout=30)
+        assert answer.status_code == refused, answer.text
+    # As the plugin would send it, by ARN, unsigned.
+    answer = requests.get(
+        f"{daemon.url}/api/2.0/mlflow/experiments/search?max_results=1",
+        headers={"x-mlflow-sm-tracking-server-arn": arn},
+        timeout=30,
+    )
+    assert answer.status_code == 401
+    assert is_active(daemon, name) == "Inactive" and workers_of(daemon, name) == []
+    assert records_for(daemon, "WakeMlflowTrackingServer", arn) == []

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mlfleet.auth.identity import Principal
 from mlfleet.common.paging import SAGEMAKER, page_of_query
 from mlfleet.fleet.lifecycle import APP, Lifecycle
-from mlfleet.fleet.service import UPDATABLE, FleetService
+from mlfleet.fleet.service import UPDATABLE, FleetService, listed
 from mlfleet.protocol.errors import ConflictException, ResourceNotFound, ValidationException
 from mlfleet.protocol.shapes import sagemaker as shapes
 from mlfleet.settings import Settings
@@ -118,7 +118,8 @@ class Apps:
     def create(
         self, req: shapes.CreateMlflowAppRequest, principal: Principal
     ) -> shapes.CreateMlflowAppResponse:
-        app_id = f"app-{uuid.uuid4().hex[:16]}"
+        server_id = uuid.uuid4().hex[:16]
+        app_id = f"app-{server_id}"
         store = self._store(req["ArtifactStoreUri"], app_id)
         version = self._fleet.check_version(None)
         with self._sessions.begin() as session:
@@ -126,7 +127,7 @@ class Apps:
                 session,
                 principal,
                 idle_default=self.idle_timeout,
-                id=app_id.removeprefix("app-"),
+                id=server_id,
                 name=app_id,
                 arn=self.arn_for(app_id),
                 kind=APP,
@@ -140,14 +141,12 @@ class Apps:
                 automatic_model_registration=req.get("ModelRegistrationMode") == ENABLED,
                 weekly_maintenance_window_start=req.get("WeeklyMaintenanceWindowStart"),
                 account_default=bool(
-                    self._account_default(
-                        session, req.get("AccountDefaultStatus"), app_id.removeprefix("app-")
-                    )
+                    self._account_default(session, req.get("AccountDefaultStatus"), server_id)
                 ),
                 default_domain_ids=list(req.get("DefaultDomainIdList", [])),
                 tags=req.get("Tags", []),
             )
-            arn, server_id = row.arn, row.id
+            arn = row.arn
         self._kick(server_id)
         return {"Arn": arn}
 
@@ -202,22 +201,11 @@ class Apps:
         return {"Arn": arn}
 
     def list(self, req: shapes.ListMlflowAppsRequest) -> shapes.ListMlflowAppsResponse:
-        query = select(TrackingServer).where(TrackingServer.kind == APP)
-        if "CreatedAfter" in req:
-            query = query.where(TrackingServer.created_at > req["CreatedAfter"].timestamp())
-        if "CreatedBefore" in req:
-            query = query.where(TrackingServer.created_at < req["CreatedBefore"].timestamp())
-        if "Status" in req:
-            query = query.where(TrackingServer.status == req["Status"])
-        if "MlflowVersion" in req:
-            query = query.where(TrackingServer.mlflow_version == req["MlflowVersion"])
+        query = listed(APP, req, "Status", SORT_COLUMNS)
         if "AccountDefaultStatus" in req:
             query = query.where(
                 TrackingServer.account_default.is_(req["AccountDefaultStatus"] == "ENABLED")
             )
-        column = SORT_COLUMNS[req.get("SortBy", "CreationTime")]
-        descending = req.get("SortOrder", "Descending") == "Descending"
-        query = query.order_by(column.desc() if descending else column.asc(), TrackingServer.id)
         domain = req.get("DefaultForDomainId")
         if domain is not None:
             if not DOMAIN_ID.fullmatch(domain):  # no App can have it (the model leaves it free)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mlfleet.auth.identity import Principal
@@ -55,6 +55,25 @@ SORT_COLUMNS = {
 def status_word(status: str) -> str:
     """SageMaker's messages spell statuses UPPER_SNAKE (``UpdateFailed`` -> ``UPDATE_FAILED``)."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", status).upper()
+
+
+def listed(
+    kind: str, req: Mapping[str, Any], status_member: str, sort_columns: Mapping[str, Any]
+) -> Select[TrackingServer]:
+    """The servers (or Apps) of ``kind`` a List call asks for: its CreatedAfter, CreatedBefore,
+    status (``status_member``) and MlflowVersion filters, in its SortBy and SortOrder."""
+    query = select(TrackingServer).where(TrackingServer.kind == kind)
+    if "CreatedAfter" in req:
+        query = query.where(TrackingServer.created_at > req["CreatedAfter"].timestamp())
+    if "CreatedBefore" in req:
+        query = query.where(TrackingServer.created_at < req["CreatedBefore"].timestamp())
+    if status_member in req:
+        query = query.where(TrackingServer.status == req[status_member])
+    if "MlflowVersion" in req:
+        query = query.where(TrackingServer.mlflow_version == req["MlflowVersion"])
+    column = sort_columns[req.get("SortBy", "CreationTime")]
+    descending = req.get("SortOrder", "Descending") == "Descending"
+    return query.order_by(column.desc() if descending else column.asc(), TrackingServer.id)
 
 
 # SageMaker's limit on tags per resource; ListTags pages hold all of them by default.
@@ -383,18 +402,7 @@ class FleetService:
     def list(
         self, req: shapes.ListMlflowTrackingServersRequest
     ) -> shapes.ListMlflowTrackingServersResponse:
-        query = select(TrackingServer).where(TrackingServer.kind == SERVER)
-        if "CreatedAfter" in req:
-            query = query.where(TrackingServer.created_at > req["CreatedAfter"].timestamp())
-        if "CreatedBefore" in req:
-            query = query.where(TrackingServer.created_at < req["CreatedBefore"].timestamp())
-        if "TrackingServerStatus" in req:
-            query = query.where(TrackingServer.status == req["TrackingServerStatus"])
-        if "MlflowVersion" in req:
-            query = query.where(TrackingServer.mlflow_version == req["MlflowVersion"])
-        column = SORT_COLUMNS[req.get("SortBy", "CreationTime")]
-        descending = req.get("SortOrder", "Descending") == "Descending"
-        query = query.order_by(column.desc() if descending else column.asc(), TrackingServer.id)
+        query = listed(SERVER, req, "TrackingServerStatus", SORT_COLUMNS)
         page, token = page_of_query(self._sessions, query, req, SAGEMAKER, self._summary)
         if token is None:
             return {"TrackingServerSummaries": page}
